@@ -1,0 +1,308 @@
+//! Reading tensor elements from JSON: flat or nested arrays, typed by the declared datatype.
+
+use crate::tensor::TensorData;
+use crate::{DataType, SchemaError};
+use base64::Engine as _;
+use bytes::Bytes;
+use half::f16;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+
+/// Deepest nesting accepted in tensor data, as Triton does.
+pub const MAX_NESTING: usize = 100;
+
+/// Elements read from JSON with the shape their nesting describes.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The elements.
+    pub data: TensorData,
+    /// The shape the nesting describes (`[]` for a lone scalar).
+    pub shape: Vec<u64>,
+}
+
+/// Reads JSON `text` (a scalar or nested arrays of scalars) as elements of `datatype`.
+///
+/// Nested arrays must be regular (every array at one depth has the same length), so the nesting
+/// gives a shape; V2 callers ignore it and check the element count against the declared shape,
+/// TF-Serving callers use it as the tensor's shape.
+pub fn parse_elements(name: &str, datatype: DataType, text: &str) -> Result<Parsed, SchemaError> {
+    let mut state = State {
+        name,
+        datatype,
+        fixed: Vec::new(),
+        items: Vec::new(),
+        count: 0,
+        shape: Vec::new(),
+        leaf_depth: None,
+        error: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let result = Elem { state: &mut state, depth: 0 }.deserialize(&mut de).and_then(|_| de.end());
+    if let Some(err) = state.error.take() {
+        return Err(err);
+    }
+    result.map_err(|e| SchemaError::Invalid(format!("tensor '{name}': data is not valid JSON: {e}")))?;
+    let data = match datatype {
+        DataType::Bytes => TensorData::Bytes(state.items),
+        _ => TensorData::Fixed(Bytes::from(state.fixed)),
+    };
+    let shape = state.shape.iter().map(|d| d.unwrap_or(0) as u64).collect();
+    Ok(Parsed { data, shape })
+}
+
+/// Reads a parsed JSON value; for callers that already hold a `serde_json::Value`.
+pub fn parse_value(name: &str, datatype: DataType, value: &serde_json::Value) -> Result<Parsed, SchemaError> {
+    parse_elements(name, datatype, &value.to_string())
+}
+
+struct State<'a> {
+    name: &'a str,
+    datatype: DataType,
+    fixed: Vec<u8>,
+    items: Vec<Bytes>,
+    count: usize,
+    shape: Vec<Option<usize>>,
+    leaf_depth: Option<usize>,
+    error: Option<SchemaError>,
+}
+
+impl State<'_> {
+    fn fail<E: de::Error>(&mut self, msg: String) -> E {
+        let err = SchemaError::Invalid(format!("tensor '{}': {msg}", self.name));
+        let text = err.to_string();
+        self.error.get_or_insert(err);
+        E::custom(text)
+    }
+
+    fn leaf<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        match self.leaf_depth {
+            None => self.leaf_depth = Some(depth),
+            Some(d) if d != depth => {
+                return Err(self.fail(format!(
+                    "data is ragged: element {} is nested {depth} deep where earlier elements were {d} deep",
+                    self.count
+                )))
+            }
+            Some(_) => {}
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn wrong<E: de::Error>(&mut self, got: &str) -> E {
+        let expected = match self.datatype {
+            DataType::Bool => "true or false",
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => "a number",
+            DataType::Bytes => "a string",
+            _ => "an integer",
+        };
+        let msg = format!(
+            "element {} is {got}, but datatype {} needs {expected}",
+            self.count, self.datatype
+        );
+        self.fail(msg)
+    }
+
+    fn int<E: de::Error>(&mut self, v: i128, depth: usize) -> Result<(), E> {
+        macro_rules! put {
+            ($t:ty) => {{
+                let Ok(x) = <$t>::try_from(v) else {
+                    let msg = format!(
+                        "element {} = {v} is out of range for {}",
+                        self.count, self.datatype
+                    );
+                    return Err(self.fail(msg));
+                };
+                self.fixed.extend_from_slice(&x.to_le_bytes());
+            }};
+        }
+        match self.datatype {
+            DataType::Uint8 => put!(u8),
+            DataType::Uint16 => put!(u16),
+            DataType::Uint32 => put!(u32),
+            DataType::Uint64 => put!(u64),
+            DataType::Int8 => put!(i8),
+            DataType::Int16 => put!(i16),
+            DataType::Int32 => put!(i32),
+            DataType::Int64 => put!(i64),
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => return self.float(v as f64, depth),
+            DataType::Bool | DataType::Bytes => return Err(self.wrong(&format!("the number {v}"))),
+        }
+        self.leaf(depth)
+    }
+
+    fn float<E: de::Error>(&mut self, v: f64, depth: usize) -> Result<(), E> {
+        match self.datatype {
+            DataType::Fp16 => self.fixed.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
+            DataType::Fp32 => self.fixed.extend_from_slice(&(v as f32).to_le_bytes()),
+            DataType::Fp64 => self.fixed.extend_from_slice(&v.to_le_bytes()),
+            _ => return Err(self.wrong(&format!("the number {v}"))),
+        }
+        self.leaf(depth)
+    }
+}
+
+struct Elem<'s, 'a> {
+    state: &'s mut State<'a>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Elem<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Elem<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("tensor elements")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        if self.state.datatype != DataType::Bool {
+            return Err(self.state.wrong(&format!("{v}")));
+        }
+        self.state.fixed.push(v as u8);
+        self.state.leaf(self.depth)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.state.int(v as i128, self.depth)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.state.int(v as i128, self.depth)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.state.float(v, self.depth)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.state.datatype != DataType::Bytes {
+            return Err(self.state.wrong(&format!("the string {v:?}")));
+        }
+        self.state.items.push(Bytes::copy_from_slice(v.as_bytes()));
+        self.state.leaf(self.depth)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.state.wrong("null"))
+    }
+
+    /// TF-Serving's `{"b64": "..."}` form of a binary string.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let key: Option<String> = map.next_key()?;
+        if self.state.datatype != DataType::Bytes || key.as_deref() != Some("b64") {
+            return Err(self.state.wrong("an object"));
+        }
+        let text: String = map.next_value()?;
+        if map.next_key::<String>()?.is_some() {
+            return Err(self.state.fail("a {\"b64\": ...} element may hold only the b64 key".into()));
+        }
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) else {
+            let msg = format!("element {} is not valid base64", self.state.count);
+            return Err(self.state.fail(msg));
+        };
+        self.state.items.push(Bytes::from(bytes));
+        self.state.leaf(self.depth)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.depth;
+        if depth >= MAX_NESTING {
+            return Err(self.state.fail(format!(
+                "JSON nesting depth exceeds maximum allowed limit ({MAX_NESTING})"
+            )));
+        }
+        let mut len = 0usize;
+        while seq.next_element_seed(Elem { state: &mut *self.state, depth: depth + 1 })?.is_some() {
+            len += 1;
+        }
+        let state = self.state;
+        if len == 0 {
+            // An empty array is a leaf level of size zero.
+            state.leaf_depth.get_or_insert(depth + 1);
+        }
+        // Inner arrays finish before outer ones, so the shape is indexed by depth, not pushed.
+        if state.shape.len() <= depth {
+            state.shape.resize(depth + 1, None);
+        }
+        match state.shape[depth] {
+            None => state.shape[depth] = Some(len),
+            Some(earlier) if earlier != len => {
+                let msg = format!(
+                    "data is ragged: an array at depth {} has {len} elements where an earlier one had {earlier}",
+                    depth + 1
+                );
+                return Err(state.fail(msg));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(p: &Parsed) -> Vec<f64> {
+        p.data.to_f64(DataType::Fp32)
+    }
+
+    #[test]
+    fn flat_and_nested_give_the_same_elements() {
+        let flat = parse_elements("x", DataType::Fp32, "[1, 2.5, 3, 4]").unwrap();
+        let nested = parse_elements("x", DataType::Fp32, "[[1, 2.5], [3, 4]]").unwrap();
+        assert_eq!(f32s(&flat), vec![1.0, 2.5, 3.0, 4.0]);
+        assert_eq!(f32s(&flat), f32s(&nested));
+        assert_eq!(flat.shape, vec![4]);
+        assert_eq!(nested.shape, vec![2, 2]);
+    }
+
+    #[test]
+    fn ragged_data_is_refused() {
+        let err = parse_elements("x", DataType::Fp32, "[[1, 2], [3]]").unwrap_err();
+        assert!(err.to_string().contains("ragged"), "{err}");
+        let err = parse_elements("x", DataType::Fp32, "[[1, 2], 3]").unwrap_err();
+        assert!(err.to_string().contains("ragged"), "{err}");
+    }
+
+    #[test]
+    fn wrong_element_types_are_named() {
+        let err = parse_elements("x", DataType::Int32, "[1, 2.5]").unwrap_err();
+        assert!(err.to_string().contains("element 1 is the number 2.5, but datatype INT32 needs an integer"), "{err}");
+        let err = parse_elements("x", DataType::Uint8, "[300]").unwrap_err();
+        assert!(err.to_string().contains("out of range for UINT8"), "{err}");
+        let err = parse_elements("x", DataType::Fp32, "[\"a\"]").unwrap_err();
+        assert!(err.to_string().contains("needs a number"), "{err}");
+        let err = parse_elements("x", DataType::Bool, "[1]").unwrap_err();
+        assert!(err.to_string().contains("needs true or false"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let text = format!("{}1{}", "[".repeat(101), "]".repeat(101));
+        let err = parse_elements("x", DataType::Fp32, &text).unwrap_err();
+        assert!(err.to_string().contains("nesting depth"), "{err}");
+    }
+
+    #[test]
+    fn bytes_accept_strings_and_b64() {
+        let p = parse_elements("s", DataType::Bytes, r#"["ab", {"b64": "AAE="}]"#).unwrap();
+        assert_eq!(
+            p.data,
+            TensorData::Bytes(vec![Bytes::from_static(b"ab"), Bytes::from_static(&[0, 1])])
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_reported() {
+        let err = parse_elements("x", DataType::Fp32, "[1, 2").unwrap_err();
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
+}

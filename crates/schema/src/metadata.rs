@@ -49,14 +49,6 @@ pub struct ModelReady {
     pub ready: bool,
 }
 
-/// `GET /v2/health/live` and `/v2/health/ready` bodies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Health {
-    /// The state asked about.
-    #[serde(alias = "ready")]
-    pub live: bool,
-}
-
 /// Triton's model configuration (`GET /v2/models/{m}/config`), the fields its tools read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -163,6 +155,9 @@ pub struct InferenceStats {
     pub success: StatDuration,
     /// Requests that failed.
     pub fail: StatDuration,
+    /// Requests dropped from the queue because their client had gone away.
+    #[serde(default)]
+    pub cancel: StatDuration,
     /// Time requests spent queued.
     pub queue: StatDuration,
     /// Time spent building batch tensors.
@@ -180,6 +175,19 @@ pub struct BatchStats {
     pub batch_size: u64,
     /// Executions of that size and their time.
     pub compute_infer: StatDuration,
+}
+
+/// One version in the repository index (`POST /v2/repository/index`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryModel {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `LOADING`, `READY` or `UNAVAILABLE`.
+    pub state: String,
+    /// Why the version is unavailable; empty otherwise.
+    pub reason: String,
 }
 
 /// The error body every failure carries: `{"error": "..."}`.

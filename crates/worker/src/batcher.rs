@@ -1,0 +1,268 @@
+//! The dynamic batcher of one model version: a bounded queue and `instances` runner threads that
+//! combine the rows of waiting requests into one model run and split the outputs back.
+
+use crate::config::BatchingConfig;
+use crate::onnx::{rows, stack, OnnxModel};
+use crate::stats::{Execution, Stats};
+use crate::EngineError;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tract_onnx::prelude::{TValue, TVec};
+use vatic_schema::{Tensor, TensorData};
+
+/// Outputs of one request, in signature order.
+pub type JobOutputs = Vec<(Vec<u64>, TensorData)>;
+
+/// One request waiting for the model.
+pub struct Job {
+    /// Inputs in signature order, already checked against the signature.
+    pub inputs: Vec<Tensor>,
+    /// Rows along the batch dimension (1 for a model without one).
+    pub rows: usize,
+    /// Shapes of the inputs without their batch dimension: only jobs with equal keys share a run.
+    pub key: Vec<Vec<u64>>,
+    /// When it was queued.
+    pub enqueued: Instant,
+    /// When it stops being worth computing.
+    pub deadline: Instant,
+    /// Where the answer goes; closed when the client has gone away.
+    pub reply: oneshot::Sender<Result<JobOutputs, EngineError>>,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    label: String,
+    model: Arc<OnnxModel>,
+    config: BatchingConfig,
+    stats: Arc<Stats>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// A running batcher; dropping it does not stop the runners, `close` and `join` do.
+pub struct Batcher {
+    shared: Arc<Shared>,
+    runners: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Batcher {
+    /// Starts `config.instances` runner threads for `model`.
+    pub fn start(label: String, model: Arc<OnnxModel>, config: BatchingConfig, stats: Arc<Stats>) -> Batcher {
+        let shared = Arc::new(Shared {
+            label,
+            model,
+            config,
+            stats,
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), closed: false }),
+            wake: Condvar::new(),
+        });
+        let runners = (0..shared.config.instances)
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("run-{}-{i}", shared.label))
+                    .spawn(move || shared.run())
+                    .expect("spawning a runner thread")
+            })
+            .collect();
+        Batcher { shared, runners: Mutex::new(runners) }
+    }
+
+    /// Queues a job, or refuses it when the queue is full or closed.
+    pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        if q.closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        if q.jobs.len() >= self.shared.config.max_queue_size {
+            return Err(EngineError::QueueFull {
+                model: self.shared.label.clone(),
+                size: self.shared.config.max_queue_size,
+            });
+        }
+        q.jobs.push_back(job);
+        drop(q);
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.lock().expect("queue lock").jobs.len()
+    }
+
+    /// Stops taking jobs; the runners finish what is queued, then exit.
+    pub fn close(&self) {
+        self.shared.queue.lock().expect("queue lock").closed = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// Waits for the runners to exit (after `close`).
+    pub fn join(&self) {
+        let runners = std::mem::take(&mut *self.runners.lock().expect("runners lock"));
+        for r in runners {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        while let Some(batch) = self.next_batch() {
+            self.execute(batch);
+        }
+    }
+
+    /// Drops jobs whose client has gone and answers jobs past their deadline.
+    fn purge(&self, jobs: &mut VecDeque<Job>) {
+        let now = Instant::now();
+        let stale = |job: &Job| job.reply.is_closed() || job.deadline <= now;
+        if !jobs.iter().any(stale) {
+            return;
+        }
+        for job in std::mem::take(jobs) {
+            if job.reply.is_closed() {
+                self.stats.cancelled(now - job.enqueued);
+            } else if job.deadline <= now {
+                self.stats.failed(now - job.enqueued);
+                let _ = job.reply.send(Err(EngineError::Timeout {
+                    model: self.label.clone(),
+                    ms: self.config.timeout_ms,
+                }));
+            } else {
+                jobs.push_back(job);
+            }
+        }
+    }
+
+    /// Picks the jobs of the next run: the oldest job, then later jobs with the same row shapes
+    /// while their rows fit in `max_batch_size`. Returns queue positions and the row total.
+    fn select(&self, jobs: &VecDeque<Job>) -> (Vec<usize>, usize) {
+        let front = &jobs[0];
+        let mut picked = vec![0];
+        let mut total = front.rows;
+        let max = self.config.max_batch_size;
+        if !self.model.signature.batched || max <= 1 {
+            return (picked, total);
+        }
+        for (i, job) in jobs.iter().enumerate().skip(1) {
+            if total >= max {
+                break;
+            }
+            if job.key != front.key {
+                continue;
+            }
+            if total + job.rows > max {
+                break;
+            }
+            picked.push(i);
+            total += job.rows;
+        }
+        (picked, total)
+    }
+
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut q = self.queue.lock().expect("queue lock");
+        loop {
+            self.purge(&mut q.jobs);
+            if q.jobs.is_empty() {
+                if q.closed {
+                    return None;
+                }
+                q = self.wake.wait(q).expect("queue lock");
+                continue;
+            }
+            let (picked, total) = self.select(&q.jobs);
+            let due = q.jobs[0].enqueued + Duration::from_micros(self.config.max_queue_delay_us);
+            let now = Instant::now();
+            let ready = total >= self.config.max_batch_size
+                || self.config.preferred_batch_sizes.contains(&total)
+                || !self.model.signature.batched
+                || now >= due
+                || q.closed;
+            if !ready {
+                q = self.wake.wait_timeout(q, due - now).expect("queue lock").0;
+                continue;
+            }
+            let mut batch = Vec::with_capacity(picked.len());
+            for i in picked.iter().rev() {
+                batch.push(q.jobs.remove(*i).expect("picked from the queue"));
+            }
+            batch.reverse();
+            let more = !q.jobs.is_empty();
+            drop(q);
+            if more {
+                self.wake.notify_one();
+            }
+            return Some(batch);
+        }
+    }
+
+    fn execute(&self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        for job in &jobs {
+            self.stats.dequeued(started - job.enqueued);
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| self.compute(&jobs)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
+        match result {
+            Ok((outputs, execution)) => {
+                self.stats.executed(&execution, jobs.len() as u64);
+                for (job, out) in jobs.into_iter().zip(outputs) {
+                    self.stats.succeeded(job.enqueued.elapsed());
+                    let _ = job.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(model = %self.label, requests = jobs.len(), error = %msg, "model run failed");
+                for job in jobs {
+                    self.stats.failed(job.enqueued.elapsed());
+                    let _ = job.reply.send(Err(EngineError::Inference(msg.clone())));
+                }
+            }
+        }
+    }
+
+    fn compute(&self, jobs: &[Job]) -> anyhow::Result<(Vec<JobOutputs>, Execution)> {
+        let t0 = Instant::now();
+        let signature = &self.model.signature;
+        let total: usize = jobs.iter().map(|j| j.rows).sum();
+        let mut inputs: TVec<TValue> = TVec::new();
+        for (i, meta) in signature.inputs.iter().enumerate() {
+            let shape: Vec<usize> = if jobs.len() == 1 {
+                jobs[0].inputs[i].shape.iter().map(|d| *d as usize).collect()
+            } else {
+                std::iter::once(total).chain(jobs[0].key[i].iter().map(|d| *d as usize)).collect()
+            };
+            let parts: Vec<&TensorData> = jobs.iter().map(|j| &j.inputs[i].data).collect();
+            inputs.push(stack(meta.datatype, &shape, &parts)?.into());
+        }
+        let t1 = Instant::now();
+        let outputs = self.model.run(inputs)?;
+        let t2 = Instant::now();
+        let mut per_job: Vec<JobOutputs> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+        for (t, meta) in outputs.iter().zip(&signature.outputs) {
+            if jobs.len() > 1 && t.shape().first() != Some(&total) {
+                anyhow::bail!("output '{}' has shape {:?}, not {total} rows", meta.name, t.shape());
+            }
+            let mut at = 0;
+            for (job, out) in jobs.iter().zip(per_job.iter_mut()) {
+                let (start, end) = if jobs.len() == 1 { (0, t.shape().first().copied().unwrap_or(0)) } else { (at, at + job.rows) };
+                out.push(rows(t, start, end)?);
+                at = end;
+            }
+        }
+        let t3 = Instant::now();
+        let rows = if signature.batched { total as u64 } else { jobs.len() as u64 };
+        Ok((per_job, Execution { rows, input: t1 - t0, infer: t2 - t1, output: t3 - t2 }))
+    }
+}

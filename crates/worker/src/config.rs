@@ -1,0 +1,103 @@
+//! Per-model settings: batching, instances and signature overrides, from `model.toml` beside the
+//! model's versions, falling back to the worker's defaults.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use vatic_schema::TensorMetadata;
+
+/// How a model version batches and queues requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Most rows in one model run. Rows a request carries count; a request larger than this
+    /// runs on its own. 1 turns batching off.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch may wait for more rows, in microseconds.
+    pub max_queue_delay_us: u64,
+    /// Batch sizes (in rows) that are run at once without waiting out the delay.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests the queue holds; more are refused with 503.
+    pub max_queue_size: usize,
+    /// How long a request may wait for its answer, in milliseconds.
+    pub timeout_ms: u64,
+    /// Runner threads for this version, each with its own copy of the model state.
+    pub instances: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        BatchingConfig {
+            max_batch_size: 32,
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            timeout_ms: 30_000,
+            instances: cores.min(4),
+        }
+    }
+}
+
+impl BatchingConfig {
+    /// Checks the values, naming the key at fault.
+    pub fn validate(&self, origin: &str) -> anyhow::Result<()> {
+        let bad = |key: &str, why: &str| anyhow::anyhow!("{origin}: {key} {why}");
+        if self.max_batch_size == 0 {
+            return Err(bad("max_batch_size", "must be at least 1"));
+        }
+        if self.max_queue_size == 0 {
+            return Err(bad("max_queue_size", "must be at least 1"));
+        }
+        if self.instances == 0 {
+            return Err(bad("instances", "must be at least 1"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(bad("timeout_ms", "must be at least 1"));
+        }
+        if let Some(p) = self.preferred_batch_sizes.iter().find(|p| **p == 0 || **p > self.max_batch_size) {
+            return Err(bad("preferred_batch_sizes", &format!("has {p}, outside 1..=max_batch_size")));
+        }
+        Ok(())
+    }
+}
+
+/// The optional `model.toml` of a model folder (`<repository>/<model>/model.toml`), or of one
+/// version folder (`<repository>/<model>/<version>/model.toml`), which wins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelToml {
+    /// Batching settings; keys left out keep the worker's defaults.
+    #[serde(default)]
+    pub batching: Option<toml::Table>,
+    /// Replaces the inputs read from the ONNX graph (names must exist in the graph).
+    #[serde(default)]
+    pub inputs: Option<Vec<TensorMetadata>>,
+    /// Replaces the outputs read from the ONNX graph (names must exist in the graph).
+    #[serde(default)]
+    pub outputs: Option<Vec<TensorMetadata>>,
+}
+
+impl ModelToml {
+    /// Reads `path` if it exists.
+    pub fn read(path: &Path) -> anyhow::Result<Option<ModelToml>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(path)?;
+        let parsed = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Some(parsed))
+    }
+
+    /// The batching settings: `defaults` with this file's keys laid over them.
+    pub fn batching(&self, defaults: &BatchingConfig, origin: &str) -> anyhow::Result<BatchingConfig> {
+        let Some(table) = &self.batching else { return Ok(defaults.clone()) };
+        let mut merged = toml::Table::try_from(defaults)?;
+        for (k, v) in table {
+            merged.insert(k.clone(), v.clone());
+        }
+        let config: BatchingConfig =
+            merged.try_into().map_err(|e| anyhow::anyhow!("{origin}: [batching]: {e}"))?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+}

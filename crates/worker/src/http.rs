@@ -1,0 +1,416 @@
+//! The worker's internal V2 endpoint, and HTTP pieces the public api shares: body limits, the
+//! error body, request ids, noticing clients that went away, and draining on SIGTERM.
+
+use crate::{Engine, EngineError, WorkerSettings};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Extensions, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::any::Any;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
+use vatic_schema::{ErrorBody, InferRequest, ModelReady, ServerMetadata};
+
+/// The header that carries a request's id in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// An HTTP request that failed; the single place errors become statuses and bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The engine refused or failed the request.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The body exceeds the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body could not be read.
+    #[error("could not read the request body: {0}")]
+    Body(String),
+    /// A worker answered with an error, passed through as it came.
+    #[error("{message}")]
+    Upstream {
+        /// The worker's status.
+        status: u16,
+        /// The worker's error message.
+        message: String,
+        /// The worker's Retry-After, if any.
+        retry_after: Option<u64>,
+    },
+    /// No worker can take the request now.
+    #[error("no worker is available: {0}")]
+    NoWorker(String),
+    /// The client closed the connection before the answer was ready.
+    #[error("the client closed the connection")]
+    ClientGone,
+}
+
+impl From<vatic_schema::SchemaError> for HttpError {
+    fn from(e: vatic_schema::SchemaError) -> Self {
+        HttpError::Engine(EngineError::Schema(e))
+    }
+}
+
+impl HttpError {
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            HttpError::Engine(e) => e.retry_after(),
+            HttpError::Upstream { retry_after, .. } => *retry_after,
+            HttpError::NoWorker(_) => Some(1),
+            HttpError::TooLarge { .. } | HttpError::Body(_) | HttpError::ClientGone => None,
+        }
+    }
+}
+
+impl ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        let code = match self {
+            HttpError::Engine(e) => e.status(),
+            HttpError::TooLarge { .. } => 413,
+            HttpError::Body(_) => 400,
+            HttpError::Upstream { status, .. } => *status,
+            HttpError::NoWorker(_) => 503,
+            // nginx's "client closed request": nobody reads it, but access logs show it.
+            HttpError::ClientGone => 499,
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after() {
+            resp.insert_header((RETRY_AFTER, secs.to_string()));
+        }
+        resp.json(ErrorBody { error: self.to_string() })
+    }
+}
+
+/// Reads a whole body, refusing it with 413 as soon as it passes `limit` bytes.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, HttpError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(HttpError::TooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| HttpError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Reads the binary extension's header length from a request.
+pub fn header_length(req: &HttpRequest) -> Result<Option<usize>, HttpError> {
+    let value = req.headers().get(HEADER_LENGTH).map(|v| v.to_str().unwrap_or("(not text)"));
+    Ok(v2::parse_header_length(value)?)
+}
+
+/// An encoded V2 body as a response: JSON, or JSON header plus binary data.
+pub fn v2_response(encoded: Encoded) -> HttpResponse {
+    let mut resp = HttpResponse::Ok();
+    match encoded.header_length {
+        Some(n) => {
+            resp.insert_header((CONTENT_TYPE, "application/octet-stream"));
+            resp.insert_header((HEADER_LENGTH, n.to_string()));
+        }
+        None => {
+            resp.insert_header((CONTENT_TYPE, "application/json"));
+        }
+    }
+    resp.body(encoded.body)
+}
+
+/// A duplicate of a client connection's socket, used only to notice that the client went away
+/// (actix-web keeps running a handler after its client disconnects).
+#[derive(Clone)]
+pub struct ClientConnection(Arc<std::net::TcpStream>);
+
+impl ClientConnection {
+    /// Whether the peer has closed or reset the connection; never blocks or consumes data.
+    pub fn is_gone(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.0.peek(&mut probe) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted),
+        }
+    }
+}
+
+/// `HttpServer::on_connect` hook that records each connection for `until_client_gone`.
+pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
+    use std::os::fd::AsFd;
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+            ext.insert(ClientConnection(Arc::new(std::net::TcpStream::from(fd))));
+        }
+    }
+}
+
+/// Runs `work`, giving up with `ClientGone` if the client disconnects first. Giving up drops
+/// `work`, which drops the request's place in the batch queue.
+pub async fn until_client_gone<T>(
+    req: &HttpRequest,
+    work: impl std::future::Future<Output = Result<T, HttpError>>,
+) -> Result<T, HttpError> {
+    let Some(conn) = req.conn_data::<ClientConnection>().cloned() else { return work.await };
+    let gone = async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            if conn.is_gone() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = gone => Err(HttpError::ClientGone),
+    }
+}
+
+/// The request id of a request: set by `request_id` middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Middleware: takes `X-Request-ID` or makes one, returns it, and logs the request with it.
+/// Health and metrics probes are left out of the access log.
+pub async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "(unmatched)".into());
+    let quiet = route.contains("/health/") || route.ends_with("z") || route == "/metrics";
+    let span = tracing::info_span!("request", request_id = %id);
+    let started = Instant::now();
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID), v);
+    }
+    let status = res.status().as_u16();
+    if !quiet || status >= 400 {
+        span.in_scope(|| {
+            tracing::info!(method = %method, route = %route, status, micros = started.elapsed().as_micros() as u64, "request");
+        });
+    }
+    Ok(res)
+}
+
+/// `{model}` and optional `{version}` of a model route.
+#[derive(Debug, Deserialize)]
+pub struct ModelPath {
+    /// Model name.
+    pub model: String,
+    /// Version, when the path names one.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Registers `handler` at `/v2/models/{model}{suffix}` and `/v2/models/{model}/versions/{version}{suffix}`.
+pub fn model_route(cfg: &mut web::ServiceConfig, suffix: &str, route: fn() -> actix_web::Route) {
+    cfg.route(&format!("/v2/models/{{model}}{suffix}"), route());
+    cfg.route(&format!("/v2/models/{{model}}/versions/{{version}}{suffix}"), route());
+}
+
+/// The server metadata of vatic processes.
+pub fn server_metadata(name: &str) -> ServerMetadata {
+    ServerMetadata {
+        name: name.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        extensions: vec![
+            "binary_tensor_data".into(),
+            "model_configuration".into(),
+            "statistics".into(),
+            "model_repository".into(),
+        ],
+    }
+}
+
+/// Health answers: `/v2/health/*` says 200 or 400 (as the V2 protocol asks for a 4xx), `/readyz`
+/// says 200 or 503 for load balancers.
+pub fn health(field: &str, ok: bool, bad: StatusCode) -> HttpResponse {
+    let status = if ok { StatusCode::OK } else { bad };
+    HttpResponse::build(status).json(serde_json::json!({ field: ok }))
+}
+
+/// Answer for a model-ready probe: 200 when ready, 503 when known but not ready.
+pub fn model_ready_response(model: &str, ready: bool) -> HttpResponse {
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status).json(ModelReady { name: model.to_string(), ready })
+}
+
+// ---- the worker's own endpoint ----
+
+struct WorkerState {
+    engine: Arc<Engine>,
+    max_body_bytes: usize,
+}
+
+type State = web::Data<WorkerState>;
+
+fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v2/health/live", web::get().to(|| async { health("live", true, StatusCode::BAD_REQUEST) }))
+        .route("/livez", web::get().to(|| async { health("live", true, StatusCode::SERVICE_UNAVAILABLE) }))
+        .route("/v2/health/ready", web::get().to(|s: State| async move { health("ready", s.engine.is_ready(), StatusCode::BAD_REQUEST) }))
+        .route("/readyz", web::get().to(|s: State| async move { health("ready", s.engine.is_ready(), StatusCode::SERVICE_UNAVAILABLE) }))
+        .route("/v2", web::get().to(|| async { HttpResponse::Ok().json(server_metadata("vatic-worker")) }))
+        .route("/v2/models/stats", web::get().to(get_all_stats))
+        .route("/v2/repository/index", web::post().to(|s: State| async move { HttpResponse::Ok().json(s.engine.index()) }));
+    model_route(cfg, "", || web::get().to(get_metadata));
+    model_route(cfg, "/ready", || web::get().to(get_model_ready));
+    model_route(cfg, "/config", || web::get().to(get_config));
+    model_route(cfg, "/stats", || web::get().to(get_stats));
+    model_route(cfg, "/infer", || web::post().to(post_infer));
+}
+
+async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+    Ok(HttpResponse::Ok().json(s.engine.metadata(&p.model, p.version.as_deref())?))
+}
+
+async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+    Ok(model_ready_response(&p.model, s.engine.model_ready(&p.model, p.version.as_deref())?))
+}
+
+async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+    Ok(HttpResponse::Ok().json(s.engine.config(&p.model, p.version.as_deref())?))
+}
+
+async fn get_stats(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+    Ok(HttpResponse::Ok().json(s.engine.stats(Some(&p.model), p.version.as_deref())?))
+}
+
+async fn get_all_stats(s: State) -> Result<HttpResponse, HttpError> {
+    Ok(HttpResponse::Ok().json(s.engine.stats(None, None)?))
+}
+
+async fn post_infer(
+    req: HttpRequest,
+    s: State,
+    p: web::Path<ModelPath>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HttpError> {
+    let body = read_body(&req, payload, s.max_body_bytes).await?;
+    let request: InferRequest = v2::decode_request(&body, header_length(&req)?)?;
+    let response = until_client_gone(&req, async {
+        Ok(s.engine.infer(&p.model, p.version.as_deref(), &request).await?)
+    })
+    .await?;
+    Ok(v2_response(v2::encode_response(&response, |t| request.wants_binary(&t.name))))
+}
+
+/// A running worker: its address, its engine and a handle to stop it.
+pub struct Worker {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its engine.
+    pub engine: Arc<Engine>,
+    server: Option<Server>,
+    drain: Duration,
+}
+
+impl Worker {
+    /// Binds, starts serving (live at once, ready once every model is loaded and warmed) and
+    /// starts loading models in the background.
+    pub fn start(settings: &WorkerSettings) -> anyhow::Result<Worker> {
+        settings.validate()?;
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let engine = Arc::new(Engine::new(settings.engine())?);
+        let state = web::Data::new(WorkerState { engine: engine.clone(), max_body_bytes: settings.max_body_bytes });
+        let server = HttpServer::new(move || {
+            App::new().app_data(state.clone()).wrap(from_fn(request_id)).configure(configure)
+        })
+        .on_connect(on_connect)
+        .disable_signals()
+        .shutdown_timeout(60)
+        .listen(listener)?
+        .run();
+        let loading = engine.clone();
+        std::thread::Builder::new().name("model-loader".into()).spawn(move || loading.load_all())?;
+        tracing::info!(addr = %addr, models_dir = %settings.models_dir.display(), "worker listening");
+        Ok(Worker { addr, engine, server: Some(server), drain: Duration::from_secs(settings.drain_secs) })
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then drains and exits.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let server = self.server.take().expect("started");
+        let handle = server.handle();
+        let serving = tokio::spawn(server);
+        shutdown_signal().await;
+        drain_and_stop(&self.engine, &handle, self.drain).await;
+        serving.await??;
+        Ok(())
+    }
+
+    /// Stops at once (for tests): in-flight requests finish, queued work finishes.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            let handle = server.handle();
+            let serving = tokio::spawn(server);
+            drain_and_stop(&self.engine, &handle, Duration::ZERO).await;
+            let _ = serving.await;
+        }
+    }
+
+    /// Spawns the server on the current runtime (for tests) and returns a handle to stop it.
+    pub fn spawn(&mut self) -> ServerHandle {
+        let server = self.server.take().expect("started");
+        let handle = server.handle();
+        tokio::spawn(server);
+        handle
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The shutdown sequence: report not ready, keep serving for `drain` so load balancers notice,
+/// stop accepting and finish in-flight requests, then finish queued model work.
+pub async fn drain_and_stop(engine: &Arc<Engine>, handle: &ServerHandle, drain: Duration) {
+    engine.begin_shutdown();
+    tracing::info!(drain_secs = drain.as_secs(), "shutting down: not ready, draining");
+    tokio::time::sleep(drain).await;
+    handle.stop(true).await;
+    let engine = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    tracing::info!("stopped");
+}
+
+/// Runs the worker binary.
+pub async fn run(settings: WorkerSettings) -> anyhow::Result<()> {
+    Worker::start(&settings)?.run_until_signal().await
+}

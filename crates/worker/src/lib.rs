@@ -1,0 +1,19 @@
+//! The vatic model worker: loads ONNX models with tract, batches requests dynamically on
+//! dedicated runner threads, and serves the KServe V2 endpoints for them.
+
+#![forbid(unsafe_code)]
+
+pub mod batcher;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod http;
+pub mod onnx;
+pub mod settings;
+pub mod stats;
+pub mod telemetry;
+
+pub use config::BatchingConfig;
+pub use engine::{Engine, EngineSettings, LoadedVersion};
+pub use error::EngineError;
+pub use settings::WorkerSettings;

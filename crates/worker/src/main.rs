@@ -1,0 +1,33 @@
+//! `vatic-worker`: serves the models of a repository folder over the V2 protocol.
+
+use clap::Parser;
+use serde::Serialize;
+use std::path::PathBuf;
+use vatic_worker::{settings, telemetry, WorkerSettings};
+
+/// Serves the ONNX models of a repository folder over the KServe V2 protocol.
+#[derive(Parser, Serialize)]
+#[command(version)]
+struct Flags {
+    /// Configuration file [env: VATIC_CONFIG] [default: config/worker.toml]
+    #[arg(long, env = "VATIC_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8081
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Model repository folder: <dir>/<model>/<version>/model.onnx
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let file = flags.config.clone().unwrap_or_else(|| PathBuf::from("config/worker.toml"));
+    let settings: WorkerSettings = settings::load(&file, flags.config.is_some(), &flags)?;
+    telemetry::init(&settings.log);
+    vatic_worker::http::run(settings).await
+}

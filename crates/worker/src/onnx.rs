@@ -1,0 +1,295 @@
+//! Loading ONNX models with tract: signature, one optimisation with a symbolic batch dimension,
+//! and conversion between wire tensors and tract tensors.
+
+use crate::config::ModelToml;
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use vatic_schema::{DataType, TensorData, TensorMetadata};
+
+/// The inputs and outputs a model version accepts and produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    /// Inputs in graph order.
+    pub inputs: Vec<TensorMetadata>,
+    /// Outputs in graph order.
+    pub outputs: Vec<TensorMetadata>,
+    /// Whether the first dimension of every input and output is one shared batch dimension,
+    /// so rows of many requests can run together.
+    pub batched: bool,
+}
+
+/// A model optimised once and ready to run from several threads.
+pub struct OnnxModel {
+    plan: Arc<TypedRunnableModel>,
+    /// What the model accepts and returns.
+    pub signature: Signature,
+}
+
+fn datatype_of(elem_type: i32) -> anyhow::Result<DataType> {
+    use pb::tensor_proto::DataType as P;
+    let p = P::try_from(elem_type).map_err(|_| anyhow!("unknown ONNX element type {elem_type}"))?;
+    Ok(match p {
+        P::Bool => DataType::Bool,
+        P::Uint8 => DataType::Uint8,
+        P::Uint16 => DataType::Uint16,
+        P::Uint32 => DataType::Uint32,
+        P::Uint64 => DataType::Uint64,
+        P::Int8 => DataType::Int8,
+        P::Int16 => DataType::Int16,
+        P::Int32 => DataType::Int32,
+        P::Int64 => DataType::Int64,
+        P::Float16 => DataType::Fp16,
+        P::Float => DataType::Fp32,
+        P::Double => DataType::Fp64,
+        P::String => DataType::Bytes,
+        other => bail!("ONNX element type {other:?} has no V2 datatype"),
+    })
+}
+
+/// tract's datum type for a V2 datatype.
+pub fn datum_type(dt: DataType) -> DatumType {
+    match dt {
+        DataType::Bool => DatumType::Bool,
+        DataType::Uint8 => DatumType::U8,
+        DataType::Uint16 => DatumType::U16,
+        DataType::Uint32 => DatumType::U32,
+        DataType::Uint64 => DatumType::U64,
+        DataType::Int8 => DatumType::I8,
+        DataType::Int16 => DatumType::I16,
+        DataType::Int32 => DatumType::I32,
+        DataType::Int64 => DatumType::I64,
+        DataType::Fp16 => DatumType::F16,
+        DataType::Fp32 => DatumType::F32,
+        DataType::Fp64 => DatumType::F64,
+        DataType::Bytes => DatumType::String,
+    }
+}
+
+/// A declared tensor and, per axis, the dim_param naming it (if any).
+struct Declared {
+    meta: TensorMetadata,
+    params: Vec<Option<String>>,
+}
+
+fn declared(info: &pb::ValueInfoProto) -> anyhow::Result<Declared> {
+    let Some(pb::type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        bail!("'{}' is not a tensor", info.name);
+    };
+    let datatype = datatype_of(t.elem_type).with_context(|| format!("tensor '{}'", info.name))?;
+    let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+    let mut shape = Vec::with_capacity(dims.len());
+    let mut params = Vec::with_capacity(dims.len());
+    for d in dims {
+        match &d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v > 0 => {
+                shape.push(*v);
+                params.push(None);
+            }
+            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => {
+                shape.push(-1);
+                params.push(Some(p.clone()));
+            }
+            _ => {
+                shape.push(-1);
+                params.push(None);
+            }
+        }
+    }
+    Ok(Declared { meta: TensorMetadata { name: info.name.clone(), datatype, shape }, params })
+}
+
+/// Replaces declared tensors by those of `model.toml`, checking every name exists in the graph.
+fn apply_override(
+    declared: &mut Vec<Declared>,
+    replacement: &Option<Vec<TensorMetadata>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let Some(replacement) = replacement else { return Ok(()) };
+    for r in replacement {
+        if !declared.iter().any(|d| d.meta.name == r.name) {
+            bail!(
+                "model.toml names {what} '{}', which the graph does not have ({})",
+                r.name,
+                declared.iter().map(|d| d.meta.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    for d in declared.iter_mut() {
+        let Some(r) = replacement.iter().find(|r| r.name == d.meta.name) else {
+            bail!("model.toml lists {what}s but leaves out '{}': list every {what}", d.meta.name);
+        };
+        d.params = r.shape.iter().map(|_| None).collect();
+        d.meta = r.clone();
+    }
+    Ok(())
+}
+
+impl OnnxModel {
+    /// Loads, checks and optimises `path`, applying `overrides` from `model.toml`.
+    pub fn load(path: &Path, overrides: Option<&ModelToml>) -> anyhow::Result<OnnxModel> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_path(path).with_context(|| format!("reading {}", path.display()))?;
+        let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("{} has no graph", path.display()))?;
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|i| i.name.as_str()).collect();
+        let mut inputs = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains(i.name.as_str()))
+            .map(declared)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut outputs = graph.output.iter().map(declared).collect::<anyhow::Result<Vec<_>>>()?;
+        let none = ModelToml::default();
+        let overrides = overrides.unwrap_or(&none);
+        apply_override(&mut inputs, &overrides.inputs, "input")?;
+        apply_override(&mut outputs, &overrides.outputs, "output")?;
+
+        let mut model = onnx.model_for_path(path).with_context(|| format!("parsing {}", path.display()))?;
+        // The batch dimension: the symbol of every input's first axis, when they all share one.
+        let batch_param = inputs.first().and_then(|d| d.params.first().cloned().flatten());
+        let batch_param = batch_param.or_else(|| {
+            let first_dynamic = inputs.iter().all(|d| d.meta.shape.first() == Some(&-1));
+            (first_dynamic && !inputs.is_empty()).then(|| "N".to_string())
+        });
+        let batch = batch_param.as_ref().map(|p| model.symbols.sym(p));
+        for (ix, d) in inputs.iter().enumerate() {
+            let dims: Vec<TDim> = d
+                .meta
+                .shape
+                .iter()
+                .zip(&d.params)
+                .enumerate()
+                .map(|(axis, (size, param))| match (size, param) {
+                    (-1, _) if axis == 0 && batch.is_some() => TDim::Sym(batch.clone().expect("checked")),
+                    (-1, Some(p)) => TDim::Sym(model.symbols.sym(p)),
+                    (-1, None) => TDim::Sym(model.symbols.sym(&format!("{}_{axis}", d.meta.name))),
+                    (n, _) => TDim::Val(*n),
+                })
+                .collect();
+            let fact = InferenceFact::dt_shape(datum_type(d.meta.datatype), dims);
+            model.set_input_fact(ix, fact)?;
+        }
+        let typed = model.into_optimized().with_context(|| format!("optimising {}", path.display()))?;
+
+        let batched = match &batch {
+            None => false,
+            Some(sym) => {
+                let b = TDim::Sym(sym.clone());
+                let inputs_ok = inputs.iter().all(|d| d.meta.shape.first() == Some(&-1));
+                let outputs_ok = typed
+                    .output_outlets()?
+                    .iter()
+                    .map(|o| typed.outlet_fact(*o))
+                    .collect::<TractResult<Vec<_>>>()?
+                    .iter()
+                    .all(|f| f.shape.iter().next() == Some(&b));
+                inputs_ok && outputs_ok
+            }
+        };
+        // Shapes the graph left unstated come from tract's analysis.
+        let facts: Vec<TypedFact> = typed
+            .output_outlets()?
+            .iter()
+            .map(|o| typed.outlet_fact(*o).cloned())
+            .collect::<TractResult<_>>()?;
+        for (d, fact) in outputs.iter_mut().zip(&facts) {
+            if d.meta.shape.is_empty() && fact.rank() > 0 {
+                d.meta.shape = fact.shape.iter().map(|dim| dim.to_i64().unwrap_or(-1)).collect();
+            }
+        }
+        let plan = typed.into_runnable()?;
+        let signature = Signature {
+            inputs: inputs.into_iter().map(|d| d.meta).collect(),
+            outputs: outputs.into_iter().map(|d| d.meta).collect(),
+            batched,
+        };
+        Ok(OnnxModel { plan, signature })
+    }
+
+    /// Runs the model on inputs in signature order; returns outputs in signature order, each
+    /// converted to its declared datatype.
+    pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<Vec<Tensor>> {
+        let outputs = self.plan.run(inputs)?;
+        outputs
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .map(|(value, meta)| {
+                let want = datum_type(meta.datatype);
+                let t = value.into_tensor();
+                if t.datum_type() == want {
+                    Ok(t)
+                } else {
+                    Ok(t.cast_to_dt(want)
+                        .with_context(|| format!("output '{}' as {}", meta.name, meta.datatype))?
+                        .into_owned())
+                }
+            })
+            .collect()
+    }
+}
+
+/// Stacks the data of several same-typed wire tensors along a new or existing first axis into one
+/// tract tensor of `shape`: one copy from the request buffers into the batch buffer.
+pub fn stack(dt: DataType, shape: &[usize], parts: &[&TensorData]) -> anyhow::Result<Tensor> {
+    match dt {
+        DataType::Bytes => {
+            let mut strings = Vec::new();
+            for part in parts {
+                let TensorData::Bytes(items) = part else { bail!("BYTES tensor without BYTES data") };
+                for item in items {
+                    strings.push(
+                        String::from_utf8(item.to_vec())
+                            .map_err(|_| anyhow!("BYTES elements must be UTF-8 text for this model"))?,
+                    );
+                }
+            }
+            let array = tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(shape), strings)?;
+            Ok(array.into())
+        }
+        _ => {
+            let mut t = Tensor::zero_dt(datum_type(dt), shape)?;
+            let buf = t.as_bytes_mut();
+            let mut at = 0;
+            for part in parts {
+                let TensorData::Fixed(bytes) = part else { bail!("{dt} tensor with BYTES data") };
+                buf.get_mut(at..at + bytes.len())
+                    .ok_or_else(|| anyhow!("batch parts exceed the batch shape {shape:?}"))?
+                    .copy_from_slice(bytes);
+                at += bytes.len();
+            }
+            if at != buf.len() {
+                bail!("batch parts fill {at} of {} bytes", buf.len());
+            }
+            Ok(t)
+        }
+    }
+}
+
+/// Rows `start..end` of `t` (along its first axis; the whole tensor when it has no rows) as
+/// wire data.
+pub fn rows(t: &Tensor, start: usize, end: usize) -> anyhow::Result<(Vec<u64>, TensorData)> {
+    let mut shape: Vec<u64> = t.shape().iter().map(|d| *d as u64).collect();
+    let whole = shape.is_empty() || (start == 0 && end as u64 == shape[0]);
+    if !whole {
+        shape[0] = (end - start) as u64;
+    }
+    if t.datum_type() == DatumType::String {
+        let view = t.try_as_plain_ram()?;
+        let all = view.as_slice::<String>()?;
+        let per_row = if t.rank() == 0 { 1 } else { t.len() / t.shape()[0].max(1) };
+        let range = if whole { 0..all.len() } else { start * per_row..end * per_row };
+        let items = all[range].iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect();
+        return Ok((shape, TensorData::Bytes(items)));
+    }
+    let bytes = t.as_bytes();
+    if whole {
+        return Ok((shape, TensorData::Fixed(Bytes::copy_from_slice(bytes))));
+    }
+    let row_bytes = bytes.len() / t.shape()[0].max(1);
+    Ok((shape, TensorData::Fixed(Bytes::copy_from_slice(&bytes[start * row_bytes..end * row_bytes]))))
+}

@@ -1,0 +1,74 @@
+//! Settings of the worker binary, and the layered loader every vatic binary uses:
+//! built-in defaults, then a TOML file, then `VATIC_*` environment variables, then flags.
+
+use crate::config::BatchingConfig;
+use crate::engine::EngineSettings;
+use crate::telemetry::LogSettings;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything the worker binary reads at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Address to listen on, e.g. `0.0.0.0:8081`; port 0 picks a free port.
+    pub listen: String,
+    /// Seconds to keep serving after SIGTERM while reporting not ready.
+    pub drain_secs: u64,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// The model repository folder.
+    pub models_dir: PathBuf,
+    /// Batching defaults for every model version.
+    pub batching: BatchingConfig,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        let engine = EngineSettings::default();
+        WorkerSettings {
+            listen: "127.0.0.1:8081".into(),
+            drain_secs: 5,
+            max_body_bytes: 64 * 1024 * 1024,
+            models_dir: engine.models_dir,
+            batching: engine.batching,
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// The engine's part of the settings.
+    pub fn engine(&self) -> EngineSettings {
+        EngineSettings { models_dir: self.models_dir.clone(), batching: self.batching.clone() }
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.batching.validate("batching")
+    }
+}
+
+/// Loads settings of type `T`: defaults, then `file` (which must exist when given explicitly,
+/// `explicit`), then `VATIC_*` variables (`__` separates nesting: `VATIC_BATCHING__MAX_BATCH_SIZE`),
+/// then `flags` (only the fields that were set).
+pub fn load<T: Serialize + DeserializeOwned + Default>(
+    file: &Path,
+    explicit: bool,
+    flags: impl Serialize,
+) -> anyhow::Result<T> {
+    if explicit && !file.is_file() {
+        anyhow::bail!("config file {} does not exist", file.display());
+    }
+    Figment::from(Serialized::defaults(T::default()))
+        .merge(Toml::file(file))
+        .merge(Env::prefixed("VATIC_").ignore(&["config"]).split("__"))
+        .merge(Serialized::defaults(flags))
+        .extract()
+        .map_err(|e| anyhow::anyhow!("configuration ({}): {e}", file.display()))
+}

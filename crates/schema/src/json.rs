@@ -37,11 +37,18 @@ pub fn parse_elements(name: &str, datatype: DataType, text: &str) -> Result<Pars
         error: None,
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    let result = Elem { state: &mut state, depth: 0 }.deserialize(&mut de).and_then(|_| de.end());
+    let result = Elem {
+        state: &mut state,
+        depth: 0,
+    }
+    .deserialize(&mut de)
+    .and_then(|_| de.end());
     if let Some(err) = state.error.take() {
         return Err(err);
     }
-    result.map_err(|e| SchemaError::Invalid(format!("tensor '{name}': data is not valid JSON: {e}")))?;
+    result.map_err(|e| {
+        SchemaError::Invalid(format!("tensor '{name}': data is not valid JSON: {e}"))
+    })?;
     let data = match datatype {
         DataType::Bytes => TensorData::Bytes(state.items),
         _ => TensorData::Fixed(Bytes::from(state.fixed)),
@@ -51,7 +58,11 @@ pub fn parse_elements(name: &str, datatype: DataType, text: &str) -> Result<Pars
 }
 
 /// Reads a parsed JSON value; for callers that already hold a `serde_json::Value`.
-pub fn parse_value(name: &str, datatype: DataType, value: &serde_json::Value) -> Result<Parsed, SchemaError> {
+pub fn parse_value(
+    name: &str,
+    datatype: DataType,
+    value: &serde_json::Value,
+) -> Result<Parsed, SchemaError> {
     parse_elements(name, datatype, &value.to_string())
 }
 
@@ -133,7 +144,9 @@ impl State<'_> {
 
     fn float<E: de::Error>(&mut self, v: f64, depth: usize) -> Result<(), E> {
         match self.datatype {
-            DataType::Fp16 => self.fixed.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
+            DataType::Fp16 => self
+                .fixed
+                .extend_from_slice(&f16::from_f64(v).to_le_bytes()),
             DataType::Fp32 => self.fixed.extend_from_slice(&(v as f32).to_le_bytes()),
             DataType::Fp64 => self.fixed.extend_from_slice(&v.to_le_bytes()),
             _ => return Err(self.wrong(&format!("the number {v}"))),
@@ -201,7 +214,9 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
         }
         let text: String = map.next_value()?;
         if map.next_key::<String>()?.is_some() {
-            return Err(self.state.fail("a {\"b64\": ...} element may hold only the b64 key".into()));
+            return Err(self
+                .state
+                .fail("a {\"b64\": ...} element may hold only the b64 key".into()));
         }
         let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) else {
             let msg = format!("element {} is not valid base64", self.state.count);
@@ -219,7 +234,13 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
             )));
         }
         let mut len = 0usize;
-        while seq.next_element_seed(Elem { state: &mut *self.state, depth: depth + 1 })?.is_some() {
+        while seq
+            .next_element_seed(Elem {
+                state: &mut *self.state,
+                depth: depth + 1,
+            })?
+            .is_some()
+        {
             len += 1;
         }
         let state = self.state;
@@ -275,7 +296,11 @@ mod tests {
     #[test]
     fn wrong_element_types_are_named() {
         let err = parse_elements("x", DataType::Int32, "[1, 2.5]").unwrap_err();
-        assert!(err.to_string().contains("element 1 is the number 2.5, but datatype INT32 needs an integer"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("element 1 is the number 2.5, but datatype INT32 needs an integer"),
+            "{err}"
+        );
         let err = parse_elements("x", DataType::Uint8, "[300]").unwrap_err();
         assert!(err.to_string().contains("out of range for UINT8"), "{err}");
         let err = parse_elements("x", DataType::Fp32, "[\"a\"]").unwrap_err();

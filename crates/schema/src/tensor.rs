@@ -39,7 +39,13 @@ impl Tensor {
         shape: Vec<u64>,
         data: TensorData,
     ) -> Result<Tensor, SchemaError> {
-        let tensor = Tensor { name: name.into(), datatype, shape, data, parameters: Parameters::new() };
+        let tensor = Tensor {
+            name: name.into(),
+            datatype,
+            shape,
+            data,
+            parameters: Parameters::new(),
+        };
         tensor.check()?;
         Ok(tensor)
     }
@@ -54,7 +60,9 @@ impl Tensor {
         let count = self.element_count()?;
         match (&self.data, self.datatype.size()) {
             (TensorData::Fixed(bytes), Some(size)) => {
-                let expected = count.checked_mul(size).ok_or_else(|| overflow(&self.name))?;
+                let expected = count
+                    .checked_mul(size)
+                    .ok_or_else(|| overflow(&self.name))?;
                 if bytes.len() != expected {
                     return Err(SchemaError::DataLength {
                         name: self.name.clone(),
@@ -142,7 +150,13 @@ impl Tensor {
             }
             _ => TensorData::Fixed(raw),
         };
-        let tensor = Tensor { name: name.to_string(), datatype, shape, data, parameters: Parameters::new() };
+        let tensor = Tensor {
+            name: name.to_string(),
+            datatype,
+            shape,
+            data,
+            parameters: Parameters::new(),
+        };
         tensor.check()?;
         Ok(tensor)
     }
@@ -157,7 +171,9 @@ impl Tensor {
                 .collect(),
             TensorData::Fixed(b) => {
                 let size = self.datatype.size().unwrap_or(1);
-                b.chunks_exact(size).map(|c| element_to_json(self.datatype, c)).collect()
+                b.chunks_exact(size)
+                    .map(|c| element_to_json(self.datatype, c))
+                    .collect()
             }
         }
     }
@@ -171,21 +187,31 @@ impl Tensor {
         data: &serde_json::value::RawValue,
     ) -> Result<Tensor, SchemaError> {
         let parsed = crate::json::parse_elements(name, datatype, data.get())?;
-        let tensor =
-            Tensor { name: name.to_string(), datatype, shape, data: parsed.data, parameters: Parameters::new() };
+        let tensor = Tensor {
+            name: name.to_string(),
+            datatype,
+            shape,
+            data: parsed.data,
+            parameters: Parameters::new(),
+        };
         tensor.check()?;
         Ok(tensor)
     }
 }
 
 pub(crate) fn overflow(name: &str) -> SchemaError {
-    SchemaError::Invalid(format!("tensor '{name}': byte size overflow: the shape is too large"))
+    SchemaError::Invalid(format!(
+        "tensor '{name}': byte size overflow: the shape is too large"
+    ))
 }
 
 /// Product of the dimensions, refusing overflow.
 pub fn element_count(name: &str, shape: &[u64]) -> Result<usize, SchemaError> {
     shape.iter().try_fold(1usize, |acc, d| {
-        usize::try_from(*d).ok().and_then(|d| acc.checked_mul(d)).ok_or_else(|| overflow(name))
+        usize::try_from(*d)
+            .ok()
+            .and_then(|d| acc.checked_mul(d))
+            .ok_or_else(|| overflow(name))
     })
 }
 
@@ -210,7 +236,9 @@ fn element_to_json(dt: DataType, c: &[u8]) -> serde_json::Value {
             let v = f16::from_le_bytes(c.try_into().expect("element size")).to_f32();
             float_json(v as f64)
         }
-        DataType::Fp32 => float_json(f32::from_le_bytes(c.try_into().expect("element size")) as f64),
+        DataType::Fp32 => {
+            float_json(f32::from_le_bytes(c.try_into().expect("element size")) as f64)
+        }
         DataType::Fp64 => float_json(f64::from_le_bytes(c.try_into().expect("element size"))),
         DataType::Bytes => Value::Null,
     }
@@ -218,7 +246,9 @@ fn element_to_json(dt: DataType, c: &[u8]) -> serde_json::Value {
 
 /// JSON has no NaN or infinity: those become `null`, as serde_json does.
 fn float_json(v: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+    serde_json::Number::from_f64(v)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Builds a fixed-size tensor's data from typed values.
@@ -270,7 +300,9 @@ impl TensorData {
 
     /// The elements read as `f64`, for display and comparison; BYTES yields nothing.
     pub fn to_f64(&self, dt: DataType) -> Vec<f64> {
-        let TensorData::Fixed(b) = self else { return Vec::new() };
+        let TensorData::Fixed(b) = self else {
+            return Vec::new();
+        };
         let size = dt.size().unwrap_or(1);
         b.chunks_exact(size)
             .map(|c| match element_to_json(dt, c) {

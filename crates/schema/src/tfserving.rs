@@ -74,13 +74,20 @@ fn tensor_from(meta: &TensorMetadata, value: &Value) -> Result<Tensor, SchemaErr
     })
 }
 
-fn the_only_input<'a>(inputs: &'a [TensorMetadata], form: &str) -> Result<&'a TensorMetadata, SchemaError> {
+fn the_only_input<'a>(
+    inputs: &'a [TensorMetadata],
+    form: &str,
+) -> Result<&'a TensorMetadata, SchemaError> {
     match inputs {
         [only] => Ok(only),
         _ => Err(SchemaError::Invalid(format!(
             "the model has {} inputs ({}): {form} must be an object that names each of them",
             inputs.len(),
-            inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -94,7 +101,11 @@ fn check_names<'a>(
         if !inputs.iter().any(|i| &i.name == key) {
             return Err(SchemaError::Invalid(format!(
                 "{where_} names input '{key}', which the model does not have (inputs: {})",
-                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }
@@ -120,12 +131,20 @@ pub fn to_infer_request(
         (Some(instances), None) => (row_tensors(instances, inputs)?, PredictForm::Row),
         (None, Some(value)) => (columnar_tensors(value, inputs)?, PredictForm::Columnar),
     };
-    Ok((InferRequest { inputs: tensors, ..Default::default() }, form))
+    Ok((
+        InferRequest {
+            inputs: tensors,
+            ..Default::default()
+        },
+        form,
+    ))
 }
 
 fn row_tensors(instances: Value, inputs: &[TensorMetadata]) -> Result<Vec<Tensor>, SchemaError> {
     let Value::Array(rows) = instances else {
-        return Err(SchemaError::Invalid("'instances' must be a list, one entry per instance".into()));
+        return Err(SchemaError::Invalid(
+            "'instances' must be a list, one entry per instance".into(),
+        ));
     };
     if rows.is_empty() {
         return Err(SchemaError::Invalid("'instances' is empty".into()));
@@ -150,7 +169,10 @@ fn row_tensors(instances: Value, inputs: &[TensorMetadata]) -> Result<Vec<Tensor
                 .enumerate()
                 .map(|(i, row)| {
                     row.get(&meta.name).cloned().ok_or_else(|| {
-                        SchemaError::Invalid(format!("instance {i} has no value for input '{}'", meta.name))
+                        SchemaError::Invalid(format!(
+                            "instance {i} has no value for input '{}'",
+                            meta.name
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -164,7 +186,9 @@ fn columnar_tensors(value: Value, inputs: &[TensorMetadata]) -> Result<Vec<Tenso
         let meta = the_only_input(inputs, "'inputs'")?;
         return Ok(vec![tensor_from(meta, &value)?]);
     }
-    let Value::Object(map) = value else { unreachable!("is_named checked it is an object") };
+    let Value::Object(map) = value else {
+        unreachable!("is_named checked it is an object")
+    };
     check_names(inputs, map.keys(), "'inputs'")?;
     inputs
         .iter()
@@ -185,7 +209,9 @@ fn nest(values: &[Value], shape: &[u64]) -> Value {
         [first, rest @ ..] => {
             let step = rest.iter().product::<u64>() as usize;
             Value::Array(
-                (0..*first as usize).map(|i| nest(&values[i * step..(i + 1) * step], rest)).collect(),
+                (0..*first as usize)
+                    .map(|i| nest(&values[i * step..(i + 1) * step], rest))
+                    .collect(),
             )
         }
     }
@@ -210,7 +236,9 @@ pub fn to_predict_response(resp: &InferResponse, form: PredictForm) -> Result<Va
             let outputs = match resp.outputs.as_slice() {
                 [only] => nest(&tf_values(only), &only.shape),
                 many => Value::Object(
-                    many.iter().map(|t| (t.name.clone(), nest(&tf_values(t), &t.shape))).collect(),
+                    many.iter()
+                        .map(|t| (t.name.clone(), nest(&tf_values(t), &t.shape)))
+                        .collect(),
                 ),
             };
             Ok(json!({ "outputs": outputs }))
@@ -233,8 +261,9 @@ pub fn to_predict_response(resp: &InferResponse, form: PredictForm) -> Result<Va
                 }
                 let values = tf_values(t);
                 let step = rest.iter().product::<u64>() as usize;
-                let per_row: Vec<Value> =
-                    (0..n as usize).map(|i| nest(&values[i * step..(i + 1) * step], rest)).collect();
+                let per_row: Vec<Value> = (0..n as usize)
+                    .map(|i| nest(&values[i * step..(i + 1) * step], rest))
+                    .collect();
                 columns.push((t.name.clone(), per_row));
             }
             let predictions = match columns.len() {
@@ -245,7 +274,10 @@ pub fn to_predict_response(resp: &InferResponse, form: PredictForm) -> Result<Va
                         (0..n)
                             .map(|i| {
                                 Value::Object(
-                                    columns.iter().map(|(name, col)| (name.clone(), col[i].clone())).collect(),
+                                    columns
+                                        .iter()
+                                        .map(|(name, col)| (name.clone(), col[i].clone()))
+                                        .collect(),
                                 )
                             })
                             .collect(),
@@ -280,8 +312,11 @@ fn signature_tensors(tensors: &[TensorMetadata]) -> Value {
     let map: Map<String, Value> = tensors
         .iter()
         .map(|t| {
-            let dims: Vec<Value> =
-                t.shape.iter().map(|d| json!({"size": d.to_string(), "name": ""})).collect();
+            let dims: Vec<Value> = t
+                .shape
+                .iter()
+                .map(|d| json!({"size": d.to_string(), "name": ""}))
+                .collect();
             (
                 t.name.clone(),
                 json!({
@@ -297,7 +332,12 @@ fn signature_tensors(tensors: &[TensorMetadata]) -> Value {
 
 /// `GET /v1/models/{m}[/versions/{v}]/metadata` in TF-Serving's form, with one signature,
 /// `serving_default`.
-pub fn metadata(name: &str, version: &str, inputs: &[TensorMetadata], outputs: &[TensorMetadata]) -> Value {
+pub fn metadata(
+    name: &str,
+    version: &str,
+    inputs: &[TensorMetadata],
+    outputs: &[TensorMetadata],
+) -> Value {
     json!({
         "model_spec": {"name": name, "signature_name": "", "version": version},
         "metadata": {"signature_def": {

@@ -179,7 +179,9 @@ impl Serialize for JsonData<'_> {
                 for c in b.chunks_exact(size) {
                     macro_rules! el {
                         ($t:ty) => {
-                            seq.serialize_element(&<$t>::from_le_bytes(c.try_into().expect("size")))?
+                            seq.serialize_element(&<$t>::from_le_bytes(
+                                c.try_into().expect("size"),
+                            ))?
                         };
                     }
                     match t.datatype {
@@ -222,7 +224,13 @@ fn wire_tensors<'a>(
             } else {
                 Some(JsonData(t))
             };
-            WireTensorOut { name: &t.name, datatype: t.datatype, shape: &t.shape, parameters, data }
+            WireTensorOut {
+                name: &t.name,
+                datatype: t.datatype,
+                shape: &t.shape,
+                parameters,
+                data,
+            }
         })
         .collect()
 }
@@ -230,14 +238,20 @@ fn wire_tensors<'a>(
 fn finish(wire: &impl Serialize, blobs: &[&Tensor]) -> Encoded {
     let mut body = serde_json::to_vec(wire).expect("serializing to memory does not fail");
     if blobs.is_empty() {
-        return Encoded { body, header_length: None };
+        return Encoded {
+            body,
+            header_length: None,
+        };
     }
     let header_length = body.len();
     body.reserve(blobs.iter().map(|t| t.binary_size()).sum());
     for t in blobs {
         t.write_binary(&mut body);
     }
-    Encoded { body, header_length: Some(header_length) }
+    Encoded {
+        body,
+        header_length: Some(header_length),
+    }
 }
 
 /// Encodes a request; with `binary`, every input travels in the binary section.
@@ -304,7 +318,9 @@ fn read_tensors(
             .ok_or_else(|| SchemaError::Invalid(format!("{what} '{name}' has no datatype")))?
             .parse()
             .map_err(|e| SchemaError::Invalid(format!("{what} '{name}': {e}")))?;
-        let shape = w.shape.ok_or_else(|| SchemaError::Invalid(format!("{what} '{name}' has no shape")))?;
+        let shape = w
+            .shape
+            .ok_or_else(|| SchemaError::Invalid(format!("{what} '{name}' has no shape")))?;
         let shape = shape
             .iter()
             .map(|d| {
@@ -364,15 +380,23 @@ fn read_tensors(
 }
 
 /// Decodes a request body: JSON, or JSON header plus binary data when `header_length` is given.
-pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<InferRequest, SchemaError> {
+pub fn decode_request(
+    body: &Bytes,
+    header_length: Option<usize>,
+) -> Result<InferRequest, SchemaError> {
     let (json, binary) = split_body(body, header_length)?;
     let wire = parse_header(&json)?;
-    let inputs = wire.inputs.ok_or_else(|| SchemaError::Invalid("the request has no inputs".into()))?;
+    let inputs = wire
+        .inputs
+        .ok_or_else(|| SchemaError::Invalid("the request has no inputs".into()))?;
     let outputs = wire
         .outputs
         .unwrap_or_default()
         .into_iter()
-        .map(|o| RequestedOutput { name: o.name, parameters: o.parameters })
+        .map(|o| RequestedOutput {
+            name: o.name,
+            parameters: o.parameters,
+        })
         .collect();
     Ok(InferRequest {
         id: wire.id,
@@ -383,10 +407,15 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
 }
 
 /// Decodes a response body, as a client does.
-pub fn decode_response(body: &Bytes, header_length: Option<usize>) -> Result<InferResponse, SchemaError> {
+pub fn decode_response(
+    body: &Bytes,
+    header_length: Option<usize>,
+) -> Result<InferResponse, SchemaError> {
     let (json, binary) = split_body(body, header_length)?;
     let wire = parse_header(&json)?;
-    let outputs = wire.outputs.ok_or_else(|| SchemaError::Invalid("the response has no outputs".into()))?;
+    let outputs = wire
+        .outputs
+        .ok_or_else(|| SchemaError::Invalid("the response has no outputs".into()))?;
     Ok(InferResponse {
         model_name: wire.model_name.unwrap_or_default(),
         model_version: wire.model_version,

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 /// The workspace's top folder.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// Folder of a committed test model: `testdata/models/<name>`, or the demo under `models/`.
@@ -51,7 +54,12 @@ fn tensors(v: &Value) -> Vec<FixtureTensor> {
         .map(|(name, t)| FixtureTensor {
             name: name.clone(),
             datatype: t["datatype"].as_str().expect("datatype").to_string(),
-            shape: t["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim")).collect(),
+            shape: t["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_u64().expect("dim"))
+                .collect(),
             data: t["data"].as_array().expect("data").clone(),
         })
         .collect()
@@ -59,9 +67,13 @@ fn tensors(v: &Value) -> Vec<FixtureTensor> {
 
 /// Reads `testdata/models/<name>/expected.json`.
 pub fn fixture(name: &str) -> Fixture {
-    let text = std::fs::read_to_string(model_dir(name).join("expected.json")).expect("expected.json");
+    let text =
+        std::fs::read_to_string(model_dir(name).join("expected.json")).expect("expected.json");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
-    Fixture { inputs: tensors(&v["inputs"]), outputs: tensors(&v["outputs"]) }
+    Fixture {
+        inputs: tensors(&v["inputs"]),
+        outputs: tensors(&v["outputs"]),
+    }
 }
 
 impl Fixture {
@@ -80,11 +92,28 @@ impl Fixture {
         let outputs = resp["outputs"].as_array().expect("outputs");
         assert_eq!(outputs.len(), self.outputs.len(), "output count in {resp}");
         for want in &self.outputs {
-            let got = outputs.iter().find(|o| o["name"] == want.name.as_str()).expect("output present");
-            assert_eq!(got["datatype"], want.datatype.as_str(), "datatype of {}", want.name);
-            let shape: Vec<u64> = got["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+            let got = outputs
+                .iter()
+                .find(|o| o["name"] == want.name.as_str())
+                .expect("output present");
+            assert_eq!(
+                got["datatype"],
+                want.datatype.as_str(),
+                "datatype of {}",
+                want.name
+            );
+            let shape: Vec<u64> = got["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
             assert_eq!(shape, want.shape, "shape of {}", want.name);
-            assert_values(&want.name, got["data"].as_array().expect("data"), &want.data);
+            assert_values(
+                &want.name,
+                got["data"].as_array().expect("data"),
+                &want.data,
+            );
         }
     }
 }
@@ -115,14 +144,31 @@ pub struct DemoReference {
 
 /// Reads `models/breast_cancer/reference.json`.
 pub fn demo_reference() -> DemoReference {
-    let text = std::fs::read_to_string(model_dir("breast_cancer").join("reference.json")).expect("reference");
+    let text = std::fs::read_to_string(model_dir("breast_cancer").join("reference.json"))
+        .expect("reference");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
     let rows = |key: &str| -> Vec<Vec<f64>> {
-        v[key].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
     };
     DemoReference {
         inputs: rows("inputs"),
-        label: v["label"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
+        label: v["label"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect(),
         probabilities: rows("probabilities"),
     }
 }
@@ -130,20 +176,38 @@ pub fn demo_reference() -> DemoReference {
 impl DemoReference {
     /// A V2 JSON request for reference rows `rows`.
     pub fn v2_request(&self, rows: std::ops::Range<usize>) -> Value {
-        let data: Vec<f64> = self.inputs[rows.clone()].iter().flatten().copied().collect();
+        let data: Vec<f64> = self.inputs[rows.clone()]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows.len(), 30], "data": data}]})
     }
 
     /// Checks a V2 JSON response to `v2_request(rows)`.
     pub fn check_response(&self, resp: &Value, rows: std::ops::Range<usize>) {
         let out = |name: &str| {
-            resp["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == name).unwrap_or_else(|| panic!("{name} in {resp}")).clone()
+            resp["outputs"]
+                .as_array()
+                .expect("outputs")
+                .iter()
+                .find(|o| o["name"] == name)
+                .unwrap_or_else(|| panic!("{name} in {resp}"))
+                .clone()
         };
         let label = out("label");
         let want: Vec<Value> = self.label[rows.clone()].iter().map(|l| json!(l)).collect();
         assert_values("label", label["data"].as_array().unwrap(), &want);
-        let want: Vec<Value> = self.probabilities[rows].iter().flatten().map(|p| json!(p)).collect();
-        assert_values("probabilities", out("probabilities")["data"].as_array().unwrap(), &want);
+        let want: Vec<Value> = self.probabilities[rows]
+            .iter()
+            .flatten()
+            .map(|p| json!(p))
+            .collect();
+        assert_values(
+            "probabilities",
+            out("probabilities")["data"].as_array().unwrap(),
+            &want,
+        );
     }
 }
 
@@ -163,9 +227,14 @@ pub fn repo(models: &[RepoModel<'_>]) -> tempfile::TempDir {
     for m in models {
         let version = dir.path().join(m.name).join("1");
         std::fs::create_dir_all(&version).expect("mkdir");
-        std::fs::copy(model_dir(m.source).join("1/model.onnx"), version.join("model.onnx")).expect("copy model");
+        std::fs::copy(
+            model_dir(m.source).join("1/model.onnx"),
+            version.join("model.onnx"),
+        )
+        .expect("copy model");
         if let Some(toml) = m.model_toml {
-            std::fs::write(dir.path().join(m.name).join("model.toml"), toml).expect("write model.toml");
+            std::fs::write(dir.path().join(m.name).join("model.toml"), toml)
+                .expect("write model.toml");
         }
     }
     dir

@@ -55,13 +55,21 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts `config.instances` runner threads for `model`.
-    pub fn start(label: String, model: Arc<OnnxModel>, config: BatchingConfig, stats: Arc<Stats>) -> Batcher {
+    pub fn start(
+        label: String,
+        model: Arc<OnnxModel>,
+        config: BatchingConfig,
+        stats: Arc<Stats>,
+    ) -> Batcher {
         let shared = Arc::new(Shared {
             label,
             model,
             config,
             stats,
-            queue: Mutex::new(Queue { jobs: VecDeque::new(), closed: false }),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
             wake: Condvar::new(),
         });
         let runners = (0..shared.config.instances)
@@ -73,7 +81,10 @@ impl Batcher {
                     .expect("spawning a runner thread")
             })
             .collect();
-        Batcher { shared, runners: Mutex::new(runners) }
+        Batcher {
+            shared,
+            runners: Mutex::new(runners),
+        }
     }
 
     /// Queues a job, or refuses it when the queue is full or closed.
@@ -239,9 +250,15 @@ impl Shared {
         let mut inputs: TVec<TValue> = TVec::new();
         for (i, meta) in signature.inputs.iter().enumerate() {
             let shape: Vec<usize> = if jobs.len() == 1 {
-                jobs[0].inputs[i].shape.iter().map(|d| *d as usize).collect()
+                jobs[0].inputs[i]
+                    .shape
+                    .iter()
+                    .map(|d| *d as usize)
+                    .collect()
             } else {
-                std::iter::once(total).chain(jobs[0].key[i].iter().map(|d| *d as usize)).collect()
+                std::iter::once(total)
+                    .chain(jobs[0].key[i].iter().map(|d| *d as usize))
+                    .collect()
             };
             let parts: Vec<&TensorData> = jobs.iter().map(|j| &j.inputs[i].data).collect();
             inputs.push(stack(meta.datatype, &shape, &parts)?.into());
@@ -249,20 +266,43 @@ impl Shared {
         let t1 = Instant::now();
         let outputs = self.model.run(inputs)?;
         let t2 = Instant::now();
-        let mut per_job: Vec<JobOutputs> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+        let mut per_job: Vec<JobOutputs> = jobs
+            .iter()
+            .map(|_| Vec::with_capacity(outputs.len()))
+            .collect();
         for (t, meta) in outputs.iter().zip(&signature.outputs) {
             if jobs.len() > 1 && t.shape().first() != Some(&total) {
-                anyhow::bail!("output '{}' has shape {:?}, not {total} rows", meta.name, t.shape());
+                anyhow::bail!(
+                    "output '{}' has shape {:?}, not {total} rows",
+                    meta.name,
+                    t.shape()
+                );
             }
             let mut at = 0;
             for (job, out) in jobs.iter().zip(per_job.iter_mut()) {
-                let (start, end) = if jobs.len() == 1 { (0, t.shape().first().copied().unwrap_or(0)) } else { (at, at + job.rows) };
+                let (start, end) = if jobs.len() == 1 {
+                    (0, t.shape().first().copied().unwrap_or(0))
+                } else {
+                    (at, at + job.rows)
+                };
                 out.push(rows(t, start, end)?);
                 at = end;
             }
         }
         let t3 = Instant::now();
-        let rows = if signature.batched { total as u64 } else { jobs.len() as u64 };
-        Ok((per_job, Execution { rows, input: t1 - t0, infer: t2 - t1, output: t3 - t2 }))
+        let rows = if signature.batched {
+            total as u64
+        } else {
+            jobs.len() as u64
+        };
+        Ok((
+            per_job,
+            Execution {
+                rows,
+                input: t1 - t0,
+                infer: t2 - t1,
+                output: t3 - t2,
+            },
+        ))
     }
 }

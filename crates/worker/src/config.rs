@@ -26,7 +26,9 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         BatchingConfig {
             max_batch_size: 32,
             max_queue_delay_us: 0,
@@ -54,8 +56,15 @@ impl BatchingConfig {
         if self.timeout_ms == 0 {
             return Err(bad("timeout_ms", "must be at least 1"));
         }
-        if let Some(p) = self.preferred_batch_sizes.iter().find(|p| **p == 0 || **p > self.max_batch_size) {
-            return Err(bad("preferred_batch_sizes", &format!("has {p}, outside 1..=max_batch_size")));
+        if let Some(p) = self
+            .preferred_batch_sizes
+            .iter()
+            .find(|p| **p == 0 || **p > self.max_batch_size)
+        {
+            return Err(bad(
+                "preferred_batch_sizes",
+                &format!("has {p}, outside 1..=max_batch_size"),
+            ));
         }
         Ok(())
     }
@@ -84,19 +93,27 @@ impl ModelToml {
             return Ok(None);
         }
         let text = std::fs::read_to_string(path)?;
-        let parsed = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let parsed =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Some(parsed))
     }
 
     /// The batching settings: `defaults` with this file's keys laid over them.
-    pub fn batching(&self, defaults: &BatchingConfig, origin: &str) -> anyhow::Result<BatchingConfig> {
-        let Some(table) = &self.batching else { return Ok(defaults.clone()) };
+    pub fn batching(
+        &self,
+        defaults: &BatchingConfig,
+        origin: &str,
+    ) -> anyhow::Result<BatchingConfig> {
+        let Some(table) = &self.batching else {
+            return Ok(defaults.clone());
+        };
         let mut merged = toml::Table::try_from(defaults)?;
         for (k, v) in table {
             merged.insert(k.clone(), v.clone());
         }
-        let config: BatchingConfig =
-            merged.try_into().map_err(|e| anyhow::anyhow!("{origin}: [batching]: {e}"))?;
+        let config: BatchingConfig = merged
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("{origin}: [batching]: {e}"))?;
         config.validate(origin)?;
         Ok(config)
     }

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tract_onnx::prelude::{TValue, TVec, Tensor as TractTensor};
 use vatic_schema::{
-    ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, ModelConfig, ModelMetadata,
-    ModelStatsResponse, Parameters, QueuePolicy, RepositoryModel, Tensor, TensorMetadata,
+    ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, ModelConfig,
+    ModelMetadata, ModelStatsResponse, Parameters, QueuePolicy, RepositoryModel, Tensor,
+    TensorMetadata,
 };
 
 /// The platform vatic reports for ONNX models, in the V2 `<project>_<format>` form.
@@ -37,7 +38,10 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { models_dir: PathBuf::from("models"), batching: BatchingConfig::default() }
+        EngineSettings {
+            models_dir: PathBuf::from("models"),
+            batching: BatchingConfig::default(),
+        }
     }
 }
 
@@ -85,7 +89,13 @@ impl Engine {
         let mut models = BTreeMap::new();
         for model_dir in listing {
             let model_dir = model_dir?.path();
-            let Some(name) = model_dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            let Some(name) = model_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
             if !model_dir.is_dir() || name.starts_with('.') {
                 continue;
             }
@@ -101,7 +111,12 @@ impl Engine {
                     continue;
                 };
                 if version_dir.join("model.onnx").is_file() {
-                    let entry = Entry { name: name.clone(), version, dir: version_dir, state: RwLock::new(State::Loading) };
+                    let entry = Entry {
+                        name: name.clone(),
+                        version,
+                        dir: version_dir,
+                        state: RwLock::new(State::Loading),
+                    };
                     versions.insert(version, entry);
                 }
             }
@@ -111,14 +126,21 @@ impl Engine {
                 models.insert(name, versions);
             }
         }
-        Ok(Engine { settings, models, loaded: AtomicBool::new(false), accepting: AtomicBool::new(true) })
+        Ok(Engine {
+            settings,
+            models,
+            loaded: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+        })
     }
 
     /// Loads and warms every version, several at a time; blocking. A version that fails is kept
     /// as failed, with the reason, and leaves the engine not ready.
     pub fn load_all(&self) {
         let entries: Vec<&Entry> = self.models.values().flat_map(|v| v.values()).collect();
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..threads.min(entries.len()) {
@@ -159,12 +181,22 @@ impl Engine {
             Some(t) => t.batching(&self.settings.batching, &origin.display().to_string())?,
             None => self.settings.batching.clone(),
         };
-        let model = Arc::new(OnnxModel::load(&entry.dir.join("model.onnx"), overrides.as_ref())?);
+        let model = Arc::new(OnnxModel::load(
+            &entry.dir.join("model.onnx"),
+            overrides.as_ref(),
+        )?);
         warm_up(&model, &batching)?;
         let stats = Arc::new(Stats::default());
         let label = format!("{}:{}", entry.name, entry.version);
         let batcher = Batcher::start(label, model.clone(), batching.clone(), stats.clone());
-        Ok(LoadedVersion { name: entry.name.clone(), version: entry.version.to_string(), model, batching, batcher, stats })
+        Ok(LoadedVersion {
+            name: entry.name.clone(),
+            version: entry.version.to_string(),
+            model,
+            batching,
+            batcher,
+            stats,
+        })
     }
 
     /// The repository folder.
@@ -176,7 +208,9 @@ impl Engine {
     pub fn is_ready(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
             && self.loaded.load(Ordering::SeqCst)
-            && self.entries().all(|e| matches!(*e.state.read().expect("state lock"), State::Ready(_)))
+            && self
+                .entries()
+                .all(|e| matches!(*e.state.read().expect("state lock"), State::Ready(_)))
     }
 
     /// Reports not ready from now on; requests are still served until the server stops.
@@ -210,7 +244,10 @@ impl Engine {
     }
 
     fn entry(&self, name: &str, version: Option<&str>) -> Result<&Entry, EngineError> {
-        let versions = self.models.get(name).ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        let versions = self
+            .models
+            .get(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
         match version {
             // No version: the newest one that is ready, else the newest.
             None => Ok(versions
@@ -218,18 +255,28 @@ impl Engine {
                 .rev()
                 .find(|e| matches!(*e.state.read().expect("state lock"), State::Ready(_)))
                 .unwrap_or_else(|| versions.values().next_back().expect("a model has versions"))),
-            Some(v) => v.parse::<u64>().ok().and_then(|v| versions.get(&v)).ok_or_else(|| {
-                EngineError::VersionNotFound {
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .and_then(|v| versions.get(&v))
+                .ok_or_else(|| EngineError::VersionNotFound {
                     model: name.to_string(),
                     version: v.to_string(),
-                    available: versions.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
-                }
-            }),
+                    available: versions
+                        .keys()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
         }
     }
 
     /// The loaded version, or why it cannot serve.
-    pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedVersion>, EngineError> {
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>, EngineError> {
         let entry = self.entry(name, version)?;
         let state = entry.state.read().expect("state lock");
         match &*state {
@@ -265,9 +312,17 @@ impl Engine {
     }
 
     /// V2 model metadata.
-    pub fn metadata(&self, name: &str, version: Option<&str>) -> Result<ModelMetadata, EngineError> {
+    pub fn metadata(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<ModelMetadata, EngineError> {
         let v = self.resolve(name, version)?;
-        let versions = self.models.get(name).map(|m| m.keys().map(|k| k.to_string()).collect()).unwrap_or_default();
+        let versions = self
+            .models
+            .get(name)
+            .map(|m| m.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
         Ok(ModelMetadata {
             name: name.to_string(),
             versions,
@@ -283,16 +338,30 @@ impl Engine {
     }
 
     /// Triton's statistics, for one version, every version of a model, or everything.
-    pub fn stats(&self, name: Option<&str>, version: Option<&str>) -> Result<ModelStatsResponse, EngineError> {
+    pub fn stats(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<ModelStatsResponse, EngineError> {
         let versions = match (name, version) {
             (Some(n), Some(_)) => vec![self.resolve(n, version)?],
             (Some(n), None) => {
-                self.models.get(n).ok_or_else(|| EngineError::ModelNotFound(n.to_string()))?;
-                self.loaded_versions().into_iter().filter(|v| v.name == n).collect()
+                self.models
+                    .get(n)
+                    .ok_or_else(|| EngineError::ModelNotFound(n.to_string()))?;
+                self.loaded_versions()
+                    .into_iter()
+                    .filter(|v| v.name == n)
+                    .collect()
             }
             (None, _) => self.loaded_versions(),
         };
-        Ok(ModelStatsResponse { model_stats: versions.iter().map(|v| v.stats.snapshot(&v.name, &v.version)).collect() })
+        Ok(ModelStatsResponse {
+            model_stats: versions
+                .iter()
+                .map(|v| v.stats.snapshot(&v.name, &v.version))
+                .collect(),
+        })
     }
 
     /// Every version and its state, for the repository index.
@@ -304,7 +373,12 @@ impl Engine {
                     State::Ready(_) => ("READY", String::new()),
                     State::Failed(r) => ("UNAVAILABLE", r.clone()),
                 };
-                RepositoryModel { name: e.name.clone(), version: e.version.to_string(), state: state.into(), reason }
+                RepositoryModel {
+                    name: e.name.clone(),
+                    version: e.version.to_string(),
+                    state: state.into(),
+                    reason,
+                }
             })
             .collect()
     }
@@ -338,7 +412,9 @@ fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
                 Ok(TractTensor::zero_dt(datum_type(m.datatype), &shape)?.into())
             })
             .collect::<anyhow::Result<_>>()?;
-        model.run(inputs).map_err(|e| e.context(format!("warm-up run with {rows} row(s)")))?;
+        model
+            .run(inputs)
+            .map_err(|e| e.context(format!("warm-up run with {rows} row(s)")))?;
     }
     Ok(())
 }
@@ -350,19 +426,42 @@ impl LoadedVersion {
         let (reply, answer) = oneshot::channel();
         let now = Instant::now();
         let timeout = Duration::from_millis(self.batching.timeout_ms);
-        self.batcher.submit(Job { inputs, rows, key, enqueued: now, deadline: now + timeout, reply })?;
+        self.batcher.submit(Job {
+            inputs,
+            rows,
+            key,
+            enqueued: now,
+            deadline: now + timeout,
+            reply,
+        })?;
         let outputs: JobOutputs = match tokio::time::timeout(timeout, answer).await {
-            Err(_) => return Err(EngineError::Timeout { model: self.name.clone(), ms: self.batching.timeout_ms }),
-            Ok(Err(_)) => return Err(EngineError::Inference("the runner stopped before answering".into())),
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    model: self.name.clone(),
+                    ms: self.batching.timeout_ms,
+                })
+            }
+            Ok(Err(_)) => {
+                return Err(EngineError::Inference(
+                    "the runner stopped before answering".into(),
+                ))
+            }
             Ok(Ok(r)) => r?,
         };
-        let mut outputs: Vec<Option<(Vec<u64>, vatic_schema::TensorData)>> = outputs.into_iter().map(Some).collect();
+        let mut outputs: Vec<Option<(Vec<u64>, vatic_schema::TensorData)>> =
+            outputs.into_iter().map(Some).collect();
         let tensors = selected
             .into_iter()
             .map(|i| {
                 let meta = &self.model.signature.outputs[i];
                 let (shape, data) = outputs[i].take().expect("each output is selected once");
-                Tensor { name: meta.name.clone(), datatype: meta.datatype, shape, data, parameters: Parameters::new() }
+                Tensor {
+                    name: meta.name.clone(),
+                    datatype: meta.datatype,
+                    shape,
+                    data,
+                    parameters: Parameters::new(),
+                }
             })
             .collect();
         Ok(InferResponse {
@@ -377,29 +476,56 @@ impl LoadedVersion {
     /// Validates inputs and requested outputs; returns the inputs in signature order, the row
     /// count, the batching key and the indices of the outputs to return.
     #[allow(clippy::type_complexity)]
-    fn prepare(&self, req: &InferRequest) -> Result<(Vec<Tensor>, usize, Vec<Vec<u64>>, Vec<usize>), EngineError> {
+    fn prepare(
+        &self,
+        req: &InferRequest,
+    ) -> Result<(Vec<Tensor>, usize, Vec<Vec<u64>>, Vec<usize>), EngineError> {
         let sig = &self.model.signature;
-        let names = |ts: &[TensorMetadata]| ts.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
+        let names = |ts: &[TensorMetadata]| {
+            ts.iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let invalid = |msg: String| Err(EngineError::InvalidInput(msg));
         for (i, t) in req.inputs.iter().enumerate() {
             if req.inputs[..i].iter().any(|o| o.name == t.name) {
-                return invalid(format!("input '{}' appears more than once in the request", t.name));
+                return invalid(format!(
+                    "input '{}' appears more than once in the request",
+                    t.name
+                ));
             }
             if !sig.inputs.iter().any(|m| m.name == t.name) {
-                return invalid(format!("model '{}' has no input '{}' (inputs: {})", self.name, t.name, names(&sig.inputs)));
+                return invalid(format!(
+                    "model '{}' has no input '{}' (inputs: {})",
+                    self.name,
+                    t.name,
+                    names(&sig.inputs)
+                ));
             }
         }
         let mut ordered = Vec::with_capacity(sig.inputs.len());
         let mut rows: Option<(usize, &str)> = None;
         for meta in &sig.inputs {
             let Some(t) = req.inputs.iter().find(|t| t.name == meta.name) else {
-                return invalid(format!("input '{}' is missing (model '{}' needs: {})", meta.name, self.name, names(&sig.inputs)));
+                return invalid(format!(
+                    "input '{}' is missing (model '{}' needs: {})",
+                    meta.name,
+                    self.name,
+                    names(&sig.inputs)
+                ));
             };
             if t.datatype != meta.datatype {
-                return invalid(format!("input '{}': expected datatype {}, got {}", meta.name, meta.datatype, t.datatype));
+                return invalid(format!(
+                    "input '{}': expected datatype {}, got {}",
+                    meta.name, meta.datatype, t.datatype
+                ));
             }
             let fits = t.shape.len() == meta.shape.len()
-                && t.shape.iter().zip(&meta.shape).all(|(got, want)| *want == -1 || *got as i64 == *want);
+                && t.shape
+                    .iter()
+                    .zip(&meta.shape)
+                    .all(|(got, want)| *want == -1 || *got as i64 == *want);
             if !fits {
                 let hint = if sig.batched && t.shape.len() + 1 == meta.shape.len() {
                     " (the first dimension counts rows: for one row send shape [1, ...])"
@@ -414,26 +540,36 @@ impl LoadedVersion {
             if sig.batched {
                 let n = t.shape[0] as usize;
                 if n == 0 {
-                    return invalid(format!("input '{}' has no rows (its first dimension is 0)", meta.name));
+                    return invalid(format!(
+                        "input '{}' has no rows (its first dimension is 0)",
+                        meta.name
+                    ));
                 }
                 match rows {
                     None => rows = Some((n, &meta.name)),
-                    Some((m, other)) if m != n => {
-                        return invalid(format!(
-                            "inputs disagree on the number of rows: '{other}' has {m}, '{}' has {n}",
-                            meta.name
-                        ))
-                    }
+                    Some((m, other)) if m != n => return invalid(format!(
+                        "inputs disagree on the number of rows: '{other}' has {m}, '{}' has {n}",
+                        meta.name
+                    )),
                     Some(_) => {}
                 }
             }
             ordered.push(t.clone());
         }
-        let key = if sig.batched { ordered.iter().map(|t| t.shape[1..].to_vec()).collect() } else { Vec::new() };
+        let key = if sig.batched {
+            ordered.iter().map(|t| t.shape[1..].to_vec()).collect()
+        } else {
+            Vec::new()
+        };
         let mut selected = Vec::new();
         for out in &req.outputs {
             let Some(i) = sig.outputs.iter().position(|m| m.name == out.name) else {
-                return invalid(format!("model '{}' has no output '{}' (outputs: {})", self.name, out.name, names(&sig.outputs)));
+                return invalid(format!(
+                    "model '{}' has no output '{}' (outputs: {})",
+                    self.name,
+                    out.name,
+                    names(&sig.outputs)
+                ));
             };
             if selected.contains(&i) {
                 return invalid(format!("output '{}' already exists in request", out.name));
@@ -460,7 +596,11 @@ impl LoadedVersion {
                 .map(|t| ConfigTensor {
                     name: t.name.clone(),
                     data_type: t.datatype.triton_name().to_string(),
-                    dims: if batched { t.shape[1..].to_vec() } else { t.shape.clone() },
+                    dims: if batched {
+                        t.shape[1..].to_vec()
+                    } else {
+                        t.shape.clone()
+                    },
                 })
                 .collect()
         };
@@ -480,7 +620,10 @@ impl LoadedVersion {
                     default_timeout_microseconds: b.timeout_ms * 1000,
                 },
             }),
-            instance_group: vec![InstanceGroup { count: b.instances as u32, kind: "KIND_CPU".into() }],
+            instance_group: vec![InstanceGroup {
+                count: b.instances as u32,
+                kind: "KIND_CPU".into(),
+            }],
             version_policy: serde_json::json!({"all": {}}),
         }
     }

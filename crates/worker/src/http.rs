@@ -91,12 +91,18 @@ impl ResponseError for HttpError {
         if let Some(secs) = self.retry_after() {
             resp.insert_header((RETRY_AFTER, secs.to_string()));
         }
-        resp.json(ErrorBody { error: self.to_string() })
+        resp.json(ErrorBody {
+            error: self.to_string(),
+        })
     }
 }
 
 /// Reads a whole body, refusing it with 413 as soon as it passes `limit` bytes.
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, HttpError> {
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, HttpError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -118,7 +124,10 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
 
 /// Reads the binary extension's header length from a request.
 pub fn header_length(req: &HttpRequest) -> Result<Option<usize>, HttpError> {
-    let value = req.headers().get(HEADER_LENGTH).map(|v| v.to_str().unwrap_or("(not text)"));
+    let value = req
+        .headers()
+        .get(HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
     Ok(v2::parse_header_length(value)?)
 }
 
@@ -149,7 +158,10 @@ impl ClientConnection {
         match self.0.peek(&mut probe) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
         }
     }
 }
@@ -170,7 +182,9 @@ pub async fn until_client_gone<T>(
     req: &HttpRequest,
     work: impl std::future::Future<Output = Result<T, HttpError>>,
 ) -> Result<T, HttpError> {
-    let Some(conn) = req.conn_data::<ClientConnection>().cloned() else { return work.await };
+    let Some(conn) = req.conn_data::<ClientConnection>().cloned() else {
+        return work.await;
+    };
     let gone = async move {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
@@ -211,7 +225,8 @@ pub async fn request_id(
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID), v);
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID), v);
     }
     let status = res.status().as_u16();
     if !quiet || status >= 400 {
@@ -235,7 +250,10 @@ pub struct ModelPath {
 /// Registers `handler` at `/v2/models/{model}{suffix}` and `/v2/models/{model}/versions/{version}{suffix}`.
 pub fn model_route(cfg: &mut web::ServiceConfig, suffix: &str, route: fn() -> actix_web::Route) {
     cfg.route(&format!("/v2/models/{{model}}{suffix}"), route());
-    cfg.route(&format!("/v2/models/{{model}}/versions/{{version}}{suffix}"), route());
+    cfg.route(
+        &format!("/v2/models/{{model}}/versions/{{version}}{suffix}"),
+        route(),
+    );
 }
 
 /// The server metadata of vatic processes.
@@ -261,8 +279,15 @@ pub fn health(field: &str, ok: bool, bad: StatusCode) -> HttpResponse {
 
 /// Answer for a model-ready probe: 200 when ready, 503 when known but not ready.
 pub fn model_ready_response(model: &str, ready: bool) -> HttpResponse {
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    HttpResponse::build(status).json(ModelReady { name: model.to_string(), ready })
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(ModelReady {
+        name: model.to_string(),
+        ready,
+    })
 }
 
 // ---- the worker's own endpoint ----
@@ -275,13 +300,39 @@ struct WorkerState {
 type State = web::Data<WorkerState>;
 
 fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v2/health/live", web::get().to(|| async { health("live", true, StatusCode::BAD_REQUEST) }))
-        .route("/livez", web::get().to(|| async { health("live", true, StatusCode::SERVICE_UNAVAILABLE) }))
-        .route("/v2/health/ready", web::get().to(|s: State| async move { health("ready", s.engine.is_ready(), StatusCode::BAD_REQUEST) }))
-        .route("/readyz", web::get().to(|s: State| async move { health("ready", s.engine.is_ready(), StatusCode::SERVICE_UNAVAILABLE) }))
-        .route("/v2", web::get().to(|| async { HttpResponse::Ok().json(server_metadata("vatic-worker")) }))
-        .route("/v2/models/stats", web::get().to(get_all_stats))
-        .route("/v2/repository/index", web::post().to(|s: State| async move { HttpResponse::Ok().json(s.engine.index()) }));
+    cfg.route(
+        "/v2/health/live",
+        web::get().to(|| async { health("live", true, StatusCode::BAD_REQUEST) }),
+    )
+    .route(
+        "/livez",
+        web::get().to(|| async { health("live", true, StatusCode::SERVICE_UNAVAILABLE) }),
+    )
+    .route(
+        "/v2/health/ready",
+        web::get().to(|s: State| async move {
+            health("ready", s.engine.is_ready(), StatusCode::BAD_REQUEST)
+        }),
+    )
+    .route(
+        "/readyz",
+        web::get().to(|s: State| async move {
+            health(
+                "ready",
+                s.engine.is_ready(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+        }),
+    )
+    .route(
+        "/v2",
+        web::get().to(|| async { HttpResponse::Ok().json(server_metadata("vatic-worker")) }),
+    )
+    .route("/v2/models/stats", web::get().to(get_all_stats))
+    .route(
+        "/v2/repository/index",
+        web::post().to(|s: State| async move { HttpResponse::Ok().json(s.engine.index()) }),
+    );
     model_route(cfg, "", || web::get().to(get_metadata));
     model_route(cfg, "/ready", || web::get().to(get_model_ready));
     model_route(cfg, "/config", || web::get().to(get_config));
@@ -294,7 +345,10 @@ async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse,
 }
 
 async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
-    Ok(model_ready_response(&p.model, s.engine.model_ready(&p.model, p.version.as_deref())?))
+    Ok(model_ready_response(
+        &p.model,
+        s.engine.model_ready(&p.model, p.version.as_deref())?,
+    ))
 }
 
 async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
@@ -318,10 +372,14 @@ async fn post_infer(
     let body = read_body(&req, payload, s.max_body_bytes).await?;
     let request: InferRequest = v2::decode_request(&body, header_length(&req)?)?;
     let response = until_client_gone(&req, async {
-        Ok(s.engine.infer(&p.model, p.version.as_deref(), &request).await?)
+        Ok(s.engine
+            .infer(&p.model, p.version.as_deref(), &request)
+            .await?)
     })
     .await?;
-    Ok(v2_response(v2::encode_response(&response, |t| request.wants_binary(&t.name))))
+    Ok(v2_response(v2::encode_response(&response, |t| {
+        request.wants_binary(&t.name)
+    })))
 }
 
 /// A running worker: its address, its engine and a handle to stop it.
@@ -343,9 +401,15 @@ impl Worker {
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
         let engine = Arc::new(Engine::new(settings.engine())?);
-        let state = web::Data::new(WorkerState { engine: engine.clone(), max_body_bytes: settings.max_body_bytes });
+        let state = web::Data::new(WorkerState {
+            engine: engine.clone(),
+            max_body_bytes: settings.max_body_bytes,
+        });
         let server = HttpServer::new(move || {
-            App::new().app_data(state.clone()).wrap(from_fn(request_id)).configure(configure)
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(request_id))
+                .configure(configure)
         })
         .on_connect(on_connect)
         .disable_signals()
@@ -353,9 +417,16 @@ impl Worker {
         .listen(listener)?
         .run();
         let loading = engine.clone();
-        std::thread::Builder::new().name("model-loader".into()).spawn(move || loading.load_all())?;
+        std::thread::Builder::new()
+            .name("model-loader".into())
+            .spawn(move || loading.load_all())?;
         tracing::info!(addr = %addr, models_dir = %settings.models_dir.display(), "worker listening");
-        Ok(Worker { addr, engine, server: Some(server), drain: Duration::from_secs(settings.drain_secs) })
+        Ok(Worker {
+            addr,
+            engine,
+            server: Some(server),
+            drain: Duration::from_secs(settings.drain_secs),
+        })
     }
 
     /// Serves until SIGTERM or Ctrl-C, then drains and exits.
@@ -402,7 +473,10 @@ pub async fn shutdown_signal() {
 /// stop accepting and finish in-flight requests, then finish queued model work.
 pub async fn drain_and_stop(engine: &Arc<Engine>, handle: &ServerHandle, drain: Duration) {
     engine.begin_shutdown();
-    tracing::info!(drain_secs = drain.as_secs(), "shutting down: not ready, draining");
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        "shutting down: not ready, draining"
+    );
     tokio::time::sleep(drain).await;
     handle.stop(true).await;
     let engine = engine.clone();

@@ -26,7 +26,10 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let file = flags.config.clone().unwrap_or_else(|| PathBuf::from("config/worker.toml"));
+    let file = flags
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config/worker.toml"));
     let settings: WorkerSettings = settings::load(&file, flags.config.is_some(), &flags)?;
     telemetry::init(&settings.log);
     vatic_worker::http::run(settings).await

@@ -76,12 +76,17 @@ struct Declared {
 }
 
 fn declared(info: &pb::ValueInfoProto) -> anyhow::Result<Declared> {
-    let Some(pb::type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref())
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        info.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         bail!("'{}' is not a tensor", info.name);
     };
     let datatype = datatype_of(t.elem_type).with_context(|| format!("tensor '{}'", info.name))?;
-    let dims = t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+    let dims = t
+        .shape
+        .as_ref()
+        .map(|s| s.dim.as_slice())
+        .unwrap_or_default();
     let mut shape = Vec::with_capacity(dims.len());
     let mut params = Vec::with_capacity(dims.len());
     for d in dims {
@@ -100,28 +105,44 @@ fn declared(info: &pb::ValueInfoProto) -> anyhow::Result<Declared> {
             }
         }
     }
-    Ok(Declared { meta: TensorMetadata { name: info.name.clone(), datatype, shape }, params })
+    Ok(Declared {
+        meta: TensorMetadata {
+            name: info.name.clone(),
+            datatype,
+            shape,
+        },
+        params,
+    })
 }
 
 /// Replaces declared tensors by those of `model.toml`, checking every name exists in the graph.
 fn apply_override(
-    declared: &mut Vec<Declared>,
+    declared: &mut [Declared],
     replacement: &Option<Vec<TensorMetadata>>,
     what: &str,
 ) -> anyhow::Result<()> {
-    let Some(replacement) = replacement else { return Ok(()) };
+    let Some(replacement) = replacement else {
+        return Ok(());
+    };
     for r in replacement {
         if !declared.iter().any(|d| d.meta.name == r.name) {
             bail!(
                 "model.toml names {what} '{}', which the graph does not have ({})",
                 r.name,
-                declared.iter().map(|d| d.meta.name.as_str()).collect::<Vec<_>>().join(", ")
+                declared
+                    .iter()
+                    .map(|d| d.meta.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
     for d in declared.iter_mut() {
         let Some(r) = replacement.iter().find(|r| r.name == d.meta.name) else {
-            bail!("model.toml lists {what}s but leaves out '{}': list every {what}", d.meta.name);
+            bail!(
+                "model.toml lists {what}s but leaves out '{}': list every {what}",
+                d.meta.name
+            );
         };
         d.params = r.shape.iter().map(|_| None).collect();
         d.meta = r.clone();
@@ -133,8 +154,13 @@ impl OnnxModel {
     /// Loads, checks and optimises `path`, applying `overrides` from `model.toml`.
     pub fn load(path: &Path, overrides: Option<&ModelToml>) -> anyhow::Result<OnnxModel> {
         let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_path(path).with_context(|| format!("reading {}", path.display()))?;
-        let graph = proto.graph.as_ref().ok_or_else(|| anyhow!("{} has no graph", path.display()))?;
+        let proto = onnx
+            .proto_model_for_path(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} has no graph", path.display()))?;
         let initializers: std::collections::HashSet<&str> =
             graph.initializer.iter().map(|i| i.name.as_str()).collect();
         let mut inputs = graph
@@ -143,15 +169,23 @@ impl OnnxModel {
             .filter(|i| !initializers.contains(i.name.as_str()))
             .map(declared)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut outputs = graph.output.iter().map(declared).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut outputs = graph
+            .output
+            .iter()
+            .map(declared)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let none = ModelToml::default();
         let overrides = overrides.unwrap_or(&none);
         apply_override(&mut inputs, &overrides.inputs, "input")?;
         apply_override(&mut outputs, &overrides.outputs, "output")?;
 
-        let mut model = onnx.model_for_path(path).with_context(|| format!("parsing {}", path.display()))?;
+        let mut model = onnx
+            .model_for_path(path)
+            .with_context(|| format!("parsing {}", path.display()))?;
         // The batch dimension: the symbol of every input's first axis, when they all share one.
-        let batch_param = inputs.first().and_then(|d| d.params.first().cloned().flatten());
+        let batch_param = inputs
+            .first()
+            .and_then(|d| d.params.first().cloned().flatten());
         let batch_param = batch_param.or_else(|| {
             let first_dynamic = inputs.iter().all(|d| d.meta.shape.first() == Some(&-1));
             (first_dynamic && !inputs.is_empty()).then(|| "N".to_string())
@@ -165,7 +199,9 @@ impl OnnxModel {
                 .zip(&d.params)
                 .enumerate()
                 .map(|(axis, (size, param))| match (size, param) {
-                    (-1, _) if axis == 0 && batch.is_some() => TDim::Sym(batch.clone().expect("checked")),
+                    (-1, _) if axis == 0 && batch.is_some() => {
+                        TDim::Sym(batch.clone().expect("checked"))
+                    }
                     (-1, Some(p)) => TDim::Sym(model.symbols.sym(p)),
                     (-1, None) => TDim::Sym(model.symbols.sym(&format!("{}_{axis}", d.meta.name))),
                     (n, _) => TDim::Val(*n),
@@ -174,7 +210,9 @@ impl OnnxModel {
             let fact = InferenceFact::dt_shape(datum_type(d.meta.datatype), dims);
             model.set_input_fact(ix, fact)?;
         }
-        let typed = model.into_optimized().with_context(|| format!("optimising {}", path.display()))?;
+        let typed = model
+            .into_optimized()
+            .with_context(|| format!("optimising {}", path.display()))?;
 
         let batched = match &batch {
             None => false,
@@ -199,7 +237,11 @@ impl OnnxModel {
             .collect::<TractResult<_>>()?;
         for (d, fact) in outputs.iter_mut().zip(&facts) {
             if d.meta.shape.is_empty() && fact.rank() > 0 {
-                d.meta.shape = fact.shape.iter().map(|dim| dim.to_i64().unwrap_or(-1)).collect();
+                d.meta.shape = fact
+                    .shape
+                    .iter()
+                    .map(|dim| dim.to_i64().unwrap_or(-1))
+                    .collect();
             }
         }
         let plan = typed.into_runnable()?;
@@ -240,15 +282,17 @@ pub fn stack(dt: DataType, shape: &[usize], parts: &[&TensorData]) -> anyhow::Re
         DataType::Bytes => {
             let mut strings = Vec::new();
             for part in parts {
-                let TensorData::Bytes(items) = part else { bail!("BYTES tensor without BYTES data") };
+                let TensorData::Bytes(items) = part else {
+                    bail!("BYTES tensor without BYTES data")
+                };
                 for item in items {
-                    strings.push(
-                        String::from_utf8(item.to_vec())
-                            .map_err(|_| anyhow!("BYTES elements must be UTF-8 text for this model"))?,
-                    );
+                    strings.push(String::from_utf8(item.to_vec()).map_err(|_| {
+                        anyhow!("BYTES elements must be UTF-8 text for this model")
+                    })?);
                 }
             }
-            let array = tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(shape), strings)?;
+            let array =
+                tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(shape), strings)?;
             Ok(array.into())
         }
         _ => {
@@ -256,7 +300,9 @@ pub fn stack(dt: DataType, shape: &[usize], parts: &[&TensorData]) -> anyhow::Re
             let buf = t.as_bytes_mut();
             let mut at = 0;
             for part in parts {
-                let TensorData::Fixed(bytes) = part else { bail!("{dt} tensor with BYTES data") };
+                let TensorData::Fixed(bytes) = part else {
+                    bail!("{dt} tensor with BYTES data")
+                };
                 buf.get_mut(at..at + bytes.len())
                     .ok_or_else(|| anyhow!("batch parts exceed the batch shape {shape:?}"))?
                     .copy_from_slice(bytes);
@@ -281,9 +327,20 @@ pub fn rows(t: &Tensor, start: usize, end: usize) -> anyhow::Result<(Vec<u64>, T
     if t.datum_type() == DatumType::String {
         let view = t.try_as_plain_ram()?;
         let all = view.as_slice::<String>()?;
-        let per_row = if t.rank() == 0 { 1 } else { t.len() / t.shape()[0].max(1) };
-        let range = if whole { 0..all.len() } else { start * per_row..end * per_row };
-        let items = all[range].iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect();
+        let per_row = if t.rank() == 0 {
+            1
+        } else {
+            t.len() / t.shape()[0].max(1)
+        };
+        let range = if whole {
+            0..all.len()
+        } else {
+            start * per_row..end * per_row
+        };
+        let items = all[range]
+            .iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect();
         return Ok((shape, TensorData::Bytes(items)));
     }
     let bytes = t.as_bytes();
@@ -291,5 +348,10 @@ pub fn rows(t: &Tensor, start: usize, end: usize) -> anyhow::Result<(Vec<u64>, T
         return Ok((shape, TensorData::Fixed(Bytes::copy_from_slice(bytes))));
     }
     let row_bytes = bytes.len() / t.shape()[0].max(1);
-    Ok((shape, TensorData::Fixed(Bytes::copy_from_slice(&bytes[start * row_bytes..end * row_bytes]))))
+    Ok((
+        shape,
+        TensorData::Fixed(Bytes::copy_from_slice(
+            &bytes[start * row_bytes..end * row_bytes],
+        )),
+    ))
 }

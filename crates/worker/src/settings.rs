@@ -45,7 +45,10 @@ impl Default for WorkerSettings {
 impl WorkerSettings {
     /// The engine's part of the settings.
     pub fn engine(&self) -> EngineSettings {
-        EngineSettings { models_dir: self.models_dir.clone(), batching: self.batching.clone() }
+        EngineSettings {
+            models_dir: self.models_dir.clone(),
+            batching: self.batching.clone(),
+        }
     }
 
     /// Checks values that serde cannot.

@@ -19,7 +19,10 @@ impl Counter {
     }
 
     fn read(&self) -> StatDuration {
-        StatDuration { count: self.count.load(Relaxed), ns: self.ns.load(Relaxed) }
+        StatDuration {
+            count: self.count.load(Relaxed),
+            ns: self.ns.load(Relaxed),
+        }
     }
 }
 
@@ -64,8 +67,11 @@ impl Stats {
         self.compute_input.add(requests, e.input);
         self.compute_infer.add(requests, e.infer);
         self.compute_output.add(requests, e.output);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.last_inference_ms.store(now.as_millis() as u64, Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_inference_ms
+            .store(now.as_millis() as u64, Relaxed);
         let mut batches = self.batches.lock().expect("stats lock");
         let entry = batches.entry(e.rows).or_default();
         entry.count += 1;
@@ -107,7 +113,10 @@ impl Stats {
             },
             batch_stats: batches
                 .iter()
-                .map(|(size, d)| BatchStats { batch_size: *size, compute_infer: *d })
+                .map(|(size, d)| BatchStats {
+                    batch_size: *size,
+                    compute_infer: *d,
+                })
                 .collect(),
         }
     }

@@ -19,7 +19,12 @@ async fn concurrent_requests_get_their_own_answers_and_are_batched() {
         total_rows += rows as u64;
         let (w, reference) = (w.clone(), reference.clone());
         tasks.push(tokio::spawn(async move {
-            let (status, body) = w.post_json("/v2/models/breast_cancer/infer", &reference.v2_request(start..start + rows)).await;
+            let (status, body) = w
+                .post_json(
+                    "/v2/models/breast_cancer/infer",
+                    &reference.v2_request(start..start + rows),
+                )
+                .await;
             assert_eq!(status, 200, "{body}");
             reference.check_response(&body, start..start + rows);
         }));
@@ -31,22 +36,40 @@ async fn concurrent_requests_get_their_own_answers_and_are_batched() {
     assert_eq!(stats["inference_stats"]["success"]["count"], 200);
     assert_eq!(stats["inference_count"], total_rows);
     let executions = stats["execution_count"].as_u64().unwrap();
-    assert!(executions < 200, "200 requests ran in {executions} executions: the batcher combined none");
+    assert!(
+        executions < 200,
+        "200 requests ran in {executions} executions: the batcher combined none"
+    );
     for b in stats["batch_stats"].as_array().unwrap() {
-        assert!(b["batch_size"].as_u64().unwrap() <= 16, "batch over max_batch_size: {b}");
+        assert!(
+            b["batch_size"].as_u64().unwrap() <= 16,
+            "batch over max_batch_size: {b}"
+        );
     }
     Arc::try_unwrap(w).ok().expect("sole owner").stop().await;
 }
 
 #[tokio::test]
 async fn request_larger_than_max_batch_size_runs_alone() {
-    let w = TestWorker::start(with_toml("breast_cancer", "[batching]\nmax_batch_size = 4\n")).await;
+    let w = TestWorker::start(with_toml(
+        "breast_cancer",
+        "[batching]\nmax_batch_size = 4\n",
+    ))
+    .await;
     let reference = vatic_testkit::demo_reference();
-    let (status, body) = w.post_json("/v2/models/breast_cancer/infer", &reference.v2_request(0..10)).await;
+    let (status, body) = w
+        .post_json(
+            "/v2/models/breast_cancer/infer",
+            &reference.v2_request(0..10),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     reference.check_response(&body, 0..10);
     let stats = w.stats("breast_cancer").await;
-    assert_eq!(stats["batch_stats"], json!([{"batch_size": 10, "compute_infer": stats["batch_stats"][0]["compute_infer"]}]));
+    assert_eq!(
+        stats["batch_stats"],
+        json!([{"batch_size": 10, "compute_infer": stats["batch_stats"][0]["compute_infer"]}])
+    );
     w.stop().await;
 }
 
@@ -55,8 +78,15 @@ async fn request_whose_client_went_away_is_not_computed() {
     let toml = "[batching]\nmax_queue_delay_us = 3000000\ninstances = 1\n";
     let w = TestWorker::start(with_toml("breast_cancer", toml)).await;
     let reference = vatic_testkit::demo_reference();
-    let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(200)).build().unwrap();
-    let r = impatient.post(format!("{}/v2/models/breast_cancer/infer", w.base)).json(&reference.v2_request(0..1)).send().await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{}/v2/models/breast_cancer/infer", w.base))
+        .json(&reference.v2_request(0..1))
+        .send()
+        .await;
     assert!(r.is_err(), "the client gave up first");
     // The batcher notices the closed reply and drops the request before its delay ends.
     let mut stats = Value::Null;
@@ -75,18 +105,31 @@ async fn request_whose_client_went_away_is_not_computed() {
 #[tokio::test]
 async fn requests_with_different_row_shapes_are_not_mixed() {
     // The CNN has a fixed image size, so mixing is impossible; two_io rows are all [3].
-    let w = TestWorker::start(with_toml("two_io", "[batching]\nmax_queue_delay_us = 20000\n")).await;
-    let body = |a: f64| json!({"inputs": [
+    let w = TestWorker::start(with_toml(
+        "two_io",
+        "[batching]\nmax_queue_delay_us = 20000\n",
+    ))
+    .await;
+    let body = |a: f64| {
+        json!({"inputs": [
         {"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [a, a, a]},
-        {"name": "b", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]});
+        {"name": "b", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]})
+    };
     let mut tasks = Vec::new();
     let w = Arc::new(w);
     for i in 0..8 {
         let w = w.clone();
         tasks.push(tokio::spawn(async move {
-            let (status, resp) = w.post_json("/v2/models/two_io/infer", &body(i as f64)).await;
+            let (status, resp) = w
+                .post_json("/v2/models/two_io/infer", &body(i as f64))
+                .await;
             assert_eq!(status, 200, "{resp}");
-            let dot = &resp["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "dot").unwrap()["data"][0];
+            let dot = &resp["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == "dot")
+                .unwrap()["data"][0];
             assert_eq!(dot.as_f64().unwrap(), 6.0 * i as f64);
         }));
     }

@@ -35,32 +35,61 @@ impl TestWorker {
         wait_ready: bool,
     ) -> TestWorker {
         init_logs();
-        let mut settings = WorkerSettings { listen: "127.0.0.1:0".into(), models_dir, ..Default::default() };
+        let mut settings = WorkerSettings {
+            listen: "127.0.0.1:0".into(),
+            models_dir,
+            ..Default::default()
+        };
         settings.batching.instances = 1;
         adjust(&mut settings);
         let mut worker = Worker::start(&settings).expect("worker starts");
         let handle = worker.spawn();
         let base = format!("http://{}", worker.addr);
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
         if wait_ready {
             vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
         }
-        TestWorker { base, client, engine: worker.engine.clone(), handle, _repo: repo }
+        TestWorker {
+            base,
+            client,
+            engine: worker.engine.clone(),
+            handle,
+            _repo: repo,
+        }
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.client.get(format!("{}{path}", self.base)).send().await.expect("GET");
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.client.post(format!("{}{path}", self.base)).json(body).send().await.expect("POST");
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post_raw(&self, path: &str, body: Vec<u8>, header_length: Option<usize>) -> reqwest::Response {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        header_length: Option<usize>,
+    ) -> reqwest::Response {
         let mut r = self.client.post(format!("{}{path}", self.base)).body(body);
         if let Some(n) = header_length {
             r = r.header("Inference-Header-Content-Length", n.to_string());
@@ -80,9 +109,17 @@ impl TestWorker {
 }
 
 pub fn one(name: &str) -> tempfile::TempDir {
-    vatic_testkit::repo(&[vatic_testkit::RepoModel { name, source: name, model_toml: None }])
+    vatic_testkit::repo(&[vatic_testkit::RepoModel {
+        name,
+        source: name,
+        model_toml: None,
+    }])
 }
 
 pub fn with_toml(name: &str, toml: &str) -> tempfile::TempDir {
-    vatic_testkit::repo(&[vatic_testkit::RepoModel { name, source: name, model_toml: Some(toml) }])
+    vatic_testkit::repo(&[vatic_testkit::RepoModel {
+        name,
+        source: name,
+        model_toml: Some(toml),
+    }])
 }

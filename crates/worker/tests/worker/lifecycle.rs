@@ -8,10 +8,19 @@ use std::time::Duration;
 async fn probes_report_live_ready_and_model_ready() {
     let w = TestWorker::start(one("breast_cancer")).await;
     assert_eq!(w.get("/v2/health/live").await, (200, json!({"live": true})));
-    assert_eq!(w.get("/v2/health/ready").await, (200, json!({"ready": true})));
+    assert_eq!(
+        w.get("/v2/health/ready").await,
+        (200, json!({"ready": true}))
+    );
     assert_eq!(w.get("/readyz").await.0, 200);
-    assert_eq!(w.get("/v2/models/breast_cancer/ready").await, (200, json!({"name": "breast_cancer", "ready": true})));
-    assert_eq!(w.get("/v2/models/breast_cancer/versions/1/ready").await.0, 200);
+    assert_eq!(
+        w.get("/v2/models/breast_cancer/ready").await,
+        (200, json!({"name": "breast_cancer", "ready": true}))
+    );
+    assert_eq!(
+        w.get("/v2/models/breast_cancer/versions/1/ready").await.0,
+        200
+    );
     w.stop().await;
 }
 
@@ -25,29 +34,65 @@ async fn broken_model_leaves_worker_not_ready_but_others_serve() {
     std::fs::create_dir_all(repo.path().join("tf_model/1/model.savedmodel")).unwrap();
     let dir = repo.path().to_path_buf();
     let w = TestWorker::start_with(dir, Some(repo), |_| {}, false).await;
-    vatic_testkit::wait_ok(&w.client, &format!("{}/v2/models/breast_cancer/ready", w.base)).await;
+    vatic_testkit::wait_ok(
+        &w.client,
+        &format!("{}/v2/models/breast_cancer/ready", w.base),
+    )
+    .await;
     let index = loop {
-        let r = w.client.post(format!("{}/v2/repository/index", w.base)).send().await.unwrap();
+        let r = w
+            .client
+            .post(format!("{}/v2/repository/index", w.base))
+            .send()
+            .await
+            .unwrap();
         let index: serde_json::Value = r.json().await.unwrap();
-        if index.as_array().unwrap().iter().all(|m| m["state"] != "LOADING") {
+        if index
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] != "LOADING")
+        {
             break index;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let broken = index.as_array().unwrap().iter().find(|m| m["name"] == "broken").expect("listed");
+    let broken = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "broken")
+        .expect("listed");
     assert_eq!(broken["state"], "UNAVAILABLE");
     assert!(!broken["reason"].as_str().unwrap().is_empty());
-    assert_eq!(index.as_array().unwrap().len(), 2, "tf_model is skipped: {index}");
-    assert_eq!(w.get("/v2/health/ready").await, (400, json!({"ready": false})));
+    assert_eq!(
+        index.as_array().unwrap().len(),
+        2,
+        "tf_model is skipped: {index}"
+    );
+    assert_eq!(
+        w.get("/v2/health/ready").await,
+        (400, json!({"ready": false}))
+    );
     assert_eq!(w.get("/readyz").await.0, 503);
     assert_eq!(w.get("/v2/health/live").await.0, 200);
     let (status, body) = w.get("/v2/models/broken/ready").await;
     assert_eq!((status, body["ready"].clone()), (503, json!(false)));
-    let (status, body) = w.post_json("/v2/models/broken/infer", &json!({"inputs": []})).await;
+    let (status, body) = w
+        .post_json("/v2/models/broken/infer", &json!({"inputs": []}))
+        .await;
     assert_eq!(status, 503);
-    assert!(body["error"].as_str().unwrap().contains("failed to load"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("failed to load"),
+        "{body}"
+    );
     let reference = vatic_testkit::demo_reference();
-    let (status, _) = w.post_json("/v2/models/breast_cancer/infer", &reference.v2_request(0..1)).await;
+    let (status, _) = w
+        .post_json(
+            "/v2/models/breast_cancer/infer",
+            &reference.v2_request(0..1),
+        )
+        .await;
     assert_eq!(status, 200);
     w.stop().await;
 }
@@ -58,10 +103,17 @@ async fn shutdown_reports_not_ready_at_once_and_finishes_queued_work() {
     let w = TestWorker::start(crate::helpers::with_toml("breast_cancer", toml)).await;
     let reference = vatic_testkit::demo_reference();
     let queued = {
-        let (client, url, body) = (w.client.clone(), format!("{}/v2/models/breast_cancer/infer", w.base), reference.v2_request(0..2));
+        let (client, url, body) = (
+            w.client.clone(),
+            format!("{}/v2/models/breast_cancer/infer", w.base),
+            reference.v2_request(0..2),
+        );
         tokio::spawn(async move {
             let r = client.post(url).json(&body).send().await.unwrap();
-            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
         })
     };
     while w.engine.resolve("breast_cancer", None).unwrap().queued() == 0 {
@@ -72,8 +124,16 @@ async fn shutdown_reports_not_ready_at_once_and_finishes_queued_work() {
         vatic_worker::http::drain_and_stop(&engine, &handle, Duration::from_millis(300)).await
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(w.get("/v2/health/ready").await.0, 400, "not ready during the drain");
-    assert_eq!(w.get("/v2/health/live").await.0, 200, "still live during the drain");
+    assert_eq!(
+        w.get("/v2/health/ready").await.0,
+        400,
+        "not ready during the drain"
+    );
+    assert_eq!(
+        w.get("/v2/health/live").await.0,
+        200,
+        "still live during the drain"
+    );
     let (status, body) = queued.await.unwrap();
     assert_eq!(status, 200, "{body}");
     reference.check_response(&body, 0..2);

@@ -232,16 +232,16 @@ fn element_to_json(dt: DataType, c: &[u8]) -> serde_json::Value {
         DataType::Int16 => num!(i16),
         DataType::Int32 => num!(i32),
         DataType::Int64 => num!(i64),
-        DataType::Fp16 => {
-            let v = f16::from_le_bytes(c.try_into().expect("element size")).to_f32();
-            float_json(v as f64)
-        }
-        DataType::Fp32 => {
-            float_json(f32::from_le_bytes(c.try_into().expect("element size")) as f64)
-        }
+        DataType::Fp16 => short_f32(f16::from_le_bytes(c.try_into().expect("element size")).to_f32()),
+        DataType::Fp32 => short_f32(f32::from_le_bytes(c.try_into().expect("element size"))),
         DataType::Fp64 => float_json(f64::from_le_bytes(c.try_into().expect("element size"))),
         DataType::Bytes => Value::Null,
     }
+}
+
+/// An `f32` as the JSON number with its shortest decimal form (`0.1`, not `0.10000000149011612`).
+fn short_f32(v: f32) -> serde_json::Value {
+    float_json(v.to_string().parse::<f64>().unwrap_or(f64::NAN))
 }
 
 /// JSON has no NaN or infinity: those become `null`, as serde_json does.

@@ -469,16 +469,19 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The shutdown sequence: report not ready, keep serving for `drain` so load balancers notice,
-/// stop accepting and finish in-flight requests, then finish queued model work.
-pub async fn drain_and_stop(engine: &Arc<Engine>, handle: &ServerHandle, drain: Duration) {
-    engine.begin_shutdown();
-    tracing::info!(
-        drain_secs = drain.as_secs(),
-        "shutting down: not ready, draining"
-    );
-    tokio::time::sleep(drain).await;
+/// The shutdown sequence of an HTTP server: `not_ready` (readiness turns false at once), keep
+/// serving for `drain_for` so load balancers notice, then stop accepting and finish in-flight
+/// requests.
+pub async fn drain(handle: &ServerHandle, drain_for: Duration, not_ready: impl FnOnce()) {
+    not_ready();
+    tracing::info!(drain_secs = drain_for.as_secs(), "shutting down: not ready, draining");
+    tokio::time::sleep(drain_for).await;
     handle.stop(true).await;
+}
+
+/// The worker's shutdown: drain the server, then finish queued model work.
+pub async fn drain_and_stop(engine: &Arc<Engine>, handle: &ServerHandle, drain_for: Duration) {
+    drain(handle, drain_for, || engine.begin_shutdown()).await;
     let engine = engine.clone();
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     tracing::info!("stopped");

@@ -1,0 +1,167 @@
+//! Where a request runs: the in-process engine (standalone) or the worker pool (cluster).
+//! Both answer with the same types, so routes do not care which.
+
+use crate::pool::WorkerPool;
+use bytes::Bytes;
+use reqwest::Method;
+use serde_json::Value;
+use std::sync::Arc;
+use vatic_schema::v2::{self, BINARY_DATA, BINARY_DATA_OUTPUT};
+use vatic_schema::{InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStats, ModelStatsResponse, RepositoryModel};
+use vatic_worker::http::HttpError;
+use vatic_worker::Engine;
+
+/// The inference backend of an api process.
+pub enum Backend {
+    /// Standalone: models run in this process.
+    Local(Arc<Engine>),
+    /// Cluster: models run in worker processes.
+    Remote(Arc<WorkerPool>),
+}
+
+fn model_path(model: &str, version: Option<&str>, suffix: &str) -> String {
+    match version {
+        Some(v) => format!("/v2/models/{model}/versions/{v}{suffix}"),
+        None => format!("/v2/models/{model}{suffix}"),
+    }
+}
+
+impl Backend {
+    /// Whether requests can be served now.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Backend::Local(engine) => engine.is_ready(),
+            Backend::Remote(pool) => pool.any_healthy(),
+        }
+    }
+
+    /// Runs a request. To a worker it travels as V2 binary, inputs and outputs alike.
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        req: &InferRequest,
+        request_id: Option<&str>,
+    ) -> Result<InferResponse, HttpError> {
+        match self {
+            Backend::Local(engine) => Ok(engine.infer(model, version, req).await?),
+            Backend::Remote(pool) => {
+                let mut forwarded = req.clone();
+                forwarded.parameters.insert(BINARY_DATA_OUTPUT.into(), Value::Bool(true));
+                for out in &mut forwarded.outputs {
+                    out.parameters.remove(BINARY_DATA);
+                }
+                let encoded = v2::encode_request(&forwarded, true);
+                let body = Some((Bytes::from(encoded.body), encoded.header_length));
+                let answer = pool.send(Method::POST, &model_path(model, version, "/infer"), body, request_id).await?;
+                answer.ok()?;
+                v2::decode_response(&answer.body, answer.header_length).map_err(|e| HttpError::Upstream {
+                    status: 502,
+                    message: format!("a worker sent an unreadable inference response: {e}"),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// V2 model metadata.
+    pub async fn metadata(&self, model: &str, version: Option<&str>) -> Result<ModelMetadata, HttpError> {
+        match self {
+            Backend::Local(engine) => Ok(engine.metadata(model, version)?),
+            Backend::Remote(pool) => pool.json(Method::GET, &model_path(model, version, "")).await,
+        }
+    }
+
+    /// Whether a version can serve; `Err` when it does not exist.
+    pub async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool, HttpError> {
+        match self {
+            Backend::Local(engine) => Ok(engine.model_ready(model, version)?),
+            Backend::Remote(pool) => {
+                let answer = pool.send(Method::GET, &model_path(model, version, "/ready"), None, None).await?;
+                match answer.status {
+                    200 => Ok(true),
+                    503 => Ok(false),
+                    _ => answer.ok().map(|_| false),
+                }
+            }
+        }
+    }
+
+    /// Triton's model configuration.
+    pub async fn config(&self, model: &str, version: Option<&str>) -> Result<ModelConfig, HttpError> {
+        match self {
+            Backend::Local(engine) => Ok(engine.config(model, version)?),
+            Backend::Remote(pool) => pool.json(Method::GET, &model_path(model, version, "/config")).await,
+        }
+    }
+
+    /// Triton's statistics; in a cluster, summed over the healthy workers.
+    pub async fn stats(&self, model: Option<&str>, version: Option<&str>) -> Result<ModelStatsResponse, HttpError> {
+        match self {
+            Backend::Local(engine) => Ok(engine.stats(model, version)?),
+            Backend::Remote(pool) => {
+                let path = match model {
+                    Some(m) => model_path(m, version, "/stats"),
+                    None => "/v2/models/stats".to_string(),
+                };
+                let mut merged: Vec<ModelStats> = Vec::new();
+                let mut first_error = None;
+                for answer in pool.json_each::<ModelStatsResponse>(&path).await {
+                    match answer {
+                        Ok(r) => merge_stats(&mut merged, r.model_stats),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                match (merged.is_empty(), first_error) {
+                    (true, Some(e)) => Err(e),
+                    _ => Ok(ModelStatsResponse { model_stats: merged }),
+                }
+            }
+        }
+    }
+
+    /// Every model version and its state.
+    pub async fn index(&self) -> Result<Vec<RepositoryModel>, HttpError> {
+        match self {
+            Backend::Local(engine) => Ok(engine.index()),
+            Backend::Remote(pool) => pool.json(Method::POST, "/v2/repository/index").await,
+        }
+    }
+}
+
+fn merge_stats(into: &mut Vec<ModelStats>, from: Vec<ModelStats>) {
+    for s in from {
+        match into.iter_mut().find(|m| m.name == s.name && m.version == s.version) {
+            None => into.push(s),
+            Some(m) => {
+                m.last_inference = m.last_inference.max(s.last_inference);
+                m.inference_count += s.inference_count;
+                m.execution_count += s.execution_count;
+                let (a, b) = (&mut m.inference_stats, &s.inference_stats);
+                for (x, y) in [
+                    (&mut a.success, b.success),
+                    (&mut a.fail, b.fail),
+                    (&mut a.cancel, b.cancel),
+                    (&mut a.queue, b.queue),
+                    (&mut a.compute_input, b.compute_input),
+                    (&mut a.compute_infer, b.compute_infer),
+                    (&mut a.compute_output, b.compute_output),
+                ] {
+                    x.count += y.count;
+                    x.ns += y.ns;
+                }
+                for bs in s.batch_stats {
+                    match m.batch_stats.iter_mut().find(|x| x.batch_size == bs.batch_size) {
+                        Some(x) => {
+                            x.compute_infer.count += bs.compute_infer.count;
+                            x.compute_infer.ns += bs.compute_infer.ns;
+                        }
+                        None => m.batch_stats.push(bs),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The vatic public API: KServe V2 and TF-Serving REST over actix-web, served by an in-process
+//! worker (standalone mode) or by a pool of worker processes (cluster mode).
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod pool;
+pub mod routes;
+pub mod settings;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use backend::Backend;
+use routes::AppState;
+use settings::{ApiSettings, Mode};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use vatic_worker::http::{drain, on_connect, request_id, shutdown_signal};
+use vatic_worker::Engine;
+
+/// A built api server, listening but not yet serving.
+pub struct Application {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Shared state, for tests.
+    pub state: web::Data<AppState>,
+    server: Option<Server>,
+    drain: Duration,
+}
+
+impl Application {
+    /// Binds and builds the server. In standalone mode, models start loading in the background:
+    /// the server is live at once and ready when every model is loaded and warmed.
+    pub fn build(settings: &ApiSettings) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let listener = TcpListener::bind(&settings.listen).map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let backend = match settings.mode {
+            Mode::Standalone => {
+                let engine = Arc::new(Engine::new(settings.engine())?);
+                let loading = engine.clone();
+                std::thread::Builder::new().name("model-loader".into()).spawn(move || loading.load_all())?;
+                Backend::Local(engine)
+            }
+            Mode::Cluster => Backend::Remote(pool::WorkerPool::start(
+                &settings.workers,
+                Duration::from_millis(settings.health_interval_ms),
+                Duration::from_millis(settings.worker_timeout_ms),
+            )?),
+        };
+        let state = web::Data::new(AppState {
+            backend,
+            accepting: true.into(),
+            max_body_bytes: settings.max_body_bytes,
+        });
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .wrap(from_fn(request_id))
+                .configure(routes::health::configure)
+                .configure(routes::v2::configure)
+                .configure(routes::tfserving::configure)
+        })
+        .on_connect(on_connect)
+        .disable_signals()
+        .shutdown_timeout(60)
+        .listen(listener)?
+        .run();
+        tracing::info!(addr = %addr, mode = ?settings.mode, "api listening");
+        Ok(Application { addr, state, server: Some(server), drain: Duration::from_secs(settings.drain_secs) })
+    }
+
+    /// Spawns the server on the current runtime and returns a handle to stop it.
+    pub fn spawn(&mut self) -> ServerHandle {
+        let server = self.server.take().expect("built");
+        let handle = server.handle();
+        tokio::spawn(server);
+        handle
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then: not ready, drain, finish in-flight and queued work.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let server = self.server.take().expect("built");
+        let handle = server.handle();
+        let serving = tokio::spawn(server);
+        shutdown_signal().await;
+        self.shutdown(&handle, self.drain).await;
+        serving.await??;
+        Ok(())
+    }
+
+    /// The shutdown sequence, for `run_until_signal` and tests.
+    pub async fn shutdown(&self, handle: &ServerHandle, drain_for: Duration) {
+        let state = self.state.clone();
+        drain(handle, drain_for, || {
+            state.accepting.store(false, Ordering::SeqCst);
+            if let Backend::Local(engine) = &state.backend {
+                engine.begin_shutdown();
+            }
+        })
+        .await;
+        if let Backend::Local(engine) = &self.state.backend {
+            let engine = engine.clone();
+            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs the api binary.
+pub async fn run(settings: ApiSettings) -> anyhow::Result<()> {
+    Application::build(&settings)?.run_until_signal().await
+}

@@ -1,0 +1,237 @@
+//! The workers an api replica sends inference to: pooled keep-alive connections,
+//! least-outstanding-requests choice, active health checks, and one retry on another worker when
+//! a worker fails before answering (inference has no side effects, so a retry is safe).
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use vatic_schema::ErrorBody;
+use vatic_worker::http::{HttpError, REQUEST_ID};
+
+/// One worker and what the api knows of it.
+pub struct WorkerNode {
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    healthy: AtomicBool,
+    outstanding: AtomicUsize,
+}
+
+impl WorkerNode {
+    /// Whether the last health check (or request) succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against a worker for as long as it lives.
+struct Outstanding<'a>(&'a WorkerNode);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker's answer: status, headers that matter, body.
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Inference-Header-Content-Length`, when the body is binary.
+    pub header_length: Option<usize>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// The worker fleet of this api replica.
+pub struct WorkerPool {
+    nodes: Vec<Arc<WorkerNode>>,
+    client: reqwest::Client,
+    timeout: Duration,
+    next: AtomicUsize,
+}
+
+impl WorkerPool {
+    /// Builds the pool and starts health-checking every worker every `interval`.
+    pub fn start(urls: &[String], interval: Duration, timeout: Duration) -> anyhow::Result<Arc<WorkerPool>> {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        let nodes = urls
+            .iter()
+            .map(|u| {
+                Arc::new(WorkerNode {
+                    url: u.trim_end_matches('/').to_string(),
+                    healthy: AtomicBool::new(false),
+                    outstanding: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let pool = Arc::new(WorkerPool { nodes, client, timeout, next: AtomicUsize::new(0) });
+        let checker = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let Some(pool) = checker.upgrade() else { return };
+                pool.check_all(interval.max(Duration::from_millis(500))).await;
+            }
+        });
+        Ok(pool)
+    }
+
+    async fn check_all(&self, timeout: Duration) {
+        let checks = self.nodes.iter().map(|node| async move {
+            let url = format!("{}/v2/health/ready", node.url);
+            let ok = matches!(self.client.get(&url).timeout(timeout).send().await, Ok(r) if r.status() == 200);
+            if ok != node.is_healthy() {
+                tracing::info!(worker = %node.url, healthy = ok, "worker health changed");
+            }
+            node.healthy.store(ok, Ordering::Relaxed);
+        });
+        futures_util::future::join_all(checks).await;
+    }
+
+    /// The workers, for status pages and tests.
+    pub fn nodes(&self) -> &[Arc<WorkerNode>] {
+        &self.nodes
+    }
+
+    /// Whether any worker is healthy.
+    pub fn any_healthy(&self) -> bool {
+        self.nodes.iter().any(|n| n.is_healthy())
+    }
+
+    /// The healthy worker with the fewest requests in flight (ties rotate), skipping `tried`;
+    /// when none is healthy, any untried worker, so the caller hears the worker's own reason.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.nodes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = (0..n).map(|i| (start + i) % n).filter(|i| !tried.contains(i));
+        let best = |healthy_only: bool| {
+            candidates
+                .clone()
+                .filter(|i| !healthy_only || self.nodes[*i].is_healthy())
+                .min_by_key(|i| self.nodes[*i].outstanding.load(Ordering::Relaxed))
+        };
+        best(true).or_else(|| best(false))
+    }
+
+    /// Sends a request to a worker, retrying once on another worker when the first fails before
+    /// answering (refused, reset, closed).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(Bytes, Option<usize>)>,
+        request_id: Option<&str>,
+    ) -> Result<Answer, HttpError> {
+        let mut tried = Vec::with_capacity(2);
+        let mut last_error = String::from("no worker is configured");
+        for _ in 0..2.min(self.nodes.len()) {
+            let Some(i) = self.pick(&tried) else { break };
+            tried.push(i);
+            let node = &self.nodes[i];
+            node.outstanding.fetch_add(1, Ordering::Relaxed);
+            let _guard = Outstanding(node);
+            match Self::exchange(self.request(node, method.clone(), path, body.as_ref(), request_id)).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.is_timeout() => {
+                    return Err(HttpError::Upstream {
+                        status: 503,
+                        message: format!("worker {} did not answer within {} ms", node.url, self.timeout.as_millis()),
+                        retry_after: Some(1),
+                    })
+                }
+                Err(e) => {
+                    node.healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(worker = %node.url, error = %e, "worker failed before answering; trying another");
+                    last_error = format!("worker {} failed: {e}", node.url);
+                }
+            }
+        }
+        Err(HttpError::NoWorker(last_error))
+    }
+
+    fn request(
+        &self,
+        node: &WorkerNode,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(Bytes, Option<usize>)>,
+        request_id: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            headers.insert(REQUEST_ID, id);
+        }
+        let mut req = self.client.request(method, format!("{}{path}", node.url)).timeout(self.timeout);
+        if let Some((bytes, header_length)) = body {
+            if let Some(n) = header_length {
+                headers.insert(vatic_schema::v2::HEADER_LENGTH, HeaderValue::from(*n));
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            } else {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            req = req.body(bytes.clone());
+        }
+        req.headers(headers)
+    }
+
+    /// GETs JSON from every healthy worker, each answer on its own.
+    pub async fn json_each<T: DeserializeOwned>(&self, path: &str) -> Vec<Result<T, HttpError>> {
+        let calls = self.nodes.iter().filter(|n| n.is_healthy()).map(|node| async move {
+            let answer = Self::exchange(self.request(node, reqwest::Method::GET, path, None, None))
+                .await
+                .map_err(|e| HttpError::NoWorker(format!("worker {} failed: {e}", node.url)))?;
+            answer.parse::<T>(path)
+        });
+        futures_util::future::join_all(calls).await
+    }
+
+    async fn exchange(req: reqwest::RequestBuilder) -> reqwest::Result<Answer> {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let header_length = resp
+            .headers()
+            .get(vatic_schema::v2::HEADER_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp.bytes().await?;
+        Ok(Answer { status, header_length, body })
+    }
+
+    /// GETs (or POSTs without a body) JSON from a worker; a worker's error passes through.
+    pub async fn json<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str) -> Result<T, HttpError> {
+        self.send(method, path, None, None).await?.parse(path)
+    }
+}
+
+impl Answer {
+    /// The JSON body of a 2xx answer, or the worker's error.
+    pub fn parse<T: DeserializeOwned>(&self, path: &str) -> Result<T, HttpError> {
+        self.ok()?;
+        serde_json::from_slice(&self.body).map_err(|e| HttpError::Upstream {
+            status: 502,
+            message: format!("a worker sent an unreadable answer to {path}: {e}"),
+            retry_after: None,
+        })
+    }
+
+    /// `Ok` for a 2xx answer; otherwise the worker's error, status and message kept.
+    pub fn ok(&self) -> Result<(), HttpError> {
+        if (200..300).contains(&self.status) {
+            return Ok(());
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&self.body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned());
+        let retry_after = (self.status == 503).then_some(1);
+        Err(HttpError::Upstream { status: self.status, message, retry_after })
+    }
+}

@@ -7,7 +7,10 @@ use reqwest::Method;
 use serde_json::Value;
 use std::sync::Arc;
 use vatic_schema::v2::{self, BINARY_DATA, BINARY_DATA_OUTPUT};
-use vatic_schema::{InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStats, ModelStatsResponse, RepositoryModel};
+use vatic_schema::{
+    InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStats, ModelStatsResponse,
+    RepositoryModel,
+};
 use vatic_worker::http::HttpError;
 use vatic_worker::Engine;
 
@@ -47,28 +50,46 @@ impl Backend {
             Backend::Local(engine) => Ok(engine.infer(model, version, req).await?),
             Backend::Remote(pool) => {
                 let mut forwarded = req.clone();
-                forwarded.parameters.insert(BINARY_DATA_OUTPUT.into(), Value::Bool(true));
+                forwarded
+                    .parameters
+                    .insert(BINARY_DATA_OUTPUT.into(), Value::Bool(true));
                 for out in &mut forwarded.outputs {
                     out.parameters.remove(BINARY_DATA);
                 }
                 let encoded = v2::encode_request(&forwarded, true);
                 let body = Some((Bytes::from(encoded.body), encoded.header_length));
-                let answer = pool.send(Method::POST, &model_path(model, version, "/infer"), body, request_id).await?;
+                let answer = pool
+                    .send(
+                        Method::POST,
+                        &model_path(model, version, "/infer"),
+                        body,
+                        request_id,
+                    )
+                    .await?;
                 answer.ok()?;
-                v2::decode_response(&answer.body, answer.header_length).map_err(|e| HttpError::Upstream {
-                    status: 502,
-                    message: format!("a worker sent an unreadable inference response: {e}"),
-                    retry_after: None,
+                v2::decode_response(&answer.body, answer.header_length).map_err(|e| {
+                    HttpError::Upstream {
+                        status: 502,
+                        message: format!("a worker sent an unreadable inference response: {e}"),
+                        retry_after: None,
+                    }
                 })
             }
         }
     }
 
     /// V2 model metadata.
-    pub async fn metadata(&self, model: &str, version: Option<&str>) -> Result<ModelMetadata, HttpError> {
+    pub async fn metadata(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<ModelMetadata, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.metadata(model, version)?),
-            Backend::Remote(pool) => pool.json(Method::GET, &model_path(model, version, "")).await,
+            Backend::Remote(pool) => {
+                pool.json(Method::GET, &model_path(model, version, ""))
+                    .await
+            }
         }
     }
 
@@ -77,7 +98,14 @@ impl Backend {
         match self {
             Backend::Local(engine) => Ok(engine.model_ready(model, version)?),
             Backend::Remote(pool) => {
-                let answer = pool.send(Method::GET, &model_path(model, version, "/ready"), None, None).await?;
+                let answer = pool
+                    .send(
+                        Method::GET,
+                        &model_path(model, version, "/ready"),
+                        None,
+                        None,
+                    )
+                    .await?;
                 match answer.status {
                     200 => Ok(true),
                     503 => Ok(false),
@@ -88,15 +116,26 @@ impl Backend {
     }
 
     /// Triton's model configuration.
-    pub async fn config(&self, model: &str, version: Option<&str>) -> Result<ModelConfig, HttpError> {
+    pub async fn config(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<ModelConfig, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.config(model, version)?),
-            Backend::Remote(pool) => pool.json(Method::GET, &model_path(model, version, "/config")).await,
+            Backend::Remote(pool) => {
+                pool.json(Method::GET, &model_path(model, version, "/config"))
+                    .await
+            }
         }
     }
 
     /// Triton's statistics; in a cluster, summed over the healthy workers.
-    pub async fn stats(&self, model: Option<&str>, version: Option<&str>) -> Result<ModelStatsResponse, HttpError> {
+    pub async fn stats(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<ModelStatsResponse, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.stats(model, version)?),
             Backend::Remote(pool) => {
@@ -116,7 +155,9 @@ impl Backend {
                 }
                 match (merged.is_empty(), first_error) {
                     (true, Some(e)) => Err(e),
-                    _ => Ok(ModelStatsResponse { model_stats: merged }),
+                    _ => Ok(ModelStatsResponse {
+                        model_stats: merged,
+                    }),
                 }
             }
         }
@@ -133,7 +174,10 @@ impl Backend {
 
 fn merge_stats(into: &mut Vec<ModelStats>, from: Vec<ModelStats>) {
     for s in from {
-        match into.iter_mut().find(|m| m.name == s.name && m.version == s.version) {
+        match into
+            .iter_mut()
+            .find(|m| m.name == s.name && m.version == s.version)
+        {
             None => into.push(s),
             Some(m) => {
                 m.last_inference = m.last_inference.max(s.last_inference);
@@ -153,7 +197,11 @@ fn merge_stats(into: &mut Vec<ModelStats>, from: Vec<ModelStats>) {
                     x.ns += y.ns;
                 }
                 for bs in s.batch_stats {
-                    match m.batch_stats.iter_mut().find(|x| x.batch_size == bs.batch_size) {
+                    match m
+                        .batch_stats
+                        .iter_mut()
+                        .find(|x| x.batch_size == bs.batch_size)
+                    {
                         Some(x) => {
                             x.compute_infer.count += bs.compute_infer.count;
                             x.compute_infer.ns += bs.compute_infer.ns;

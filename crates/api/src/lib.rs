@@ -36,13 +36,16 @@ impl Application {
     /// the server is live at once and ready when every model is loaded and warmed.
     pub fn build(settings: &ApiSettings) -> anyhow::Result<Application> {
         settings.validate()?;
-        let listener = TcpListener::bind(&settings.listen).map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
         let backend = match settings.mode {
             Mode::Standalone => {
                 let engine = Arc::new(Engine::new(settings.engine())?);
                 let loading = engine.clone();
-                std::thread::Builder::new().name("model-loader".into()).spawn(move || loading.load_all())?;
+                std::thread::Builder::new()
+                    .name("model-loader".into())
+                    .spawn(move || loading.load_all())?;
                 Backend::Local(engine)
             }
             Mode::Cluster => Backend::Remote(pool::WorkerPool::start(
@@ -71,7 +74,12 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(addr = %addr, mode = ?settings.mode, "api listening");
-        Ok(Application { addr, state, server: Some(server), drain: Duration::from_secs(settings.drain_secs) })
+        Ok(Application {
+            addr,
+            state,
+            server: Some(server),
+            drain: Duration::from_secs(settings.drain_secs),
+        })
     }
 
     /// Spawns the server on the current runtime and returns a handle to stop it.

@@ -38,8 +38,15 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut flags = Flags::parse();
-    let default_file = if flags.standalone { "config/standalone.toml" } else { "config/api.toml" };
-    let file = flags.config.clone().unwrap_or_else(|| PathBuf::from(default_file));
+    let default_file = if flags.standalone {
+        "config/standalone.toml"
+    } else {
+        "config/api.toml"
+    };
+    let file = flags
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(default_file));
     if flags.standalone {
         flags.mode = Some(Mode::Standalone);
     }

@@ -55,7 +55,11 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Builds the pool and starts health-checking every worker every `interval`.
-    pub fn start(urls: &[String], interval: Duration, timeout: Duration) -> anyhow::Result<Arc<WorkerPool>> {
+    pub fn start(
+        urls: &[String],
+        interval: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<WorkerPool>> {
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
@@ -72,14 +76,22 @@ impl WorkerPool {
                 })
             })
             .collect();
-        let pool = Arc::new(WorkerPool { nodes, client, timeout, next: AtomicUsize::new(0) });
+        let pool = Arc::new(WorkerPool {
+            nodes,
+            client,
+            timeout,
+            next: AtomicUsize::new(0),
+        });
         let checker = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                let Some(pool) = checker.upgrade() else { return };
-                pool.check_all(interval.max(Duration::from_millis(500))).await;
+                let Some(pool) = checker.upgrade() else {
+                    return;
+                };
+                pool.check_all(interval.max(Duration::from_millis(500)))
+                    .await;
             }
         });
         Ok(pool)
@@ -112,7 +124,9 @@ impl WorkerPool {
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         let n = self.nodes.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let candidates = (0..n).map(|i| (start + i) % n).filter(|i| !tried.contains(i));
+        let candidates = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|i| !tried.contains(i));
         let best = |healthy_only: bool| {
             candidates
                 .clone()
@@ -139,12 +153,24 @@ impl WorkerPool {
             let node = &self.nodes[i];
             node.outstanding.fetch_add(1, Ordering::Relaxed);
             let _guard = Outstanding(node);
-            match Self::exchange(self.request(node, method.clone(), path, body.as_ref(), request_id)).await {
+            match Self::exchange(self.request(
+                node,
+                method.clone(),
+                path,
+                body.as_ref(),
+                request_id,
+            ))
+            .await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_timeout() => {
                     return Err(HttpError::Upstream {
                         status: 503,
-                        message: format!("worker {} did not answer within {} ms", node.url, self.timeout.as_millis()),
+                        message: format!(
+                            "worker {} did not answer within {} ms",
+                            node.url,
+                            self.timeout.as_millis()
+                        ),
                         retry_after: Some(1),
                     })
                 }
@@ -170,11 +196,17 @@ impl WorkerPool {
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             headers.insert(REQUEST_ID, id);
         }
-        let mut req = self.client.request(method, format!("{}{path}", node.url)).timeout(self.timeout);
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", node.url))
+            .timeout(self.timeout);
         if let Some((bytes, header_length)) = body {
             if let Some(n) = header_length {
                 headers.insert(vatic_schema::v2::HEADER_LENGTH, HeaderValue::from(*n));
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
             } else {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             }
@@ -185,12 +217,19 @@ impl WorkerPool {
 
     /// GETs JSON from every healthy worker, each answer on its own.
     pub async fn json_each<T: DeserializeOwned>(&self, path: &str) -> Vec<Result<T, HttpError>> {
-        let calls = self.nodes.iter().filter(|n| n.is_healthy()).map(|node| async move {
-            let answer = Self::exchange(self.request(node, reqwest::Method::GET, path, None, None))
-                .await
-                .map_err(|e| HttpError::NoWorker(format!("worker {} failed: {e}", node.url)))?;
-            answer.parse::<T>(path)
-        });
+        let calls = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_healthy())
+            .map(|node| async move {
+                let answer =
+                    Self::exchange(self.request(node, reqwest::Method::GET, path, None, None))
+                        .await
+                        .map_err(|e| {
+                            HttpError::NoWorker(format!("worker {} failed: {e}", node.url))
+                        })?;
+                answer.parse::<T>(path)
+            });
         futures_util::future::join_all(calls).await
     }
 
@@ -203,11 +242,19 @@ impl WorkerPool {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let body = resp.bytes().await?;
-        Ok(Answer { status, header_length, body })
+        Ok(Answer {
+            status,
+            header_length,
+            body,
+        })
     }
 
     /// GETs (or POSTs without a body) JSON from a worker; a worker's error passes through.
-    pub async fn json<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str) -> Result<T, HttpError> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<T, HttpError> {
         self.send(method, path, None, None).await?.parse(path)
     }
 }
@@ -232,6 +279,10 @@ impl Answer {
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned());
         let retry_after = (self.status == 503).then_some(1);
-        Err(HttpError::Upstream { status: self.status, message, retry_after })
+        Err(HttpError::Upstream {
+            status: self.status,
+            message,
+            retry_after,
+        })
     }
 }

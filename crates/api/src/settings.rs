@@ -83,6 +83,9 @@ impl ApiSettings {
 
     /// The in-process engine's settings (standalone).
     pub fn engine(&self) -> EngineSettings {
-        EngineSettings { models_dir: self.models_dir.clone(), batching: self.batching.clone() }
+        EngineSettings {
+            models_dir: self.models_dir.clone(),
+            batching: self.batching.clone(),
+        }
     }
 }

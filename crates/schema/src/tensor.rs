@@ -232,7 +232,9 @@ fn element_to_json(dt: DataType, c: &[u8]) -> serde_json::Value {
         DataType::Int16 => num!(i16),
         DataType::Int32 => num!(i32),
         DataType::Int64 => num!(i64),
-        DataType::Fp16 => short_f32(f16::from_le_bytes(c.try_into().expect("element size")).to_f32()),
+        DataType::Fp16 => {
+            short_f32(f16::from_le_bytes(c.try_into().expect("element size")).to_f32())
+        }
         DataType::Fp32 => short_f32(f32::from_le_bytes(c.try_into().expect("element size"))),
         DataType::Fp64 => float_json(f64::from_le_bytes(c.try_into().expect("element size"))),
         DataType::Bytes => Value::Null,

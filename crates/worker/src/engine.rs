@@ -547,10 +547,12 @@ impl LoadedVersion {
                 }
                 match rows {
                     None => rows = Some((n, &meta.name)),
-                    Some((m, other)) if m != n => return invalid(format!(
+                    Some((m, other)) if m != n => {
+                        return invalid(format!(
                         "inputs disagree on the number of rows: '{other}' has {m}, '{}' has {n}",
                         meta.name
-                    )),
+                    ))
+                    }
                     Some(_) => {}
                 }
             }

@@ -474,7 +474,10 @@ pub async fn shutdown_signal() {
 /// requests.
 pub async fn drain(handle: &ServerHandle, drain_for: Duration, not_ready: impl FnOnce()) {
     not_ready();
-    tracing::info!(drain_secs = drain_for.as_secs(), "shutting down: not ready, draining");
+    tracing::info!(
+        drain_secs = drain_for.as_secs(),
+        "shutting down: not ready, draining"
+    );
     tokio::time::sleep(drain_for).await;
     handle.stop(true).await;
 }

@@ -13,11 +13,20 @@ use vatic_worker::EngineError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // POST paths end in `:predict`, so the last segment is `<model>:predict` or `<version>:predict`.
     cfg.route("/v1/models/{model}", web::post().to(post_verb))
-        .route("/v1/models/{model}/versions/{version}", web::post().to(post_verb))
+        .route(
+            "/v1/models/{model}/versions/{version}",
+            web::post().to(post_verb),
+        )
         .route("/v1/models/{model}", web::get().to(get_status))
-        .route("/v1/models/{model}/versions/{version}", web::get().to(get_status))
+        .route(
+            "/v1/models/{model}/versions/{version}",
+            web::get().to(get_status),
+        )
         .route("/v1/models/{model}/metadata", web::get().to(get_metadata))
-        .route("/v1/models/{model}/versions/{version}/metadata", web::get().to(get_metadata));
+        .route(
+            "/v1/models/{model}/versions/{version}/metadata",
+            web::get().to(get_metadata),
+        );
 }
 
 #[derive(Deserialize)]
@@ -40,21 +49,34 @@ fn split_verb(spec: &str) -> Result<&str, HttpError> {
             message: format!(":{verb} is not supported: ONNX models are served through :predict"),
             retry_after: None,
         }),
-        _ => Err(invalid(format!("unknown TF-Serving method in '{spec}': use <model>:predict"))),
+        _ => Err(invalid(format!(
+            "unknown TF-Serving method in '{spec}': use <model>:predict"
+        ))),
     }
 }
 
-async fn post_verb(req: HttpRequest, s: State, p: web::Path<StatusPath>, payload: web::Payload) -> Result<HttpResponse, HttpError> {
+async fn post_verb(
+    req: HttpRequest,
+    s: State,
+    p: web::Path<StatusPath>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HttpError> {
     let (model, version) = match &p.version {
         None => (split_verb(&p.model)?.to_string(), None),
         Some(v) => (p.model.clone(), Some(split_verb(v)?.to_string())),
     };
     let body = read_body(&req, payload, s.max_body_bytes).await?;
-    let predict: PredictRequest = serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
+    let predict: PredictRequest =
+        serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
     let id = request_id(&req);
-    let response = until_client_gone(&req, s.backend.infer(&model, version.as_deref(), &request, id.as_deref())).await?;
+    let response = until_client_gone(
+        &req,
+        s.backend
+            .infer(&model, version.as_deref(), &request, id.as_deref()),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?))
 }
 
@@ -74,23 +96,41 @@ async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, 
             VersionStatus {
                 version: m.version,
                 state: state.into(),
-                status: StatusCode { error_code: code.into(), error_message: m.reason },
+                status: StatusCode {
+                    error_code: code.into(),
+                    error_message: m.reason,
+                },
             }
         })
         .collect();
     if versions.is_empty() {
         // Let the backend say which it is: unknown model, or unknown version with the known ones.
         s.backend.metadata(&p.model, p.version.as_deref()).await?;
-        return Err(HttpError::Engine(EngineError::ModelNotFound(p.model.clone())));
+        return Err(HttpError::Engine(EngineError::ModelNotFound(
+            p.model.clone(),
+        )));
     }
-    Ok(HttpResponse::Ok().json(ModelStatus { model_version_status: versions }))
+    Ok(HttpResponse::Ok().json(ModelStatus {
+        model_version_status: versions,
+    }))
 }
 
 async fn get_metadata(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, HttpError> {
     let meta = s.backend.metadata(&p.model, p.version.as_deref()).await?;
     let version = match &p.version {
         Some(v) => v.clone(),
-        None => meta.versions.iter().filter_map(|v| v.parse::<u64>().ok()).max().map(|v| v.to_string()).unwrap_or_default(),
+        None => meta
+            .versions
+            .iter()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .max()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
     };
-    Ok(HttpResponse::Ok().json(tfserving::metadata(&meta.name, &version, &meta.inputs, &meta.outputs)))
+    Ok(HttpResponse::Ok().json(tfserving::metadata(
+        &meta.name,
+        &version,
+        &meta.inputs,
+        &meta.outputs,
+    )))
 }

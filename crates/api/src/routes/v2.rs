@@ -3,7 +3,10 @@
 use super::{request_id, State};
 use actix_web::{web, HttpRequest, HttpResponse};
 use vatic_schema::v2;
-use vatic_worker::http::{header_length, model_ready_response, model_route, read_body, until_client_gone, v2_response, HttpError, ModelPath};
+use vatic_worker::http::{
+    header_length, model_ready_response, model_route, read_body, until_client_gone, v2_response,
+    HttpError, ModelPath,
+};
 
 /// Registers the V2 model routes, with and without `/versions/{version}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -21,7 +24,12 @@ async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse,
 }
 
 async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
-    Ok(model_ready_response(&p.model, s.backend.model_ready(&p.model, p.version.as_deref()).await?))
+    Ok(model_ready_response(
+        &p.model,
+        s.backend
+            .model_ready(&p.model, p.version.as_deref())
+            .await?,
+    ))
 }
 
 async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
@@ -29,7 +37,11 @@ async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, H
 }
 
 async fn get_stats(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
-    Ok(HttpResponse::Ok().json(s.backend.stats(Some(&p.model), p.version.as_deref()).await?))
+    Ok(HttpResponse::Ok().json(
+        s.backend
+            .stats(Some(&p.model), p.version.as_deref())
+            .await?,
+    ))
 }
 
 async fn get_all_stats(s: State) -> Result<HttpResponse, HttpError> {
@@ -40,10 +52,22 @@ async fn post_index(s: State) -> Result<HttpResponse, HttpError> {
     Ok(HttpResponse::Ok().json(s.backend.index().await?))
 }
 
-async fn post_infer(req: HttpRequest, s: State, p: web::Path<ModelPath>, payload: web::Payload) -> Result<HttpResponse, HttpError> {
+async fn post_infer(
+    req: HttpRequest,
+    s: State,
+    p: web::Path<ModelPath>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HttpError> {
     let body = read_body(&req, payload, s.max_body_bytes).await?;
     let request = v2::decode_request(&body, header_length(&req)?)?;
     let id = request_id(&req);
-    let response = until_client_gone(&req, s.backend.infer(&p.model, p.version.as_deref(), &request, id.as_deref())).await?;
-    Ok(v2_response(v2::encode_response(&response, |t| request.wants_binary(&t.name))))
+    let response = until_client_gone(
+        &req,
+        s.backend
+            .infer(&p.model, p.version.as_deref(), &request, id.as_deref()),
+    )
+    .await?;
+    Ok(v2_response(v2::encode_response(&response, |t| {
+        request.wants_binary(&t.name)
+    })))
 }

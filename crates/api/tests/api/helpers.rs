@@ -1,0 +1,166 @@
+use actix_web::dev::ServerHandle;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use vatic_api::settings::{ApiSettings, Mode};
+use vatic_api::Application;
+
+/// An api started on 127.0.0.1:0 for one test.
+pub struct TestApi {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: Application,
+    pub handle: ServerHandle,
+    _repo: Option<tempfile::TempDir>,
+}
+
+impl TestApi {
+    /// Standalone over the repository's own `models/` folder.
+    pub async fn standalone() -> TestApi {
+        Self::start(
+            standalone_settings(vatic_testkit::root().join("models")),
+            None,
+        )
+        .await
+    }
+
+    pub async fn start(settings: ApiSettings, repo: Option<tempfile::TempDir>) -> TestApi {
+        if std::env::var_os("TEST_LOG").is_some() {
+            vatic_worker::telemetry::init(&Default::default());
+        }
+        let mut app = Application::build(&settings).expect("api builds");
+        let handle = app.spawn();
+        let base = format!("http://{}", app.addr);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
+        TestApi {
+            base,
+            client,
+            app,
+            handle,
+            _repo: repo,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        post_json(&self.client, &self.base, path, body).await
+    }
+
+    pub async fn stop(self) {
+        self.app.shutdown(&self.handle, Duration::ZERO).await;
+    }
+}
+
+pub async fn post_json(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let r = client
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {
+    let mut s = ApiSettings {
+        mode: Mode::Standalone,
+        listen: "127.0.0.1:0".into(),
+        models_dir,
+        ..Default::default()
+    };
+    s.batching.instances = 1;
+    s
+}
+
+pub fn cluster_settings(workers: Vec<String>) -> ApiSettings {
+    ApiSettings {
+        mode: Mode::Cluster,
+        listen: "127.0.0.1:0".into(),
+        workers,
+        health_interval_ms: 100,
+        worker_timeout_ms: 30_000,
+        ..Default::default()
+    }
+}
+
+/// A `vatic-worker` process on 127.0.0.1:0; killed when dropped.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `vatic-worker` binary beside this test binary, built first if needed.
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("vatic-worker");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "vatic-worker", "--bin", "vatic-worker"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building vatic-worker");
+    }
+    bin
+}
+
+impl WorkerProcess {
+    /// Starts a worker on the repository's `models/` and waits for the address it logs.
+    pub fn start() -> WorkerProcess {
+        let mut child = Command::new(worker_binary())
+            .current_dir(vatic_testkit::root())
+            .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])
+            .env("VATIC_LOG__FORMAT", "json")
+            .env("VATIC_BATCHING__INSTANCES", "1")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting vatic-worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("worker exited before listening")
+                .expect("reading worker log");
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "worker listening" {
+                break format!("http://{}", v["addr"].as_str().expect("addr"));
+            }
+        };
+        // Keep draining the log so the worker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        WorkerProcess { child, url }
+    }
+}

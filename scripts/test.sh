@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: every crate's unit and integration tests, then Triton's own Python
+# client against the api and a worker. Needs the Rust toolchain and python3 (with venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --workspace --bins
+cargo test --workspace
+
+venv="${VATIC_VENV:-$HOME/.cache/vatic/venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/interop/requirements.txt
+target="${CARGO_TARGET_DIR:-target}/debug"
+"$venv/bin/python" scripts/interop/triton_client.py "$target"

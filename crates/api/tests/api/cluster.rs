@@ -173,3 +173,36 @@ async fn killing_a_worker_mid_load_fails_no_request() {
     api.stop().await;
     drop(first);
 }
+
+#[tokio::test]
+async fn sigterm_makes_a_worker_not_ready_then_drain_then_exit() {
+    let mut worker = WorkerProcess::start_with_env(&[("VATIC_DRAIN_SECS", "2")]);
+    let client = reqwest::Client::new();
+    vatic_testkit::wait_ok(&client, &format!("{}/v2/health/ready", worker.url)).await;
+    let status = std::process::Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    // Not ready at once, still live and still serving during the drain.
+    let mut not_ready = false;
+    for _ in 0..100 {
+        let r = client.get(format!("{}/v2/health/ready", worker.url)).send().await.unwrap();
+        if r.status() == 400 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(not_ready, "readiness turns false right after SIGTERM");
+    let reference = vatic_testkit::demo_reference();
+    let (status, body) = post_json(&client, &worker.url, "/v2/models/breast_cancer/infer", &reference.v2_request(0..1)).await;
+    assert_eq!(status, 200, "served during the drain: {body}");
+    // Then it stops by itself, successfully.
+    let mut exit = None;
+    for _ in 0..300 {
+        if let Some(s) = worker.child.try_wait().unwrap() {
+            exit = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(exit.expect("worker exited within 15 s").success());
+}

@@ -135,7 +135,13 @@ fn worker_binary() -> PathBuf {
 impl WorkerProcess {
     /// Starts a worker on the repository's `models/` and waits for the address it logs.
     pub fn start() -> WorkerProcess {
+        Self::start_with_env(&[])
+    }
+
+    /// Starts a worker with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> WorkerProcess {
         let mut child = Command::new(worker_binary())
+            .envs(env.iter().copied())
             .current_dir(vatic_testkit::root())
             .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])
             .env("VATIC_LOG__FORMAT", "json")

@@ -14,6 +14,9 @@ Outputs (next to this script):
   reference.json   64 test rows with the outputs onnxruntime computes for them
   example.json     a KServe V2 inference request with one row
   example.csv      a CSV header plus three rows
+  example.bin      the example.json row as a binary-extension request (JSON header, then
+                   120 bytes of little-endian float32); its header length is in
+                   example.bin.header-length
 """
 
 import csv
@@ -218,11 +221,31 @@ def write_outputs(model, feature_names, x_test):
     }
     write_json(HERE / "example.json", example)
 
+    write_binary_example(reference["inputs"][0])
+
     with open(HERE / "example.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(feature_names)
         for row in reference["inputs"][:3]:
             writer.writerow([shortest_f32(v) for v in row])
+
+
+def write_binary_example(row):
+    """One row as a V2 binary tensor extension request that asks for JSON outputs."""
+    data = np.asarray(row, dtype="<f4").tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, N_FEATURES],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": len(data)},
+            }
+        ]
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    (HERE / "example.bin").write_bytes(head + data)
+    (HERE / "example.bin.header-length").write_text(f"{len(head)}\n")
 
 
 def main():

@@ -3,5 +3,6 @@
 
 mod cluster;
 mod helpers;
+mod readme;
 mod standalone;
 mod tfserving;

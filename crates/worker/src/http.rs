@@ -186,7 +186,9 @@ pub async fn until_client_gone<T>(
         return work.await;
     };
     let gone = async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        // The first check comes one period in: most requests are answered before it.
+        let period = Duration::from_millis(20);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tick.tick().await;
             if conn.is_gone() {

@@ -64,7 +64,7 @@ impl Application {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(from_fn(request_id))
-                .configure(routes::health::configure)
+                .configure(|cfg| routes::health::configure(cfg, app_state.clone()))
                 .configure(routes::v2::configure)
                 .configure(routes::tfserving::configure)
         })

@@ -252,3 +252,24 @@ pub async fn wait_ok(client: &reqwest::Client, url: &str) {
     }
     panic!("{url} did not answer 200 within 60 s");
 }
+
+/// GETs `url`; returns the status and the JSON body (`null` when the body is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// POSTs `body` as JSON to `url`; returns the status and the JSON body.
+pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}

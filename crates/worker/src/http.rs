@@ -301,7 +301,13 @@ struct WorkerState {
 
 type State = web::Data<WorkerState>;
 
-fn configure(cfg: &mut web::ServiceConfig) {
+/// Says whether the process is ready; shared by the probe routes.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Registers the probes and server metadata: `/v2/health/live|ready` answer 200 or 400 (the V2
+/// protocol asks for a 4xx), `/livez` and `/readyz` 200 or 503 for load balancers, `GET /v2`.
+pub fn configure_probes(cfg: &mut web::ServiceConfig, server_name: &'static str, ready: Readiness) {
+    let (ready_v2, ready_lb) = (ready.clone(), ready);
     cfg.route(
         "/v2/health/live",
         web::get().to(|| async { health("live", true, StatusCode::BAD_REQUEST) }),
@@ -312,29 +318,31 @@ fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route(
         "/v2/health/ready",
-        web::get().to(|s: State| async move {
-            health("ready", s.engine.is_ready(), StatusCode::BAD_REQUEST)
+        web::get().to(move || {
+            let ok = ready_v2();
+            async move { health("ready", ok, StatusCode::BAD_REQUEST) }
         }),
     )
     .route(
         "/readyz",
-        web::get().to(|s: State| async move {
-            health(
-                "ready",
-                s.engine.is_ready(),
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
+        web::get().to(move || {
+            let ok = ready_lb();
+            async move { health("ready", ok, StatusCode::SERVICE_UNAVAILABLE) }
         }),
     )
     .route(
         "/v2",
-        web::get().to(|| async { HttpResponse::Ok().json(server_metadata("vatic-worker")) }),
-    )
-    .route("/v2/models/stats", web::get().to(get_all_stats))
-    .route(
-        "/v2/repository/index",
-        web::post().to(|s: State| async move { HttpResponse::Ok().json(s.engine.index()) }),
+        web::get().to(move || async move { HttpResponse::Ok().json(server_metadata(server_name)) }),
     );
+}
+
+fn configure(cfg: &mut web::ServiceConfig, engine: Arc<Engine>) {
+    configure_probes(cfg, "vatic-worker", Arc::new(move || engine.is_ready()));
+    cfg.route("/v2/models/stats", web::get().to(get_all_stats))
+        .route(
+            "/v2/repository/index",
+            web::post().to(|s: State| async move { HttpResponse::Ok().json(s.engine.index()) }),
+        );
     model_route(cfg, "", || web::get().to(get_metadata));
     model_route(cfg, "/ready", || web::get().to(get_model_ready));
     model_route(cfg, "/config", || web::get().to(get_config));
@@ -408,10 +416,11 @@ impl Worker {
             max_body_bytes: settings.max_body_bytes,
         });
         let server = HttpServer::new(move || {
+            let engine = state.engine.clone();
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(request_id))
-                .configure(configure)
+                .configure(|cfg| configure(cfg, engine))
         })
         .on_connect(on_connect)
         .disable_signals()

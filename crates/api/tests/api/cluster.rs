@@ -179,12 +179,19 @@ async fn sigterm_makes_a_worker_not_ready_then_drain_then_exit() {
     let mut worker = WorkerProcess::start_with_env(&[("VATIC_DRAIN_SECS", "2")]);
     let client = reqwest::Client::new();
     vatic_testkit::wait_ok(&client, &format!("{}/v2/health/ready", worker.url)).await;
-    let status = std::process::Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     // Not ready at once, still live and still serving during the drain.
     let mut not_ready = false;
     for _ in 0..100 {
-        let r = client.get(format!("{}/v2/health/ready", worker.url)).send().await.unwrap();
+        let r = client
+            .get(format!("{}/v2/health/ready", worker.url))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 400 {
             not_ready = true;
             break;
@@ -193,7 +200,13 @@ async fn sigterm_makes_a_worker_not_ready_then_drain_then_exit() {
     }
     assert!(not_ready, "readiness turns false right after SIGTERM");
     let reference = vatic_testkit::demo_reference();
-    let (status, body) = post_json(&client, &worker.url, "/v2/models/breast_cancer/infer", &reference.v2_request(0..1)).await;
+    let (status, body) = post_json(
+        &client,
+        &worker.url,
+        "/v2/models/breast_cancer/infer",
+        &reference.v2_request(0..1),
+    )
+    .await;
     assert_eq!(status, 200, "served during the drain: {body}");
     // Then it stops by itself, successfully.
     let mut exit = None;

@@ -29,7 +29,13 @@ async fn fixtures_match_onnxruntime() {
     let one_row = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]});
     let (status, body) = w.post_json("/v2/models/fixed_batch/infer", &one_row).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("expected shape [2, 4], got [1, 4]"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected shape [2, 4], got [1, 4]"),
+        "{body}"
+    );
     w.stop().await;
 }
 

@@ -118,3 +118,47 @@ impl ModelToml {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> ModelToml {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn model_toml_lays_its_keys_over_the_defaults() {
+        let defaults = BatchingConfig::default();
+        let merged = parse("[batching]\nmax_batch_size = 4\n")
+            .batching(&defaults, "m/model.toml")
+            .unwrap();
+        assert_eq!(
+            merged,
+            BatchingConfig {
+                max_batch_size: 4,
+                ..defaults.clone()
+            }
+        );
+        assert_eq!(parse("").batching(&defaults, "m").unwrap(), defaults);
+    }
+
+    #[test]
+    fn model_toml_errors_name_the_file_and_key() {
+        let defaults = BatchingConfig::default();
+        let err = parse("[batching]\nmax_batch_sise = 4\n")
+            .batching(&defaults, "m/model.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m/model.toml") && err.contains("max_batch_sise"),
+            "{err}"
+        );
+        let err = parse("[batching]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n")
+            .batching(&defaults, "m/model.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("preferred_batch_sizes has 8"), "{err}");
+        assert!(toml::from_str::<ModelToml>("[batchin]\n").is_err());
+    }
+}

@@ -75,3 +75,82 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration ({}): {e}", file.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        listen: Option<String>,
+    }
+
+    fn load_in(jail: &Jail, listen_flag: Option<&str>) -> anyhow::Result<WorkerSettings> {
+        let file = jail.directory().join("worker.toml");
+        load(
+            &file,
+            false,
+            Flags {
+                listen: listen_flag.map(str::to_string),
+            },
+        )
+    }
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        Jail::expect_with(|jail| {
+            let s = load_in(jail, None).unwrap();
+            assert_eq!(s, WorkerSettings::default());
+            jail.create_file("worker.toml", "listen = \"0.0.0.0:9\"\nmodels_dir = \"/srv/models\"\n[batching]\nmax_batch_size = 8\n")?;
+            let s = load_in(jail, None).unwrap();
+            assert_eq!(
+                (s.listen.as_str(), s.batching.max_batch_size),
+                ("0.0.0.0:9", 8)
+            );
+            assert_eq!(
+                s.batching.max_queue_size,
+                BatchingConfig::default().max_queue_size
+            );
+            jail.set_env("VATIC_LISTEN", "127.0.0.1:7");
+            jail.set_env("VATIC_BATCHING__MAX_BATCH_SIZE", "64");
+            let s = load_in(jail, None).unwrap();
+            assert_eq!(
+                (s.listen.as_str(), s.batching.max_batch_size),
+                ("127.0.0.1:7", 64)
+            );
+            assert_eq!(s.models_dir, PathBuf::from("/srv/models"));
+            let s = load_in(jail, Some("127.0.0.1:5")).unwrap();
+            assert_eq!(s.listen, "127.0.0.1:5");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("worker.toml", "listne = \"0.0.0.0:9\"\n")?;
+            let err = load_in(jail, None).unwrap_err().to_string();
+            assert!(err.contains("listne"), "{err}");
+            jail.create_file("worker.toml", "[batching]\nmax_batch_size = \"many\"\n")?;
+            let err = load_in(jail, None).unwrap_err().to_string();
+            assert!(err.contains("max_batch_size"), "{err}");
+            jail.create_file("worker.toml", "[batching]\nmax_batch_size = 0\n")?;
+            let err = load_in(jail, None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_batch_size must be at least 1"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_explicit_config_file_must_exist() {
+        let err =
+            load::<WorkerSettings>(Path::new("/nonexistent/vatic.toml"), true, ()).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -77,6 +77,8 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -1,0 +1,176 @@
+//! HTTP calls to the vatic API server, and the errors a user can act on when they fail.
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::Url;
+use std::fmt;
+use std::time::Duration;
+use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
+use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
+
+/// Longest wait for a connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a whole answer; well past the server's own worker timeout (60 s by default),
+/// so the server's error arrives before this one.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A failure the server reported: its `{"error": ...}` message and the HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// HTTP status code.
+    pub status: u16,
+    /// The server's message.
+    pub message: String,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (HTTP {})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A model, and optionally one of its versions (else the server picks, the newest).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelRef<'a> {
+    /// Model name.
+    pub name: &'a str,
+    /// Version.
+    pub version: Option<&'a str>,
+}
+
+/// A client of one vatic API server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::blocking::Client,
+    /// The URL as the user gave it, for messages.
+    server: String,
+    base: Url,
+}
+
+impl Client {
+    /// A client of the server at `server`, e.g. `http://127.0.0.1:8080`.
+    pub fn new(server: &str) -> anyhow::Result<Client> {
+        let base = Url::parse(server).with_context(|| {
+            format!("--server '{server}' is not a URL (e.g. http://127.0.0.1:8080)")
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            bail!("--server '{server}' must be an http:// or https:// URL");
+        }
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Client {
+            http,
+            server: server.to_string(),
+            base,
+        })
+    }
+
+    /// `GET /v2/models/{m}[/versions/{v}]`.
+    pub fn model_metadata(&self, model: ModelRef<'_>) -> anyhow::Result<ModelMetadata> {
+        let url = self.model_url(model, None);
+        let body = self
+            .send(self.http.get(url.clone()))?
+            .bytes()
+            .map_err(|e| self.transport_error(e))?;
+        serde_json::from_slice(&body)
+            .with_context(|| format!("the answer from {url} is not model metadata"))
+    }
+
+    /// `POST /v2/models/{m}[/versions/{v}]/infer` with an encoded request (JSON, or JSON and
+    /// binary data); the response may come either way too.
+    pub fn infer(&self, model: ModelRef<'_>, request: Encoded) -> anyhow::Result<InferResponse> {
+        let url = self.model_url(model, Some("infer"));
+        let builder = match request.header_length {
+            Some(n) => self
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(HEADER_LENGTH, n.to_string()),
+            None => self
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/json"),
+        };
+        let response = self.send(builder.body(request.body))?;
+        let header_length = response
+            .headers()
+            .get(HEADER_LENGTH)
+            .map(|v| v.to_str().unwrap_or("(not text)"));
+        let header_length = v2::parse_header_length(header_length)
+            .with_context(|| format!("the answer from {url}"))?;
+        let body = response.bytes().map_err(|e| self.transport_error(e))?;
+        v2::decode_response(&body, header_length)
+            .with_context(|| format!("the answer from {url} is not a V2 inference response"))
+    }
+
+    /// `{base}/v2/models/{m}[/versions/{v}][/{action}]`, each part escaped as a path segment.
+    fn model_url(&self, model: ModelRef<'_>, action: Option<&str>) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .expect("Client::new refuses URLs that cannot be a base");
+            path.pop_if_empty().extend(["v2", "models", model.name]);
+            if let Some(version) = model.version {
+                path.extend(["versions", version]);
+            }
+            path.extend(action);
+        }
+        url
+    }
+
+    /// Sends a request; a 4xx/5xx answer becomes a [`ServerError`].
+    fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
+        let response = request.send().map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().unwrap_or_default();
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => error,
+            Err(_) => match String::from_utf8_lossy(&body).trim() {
+                "" => status
+                    .canonical_reason()
+                    .unwrap_or("no message")
+                    .to_string(),
+                text => text.to_string(),
+            },
+        };
+        Err(ServerError {
+            status: status.as_u16(),
+            message,
+        }
+        .into())
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
+        let server = &self.server;
+        let cause = root_cause(&e);
+        if e.is_connect() {
+            anyhow!(
+                "cannot connect to the vatic server at {server}: {cause}; is it running? \
+                 --server or VATIC_SERVER sets its URL"
+            )
+        } else if e.is_timeout() {
+            anyhow!("the vatic server at {server} did not answer in time: {cause}")
+        } else {
+            anyhow!("talking to the vatic server at {server} failed: {cause}")
+        }
+    }
+}
+
+/// The innermost error, which says what actually went wrong ("Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
+}

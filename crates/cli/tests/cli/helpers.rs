@@ -1,0 +1,206 @@
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use vatic_api::settings::{ApiSettings, Mode};
+use vatic_api::Application;
+
+/// The demo model's example files, relative to the workspace root (vaticctl's working folder).
+pub const EXAMPLE_CSV: &str = "models/breast_cancer/example.csv";
+pub const EXAMPLE_JSON: &str = "models/breast_cancer/example.json";
+
+/// Longest a single vaticctl run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The api in standalone mode on the demo models, on 127.0.0.1:0, started once for every test
+/// of this binary (the tests only read from it).
+pub struct TestApp {
+    pub base: String,
+}
+
+static APP: OnceLock<TestApp> = OnceLock::new();
+
+impl TestApp {
+    /// The running api, started and ready.
+    pub fn get() -> &'static TestApp {
+        APP.get_or_init(start)
+    }
+
+    /// Runs `vaticctl --server <api> <args>`.
+    pub fn vaticctl(&self, args: &[&str]) -> Run {
+        vaticctl(&self.base, args, None)
+    }
+
+    /// Runs `vaticctl --server <api> <args>` with `stdin` as standard input.
+    pub fn vaticctl_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+        vaticctl(&self.base, args, Some(stdin))
+    }
+}
+
+fn start() -> TestApp {
+    let (ready, base) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                let settings = ApiSettings {
+                    mode: Mode::Standalone,
+                    listen: "127.0.0.1:0".into(),
+                    models_dir: vatic_testkit::root().join("models"),
+                    ..Default::default()
+                };
+                if std::env::var_os("TEST_LOG").is_some() {
+                    vatic_worker::telemetry::init(&settings.log);
+                }
+                let mut app = Application::build(&settings).expect("api builds");
+                let _handle = app.spawn();
+                let base = format!("http://{}", app.addr);
+                let client = reqwest::Client::new();
+                vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
+                ready.send(base).expect("a test waits for the api");
+                // Serve until the test binary exits.
+                std::future::pending::<()>().await;
+            });
+        })
+        .expect("api thread");
+    let base = base
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the api is ready within 90 s");
+    TestApp { base }
+}
+
+/// What a vaticctl run left: exit code and printed text.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts exit code 0 and nothing on stderr.
+    pub fn assert_ok(&self) -> &Run {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        assert_eq!(self.stderr, "", "{self:#?}");
+        self
+    }
+
+    /// Asserts exit code 1, nothing on stdout, and one `error: ...` line that contains every
+    /// one of `parts`.
+    pub fn assert_error(&self, parts: &[&str]) {
+        assert_eq!(self.code, Some(1), "{self:#?}");
+        assert_eq!(self.stdout, "", "{self:#?}");
+        assert!(self.stderr.starts_with("error: "), "{self:#?}");
+        assert_eq!(self.stderr.lines().count(), 1, "{self:#?}");
+        for part in parts {
+            assert!(self.stderr.contains(part), "expected {part:?} in {self:#?}");
+        }
+    }
+
+    /// Stdout as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
+    }
+
+    /// Stdout as a table: the header's cells, then each row's.
+    pub fn table(&self) -> Vec<Vec<String>> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('│'))
+            .map(|l| {
+                l.trim_matches('│')
+                    .split('┆')
+                    .map(|cell| cell.trim().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Runs `vaticctl --server <server> <args>` in the workspace root, bounded by [`RUN_TIMEOUT`].
+pub fn vaticctl(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vaticctl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .current_dir(vatic_testkit::root())
+        .env_remove("VATIC_SERVER")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vaticctl starts");
+    let feed = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let bytes = bytes.to_vec();
+        // Dropping the pipe at the end closes the child's standard input.
+        std::thread::spawn(move || pipe.write_all(&bytes))
+    });
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for vaticctl") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vaticctl {args:?} ran longer than {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if let Some(feed) = feed {
+        feed.join().expect("stdin writer").expect("write stdin");
+    }
+    Run {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).expect("UTF-8 output");
+        text
+    })
+}
+
+/// The demo reference rows `rows` as CSV lines under a header.
+pub fn reference_csv(rows: std::ops::Range<usize>) -> Vec<String> {
+    let reference = vatic_testkit::demo_reference();
+    let header = (0..30)
+        .map(|i| format!("f{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    std::iter::once(header)
+        .chain(reference.inputs[rows].iter().map(|row| {
+            row.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }))
+        .collect()
+}
+
+/// Writes `lines` to a temporary `.csv` file.
+pub fn csv_file(lines: &[String]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".csv")
+        .tempfile()
+        .expect("temp file");
+    writeln!(file, "{}", lines.join("\n")).expect("write CSV");
+    file
+}

@@ -392,6 +392,7 @@ fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
     if sig.batched {
         sizes.extend(batching.preferred_batch_sizes.iter().copied());
         sizes.push(batching.max_batch_size);
+        sizes.sort_unstable();
         sizes.dedup();
     }
     for rows in sizes {

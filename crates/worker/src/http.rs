@@ -202,6 +202,15 @@ pub async fn until_client_gone<T>(
     }
 }
 
+/// Routes left out of the access log unless they fail.
+const PROBES: [&str; 5] = [
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/livez",
+    "/readyz",
+    "/metrics",
+];
+
 /// The request id of a request: set by `request_id` middleware.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -222,7 +231,7 @@ pub async fn request_id(
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "(unmatched)".into());
-    let quiet = route.contains("/health/") || route.ends_with("z") || route == "/metrics";
+    let quiet = PROBES.contains(&route.as_str());
     let span = tracing::info_span!("request", request_id = %id);
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;

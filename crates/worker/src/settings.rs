@@ -58,8 +58,8 @@ impl WorkerSettings {
 }
 
 /// Loads settings of type `T`: defaults, then `file` (which must exist when given explicitly,
-/// `explicit`), then `VATIC_*` variables (`__` separates nesting: `VATIC_BATCHING__MAX_BATCH_SIZE`),
-/// then `flags` (only the fields that were set).
+/// `explicit`), then `VATIC_*` variables that name a setting (`__` separates nesting:
+/// `VATIC_BATCHING__MAX_BATCH_SIZE`), then `flags` (only the fields that were set).
 pub fn load<T: Serialize + DeserializeOwned + Default>(
     file: &Path,
     explicit: bool,
@@ -68,9 +68,21 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
     if explicit && !file.is_file() {
         anyhow::bail!("config file {} does not exist", file.display());
     }
-    Figment::from(Serialized::defaults(T::default()))
+    // Other tools share the VATIC_ prefix (vaticctl's VATIC_SERVER): take only the variables
+    // whose first part names a setting of T; unknown keys inside a section are still refused.
+    let defaults = Serialized::defaults(T::default());
+    let known: Vec<String> = Figment::from(&defaults)
+        .extract::<figment::value::Dict>()
+        .map_err(|e| anyhow::anyhow!("configuration defaults: {e}"))?
+        .into_keys()
+        .collect();
+    let env = Env::prefixed("VATIC_").split("__").filter(move |key| {
+        let first = key.as_str().split('.').next().unwrap_or_default();
+        known.iter().any(|k| k.eq_ignore_ascii_case(first))
+    });
+    Figment::from(defaults)
         .merge(Toml::file(file))
-        .merge(Env::prefixed("VATIC_").ignore(&["config"]).split("__"))
+        .merge(env)
         .merge(Serialized::defaults(flags))
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration ({}): {e}", file.display()))
@@ -116,6 +128,8 @@ mod tests {
                 BatchingConfig::default().max_queue_size
             );
             jail.set_env("VATIC_LISTEN", "127.0.0.1:7");
+            // Another tool's variable is not a setting of this binary and is left alone.
+            jail.set_env("VATIC_SERVER", "http://elsewhere:8080");
             jail.set_env("VATIC_BATCHING__MAX_BATCH_SIZE", "64");
             let s = load_in(jail, None).unwrap();
             assert_eq!(

@@ -2,10 +2,9 @@
 
 use clap::ValueEnum;
 use comfy_table::{presets, CellAlignment, Table};
-use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;
-use vatic_schema::{DataType, InferResponse, Parameters, Tensor};
+use vatic_schema::{DataType, InferResponse, Tensor};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,8 +23,7 @@ pub fn print(
 ) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => {
-            let text = serde_json::to_string_pretty(&ResponseJson::from(response))?;
-            writeln!(out, "{text}")?;
+            writeln!(out, "{}", vatic_schema::v2::response_json_pretty(response))?;
         }
         OutputFormat::Table => {
             for (title, table) in response_tables(response) {
@@ -37,51 +35,6 @@ pub fn print(
         }
     }
     Ok(())
-}
-
-/// A response in the V2 JSON form the server writes when no output is binary.
-#[derive(Serialize)]
-struct ResponseJson<'a> {
-    model_name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model_version: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Parameters::is_empty")]
-    parameters: &'a Parameters,
-    outputs: Vec<OutputJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutputJson<'a> {
-    name: &'a str,
-    datatype: DataType,
-    shape: &'a [u64],
-    #[serde(skip_serializing_if = "Parameters::is_empty")]
-    parameters: &'a Parameters,
-    data: Vec<Value>,
-}
-
-impl<'a> From<&'a InferResponse> for ResponseJson<'a> {
-    fn from(r: &'a InferResponse) -> Self {
-        ResponseJson {
-            model_name: &r.model_name,
-            model_version: r.model_version.as_deref(),
-            id: r.id.as_deref(),
-            parameters: &r.parameters,
-            outputs: r
-                .outputs
-                .iter()
-                .map(|t| OutputJson {
-                    name: &t.name,
-                    datatype: t.datatype,
-                    shape: &t.shape,
-                    parameters: &t.parameters,
-                    data: t.json_values(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// The response as tables: one table when every output has the same number of rows (the first

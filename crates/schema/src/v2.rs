@@ -281,6 +281,19 @@ pub fn encode_response(resp: &InferResponse, binary: impl Fn(&Tensor) -> bool) -
     finish(&wire, &blobs)
 }
 
+/// A response as indented JSON with every output in JSON form, for people to read.
+pub fn response_json_pretty(resp: &InferResponse) -> String {
+    let mut blobs = Vec::new();
+    let wire = WireResponseOut {
+        model_name: &resp.model_name,
+        model_version: resp.model_version.as_deref(),
+        id: resp.id.as_deref(),
+        parameters: &resp.parameters,
+        outputs: wire_tensors(&resp.outputs, |_| false, &mut blobs),
+    };
+    serde_json::to_string_pretty(&wire).expect("serializing to memory does not fail")
+}
+
 fn split_body(body: &Bytes, header_length: Option<usize>) -> Result<(Bytes, Bytes), SchemaError> {
     match header_length {
         None => Ok((body.clone(), Bytes::new())),

@@ -11,7 +11,7 @@ use crate::stats::Stats;
 use crate::EngineError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -197,11 +197,6 @@ impl Engine {
             batcher,
             stats,
         })
-    }
-
-    /// The repository folder.
-    pub fn models_dir(&self) -> &Path {
-        &self.settings.models_dir
     }
 
     /// Ready: every version loaded and warmed, and not shutting down.

@@ -460,16 +460,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Stops at once (for tests): in-flight requests finish, queued work finishes.
-    pub async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            let handle = server.handle();
-            let serving = tokio::spawn(server);
-            drain_and_stop(&self.engine, &handle, Duration::ZERO).await;
-            let _ = serving.await;
-        }
-    }
-
     /// Spawns the server on the current runtime (for tests) and returns a handle to stop it.
     pub fn spawn(&mut self) -> ServerHandle {
         let server = self.server.take().expect("started");

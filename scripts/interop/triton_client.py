@@ -1,6 +1,6 @@
 """Triton's own Python client (tritonclient.http) against vatic: the api in standalone mode and a
-worker on its own. Checks health, metadata, get_model_config, statistics, and infer with JSON and
-with binary tensors, comparing outputs to the onnxruntime reference of the demo model.
+worker on its own. Checks health, metadata, get_model_config, statistics, and infer with JSON, with
+binary tensors and with gzip-compressed bodies, comparing outputs to the onnxruntime reference of the demo model.
 
 Usage: triton_client.py <target-dir>   (the folder holding the vatic-api and vatic-worker binaries)
 """
@@ -83,7 +83,7 @@ def check(url, reference, results):
         assert cfg["input"][0] == {"name": "input", "data_type": "TYPE_FP32", "dims": [30]}, cfg
         assert {o["name"] for o in cfg["output"]} == {"probabilities", "label"}, cfg
 
-    def infer(binary, name_outputs):
+    def infer(binary, name_outputs, compression=None):
         def run():
             inp = httpclient.InferInput("input", list(rows.shape), "FP32")
             inp.set_data_from_numpy(rows, binary_data=binary)
@@ -93,7 +93,14 @@ def check(url, reference, results):
                     httpclient.InferRequestedOutput("probabilities", binary_data=binary),
                     httpclient.InferRequestedOutput("label", binary_data=binary),
                 ]
-            result = client.infer(MODEL, [inp], outputs=outputs, request_id="interop-1")
+            result = client.infer(
+                MODEL,
+                [inp],
+                outputs=outputs,
+                request_id="interop-1",
+                request_compression_algorithm=compression,
+                response_compression_algorithm=compression,
+            )
             np.testing.assert_allclose(result.as_numpy("probabilities"), want_probs, atol=1e-5)
             np.testing.assert_array_equal(result.as_numpy("label"), want_label)
             assert result.get_response()["id"] == "interop-1"
@@ -101,7 +108,7 @@ def check(url, reference, results):
 
     def stats():
         s = client.get_inference_statistics(MODEL)
-        assert s["model_stats"][0]["inference_count"] >= 12, s
+        assert s["model_stats"][0]["inference_count"] >= 16, s
 
     case("health", health)
     case("metadata", metadata)
@@ -109,6 +116,7 @@ def check(url, reference, results):
     case("infer json", infer(False, True))
     case("infer binary", infer(True, True))
     case("infer default outputs", infer(False, False))
+    case("infer binary gzip", infer(True, True, "gzip"))
     case("statistics", stats)
     client.close()
 

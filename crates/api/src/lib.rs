@@ -9,7 +9,7 @@ pub mod routes;
 pub mod settings;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
 use backend::Backend;
 use routes::AppState;
@@ -63,6 +63,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(Compress::default())
                 .wrap(from_fn(request_id))
                 .configure(|cfg| routes::health::configure(cfg, app_state.clone()))
                 .configure(routes::v2::configure)

@@ -3,10 +3,12 @@
 
 use crate::{Engine, EngineError, WorkerSettings};
 use actix_web::body::MessageBody;
-use actix_web::dev::{Extensions, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{
+    Decompress, Extensions, Server, ServerHandle, ServiceRequest, ServiceResponse,
+};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::StatusCode;
-use actix_web::middleware::{from_fn, Next};
+use actix_web::middleware::{from_fn, Compress, Next};
 use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -97,10 +99,11 @@ impl ResponseError for HttpError {
     }
 }
 
-/// Reads a whole body, refusing it with 413 as soon as it passes `limit` bytes.
+/// Reads a whole body, decompressing it per `Content-Encoding` (gzip), and refuses it with 413
+/// as soon as it passes `limit` bytes, counted after decompression.
 pub async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<Bytes, HttpError> {
     let declared = req
@@ -111,6 +114,7 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(HttpError::TooLarge { limit });
     }
+    let mut payload = Decompress::from_headers(payload.into_inner(), req.headers());
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| HttpError::Body(e.to_string()))?;
@@ -428,6 +432,7 @@ impl Worker {
             let engine = state.engine.clone();
             App::new()
                 .app_data(state.clone())
+                .wrap(Compress::default())
                 .wrap(from_fn(request_id))
                 .configure(|cfg| configure(cfg, engine))
         })

@@ -280,3 +280,58 @@ async fn unknown_model_routes_are_404() {
     }
     w.stop().await;
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_read_and_their_limit_counts_decompressed_bytes() {
+    let w = TestWorker::start_with(
+        vatic_testkit::root().join("models"),
+        None,
+        |s| s.max_body_bytes = 4096,
+        true,
+    )
+    .await;
+    let url = format!("{}/v2/models/breast_cancer/infer", w.base);
+    let reference = vatic_testkit::demo_reference();
+    let body = gzip(&serde_json::to_vec(&reference.v2_request(0..2)).unwrap());
+    let r = w
+        .client
+        .post(&url)
+        .header("Content-Encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    reference.check_response(&r.json().await.unwrap(), 0..2);
+    // A small compressed body that inflates past the limit is refused, not buffered.
+    let bomb = gzip(&vec![b' '; 1 << 20]);
+    assert!(bomb.len() < 4096);
+    let r = w
+        .client
+        .post(&url)
+        .header("Content-Encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Answers are compressed for clients that ask.
+    let r = w
+        .client
+        .post(&url)
+        .header("Accept-Encoding", "gzip")
+        .json(&reference.v2_request(0..2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    w.stop().await;
+}

@@ -89,3 +89,33 @@ impl ApiSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_mode_needs_valid_worker_urls() {
+        let err = ApiSettings::default().validate().unwrap_err().to_string();
+        assert!(err.contains("at least one worker URL"), "{err}");
+        let bad = ApiSettings {
+            workers: vec!["worker-1:8081".into()],
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("'worker-1:8081' must start with http://"),
+            "{err}"
+        );
+        let good = ApiSettings {
+            workers: vec!["http://worker-1:8081".into()],
+            ..Default::default()
+        };
+        good.validate().unwrap();
+        let standalone = ApiSettings {
+            mode: Mode::Standalone,
+            ..Default::default()
+        };
+        standalone.validate().unwrap();
+    }
+}

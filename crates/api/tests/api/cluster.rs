@@ -219,3 +219,31 @@ async fn sigterm_makes_a_worker_not_ready_then_drain_then_exit() {
     }
     assert!(exit.expect("worker exited within 15 s").success());
 }
+
+#[tokio::test]
+async fn a_worker_slower_than_worker_timeout_gets_503() {
+    let worker =
+        WorkerProcess::start_with_env(&[("VATIC_BATCHING__MAX_QUEUE_DELAY_US", "3000000")]);
+    let mut settings = cluster_settings(vec![worker.url.clone()]);
+    settings.worker_timeout_ms = 200;
+    let api = TestApi::start(settings, None).await;
+    let reference = vatic_testkit::demo_reference();
+    let r = api
+        .client
+        .post(format!("{}/v2/models/breast_cancer/infer", api.base))
+        .json(&reference.v2_request(0..1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 200 ms"),
+        "{body}"
+    );
+    api.stop().await;
+}

@@ -139,3 +139,30 @@ async fn shutdown_reports_not_ready_at_once_and_finishes_queued_work() {
     reference.check_response(&body, 0..2);
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn model_toml_naming_a_missing_tensor_fails_that_model_with_the_reason() {
+    let toml = "[[inputs]]\nname = \"features\"\ndatatype = \"FP32\"\nshape = [-1, 30]\n";
+    let repo = crate::helpers::with_toml("breast_cancer", toml);
+    let dir = repo.path().to_path_buf();
+    let w = TestWorker::start_with(dir, Some(repo), |_| {}, false).await;
+    let reason = loop {
+        let r = w
+            .client
+            .post(format!("{}/v2/repository/index", w.base))
+            .send()
+            .await
+            .unwrap();
+        let index: serde_json::Value = r.json().await.unwrap();
+        if index[0]["state"] != "LOADING" {
+            assert_eq!(index[0]["state"], "UNAVAILABLE", "{index}");
+            break index[0]["reason"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        reason.contains("model.toml names input 'features', which the graph does not have (input)"),
+        "{reason}"
+    );
+    w.stop().await;
+}

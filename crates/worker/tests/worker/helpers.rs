@@ -97,6 +97,24 @@ impl TestWorker {
         r.send().await.expect("POST")
     }
 
+    /// The repository index once no version is still loading.
+    pub async fn index(&self) -> Vec<Value> {
+        for _ in 0..600 {
+            let r = self
+                .client
+                .post(format!("{}/v2/repository/index", self.base))
+                .send()
+                .await
+                .expect("POST");
+            let index: Vec<Value> = r.json().await.expect("index JSON");
+            if index.iter().all(|m| m["state"] != "LOADING") {
+                return index;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("models still loading after 12 s");
+    }
+
     pub async fn stats(&self, model: &str) -> Value {
         let (status, body) = self.get(&format!("/v2/models/{model}/stats")).await;
         assert_eq!(status, 200, "{body}");

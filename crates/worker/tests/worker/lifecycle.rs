@@ -39,37 +39,14 @@ async fn broken_model_leaves_worker_not_ready_but_others_serve() {
         &format!("{}/v2/models/breast_cancer/ready", w.base),
     )
     .await;
-    let index = loop {
-        let r = w
-            .client
-            .post(format!("{}/v2/repository/index", w.base))
-            .send()
-            .await
-            .unwrap();
-        let index: serde_json::Value = r.json().await.unwrap();
-        if index
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["state"] != "LOADING")
-        {
-            break index;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let index = w.index().await;
     let broken = index
-        .as_array()
-        .unwrap()
         .iter()
         .find(|m| m["name"] == "broken")
         .expect("listed");
     assert_eq!(broken["state"], "UNAVAILABLE");
     assert!(!broken["reason"].as_str().unwrap().is_empty());
-    assert_eq!(
-        index.as_array().unwrap().len(),
-        2,
-        "tf_model is skipped: {index}"
-    );
+    assert_eq!(index.len(), 2, "tf_model is skipped: {index:?}");
     assert_eq!(
         w.get("/v2/health/ready").await,
         (400, json!({"ready": false}))
@@ -146,20 +123,9 @@ async fn model_toml_naming_a_missing_tensor_fails_that_model_with_the_reason() {
     let repo = crate::helpers::with_toml("breast_cancer", toml);
     let dir = repo.path().to_path_buf();
     let w = TestWorker::start_with(dir, Some(repo), |_| {}, false).await;
-    let reason = loop {
-        let r = w
-            .client
-            .post(format!("{}/v2/repository/index", w.base))
-            .send()
-            .await
-            .unwrap();
-        let index: serde_json::Value = r.json().await.unwrap();
-        if index[0]["state"] != "LOADING" {
-            assert_eq!(index[0]["state"], "UNAVAILABLE", "{index}");
-            break index[0]["reason"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let index = w.index().await;
+    assert_eq!(index[0]["state"], "UNAVAILABLE", "{index:?}");
+    let reason = index[0]["reason"].as_str().unwrap();
     assert!(
         reason.contains("model.toml names input 'features', which the graph does not have (input)"),
         "{reason}"

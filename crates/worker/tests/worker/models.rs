@@ -156,19 +156,9 @@ async fn metadata_config_and_index() {
         .as_array()
         .unwrap()
         .contains(&json!("binary_tensor_data")));
-    let r = w
-        .client
-        .post(format!("{}/v2/repository/index", w.base))
-        .send()
-        .await
-        .unwrap();
-    let index: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(index.as_array().unwrap().len(), 2);
-    assert!(index
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|m| m["state"] == "READY"));
+    let index = w.index().await;
+    assert_eq!(index.len(), 2);
+    assert!(index.iter().all(|m| m["state"] == "READY"));
     w.stop().await;
 }
 

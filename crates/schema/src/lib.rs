@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod datatype;
 mod error;
 pub mod json;

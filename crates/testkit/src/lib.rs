@@ -3,6 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+mod db;
+pub use db::TestDb;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

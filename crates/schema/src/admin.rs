@@ -1,0 +1,231 @@
+//! Admin API types (`/admin/v1/...`): the model registry and the worker fleet.
+
+use crate::TensorMetadata;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a model version is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    /// Pushed and checked; served when addressed by its version number.
+    Staged,
+    /// Takes a share of the model's traffic.
+    Canary,
+    /// Gets a copy of the traffic; its answers are compared, never returned.
+    Shadow,
+    /// Answers requests that name no version.
+    Stable,
+    /// No longer served; kept for the record.
+    Retired,
+}
+
+impl VersionState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [VersionState; 5] = [
+        VersionState::Staged,
+        VersionState::Canary,
+        VersionState::Shadow,
+        VersionState::Stable,
+        VersionState::Retired,
+    ];
+
+    /// The lowercase name used in the database and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Staged => "staged",
+            VersionState::Canary => "canary",
+            VersionState::Shadow => "shadow",
+            VersionState::Stable => "stable",
+            VersionState::Retired => "retired",
+        }
+    }
+
+    /// Whether workers load versions in this state.
+    pub fn is_served(self) -> bool {
+        self != VersionState::Retired
+    }
+}
+
+impl fmt::Display for VersionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VersionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        VersionState::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown version state '{s}' (staged, canary, shadow, stable, retired)"))
+    }
+}
+
+/// How much of each prediction the log keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogMode {
+    /// Nothing.
+    Off,
+    /// Request id, time, model, version, key, status and latency.
+    #[default]
+    Metadata,
+    /// The metadata plus the request's inputs and the response's outputs, as V2 JSON.
+    Full,
+}
+
+impl LogMode {
+    /// The lowercase name used in the database and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogMode::Off => "off",
+            LogMode::Metadata => "metadata",
+            LogMode::Full => "full",
+        }
+    }
+}
+
+impl FromStr for LogMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(LogMode::Off),
+            "metadata" => Ok(LogMode::Metadata),
+            "full" => Ok(LogMode::Full),
+            _ => Err(format!("unknown prediction log mode '{s}' (off, metadata, full)")),
+        }
+    }
+}
+
+/// A model's inputs and outputs as read from its graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Inputs, in graph order.
+    pub inputs: Vec<TensorMetadata>,
+    /// Outputs, in graph order.
+    pub outputs: Vec<TensorMetadata>,
+    /// Whether the first dimension of every tensor counts rows that can be batched.
+    pub batched: bool,
+}
+
+/// One version of a model in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersionInfo {
+    /// Model name.
+    pub model: String,
+    /// Version number.
+    pub version: u64,
+    /// Lifecycle state.
+    pub state: VersionState,
+    /// SHA-256 of the ONNX file, lowercase hex.
+    pub sha256: String,
+    /// Size of the ONNX file in bytes.
+    pub size: u64,
+    /// Inputs and outputs.
+    pub signature: Signature,
+    /// The version's `model.toml` (batching and signature overrides); empty for none.
+    pub config: String,
+    /// Who pushed it.
+    pub created_by: String,
+    /// When it was pushed (RFC 3339).
+    pub created_at: String,
+    /// Who changed its state last.
+    pub updated_by: String,
+    /// When its state changed last (RFC 3339).
+    pub updated_at: String,
+}
+
+/// A model and its versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Model name.
+    pub name: String,
+    /// When its first version was pushed (RFC 3339).
+    pub created_at: String,
+    /// What the prediction log keeps for this model.
+    pub log_mode: LogMode,
+    /// Share of requests logged, 0 to 1.
+    pub log_sample_rate: f64,
+    /// Its versions, oldest first.
+    pub versions: Vec<ModelVersionInfo>,
+}
+
+impl ModelInfo {
+    /// The version that answers requests naming no version: the stable one, else the newest
+    /// one still served.
+    pub fn default_version(&self) -> Option<&ModelVersionInfo> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state == VersionState::Stable)
+            .or_else(|| self.versions.iter().rev().find(|v| v.state.is_served()))
+    }
+}
+
+/// `POST /admin/v1/models/{name}/versions` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// The version as recorded.
+    pub version: ModelVersionInfo,
+    /// False when the same bytes were already stored and only a new version row was written.
+    pub artifact_stored: bool,
+}
+
+/// Body of `PATCH /admin/v1/models/{name}`: prediction log settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// What the prediction log keeps.
+    #[serde(default)]
+    pub log_mode: Option<LogMode>,
+    /// Share of requests logged, 0 to 1.
+    #[serde(default)]
+    pub log_sample_rate: Option<f64>,
+}
+
+/// How far a worker got with one model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LoadState {
+    /// Fetching, loading or warming up.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Failed to load; see the reason.
+    Unavailable,
+}
+
+/// One model version a worker holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedVersionStatus {
+    /// Model name.
+    pub model: String,
+    /// Version number.
+    pub version: u64,
+    /// Load state.
+    pub state: LoadState,
+    /// Why it is unavailable; empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A worker as its heartbeat row describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Process id, a UUID made at start.
+    pub id: String,
+    /// Base URL the api replicas reach it at.
+    pub address: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its last heartbeat (RFC 3339).
+    pub heartbeat_at: String,
+    /// Seconds since that heartbeat, by the reader's clock.
+    #[serde(default)]
+    pub heartbeat_age_secs: f64,
+    /// What it holds.
+    pub loaded: Vec<LoadedVersionStatus>,
+}

@@ -1,0 +1,271 @@
+//! The prediction log table: batched, idempotent inserts (COPY into a staging table on
+//! PostgreSQL), day partitions on PostgreSQL, and retention.
+
+use crate::{on_pool, Pool, Result, Store};
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+/// One logged prediction. `id` is made when the prediction is accepted into the log, so a
+/// record written twice (a replay after an answer was lost) is stored once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    /// Unique id of this record.
+    pub id: uuid::Uuid,
+    /// When the request arrived.
+    pub at: DateTime<Utc>,
+    /// The request id (`X-Request-ID`).
+    pub request_id: String,
+    /// Model name.
+    pub model: String,
+    /// Version that answered.
+    pub version: String,
+    /// API key id, when the request carried one.
+    pub api_key: Option<String>,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// Time from arrival to answer, in microseconds.
+    pub latency_us: u64,
+    /// Request inputs as V2 JSON, in `full` mode.
+    pub request: Option<String>,
+    /// Response outputs as V2 JSON, in `full` mode.
+    pub response: Option<String>,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    /// Day partitions dropped (PostgreSQL).
+    pub partitions_dropped: Vec<String>,
+    /// Rows deleted (SQLite).
+    pub rows_deleted: u64,
+}
+
+const COLUMNS: &str =
+    "id, at, request_id, model, version, api_key, status, latency_us, request, response";
+
+fn partition_name(day: NaiveDate) -> String {
+    format!("predictions_p{}", day.format("%Y%m%d"))
+}
+
+/// Escapes a value for COPY's text format.
+fn copy_text(out: &mut String, value: Option<&str>) {
+    let Some(value) = value else {
+        out.push_str("\\N");
+        return;
+    };
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+}
+
+impl Store {
+    /// Inserts records, skipping any already stored (same id); returns how many were new.
+    /// All or nothing: on error none of them is stored.
+    pub async fn insert_predictions(&self, records: &[PredictionRecord]) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                self.ensure_partitions(records).await?;
+                let mut data = String::with_capacity(records.len() * 160);
+                for r in records {
+                    let fields = [
+                        Some(r.id.to_string()),
+                        Some(crate::rfc3339(r.at)),
+                        Some(r.request_id.clone()),
+                        Some(r.model.clone()),
+                        Some(r.version.clone()),
+                        r.api_key.clone(),
+                        Some(r.status.to_string()),
+                        Some(r.latency_us.to_string()),
+                        r.request.clone(),
+                        r.response.clone(),
+                    ];
+                    for (i, f) in fields.iter().enumerate() {
+                        if i > 0 {
+                            data.push('\t');
+                        }
+                        copy_text(&mut data, f.as_deref());
+                    }
+                    data.push('\n');
+                }
+                let mut tx = pool.begin().await?;
+                sqlx::query("CREATE TEMP TABLE predictions_in (LIKE predictions) ON COMMIT DROP")
+                    .execute(&mut *tx)
+                    .await?;
+                let mut copy = tx
+                    .copy_in_raw(&format!("COPY predictions_in ({COLUMNS}) FROM STDIN"))
+                    .await?;
+                copy.send(data.into_bytes()).await?;
+                copy.finish().await?;
+                let new = sqlx::query(&format!(
+                    "INSERT INTO predictions ({COLUMNS}) SELECT {COLUMNS} FROM predictions_in ON CONFLICT DO NOTHING"
+                ))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(new)
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut new = 0;
+                for r in records {
+                    new += sqlx::query(&format!(
+                        "INSERT INTO predictions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
+                    ))
+                    .bind(r.id.to_string())
+                    .bind(r.at)
+                    .bind(&r.request_id)
+                    .bind(&r.model)
+                    .bind(&r.version)
+                    .bind(&r.api_key)
+                    .bind(r.status as i64)
+                    .bind(r.latency_us as i64)
+                    .bind(&r.request)
+                    .bind(&r.response)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(new)
+            }
+        }
+    }
+
+    /// Creates the day partitions the records fall in, once per day per process.
+    async fn ensure_partitions(&self, records: &[PredictionRecord]) -> Result<()> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(());
+        };
+        let mut days: Vec<NaiveDate> = records.iter().map(|r| r.at.date_naive()).collect();
+        days.sort_unstable();
+        days.dedup();
+        for day in days {
+            if self.partitions.lock().expect("partitions lock").contains(&day) {
+                continue;
+            }
+            let next = day + Days::new(1);
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF predictions FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
+                partition_name(day)
+            );
+            if let Err(e) = sqlx::query(&sql).execute(pool).await {
+                // Another replica may have created it between our check and our statement.
+                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)")
+                    .bind(partition_name(day))
+                    .fetch_one(pool)
+                    .await?;
+                if !exists {
+                    return Err(e.into());
+                }
+            }
+            self.partitions.lock().expect("partitions lock").insert(day);
+        }
+        Ok(())
+    }
+
+    /// Rows in the prediction log, for one model or all.
+    pub async fn prediction_count(&self, model: Option<&str>) -> Result<u64> {
+        let n: i64 = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM predictions WHERE $1 IS NULL OR model = $1")
+                .bind(model)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n as u64)
+    }
+
+    /// The newest records of a model, newest first.
+    pub async fn recent_predictions(&self, model: &str, limit: u32) -> Result<Vec<PredictionRecord>> {
+        on_pool!(self, pool => {
+            let sql = match self.backend() {
+                crate::Backend::Postgres => format!("SELECT id::text AS id, at, request_id, model, version, api_key, status, latency_us, request::text AS request, response::text AS response FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2"),
+                crate::Backend::Sqlite => format!("SELECT {COLUMNS} FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2"),
+            };
+            let rows = sqlx::query(&sql).bind(model).bind(limit as i64).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| -> Result<PredictionRecord> {
+                    let id: String = r.try_get("id")?;
+                    Ok(PredictionRecord {
+                        id: id.parse().map_err(|e| crate::StoreError::Corrupt(format!("prediction id {id}: {e}")))?,
+                        at: r.try_get("at")?,
+                        request_id: r.try_get("request_id")?,
+                        model: r.try_get("model")?,
+                        version: r.try_get("version")?,
+                        api_key: r.try_get("api_key")?,
+                        status: r.try_get::<i16, _>("status")? as u16,
+                        latency_us: r.try_get::<i64, _>("latency_us")? as u64,
+                        request: r.try_get("request")?,
+                        response: r.try_get("response")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Removes predictions from before the start of the day `keep_days` days before today (UTC):
+    /// whole day partitions are dropped on PostgreSQL, rows deleted on SQLite.
+    pub async fn apply_retention(&self, keep_days: u32) -> Result<RetentionReport> {
+        let cutoff = Utc::now().date_naive() - Days::new(keep_days as u64);
+        let mut report = RetentionReport::default();
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'predictions' ORDER BY 1",
+                )
+                .fetch_all(pool)
+                .await?;
+                for name in names {
+                    let Some(day) = name
+                        .strip_prefix("predictions_p")
+                        .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+                    else {
+                        continue;
+                    };
+                    if day < cutoff {
+                        // The name was read back from the catalogue and matched our pattern.
+                        sqlx::query(&format!("DROP TABLE IF EXISTS {name}")).execute(pool).await?;
+                        self.partitions.lock().expect("partitions lock").remove(&day);
+                        report.partitions_dropped.push(name);
+                    }
+                }
+            }
+            Pool::Sqlite(pool) => {
+                let cutoff = cutoff.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+                report.rows_deleted = sqlx::query("DELETE FROM predictions WHERE at < $1")
+                    .bind(cutoff)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        let detail = serde_json::json!({"keep_days": keep_days, "report": &report}).to_string();
+        self.audit("system", "retention", None, &detail).await?;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_specially() {
+        let mut out = String::new();
+        copy_text(&mut out, Some("a\tb\nc\\d\re"));
+        out.push('|');
+        copy_text(&mut out, None);
+        assert_eq!(out, "a\\tb\\nc\\\\d\\re|\\N");
+    }
+}

@@ -1,0 +1,365 @@
+//! Models, their versions and states, and the audit log.
+
+use crate::{now, on_pool, rfc3339, Backend, Result, Store, StoreError};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use std::path::Path;
+use std::str::FromStr;
+use vatic_schema::admin::{LogMode, ModelInfo, ModelSettings, ModelVersionInfo, Signature, VersionState};
+
+/// A version to record, its ONNX file already checked.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Version number; the next free one when `None`.
+    pub version: Option<u64>,
+    /// The checked ONNX file.
+    pub file: &'a Path,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its signature.
+    pub signature: &'a Signature,
+    /// Its `model.toml`, empty for none.
+    pub config: &'a str,
+    /// Who pushes it.
+    pub actor: &'a str,
+}
+
+const VERSION_COLUMNS: &str = "model, version, state, sha256, size, signature, config, created_by, created_at, updated_by, updated_at";
+
+fn version_from_row<R>(row: &R) -> Result<ModelVersionInfo>
+where
+    R: Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'d> String: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    for<'d> i64: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    for<'d> DateTime<Utc>: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+{
+    let state: String = row.try_get("state")?;
+    let signature: String = row.try_get("signature")?;
+    Ok(ModelVersionInfo {
+        model: row.try_get("model")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+        state: VersionState::from_str(&state).map_err(StoreError::Corrupt)?,
+        sha256: row.try_get("sha256")?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        signature: serde_json::from_str(&signature)?,
+        config: row.try_get("config")?,
+        created_by: row.try_get("created_by")?,
+        created_at: rfc3339(row.try_get("created_at")?),
+        updated_by: row.try_get("updated_by")?,
+        updated_at: rfc3339(row.try_get("updated_at")?),
+    })
+}
+
+impl Store {
+    /// Records a new version of a model (creating the model on its first push), storing the file
+    /// unless the same bytes are already stored. The first version of a model, or one pushed
+    /// while the model has no stable version, becomes stable; later ones are staged. Returns
+    /// the version and whether the artifact was stored now.
+    pub async fn push_version(&self, new: &NewVersion<'_>) -> Result<(ModelVersionInfo, bool)> {
+        let at = now();
+        let signature = serde_json::to_string(new.signature)?;
+        let stored = self.put_artifact(new.file, new.sha256, new.size).await?;
+        let version = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(new.model)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM model_versions WHERE model = $1")
+                .bind(new.model)
+                .fetch_one(&mut *tx)
+                .await?;
+            let version = match new.version {
+                Some(v) => {
+                    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = $1 AND version = $2)")
+                        .bind(new.model)
+                        .bind(v as i64)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if taken {
+                        return Err(StoreError::Conflict(format!(
+                            "model '{}' already has version {v}; versions are immutable, push under a new number", new.model
+                        )));
+                    }
+                    v as i64
+                }
+                None => newest.unwrap_or(0) + 1,
+            };
+            let has_stable: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = $1 AND state = 'stable')")
+                .bind(new.model)
+                .fetch_one(&mut *tx)
+                .await?;
+            let state = if has_stable { VersionState::Staged } else { VersionState::Stable };
+            sqlx::query(&format!("INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9)"))
+                .bind(new.model)
+                .bind(version)
+                .bind(state.as_str())
+                .bind(new.sha256)
+                .bind(new.size as i64)
+                .bind(&signature)
+                .bind(new.config)
+                .bind(new.actor)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(format!(
+                        "model '{}' version {version} was pushed at the same time by someone else; push again", new.model
+                    )),
+                    _ => StoreError::Database(e),
+                })?;
+            let detail = serde_json::json!({"sha256": new.sha256, "size": new.size, "state": state}).to_string();
+            audit_in(&mut *tx, at, new.actor, "push", Some(new.model), Some(version), &detail).await?;
+            if self.backend() == Backend::Postgres {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(crate::REGISTRY_CHANNEL)
+                    .bind(new.model)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            version as u64
+        });
+        Ok((self.model_version(new.model, version).await?, stored))
+    }
+
+    /// One version of a model.
+    pub async fn model_version(&self, model: &str, version: u64) -> Result<ModelVersionInfo> {
+        let row = on_pool!(self, pool => {
+            let row = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = $1 AND version = $2"))
+                .bind(model)
+                .bind(version as i64)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| version_from_row(&r)).transpose()?
+        });
+        match row {
+            Some(v) => Ok(v),
+            None => {
+                self.model(model).await?;
+                Err(StoreError::VersionNotFound {
+                    model: model.to_string(),
+                    version,
+                })
+            }
+        }
+    }
+
+    /// Every model with its versions, by name.
+    pub async fn models(&self) -> Result<Vec<ModelInfo>> {
+        let (models, versions) = on_pool!(self, pool => {
+            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate FROM models ORDER BY name")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| -> Result<ModelInfo> {
+                    let mode: String = r.try_get("log_mode")?;
+                    Ok(ModelInfo {
+                        name: r.try_get("name")?,
+                        created_at: rfc3339(r.try_get("created_at")?),
+                        log_mode: LogMode::from_str(&mode).map_err(StoreError::Corrupt)?,
+                        log_sample_rate: r.try_get("log_sample_rate")?,
+                        versions: Vec::new(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let versions = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM model_versions ORDER BY model, version"))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(version_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            (models, versions)
+        });
+        let mut models = models;
+        for v in versions {
+            if let Some(m) = models.iter_mut().find(|m| m.name == v.model) {
+                m.versions.push(v);
+            }
+        }
+        Ok(models)
+    }
+
+    /// One model with its versions.
+    pub async fn model(&self, name: &str) -> Result<ModelInfo> {
+        // The registry is small; one query shape keeps both backends and callers simple.
+        self.models()
+            .await?
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| StoreError::ModelNotFound(name.to_string()))
+    }
+
+    /// Moves a version to another state. Retiring also removes it from the traffic split.
+    pub async fn set_version_state(
+        &self,
+        model: &str,
+        version: u64,
+        state: VersionState,
+        actor: &str,
+    ) -> Result<ModelVersionInfo> {
+        let current = self.model_version(model, version).await?;
+        if current.state == state {
+            return Ok(current);
+        }
+        let at = now();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE model_versions SET state = $1, updated_by = $2, updated_at = $3 WHERE model = $4 AND version = $5")
+                .bind(state.as_str())
+                .bind(actor)
+                .bind(at)
+                .bind(model)
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await?;
+            if state == VersionState::Retired {
+                sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
+                    .bind(model)
+                    .bind(version as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let detail = serde_json::json!({"from": current.state, "to": state}).to_string();
+            let action = if state == VersionState::Retired { "retire" } else { "set_state" };
+            audit_in(&mut *tx, at, actor, action, Some(model), Some(version as i64), &detail).await?;
+            if self.backend() == Backend::Postgres {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(crate::REGISTRY_CHANNEL)
+                    .bind(model)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        self.model_version(model, version).await
+    }
+
+    /// Changes a model's prediction log settings.
+    pub async fn set_model_settings(
+        &self,
+        model: &str,
+        settings: &ModelSettings,
+        actor: &str,
+    ) -> Result<ModelInfo> {
+        let current = self.model(model).await?;
+        let mode = settings.log_mode.unwrap_or(current.log_mode);
+        let rate = settings.log_sample_rate.unwrap_or(current.log_sample_rate);
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(StoreError::Conflict(format!(
+                "log_sample_rate must be between 0 and 1, got {rate}"
+            )));
+        }
+        let at = now();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE models SET log_mode = $1, log_sample_rate = $2 WHERE name = $3")
+                .bind(mode.as_str())
+                .bind(rate)
+                .bind(model)
+                .execute(&mut *tx)
+                .await?;
+            let detail = serde_json::json!({"log_mode": mode, "log_sample_rate": rate}).to_string();
+            audit_in(&mut *tx, at, actor, "set_log", Some(model), None, &detail).await?;
+            if self.backend() == Backend::Postgres {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(crate::REGISTRY_CHANNEL)
+                    .bind(model)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        self.model(model).await
+    }
+
+    /// Writes one audit record outside any other change.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        model: Option<&str>,
+        detail: &str,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut conn = pool.acquire().await?;
+            audit_in(&mut *conn, now(), actor, action, model, None, detail).await?;
+        });
+        Ok(())
+    }
+
+    /// The newest audit records, newest first: (time, actor, action, model, version, detail).
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT at, actor, action, model, version, detail FROM audit_log ORDER BY id DESC LIMIT $1")
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> Result<AuditRecord> {
+                    Ok(AuditRecord {
+                        at: rfc3339(r.try_get("at")?),
+                        actor: r.try_get("actor")?,
+                        action: r.try_get("action")?,
+                        model: r.try_get("model")?,
+                        version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u64),
+                        detail: r.try_get("detail")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// What: push, retire, set_state, set_log, retention, ...
+    pub action: String,
+    /// Which model, if any.
+    pub model: Option<String>,
+    /// Which version, if any.
+    pub version: Option<u64>,
+    /// Details as JSON.
+    pub detail: String,
+}
+
+async fn audit_in<'e, E, DB>(
+    conn: E,
+    at: DateTime<Utc>,
+    actor: &str,
+    action: &str,
+    model: Option<&str>,
+    version: Option<i64>,
+    detail: &str,
+) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query("INSERT INTO audit_log (at, actor, action, model, version, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(model)
+        .bind(version)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod pool;
+pub mod prediction_log;
 pub mod routes;
 pub mod settings;
 
@@ -41,11 +42,8 @@ impl Application {
         let addr = listener.local_addr()?;
         let backend = match settings.mode {
             Mode::Standalone => {
-                let engine = Arc::new(Engine::new(settings.engine())?);
-                let loading = engine.clone();
-                std::thread::Builder::new()
-                    .name("model-loader".into())
-                    .spawn(move || loading.load_all())?;
+                let engine = Arc::new(Engine::new(&settings.engine()));
+                engine.apply(vatic_worker::folder::scan(&settings.models_dir)?);
                 Backend::Local(engine)
             }
             Mode::Cluster => Backend::Remote(pool::WorkerPool::start(

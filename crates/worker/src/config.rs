@@ -2,7 +2,6 @@
 //! model's versions, falling back to the worker's defaults.
 
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use vatic_schema::TensorMetadata;
 
 /// How a model version batches and queues requests.
@@ -87,14 +86,12 @@ pub struct ModelToml {
 }
 
 impl ModelToml {
-    /// Reads `path` if it exists.
-    pub fn read(path: &Path) -> anyhow::Result<Option<ModelToml>> {
-        if !path.exists() {
+    /// Parses a `model.toml` text; `None` when it is blank. `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Option<ModelToml>> {
+        if text.trim().is_empty() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(path)?;
-        let parsed =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let parsed = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         Ok(Some(parsed))
     }
 

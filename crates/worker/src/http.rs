@@ -1,6 +1,7 @@
 //! The worker's internal V2 endpoint, and HTTP pieces the public api shares: body limits, the
 //! error body, request ids, noticing clients that went away, and draining on SIGTERM.
 
+use crate::reconcile::{Identity, Reconciler};
 use crate::{Engine, EngineError, WorkerSettings};
 use actix_web::body::MessageBody;
 use actix_web::dev::{
@@ -413,17 +414,25 @@ pub struct Worker {
     pub engine: Arc<Engine>,
     server: Option<Server>,
     drain: Duration,
+    reconcile: Option<Reconciling>,
+}
+
+struct Reconciling {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
-    /// Binds, starts serving (live at once, ready once every model is loaded and warmed) and
-    /// starts loading models in the background.
-    pub fn start(settings: &WorkerSettings) -> anyhow::Result<Worker> {
+    /// Binds, starts serving (live at once, ready once the first set of models is loaded and
+    /// warmed) and starts loading models in the background: from the registry when a database
+    /// is configured, else from `models_dir`.
+    pub async fn start(settings: &WorkerSettings) -> anyhow::Result<Worker> {
         settings.validate()?;
+        let store = settings.database.open().await?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
-        let engine = Arc::new(Engine::new(settings.engine())?);
+        let engine = Arc::new(Engine::new(&settings.engine()));
         let state = web::Data::new(WorkerState {
             engine: engine.clone(),
             max_body_bytes: settings.max_body_bytes,
@@ -441,16 +450,37 @@ impl Worker {
         .shutdown_timeout(60)
         .listen(listener)?
         .run();
-        let loading = engine.clone();
-        std::thread::Builder::new()
-            .name("model-loader".into())
-            .spawn(move || loading.load_all())?;
-        tracing::info!(addr = %addr, models_dir = %settings.models_dir.display(), "worker listening");
+        let reconcile = match store {
+            Some(store) => {
+                let identity = Identity {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    address: advertised(settings, addr),
+                    started_at: chrono::Utc::now(),
+                };
+                tracing::info!(addr = %addr, advertise = %identity.address, id = %identity.id, "worker listening; models from the registry");
+                let reconciler = Reconciler::new(
+                    engine.clone(),
+                    store,
+                    settings.registry.clone(),
+                    Some(identity),
+                );
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let task = tokio::spawn(reconciler.run(stopped));
+                Some(Reconciling { stop, task })
+            }
+            None => {
+                let specs = crate::folder::scan(&settings.models_dir)?;
+                engine.apply(specs);
+                tracing::info!(addr = %addr, models_dir = %settings.models_dir.display(), "worker listening");
+                None
+            }
+        };
         Ok(Worker {
             addr,
             engine,
             server: Some(server),
             drain: Duration::from_secs(settings.drain_secs),
+            reconcile,
         })
     }
 
@@ -460,7 +490,7 @@ impl Worker {
         let handle = server.handle();
         let serving = tokio::spawn(server);
         shutdown_signal().await;
-        drain_and_stop(&self.engine, &handle, self.drain).await;
+        self.stop(&handle).await;
         serving.await??;
         Ok(())
     }
@@ -471,6 +501,37 @@ impl Worker {
         let handle = server.handle();
         tokio::spawn(server);
         handle
+    }
+
+    /// The shutdown sequence: drain, leave the fleet, finish queued model work.
+    pub async fn stop(&mut self, handle: &ServerHandle) {
+        drain(handle, self.drain, || self.engine.begin_shutdown()).await;
+        if let Some(r) = self.reconcile.take() {
+            let _ = r.stop.send(true);
+            let _ = r.task.await;
+        }
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// The URL this worker publishes: `advertise` when set, else its listen address, with the
+/// host name in place of an unspecified address.
+fn advertised(settings: &WorkerSettings, addr: SocketAddr) -> String {
+    if let Some(a) = &settings.advertise {
+        return a.trim_end_matches('/').to_string();
+    }
+    if addr.ip().is_unspecified() {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("http://{host}:{}", addr.port())
+    } else {
+        format!("http://{addr}")
     }
 }
 
@@ -507,5 +568,5 @@ pub async fn drain_and_stop(engine: &Arc<Engine>, handle: &ServerHandle, drain_f
 
 /// Runs the worker binary.
 pub async fn run(settings: WorkerSettings) -> anyhow::Result<()> {
-    Worker::start(&settings)?.run_until_signal().await
+    Worker::start(&settings).await?.run_until_signal().await
 }

@@ -7,13 +7,17 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod folder;
 pub mod http;
 pub mod onnx;
+pub mod reconcile;
 pub mod settings;
 pub mod stats;
 pub mod telemetry;
+pub mod version;
 
 pub use config::BatchingConfig;
-pub use engine::{Engine, EngineSettings, LoadedVersion};
+pub use engine::{Engine, EngineSettings, VersionSpec};
+pub use version::{check_model, LoadedVersion, PLATFORM};
 pub use error::EngineError;
 pub use settings::WorkerSettings;

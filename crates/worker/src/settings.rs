@@ -3,6 +3,7 @@
 
 use crate::config::BatchingConfig;
 use crate::engine::EngineSettings;
+use crate::reconcile::ReconcileSettings;
 use crate::telemetry::LogSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -24,8 +25,67 @@ pub struct WorkerSettings {
     pub models_dir: PathBuf,
     /// Batching defaults for every model version.
     pub batching: BatchingConfig,
+    /// The registry database; when its URL is set, models come from the registry instead of
+    /// `models_dir`.
+    pub database: DatabaseSettings,
+    /// Cache and timing of the registry reconcile loop.
+    pub registry: ReconcileSettings,
+    /// Base URL api replicas reach this worker at, published in its heartbeat; by default
+    /// `http://<host name>:<port>` when listening on all interfaces, else `http://<listen>`.
+    pub advertise: Option<String>,
     /// Logging.
     pub log: LogSettings,
+}
+
+/// Where the database is and whether to migrate it at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user@host:port/db` or `sqlite://path/to/file.db`; unset for none.
+    pub url: Option<String>,
+    /// Apply pending migrations at start instead of refusing to run.
+    pub migrate: bool,
+    /// Most connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: None,
+            migrate: false,
+            max_connections: 8,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// Opens the database and checks (or, with `migrate`, brings up to date) its schema.
+    pub async fn open(&self) -> anyhow::Result<Option<vatic_store::Store>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut opts = vatic_store::ConnectOptions::new(url.clone());
+        opts.max_connections = self.max_connections;
+        let store = vatic_store::Store::open(&opts, self.migrate)
+            .await
+            .map_err(|e| anyhow::anyhow!("database {}: {e}", redact(url)))?;
+        Ok(Some(store))
+    }
+}
+
+/// A database URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl Default for WorkerSettings {
@@ -37,6 +97,9 @@ impl Default for WorkerSettings {
             max_body_bytes: 64 * 1024 * 1024,
             models_dir: engine.models_dir,
             batching: engine.batching,
+            database: DatabaseSettings::default(),
+            registry: ReconcileSettings::default(),
+            advertise: None,
             log: LogSettings::default(),
         }
     }
@@ -53,7 +116,14 @@ impl WorkerSettings {
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.batching.validate("batching")
+        self.batching.validate("batching")?;
+        if self.registry.poll_ms == 0 || self.registry.heartbeat_ms == 0 {
+            anyhow::bail!("registry.poll_ms and registry.heartbeat_ms must be at least 1");
+        }
+        if self.database.max_connections == 0 {
+            anyhow::bail!("database.max_connections must be at least 1");
+        }
+        Ok(())
     }
 }
 

@@ -42,7 +42,7 @@ impl TestWorker {
         };
         settings.batching.instances = 1;
         adjust(&mut settings);
-        let mut worker = Worker::start(&settings).expect("worker starts");
+        let mut worker = Worker::start(&settings).await.expect("worker starts");
         let handle = worker.spawn();
         let base = format!("http://{}", worker.addr);
         let client = reqwest::Client::builder()

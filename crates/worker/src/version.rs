@@ -1,0 +1,329 @@
+//! One loaded model version: its optimised model, its batcher and its statistics, and the
+//! request checks and Triton configuration that depend on its signature.
+
+use crate::batcher::{Batcher, Job, JobOutputs};
+use crate::config::{BatchingConfig, ModelToml};
+use crate::onnx::{datum_type, OnnxModel};
+use crate::stats::Stats;
+use crate::EngineError;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tract_onnx::prelude::{TValue, TVec, Tensor as TractTensor};
+use vatic_schema::{
+    ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, ModelConfig,
+    Parameters, QueuePolicy, Tensor, TensorMetadata,
+};
+
+/// The platform vatic reports for ONNX models, in the V2 `<project>_<format>` form.
+pub const PLATFORM: &str = "onnx_onnxv1";
+
+/// A model version that is loaded, warmed and serving.
+pub struct LoadedVersion {
+    /// Model name.
+    pub name: String,
+    /// Version number as a string.
+    pub version: String,
+    /// The optimised model.
+    pub model: Arc<OnnxModel>,
+    /// Its batching settings.
+    pub batching: BatchingConfig,
+    pub(crate) batcher: Batcher,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// Loads `file` with the overrides of `config` (a `model.toml` text, empty for none; `origin`
+/// names it in errors), optimises it and runs it once per batch size it will first see.
+/// Returns the model and its batching settings; nothing is started.
+pub fn check_model(
+    file: &Path,
+    config: &str,
+    origin: &str,
+    defaults: &BatchingConfig,
+) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig)> {
+    let overrides = ModelToml::parse(config, origin)?;
+    let batching = match &overrides {
+        Some(t) => t.batching(defaults, origin)?,
+        None => defaults.clone(),
+    };
+    let model = Arc::new(OnnxModel::load(file, overrides.as_ref())?);
+    warm_up(&model, &batching)?;
+    Ok((model, batching))
+}
+
+impl LoadedVersion {
+    /// Loads, warms and starts a version's runner threads.
+    pub(crate) fn start(
+        name: &str,
+        version: u64,
+        file: &Path,
+        config: &str,
+        origin: &str,
+        defaults: &BatchingConfig,
+    ) -> anyhow::Result<LoadedVersion> {
+        let (model, batching) = check_model(file, config, origin, defaults)?;
+        let stats = Arc::new(Stats::default());
+        let batcher = Batcher::start(
+            format!("{name}:{version}"),
+            model.clone(),
+            batching.clone(),
+            stats.clone(),
+        );
+        Ok(LoadedVersion {
+            name: name.to_string(),
+            version: version.to_string(),
+            model,
+            batching,
+            batcher,
+            stats,
+        })
+    }
+
+    /// Checks a request against the signature and runs it through the batcher.
+    pub async fn infer(&self, req: &InferRequest) -> Result<InferResponse, EngineError> {
+        let (inputs, rows, key, selected) = self.prepare(req)?;
+        let (reply, answer) = oneshot::channel();
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.batching.timeout_ms);
+        self.batcher.submit(Job {
+            inputs,
+            rows,
+            key,
+            enqueued: now,
+            deadline: now + timeout,
+            reply,
+        })?;
+        let outputs: JobOutputs = match tokio::time::timeout(timeout, answer).await {
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    model: self.name.clone(),
+                    ms: self.batching.timeout_ms,
+                })
+            }
+            Ok(Err(_)) => {
+                return Err(EngineError::Inference(
+                    "the runner stopped before answering".into(),
+                ))
+            }
+            Ok(Ok(r)) => r?,
+        };
+        let mut outputs: Vec<Option<(Vec<u64>, vatic_schema::TensorData)>> =
+            outputs.into_iter().map(Some).collect();
+        let tensors = selected
+            .into_iter()
+            .map(|i| {
+                let meta = &self.model.signature.outputs[i];
+                let (shape, data) = outputs[i].take().expect("each output is selected once");
+                Tensor {
+                    name: meta.name.clone(),
+                    datatype: meta.datatype,
+                    shape,
+                    data,
+                    parameters: Parameters::new(),
+                }
+            })
+            .collect();
+        Ok(InferResponse {
+            model_name: self.name.clone(),
+            model_version: Some(self.version.clone()),
+            id: req.id.clone(),
+            parameters: Parameters::new(),
+            outputs: tensors,
+        })
+    }
+
+    /// Validates inputs and requested outputs; returns the inputs in signature order, the row
+    /// count, the batching key and the indices of the outputs to return.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        req: &InferRequest,
+    ) -> Result<(Vec<Tensor>, usize, Vec<Vec<u64>>, Vec<usize>), EngineError> {
+        let sig = &self.model.signature;
+        let names = |ts: &[TensorMetadata]| {
+            ts.iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let invalid = |msg: String| Err(EngineError::InvalidInput(msg));
+        for (i, t) in req.inputs.iter().enumerate() {
+            if req.inputs[..i].iter().any(|o| o.name == t.name) {
+                return invalid(format!(
+                    "input '{}' appears more than once in the request",
+                    t.name
+                ));
+            }
+            if !sig.inputs.iter().any(|m| m.name == t.name) {
+                return invalid(format!(
+                    "model '{}' has no input '{}' (inputs: {})",
+                    self.name,
+                    t.name,
+                    names(&sig.inputs)
+                ));
+            }
+        }
+        let mut ordered = Vec::with_capacity(sig.inputs.len());
+        let mut rows: Option<(usize, &str)> = None;
+        for meta in &sig.inputs {
+            let Some(t) = req.inputs.iter().find(|t| t.name == meta.name) else {
+                return invalid(format!(
+                    "input '{}' is missing (model '{}' needs: {})",
+                    meta.name,
+                    self.name,
+                    names(&sig.inputs)
+                ));
+            };
+            if t.datatype != meta.datatype {
+                return invalid(format!(
+                    "input '{}': expected datatype {}, got {}",
+                    meta.name, meta.datatype, t.datatype
+                ));
+            }
+            let fits = t.shape.len() == meta.shape.len()
+                && t.shape
+                    .iter()
+                    .zip(&meta.shape)
+                    .all(|(got, want)| *want == -1 || *got as i64 == *want);
+            if !fits {
+                let hint = if sig.batched && t.shape.len() + 1 == meta.shape.len() {
+                    " (the first dimension counts rows: for one row send shape [1, ...])"
+                } else {
+                    ""
+                };
+                return invalid(format!(
+                    "input '{}': expected shape {:?}, got {:?}{hint}",
+                    meta.name, meta.shape, t.shape
+                ));
+            }
+            if sig.batched {
+                let n = t.shape[0] as usize;
+                if n == 0 {
+                    return invalid(format!(
+                        "input '{}' has no rows (its first dimension is 0)",
+                        meta.name
+                    ));
+                }
+                match rows {
+                    None => rows = Some((n, &meta.name)),
+                    Some((m, other)) if m != n => {
+                        return invalid(format!(
+                        "inputs disagree on the number of rows: '{other}' has {m}, '{}' has {n}",
+                        meta.name
+                    ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            ordered.push(t.clone());
+        }
+        let key = if sig.batched {
+            ordered.iter().map(|t| t.shape[1..].to_vec()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut selected = Vec::new();
+        for out in &req.outputs {
+            let Some(i) = sig.outputs.iter().position(|m| m.name == out.name) else {
+                return invalid(format!(
+                    "model '{}' has no output '{}' (outputs: {})",
+                    self.name,
+                    out.name,
+                    names(&sig.outputs)
+                ));
+            };
+            if selected.contains(&i) {
+                return invalid(format!("output '{}' already exists in request", out.name));
+            }
+            selected.push(i);
+        }
+        if selected.is_empty() {
+            selected = (0..sig.outputs.len()).collect();
+        }
+        Ok((ordered, rows.map(|r| r.0).unwrap_or(1), key, selected))
+    }
+
+    /// Requests waiting in this version's queue.
+    pub fn queued(&self) -> usize {
+        self.batcher.queued()
+    }
+
+    /// Triton's configuration form.
+    pub fn config(&self) -> ModelConfig {
+        let sig = &self.model.signature;
+        let batched = sig.batched;
+        let tensors = |ts: &[TensorMetadata]| {
+            ts.iter()
+                .map(|t| ConfigTensor {
+                    name: t.name.clone(),
+                    data_type: t.datatype.triton_name().to_string(),
+                    dims: if batched {
+                        t.shape[1..].to_vec()
+                    } else {
+                        t.shape.clone()
+                    },
+                })
+                .collect()
+        };
+        let b = &self.batching;
+        ModelConfig {
+            name: self.name.clone(),
+            platform: PLATFORM.to_string(),
+            backend: "tract".to_string(),
+            max_batch_size: if batched { b.max_batch_size as u32 } else { 0 },
+            input: tensors(&sig.inputs),
+            output: tensors(&sig.outputs),
+            dynamic_batching: batched.then(|| DynamicBatching {
+                preferred_batch_size: b.preferred_batch_sizes.iter().map(|p| *p as u32).collect(),
+                max_queue_delay_microseconds: b.max_queue_delay_us,
+                default_queue_policy: QueuePolicy {
+                    max_queue_size: b.max_queue_size as u32,
+                    default_timeout_microseconds: b.timeout_ms * 1000,
+                },
+            }),
+            instance_group: vec![InstanceGroup {
+                count: b.instances as u32,
+                kind: "KIND_CPU".into(),
+            }],
+            version_policy: serde_json::json!({"all": {}}),
+        }
+    }
+}
+
+/// Runs the model once per batch size it will see first (1, the preferred sizes and the
+/// largest), so the first real requests do not pay for lazy initialisation.
+fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
+    let sig = &model.signature;
+    let mut sizes = vec![1];
+    if sig.batched {
+        sizes.extend(batching.preferred_batch_sizes.iter().copied());
+        sizes.push(batching.max_batch_size);
+        sizes.sort_unstable();
+        sizes.dedup();
+    }
+    for rows in sizes {
+        let inputs: TVec<TValue> = sig
+            .inputs
+            .iter()
+            .map(|m| {
+                let shape: Vec<usize> = m
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, d)| match *d {
+                        -1 if axis == 0 && sig.batched => rows,
+                        -1 => 1,
+                        d => d as usize,
+                    })
+                    .collect();
+                Ok(TractTensor::zero_dt(datum_type(m.datatype), &shape)?.into())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        model
+            .run(inputs)
+            .map_err(|e| e.context(format!("warm-up run with {rows} row(s)")))?;
+    }
+    Ok(())
+}
+

@@ -1,6 +1,7 @@
 //! Where a request runs: the in-process engine (standalone) or the worker pool (cluster).
 //! Both answer with the same types, so routes do not care which.
 
+use crate::catalog::Catalog;
 use crate::pool::WorkerPool;
 use bytes::Bytes;
 use reqwest::Method;
@@ -18,8 +19,8 @@ use vatic_worker::Engine;
 pub enum Backend {
     /// Standalone: models run in this process.
     Local(Arc<Engine>),
-    /// Cluster: models run in worker processes.
-    Remote(Arc<WorkerPool>),
+    /// Cluster: models run in worker processes, routed by the registry's view.
+    Remote(Arc<WorkerPool>, Arc<Catalog>),
 }
 
 fn model_path(model: &str, version: Option<&str>, suffix: &str) -> String {
@@ -29,12 +30,28 @@ fn model_path(model: &str, version: Option<&str>, suffix: &str) -> String {
     }
 }
 
+/// The version a cluster request goes to: the one named, else the registry's default, so the
+/// pool can pick a worker that has it ready.
+fn resolve<'a>(
+    catalog: &Catalog,
+    model: &'a str,
+    version: Option<&str>,
+) -> (Option<String>, Option<(&'a str, u64)>) {
+    match version {
+        Some(v) => (Some(v.to_string()), v.parse().ok().map(|n| (model, n))),
+        None => match catalog.default_version(model) {
+            Some(n) => (Some(n.to_string()), Some((model, n))),
+            None => (None, None),
+        },
+    }
+}
+
 impl Backend {
     /// Whether requests can be served now.
     pub fn is_ready(&self) -> bool {
         match self {
             Backend::Local(engine) => engine.is_ready(),
-            Backend::Remote(pool) => pool.any_healthy(),
+            Backend::Remote(pool, _) => pool.any_healthy(),
         }
     }
 
@@ -48,7 +65,9 @@ impl Backend {
     ) -> Result<InferResponse, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.infer(model, version, req).await?),
-            Backend::Remote(pool) => {
+            Backend::Remote(pool, catalog) => {
+                let (version, target) = resolve(catalog, model, version);
+                let version = version.as_deref();
                 let mut forwarded = req.clone();
                 forwarded
                     .parameters
@@ -64,6 +83,7 @@ impl Backend {
                         &model_path(model, version, "/infer"),
                         body,
                         request_id,
+                        target,
                     )
                     .await?;
                 answer.ok()?;
@@ -86,8 +106,9 @@ impl Backend {
     ) -> Result<ModelMetadata, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.metadata(model, version)?),
-            Backend::Remote(pool) => {
-                pool.json(Method::GET, &model_path(model, version, ""))
+            Backend::Remote(pool, catalog) => {
+                let (version, target) = resolve(catalog, model, version);
+                pool.json(Method::GET, &model_path(model, version.as_deref(), ""), target)
                     .await
             }
         }
@@ -97,13 +118,15 @@ impl Backend {
     pub async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.model_ready(model, version)?),
-            Backend::Remote(pool) => {
+            Backend::Remote(pool, catalog) => {
+                let (version, target) = resolve(catalog, model, version);
                 let answer = pool
                     .send(
                         Method::GET,
-                        &model_path(model, version, "/ready"),
+                        &model_path(model, version.as_deref(), "/ready"),
                         None,
                         None,
+                        target,
                     )
                     .await?;
                 match answer.status {
@@ -123,9 +146,14 @@ impl Backend {
     ) -> Result<ModelConfig, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.config(model, version)?),
-            Backend::Remote(pool) => {
-                pool.json(Method::GET, &model_path(model, version, "/config"))
-                    .await
+            Backend::Remote(pool, catalog) => {
+                let (version, target) = resolve(catalog, model, version);
+                pool.json(
+                    Method::GET,
+                    &model_path(model, version.as_deref(), "/config"),
+                    target,
+                )
+                .await
             }
         }
     }
@@ -138,7 +166,7 @@ impl Backend {
     ) -> Result<ModelStatsResponse, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.stats(model, version)?),
-            Backend::Remote(pool) => {
+            Backend::Remote(pool, _) => {
                 let path = match model {
                     Some(m) => model_path(m, version, "/stats"),
                     None => "/v2/models/stats".to_string(),
@@ -167,7 +195,10 @@ impl Backend {
     pub async fn index(&self) -> Result<Vec<RepositoryModel>, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.index()),
-            Backend::Remote(pool) => pool.json(Method::POST, "/v2/repository/index").await,
+            Backend::Remote(pool, _) => {
+                pool.json(Method::POST, "/v2/repository/index", None)
+                    .await
+            }
         }
     }
 }

@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod catalog;
 pub mod pool;
 pub mod prediction_log;
+pub mod registry;
 pub mod routes;
 pub mod settings;
 
@@ -20,6 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vatic_worker::http::{drain, on_connect, request_id, shutdown_signal};
+use catalog::Catalog;
+use prediction_log::PredictionLog;
+use vatic_worker::reconcile::Reconciler;
 use vatic_worker::Engine;
 
 /// A built api server, listening but not yet serving.
@@ -30,32 +35,93 @@ pub struct Application {
     pub state: web::Data<AppState>,
     server: Option<Server>,
     drain: Duration,
+    reconcile: Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Application {
     /// Binds and builds the server. In standalone mode, models start loading in the background:
-    /// the server is live at once and ready when every model is loaded and warmed.
-    pub fn build(settings: &ApiSettings) -> anyhow::Result<Application> {
+    /// the server is live at once and ready when the first set of models is loaded and warmed.
+    pub async fn build(settings: &ApiSettings) -> anyhow::Result<Application> {
         settings.validate()?;
+        let store = settings.database.open().await?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
+        let catalog = Arc::new(Catalog::default());
+        let nudge = Arc::new(tokio::sync::Notify::new());
+        let mut registry_nudge = None;
+        let mut reconcile = None;
         let backend = match settings.mode {
             Mode::Standalone => {
                 let engine = Arc::new(Engine::new(&settings.engine()));
-                engine.apply(vatic_worker::folder::scan(&settings.models_dir)?);
+                match &store {
+                    Some(store) => {
+                        if settings.import_models {
+                            let added = registry::import_folder(
+                                store,
+                                &settings.models_dir,
+                                &settings.batching,
+                            )
+                            .await?;
+                            tracing::info!(added, models_dir = %settings.models_dir.display(), "models folder imported into the registry");
+                        }
+                        let reconciler = Reconciler::new(
+                            engine.clone(),
+                            store.clone(),
+                            settings.registry.clone(),
+                            None,
+                        );
+                        registry_nudge = Some(reconciler.nudger());
+                        let (stop, stopped) = tokio::sync::watch::channel(false);
+                        reconcile = Some((stop, tokio::spawn(reconciler.run(stopped))));
+                    }
+                    None => {
+                        engine.apply(vatic_worker::folder::scan(&settings.models_dir)?);
+                    }
+                }
                 Backend::Local(engine)
             }
-            Mode::Cluster => Backend::Remote(pool::WorkerPool::start(
-                &settings.workers,
-                Duration::from_millis(settings.health_interval_ms),
-                Duration::from_millis(settings.worker_timeout_ms),
-            )?),
+            Mode::Cluster => Backend::Remote(
+                pool::WorkerPool::start(
+                    &settings.workers,
+                    Duration::from_millis(settings.health_interval_ms),
+                    Duration::from_millis(settings.worker_timeout_ms),
+                )?,
+                catalog.clone(),
+            ),
         };
+        let mut prediction_log = None;
+        if let Some(store) = &store {
+            let pool = match &backend {
+                Backend::Remote(pool, _) => Some(pool.clone()),
+                Backend::Local(_) => None,
+            };
+            catalog::watch(
+                store.clone(),
+                catalog.clone(),
+                pool,
+                Duration::from_millis(settings.fleet_refresh_ms),
+                Duration::from_millis(settings.heartbeat_timeout_ms),
+                nudge.clone(),
+            );
+            prediction_log = Some(PredictionLog::start(
+                store.clone(),
+                settings.prediction_log.clone(),
+            )?);
+        }
         let state = web::Data::new(AppState {
             backend,
             accepting: true.into(),
             max_body_bytes: settings.max_body_bytes,
+            store,
+            uploads: routes::admin::Uploads {
+                dir: settings.upload_dir.clone(),
+                max_model_bytes: settings.max_model_bytes,
+            },
+            batching: settings.batching.clone(),
+            prediction_log,
+            catalog,
+            registry_nudges: registry_nudge.into_iter().chain([nudge]).collect(),
         });
         let app_state = state.clone();
         let server = HttpServer::new(move || {
@@ -66,6 +132,7 @@ impl Application {
                 .configure(|cfg| routes::health::configure(cfg, app_state.clone()))
                 .configure(routes::v2::configure)
                 .configure(routes::tfserving::configure)
+                .configure(routes::admin::configure)
         })
         .on_connect(on_connect)
         .disable_signals()
@@ -78,6 +145,7 @@ impl Application {
             state,
             server: Some(server),
             drain: Duration::from_secs(settings.drain_secs),
+            reconcile,
         })
     }
 
@@ -101,7 +169,7 @@ impl Application {
     }
 
     /// The shutdown sequence, for `run_until_signal` and tests.
-    pub async fn shutdown(&self, handle: &ServerHandle, drain_for: Duration) {
+    pub async fn shutdown(&mut self, handle: &ServerHandle, drain_for: Duration) {
         let state = self.state.clone();
         drain(handle, drain_for, || {
             state.accepting.store(false, Ordering::SeqCst);
@@ -110,9 +178,16 @@ impl Application {
             }
         })
         .await;
+        if let Some((stop, task)) = self.reconcile.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         if let Backend::Local(engine) = &self.state.backend {
             let engine = engine.clone();
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        }
+        if let Some(log) = &self.state.prediction_log {
+            log.shutdown().await;
         }
         tracing::info!("stopped");
     }
@@ -120,5 +195,5 @@ impl Application {
 
 /// Runs the api binary.
 pub async fn run(settings: ApiSettings) -> anyhow::Result<()> {
-    Application::build(&settings)?.run_until_signal().await
+    Application::build(&settings).await?.run_until_signal().await
 }

@@ -5,8 +5,9 @@
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vatic_schema::ErrorBody;
 use vatic_worker::http::{HttpError, REQUEST_ID};
@@ -17,9 +18,30 @@ pub struct WorkerNode {
     pub url: String,
     healthy: AtomicBool,
     outstanding: AtomicUsize,
+    /// For workers found in the fleet table: the versions their heartbeat reports ready.
+    /// `None` for workers from the static list, which are assumed to serve everything.
+    serves: RwLock<Option<HashSet<(String, u64)>>>,
 }
 
 impl WorkerNode {
+    fn new(url: &str, serves: Option<HashSet<(String, u64)>>) -> WorkerNode {
+        WorkerNode {
+            url: url.trim_end_matches('/').to_string(),
+            healthy: AtomicBool::new(serves.is_some()),
+            outstanding: AtomicUsize::new(0),
+            serves: RwLock::new(serves),
+        }
+    }
+
+    /// Whether this worker can take a request for `target` (any version when `None`).
+    fn can_serve(&self, target: Option<(&str, u64)>) -> bool {
+        match (&*self.serves.read().expect("serves lock"), target) {
+            (None, _) => true,
+            (Some(_), None) => true,
+            (Some(set), Some((m, v))) => set.contains(&(m.to_string(), v)),
+        }
+    }
+
     /// Whether the last health check (or request) succeeded.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -47,7 +69,7 @@ pub struct Answer {
 
 /// The worker fleet of this api replica.
 pub struct WorkerPool {
-    nodes: Vec<Arc<WorkerNode>>,
+    nodes: RwLock<Vec<Arc<WorkerNode>>>,
     client: reqwest::Client,
     timeout: Duration,
     next: AtomicUsize,
@@ -68,16 +90,10 @@ impl WorkerPool {
             .build()?;
         let nodes = urls
             .iter()
-            .map(|u| {
-                Arc::new(WorkerNode {
-                    url: u.trim_end_matches('/').to_string(),
-                    healthy: AtomicBool::new(false),
-                    outstanding: AtomicUsize::new(0),
-                })
-            })
+            .map(|u| Arc::new(WorkerNode::new(u, None)))
             .collect();
         let pool = Arc::new(WorkerPool {
-            nodes,
+            nodes: RwLock::new(nodes),
             client,
             timeout,
             next: AtomicUsize::new(0),
@@ -98,7 +114,8 @@ impl WorkerPool {
     }
 
     async fn check_all(&self, timeout: Duration) {
-        let checks = self.nodes.iter().map(|node| async move {
+        let nodes = self.nodes();
+        let checks = nodes.iter().map(|node| async move {
             let url = format!("{}/v2/health/ready", node.url);
             let ok = matches!(self.client.get(&url).timeout(timeout).send().await, Ok(r) if r.status() == 200);
             if ok != node.is_healthy() {
@@ -110,28 +127,70 @@ impl WorkerPool {
     }
 
     /// The workers, for status pages and tests.
-    pub fn nodes(&self) -> &[Arc<WorkerNode>] {
-        &self.nodes
+    pub fn nodes(&self) -> Vec<Arc<WorkerNode>> {
+        self.nodes.read().expect("nodes lock").clone()
     }
 
     /// Whether any worker is healthy.
     pub fn any_healthy(&self) -> bool {
-        self.nodes.iter().any(|n| n.is_healthy())
+        self.nodes().iter().any(|n| n.is_healthy())
     }
 
-    /// The healthy worker with the fewest requests in flight (ties rotate), skipping `tried`;
-    /// when none is healthy, any untried worker, so the caller hears the worker's own reason.
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let n = self.nodes.len();
+    /// Takes the fleet table's view: workers with a fresh heartbeat join (or stay, with the
+    /// versions they report ready), workers whose heartbeat is stale or gone leave. Workers
+    /// from the static list are kept as they are.
+    pub fn set_fleet(&self, workers: &[vatic_schema::admin::WorkerStatus], max_age_secs: f64) {
+        let mut nodes = self.nodes.write().expect("nodes lock");
+        let fresh: Vec<_> = workers
+            .iter()
+            .filter(|w| w.heartbeat_age_secs <= max_age_secs)
+            .collect();
+        nodes.retain(|n| {
+            n.serves.read().expect("serves lock").is_none()
+                || fresh.iter().any(|w| w.address.trim_end_matches('/') == n.url)
+        });
+        for w in fresh {
+            let ready: HashSet<(String, u64)> = w
+                .loaded
+                .iter()
+                .filter(|l| l.state == vatic_schema::admin::LoadState::Ready)
+                .map(|l| (l.model.clone(), l.version))
+                .collect();
+            let url = w.address.trim_end_matches('/');
+            match nodes.iter().find(|n| n.url == url) {
+                Some(n) => {
+                    let mut serves = n.serves.write().expect("serves lock");
+                    if serves.is_some() {
+                        *serves = Some(ready);
+                    }
+                }
+                None => {
+                    tracing::info!(worker = %url, "worker joined from the fleet table");
+                    nodes.push(Arc::new(WorkerNode::new(url, Some(ready))));
+                }
+            }
+        }
+    }
+
+    /// The healthy worker able to serve `target` with the fewest requests in flight (ties
+    /// rotate), skipping `tried`; when none is healthy, any untried one that serves it, so
+    /// the caller hears the worker's own reason.
+    fn pick(
+        &self,
+        nodes: &[Arc<WorkerNode>],
+        tried: &[usize],
+        target: Option<(&str, u64)>,
+    ) -> Option<usize> {
+        let n = nodes.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let candidates = (0..n)
             .map(|i| (start + i) % n)
-            .filter(|i| !tried.contains(i));
+            .filter(|i| !tried.contains(i) && nodes[*i].can_serve(target));
         let best = |healthy_only: bool| {
             candidates
                 .clone()
-                .filter(|i| !healthy_only || self.nodes[*i].is_healthy())
-                .min_by_key(|i| self.nodes[*i].outstanding.load(Ordering::Relaxed))
+                .filter(|i| !healthy_only || nodes[*i].is_healthy())
+                .min_by_key(|i| nodes[*i].outstanding.load(Ordering::Relaxed))
         };
         best(true).or_else(|| best(false))
     }
@@ -144,13 +203,22 @@ impl WorkerPool {
         path: &str,
         body: Option<(Bytes, Option<usize>)>,
         request_id: Option<&str>,
+        target: Option<(&str, u64)>,
     ) -> Result<Answer, HttpError> {
+        let nodes = self.nodes();
         let mut tried = Vec::with_capacity(2);
-        let mut last_error = String::from("no worker is configured");
-        for _ in 0..2.min(self.nodes.len()) {
-            let Some(i) = self.pick(&tried) else { break };
+        let mut last_error = match target {
+            Some((m, v)) if !nodes.is_empty() => {
+                format!("no worker reports model '{m}' version {v} ready yet")
+            }
+            _ => String::from("no worker is configured or has sent a heartbeat"),
+        };
+        for _ in 0..2.min(nodes.len()) {
+            let Some(i) = self.pick(&nodes, &tried, target) else {
+                break;
+            };
             tried.push(i);
-            let node = &self.nodes[i];
+            let node = &nodes[i];
             node.outstanding.fetch_add(1, Ordering::Relaxed);
             let _guard = Outstanding(node);
             match Self::exchange(self.request(
@@ -217,8 +285,8 @@ impl WorkerPool {
 
     /// GETs JSON from every healthy worker, each answer on its own.
     pub async fn json_each<T: DeserializeOwned>(&self, path: &str) -> Vec<Result<T, HttpError>> {
-        let calls = self
-            .nodes
+        let nodes = self.nodes();
+        let calls = nodes
             .iter()
             .filter(|n| n.is_healthy())
             .map(|node| async move {
@@ -254,8 +322,11 @@ impl WorkerPool {
         &self,
         method: reqwest::Method,
         path: &str,
+        target: Option<(&str, u64)>,
     ) -> Result<T, HttpError> {
-        self.send(method, path, None, None).await?.parse(path)
+        self.send(method, path, None, None, target)
+            .await?
+            .parse(path)
     }
 }
 

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use crate::prediction_log::PredictionLogSettings;
+use vatic_worker::reconcile::ReconcileSettings;
+use vatic_worker::settings::DatabaseSettings;
 use vatic_worker::telemetry::LogSettings;
 use vatic_worker::{BatchingConfig, EngineSettings};
 
@@ -37,6 +40,25 @@ pub struct ApiSettings {
     pub health_interval_ms: u64,
     /// Cluster: longest wait for a worker's answer, in milliseconds.
     pub worker_timeout_ms: u64,
+    /// The registry database. Standalone: models come from it (after importing `models_dir`
+    /// when `import_models` is set). Cluster: workers are found in its fleet table.
+    pub database: DatabaseSettings,
+    /// Standalone with a database: import `models_dir` into the registry at start (by SHA-256,
+    /// so restarting imports nothing twice).
+    pub import_models: bool,
+    /// Standalone with a database: the cache of model files and the registry poll interval.
+    pub registry: ReconcileSettings,
+    /// Milliseconds between refreshes of the registry view and the fleet table (registry
+    /// changes also arrive at once by notification on PostgreSQL).
+    pub fleet_refresh_ms: u64,
+    /// A worker whose heartbeat is older than this many milliseconds gets no requests.
+    pub heartbeat_timeout_ms: u64,
+    /// Folder where uploaded model files wait while they are checked.
+    pub upload_dir: PathBuf,
+    /// Largest model file accepted by a push, in bytes (larger: 413).
+    pub max_model_bytes: u64,
+    /// The prediction log's queue, batching and spool.
+    pub prediction_log: PredictionLogSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -54,6 +76,14 @@ impl Default for ApiSettings {
             workers: Vec::new(),
             health_interval_ms: 1000,
             worker_timeout_ms: 60_000,
+            database: DatabaseSettings::default(),
+            import_models: false,
+            registry: ReconcileSettings::default(),
+            fleet_refresh_ms: 1000,
+            heartbeat_timeout_ms: 10_000,
+            upload_dir: PathBuf::from("data/uploads"),
+            max_model_bytes: 2 << 30,
+            prediction_log: PredictionLogSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -62,11 +92,18 @@ impl Default for ApiSettings {
 impl ApiSettings {
     /// Checks what serde cannot, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.prediction_log.validate("prediction_log")?;
+        if self.fleet_refresh_ms == 0 || self.heartbeat_timeout_ms == 0 {
+            anyhow::bail!("fleet_refresh_ms and heartbeat_timeout_ms must be at least 1");
+        }
+        if self.import_models && self.database.url.is_none() {
+            anyhow::bail!("import_models: needs database.url (the registry to import into)");
+        }
         match self.mode {
             Mode::Standalone => self.batching.validate("batching"),
             Mode::Cluster => {
-                if self.workers.is_empty() {
-                    anyhow::bail!("workers: cluster mode needs at least one worker URL (or run with --standalone)");
+                if self.workers.is_empty() && self.database.url.is_none() {
+                    anyhow::bail!("workers: cluster mode needs at least one worker URL or database.url to find workers in the fleet table (or run with --standalone)");
                 }
                 for w in &self.workers {
                     if !(w.starts_with("http://") || w.starts_with("https://")) {

@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource.
 
+pub mod admin;
 pub mod health;
 pub mod tfserving;
 pub mod v2;
@@ -17,6 +18,18 @@ pub struct AppState {
     pub accepting: AtomicBool,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// The registry, when a database is configured.
+    pub store: Option<vatic_store::Store>,
+    /// Uploads of model files.
+    pub uploads: admin::Uploads,
+    /// Batching defaults a pushed model is checked with.
+    pub batching: vatic_worker::BatchingConfig,
+    /// The prediction log, when a database is configured.
+    pub prediction_log: Option<crate::prediction_log::PredictionLog>,
+    /// This replica's view of the registry.
+    pub catalog: std::sync::Arc<crate::catalog::Catalog>,
+    /// Woken after a registry change made through this process, so it applies at once.
+    pub registry_nudges: Vec<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl AppState {
@@ -24,10 +37,73 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.accepting.load(Ordering::SeqCst) && self.backend.is_ready()
     }
+
+    /// Tells this process's reconcile loop that the registry changed.
+    pub fn registry_changed(&self) {
+        for n in &self.registry_nudges {
+            n.notify_one();
+        }
+    }
 }
 
 /// Shared state as handlers receive it.
 pub type State = actix_web::web::Data<AppState>;
+
+/// Hands one answered inference request to the prediction log, per the model's log mode and
+/// sample rate. Never waits for the database.
+pub fn log_prediction(
+    s: &AppState,
+    model: &str,
+    request_id: Option<&str>,
+    arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
+    request: Option<&vatic_schema::InferRequest>,
+    answer: Result<&vatic_schema::InferResponse, &vatic_worker::http::HttpError>,
+    version: Option<&str>,
+) {
+    use actix_web::ResponseError;
+    use vatic_schema::admin::LogMode;
+    let Some(log) = &s.prediction_log else { return };
+    let (mode, rate) = s.catalog.log_settings(model);
+    if mode == LogMode::Off {
+        return;
+    }
+    let id = uuid::Uuid::new_v4();
+    // The id's random bits double as the sampling draw.
+    let draw = (id.as_u128() >> 64) as u64 as f64 / u64::MAX as f64;
+    if rate < 1.0 && draw >= rate {
+        return;
+    }
+    let json = |body: Vec<u8>| String::from_utf8(body).ok();
+    let (status, version, response) = match answer {
+        Ok(r) => (
+            200,
+            r.model_version.clone().or(version.map(str::to_string)),
+            (mode == LogMode::Full)
+                .then(|| json(vatic_schema::v2::encode_response(r, |_| false).body))
+                .flatten(),
+        ),
+        Err(e) => (
+            e.status_code().as_u16(),
+            version.map(str::to_string),
+            None,
+        ),
+    };
+    let request = request
+        .filter(|_| mode == LogMode::Full)
+        .and_then(|r| json(vatic_schema::v2::encode_request(r, false).body));
+    log.log(vatic_store::PredictionRecord {
+        id,
+        at: arrived.0,
+        request_id: request_id.unwrap_or_default().to_string(),
+        model: model.to_string(),
+        version: version.unwrap_or_default(),
+        api_key: None,
+        status,
+        latency_us: arrived.1.elapsed().as_micros() as u64,
+        request,
+        response,
+    });
+}
 
 /// The request id the middleware assigned.
 pub fn request_id(req: &HttpRequest) -> Option<String> {

@@ -1,7 +1,7 @@
 //! TF-Serving's REST API: `POST /v1/models/{m}[/versions/{v}]:predict` (row and columnar forms),
 //! `GET /v1/models/{m}[/versions/{v}]` (status) and `.../metadata`.
 
-use super::{request_id, State};
+use super::{log_prediction, request_id, State};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use vatic_schema::tfserving::{self, ModelStatus, PredictRequest, StatusCode, VersionStatus};
@@ -65,18 +65,29 @@ async fn post_verb(
         None => (split_verb(&p.model)?.to_string(), None),
         Some(v) => (p.model.clone(), Some(split_verb(v)?.to_string())),
     };
+    let arrived = (chrono::Utc::now(), std::time::Instant::now());
     let body = read_body(&req, payload, s.max_body_bytes).await?;
     let predict: PredictRequest =
         serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
     let id = request_id(&req);
-    let response = until_client_gone(
+    let answer = until_client_gone(
         &req,
         s.backend
             .infer(&model, version.as_deref(), &request, id.as_deref()),
     )
-    .await?;
+    .await;
+    log_prediction(
+        &s,
+        &model,
+        id.as_deref(),
+        arrived,
+        Some(&request),
+        answer.as_ref(),
+        version.as_deref(),
+    );
+    let response = answer?;
     Ok(HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?))
 }
 

@@ -1,6 +1,6 @@
 //! The KServe V2 model routes: metadata, ready, Triton's config and statistics, infer.
 
-use super::{request_id, State};
+use super::{log_prediction, request_id, State};
 use actix_web::{web, HttpRequest, HttpResponse};
 use vatic_schema::v2;
 use vatic_worker::http::{
@@ -58,15 +58,26 @@ async fn post_infer(
     p: web::Path<ModelPath>,
     payload: web::Payload,
 ) -> Result<HttpResponse, HttpError> {
+    let arrived = (chrono::Utc::now(), std::time::Instant::now());
     let body = read_body(&req, payload, s.max_body_bytes).await?;
     let request = v2::decode_request(&body, header_length(&req)?)?;
     let id = request_id(&req);
-    let response = until_client_gone(
+    let answer = until_client_gone(
         &req,
         s.backend
             .infer(&p.model, p.version.as_deref(), &request, id.as_deref()),
     )
-    .await?;
+    .await;
+    log_prediction(
+        &s,
+        &p.model,
+        id.as_deref(),
+        arrived,
+        Some(&request),
+        answer.as_ref(),
+        p.version.as_deref(),
+    );
+    let response = answer?;
     Ok(v2_response(v2::encode_response(&response, |t| {
         request.wants_binary(&t.name)
     })))

@@ -67,7 +67,7 @@ async fn without_a_healthy_worker_the_api_is_not_ready_and_says_why() {
         .unwrap()
         .port();
     let settings = cluster_settings(vec![format!("http://127.0.0.1:{port}")]);
-    let mut app = vatic_api::Application::build(&settings).unwrap();
+    let mut app = vatic_api::Application::build(&settings).await.unwrap();
     let handle = app.spawn();
     let base = format!("http://{}", app.addr);
     let client = reqwest::Client::new();

@@ -30,7 +30,7 @@ impl TestApi {
         if std::env::var_os("TEST_LOG").is_some() {
             vatic_worker::telemetry::init(&Default::default());
         }
-        let mut app = Application::build(&settings).expect("api builds");
+        let mut app = Application::build(&settings).await.expect("api builds");
         let handle = app.spawn();
         let base = format!("http://{}", app.addr);
         let client = reqwest::Client::builder()
@@ -61,7 +61,7 @@ impl TestApi {
         post_json(&self.client, &self.base, path, body).await
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.app.shutdown(&self.handle, Duration::ZERO).await;
     }
 }

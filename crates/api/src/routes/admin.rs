@@ -1,0 +1,371 @@
+//! The admin API, `/admin/v1/...`: the model registry, the worker fleet, the prediction log and
+//! the audit log. Every route sits behind [`admin_access`], the one place authentication plugs in.
+
+use crate::registry::{self, PushError, Upload};
+use crate::routes::State;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use vatic_schema::admin::{ModelSettings, VersionState};
+use vatic_schema::ErrorBody;
+use vatic_store::{Store, StoreError};
+
+/// Who is making an admin change, as recorded in the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// Errors of the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is malformed or names something invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The upload exceeds `max_model_bytes`.
+    #[error("the model file exceeds the limit of {0} bytes (max_model_bytes)")]
+    TooLarge(u64),
+    /// No database is configured.
+    #[error("the admin API needs the registry database: set database.url")]
+    NoDatabase,
+    /// The registry refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A local file operation failed.
+    #[error("upload: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<PushError> for AdminError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Invalid(m) => AdminError::BadRequest(m),
+            PushError::Store(s) => AdminError::Store(s),
+            PushError::Io(e) => AdminError::Io(e),
+        }
+    }
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::NoDatabase => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Store(e) => match e {
+                StoreError::ModelNotFound(_) | StoreError::VersionNotFound { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                StoreError::Conflict(_) => StatusCode::CONFLICT,
+                StoreError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::SchemaTooNew { .. } | StoreError::SchemaBehind { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                StoreError::Migrate(_)
+                | StoreError::UnsupportedUrl(_)
+                | StoreError::Artifact { .. }
+                | StoreError::Io(_)
+                | StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, AdminError::Store(StoreError::Database(_))) {
+            resp.insert_header((RETRY_AFTER, "1"));
+        }
+        let error = match self {
+            AdminError::Store(StoreError::Database(e)) => {
+                format!("the registry database is unavailable: {e}")
+            }
+            other => other.to_string(),
+        };
+        resp.json(ErrorBody { error })
+    }
+}
+
+/// The admin access check. Every admin route passes here; for now it records the caller as
+/// `anonymous` (API keys and roles plug in here).
+pub async fn admin_access(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    req.extensions_mut().insert(Actor("anonymous".into()));
+    next.call(req).await
+}
+
+/// Registers the admin routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin/v1")
+            .wrap(from_fn(admin_access))
+            .app_data(web::JsonConfig::default().error_handler(|e, _| {
+                AdminError::BadRequest(format!("invalid JSON body: {e}")).into()
+            }))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                AdminError::BadRequest(format!("invalid query: {e}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                AdminError::BadRequest(format!("invalid path: {e}")).into()
+            }))
+            .route("/models", web::get().to(list_models))
+            .route("/models/{name}", web::get().to(get_model))
+            .route("/models/{name}", web::patch().to(update_model))
+            .route("/models/{name}/versions", web::post().to(push_version))
+            .route("/models/{name}/versions/{version}", web::get().to(get_version))
+            .route(
+                "/models/{name}/versions/{version}/retire",
+                web::post().to(retire_version),
+            )
+            .route("/workers", web::get().to(list_workers))
+            .route("/audit", web::get().to(list_audit))
+            .route("/retention", web::post().to(apply_retention))
+            .route("/prediction-log", web::get().to(prediction_log_stats)),
+    );
+}
+
+fn store(s: &State) -> Result<&Store, AdminError> {
+    s.store.as_ref().ok_or(AdminError::NoDatabase)
+}
+
+fn actor(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<Actor>()
+        .map(|a| a.0.clone())
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+async fn list_models(s: State) -> Result<HttpResponse, AdminError> {
+    Ok(HttpResponse::Ok().json(store(&s)?.models().await?))
+}
+
+async fn get_model(s: State, name: web::Path<String>) -> Result<HttpResponse, AdminError> {
+    Ok(HttpResponse::Ok().json(store(&s)?.model(&name).await?))
+}
+
+async fn update_model(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<ModelSettings>,
+) -> Result<HttpResponse, AdminError> {
+    if let Some(rate) = body.log_sample_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(AdminError::BadRequest(format!(
+                "log_sample_rate must be between 0 and 1, got {rate}"
+            )));
+        }
+    }
+    let info = store(&s)?
+        .set_model_settings(&name, &body, &actor(&req))
+        .await?;
+    s.registry_changed();
+    Ok(HttpResponse::Ok().json(info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushQuery {
+    version: Option<u64>,
+}
+
+/// `POST /admin/v1/models/{name}/versions`: the body is the ONNX file
+/// (`application/octet-stream`), or a `multipart/form-data` form with a `model` file part and
+/// an optional `config` part holding a `model.toml`.
+async fn push_version(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    query: web::Query<PushQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, AdminError> {
+    let store = store(&s)?.clone();
+    registry::check_name(&name)?;
+    let dir = s.uploads.dir.clone();
+    std::fs::create_dir_all(&dir)?;
+    let file = registry::upload_path(&dir);
+    let result = async {
+        let config = receive(&req, payload, &file, s.uploads.max_model_bytes).await?;
+        let upload = Upload {
+            model: &name,
+            version: query.version,
+            file: &file,
+            config: &config,
+            actor: &actor(&req),
+        };
+        Ok::<_, AdminError>(registry::push(&store, &upload, &s.batching).await?)
+    }
+    .await;
+    let _ = std::fs::remove_file(&file);
+    let pushed = result?;
+    s.registry_changed();
+    Ok(HttpResponse::Created().json(pushed))
+}
+
+/// Streams the upload to `file`; returns the `model.toml` text sent with it (empty for none).
+async fn receive(
+    req: &HttpRequest,
+    payload: web::Payload,
+    file: &Path,
+    limit: u64,
+) -> Result<String, AdminError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("multipart/form-data") {
+        let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        let mut config = String::new();
+        let mut got_model = false;
+        while let Some(field) = form
+            .try_next()
+            .await
+            .map_err(|e| AdminError::BadRequest(format!("multipart form: {e}")))?
+        {
+            let part = field.name().unwrap_or_default().to_string();
+            match part.as_str() {
+                "model" => {
+                    write_stream(field.map(|c| c.map_err(|e| e.to_string())), file, limit).await?;
+                    got_model = true;
+                }
+                "config" => {
+                    let bytes = collect(field.map(|c| c.map_err(|e| e.to_string())), 1 << 20).await?;
+                    config = String::from_utf8(bytes).map_err(|_| {
+                        AdminError::BadRequest("the config part is not UTF-8 text".into())
+                    })?;
+                }
+                other => {
+                    return Err(AdminError::BadRequest(format!(
+                        "unknown form part '{other}' (expected 'model' and optionally 'config')"
+                    )))
+                }
+            }
+        }
+        if !got_model {
+            return Err(AdminError::BadRequest(
+                "the form has no 'model' part with the ONNX file".into(),
+            ));
+        }
+        Ok(config)
+    } else {
+        write_stream(payload.map(|c| c.map_err(|e| e.to_string())), file, limit).await?;
+        Ok(String::new())
+    }
+}
+
+async fn write_stream(
+    mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+    file: &Path,
+    limit: u64,
+) -> Result<(), AdminError> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| AdminError::BadRequest(format!("reading the upload: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(AdminError::TooLarge(limit));
+        }
+        out.write_all(&chunk)?;
+    }
+    out.flush()?;
+    if size == 0 {
+        return Err(AdminError::BadRequest(
+            "the upload is empty: send the ONNX file as the request body".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn collect(
+    mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+    limit: usize,
+) -> Result<Vec<u8>, AdminError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| AdminError::BadRequest(format!("reading the form: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(AdminError::BadRequest(format!(
+                "the config part exceeds {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn get_version(
+    s: State,
+    path: web::Path<(String, u64)>,
+) -> Result<HttpResponse, AdminError> {
+    let (name, version) = path.into_inner();
+    Ok(HttpResponse::Ok().json(store(&s)?.model_version(&name, version).await?))
+}
+
+async fn retire_version(
+    s: State,
+    req: HttpRequest,
+    path: web::Path<(String, u64)>,
+) -> Result<HttpResponse, AdminError> {
+    let (name, version) = path.into_inner();
+    let info = store(&s)?
+        .set_version_state(&name, version, VersionState::Retired, &actor(&req))
+        .await?;
+    tracing::info!(model = %name, version, actor = %actor(&req), "model version retired");
+    s.registry_changed();
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn list_workers(s: State) -> Result<HttpResponse, AdminError> {
+    Ok(HttpResponse::Ok().json(store(&s)?.workers().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn list_audit(s: State, q: web::Query<AuditQuery>) -> Result<HttpResponse, AdminError> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(HttpResponse::Ok().json(store(&s)?.audit_log(limit).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    keep_days: u32,
+}
+
+async fn apply_retention(
+    s: State,
+    body: web::Json<RetentionBody>,
+) -> Result<HttpResponse, AdminError> {
+    let report = store(&s)?.apply_retention(body.keep_days).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+async fn prediction_log_stats(s: State) -> Result<HttpResponse, AdminError> {
+    match &s.prediction_log {
+        Some(log) => Ok(HttpResponse::Ok().json(log.stats())),
+        None => Err(AdminError::NoDatabase),
+    }
+}
+
+/// Where uploads are written while they are checked, and how large they may be.
+#[derive(Debug, Clone)]
+pub struct Uploads {
+    /// Folder for uploads in progress.
+    pub dir: PathBuf,
+    /// Largest model file accepted, in bytes.
+    pub max_model_bytes: u64,
+}

@@ -1,6 +1,7 @@
 //! Model files, stored in the database in chunks and addressed by their SHA-256.
 
 use crate::{now, on_pool, Result, Store, StoreError};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -36,57 +37,84 @@ impl Store {
         }))
     }
 
-    /// Stores a file under its hash unless it is stored already; returns whether it stored it.
-    /// The caller has hashed the file; the chunks are written in one transaction, so a failure
-    /// leaves nothing behind.
-    pub(crate) async fn put_artifact(&self, file: &Path, sha256: &str, size: u64) -> Result<bool> {
-        if self.has_artifact(sha256).await? {
-            return Ok(false);
-        }
-        let chunks = size.div_ceil(CHUNK as u64).max(1);
-        let mut reader = std::fs::File::open(file)?;
-        let mut hasher = Sha256::new();
-        let stored = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let inserted = sqlx::query("INSERT INTO artifacts (sha256, size, chunks, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
-                .bind(sha256)
-                .bind(size as i64)
-                .bind(chunks as i32)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if inserted == 1 {
-                for seq in 0..chunks {
-                    let mut buf = Vec::with_capacity(CHUNK);
-                    (&mut reader).take(CHUNK as u64).read_to_end(&mut buf)?;
-                    hasher.update(&buf);
-                    sqlx::query("INSERT INTO artifact_chunks (sha256, seq, data) VALUES ($1, $2, $3)")
-                        .bind(sha256)
-                        .bind(seq as i32)
-                        .bind(buf)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let written = hex::encode(hasher.finalize_reset());
-                if written != sha256 {
-                    return Err(StoreError::Artifact {
-                        sha256: sha256.to_string(),
-                        reason: format!("the file changed while it was stored (now {written})"),
-                    });
-                }
-            }
-            tx.commit().await?;
-            inserted == 1
-        });
-        Ok(stored)
-    }
-
     /// Writes an artifact to `dest`, chunk by chunk, through a temporary file beside it that is
     /// renamed into place only once its size and hash match. Returns the size.
     pub async fn fetch_artifact(&self, sha256: &str, dest: &Path) -> Result<u64> {
         fetch_artifact_to(self, sha256, dest).await
     }
+}
+
+/// The row count of a statement's result, which sqlx offers per backend only.
+pub(crate) trait RowsAffected {
+    /// Rows the statement changed.
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// Stores a file under its hash unless it is stored already; returns whether it stored it. Runs
+/// on the caller's transaction, so the chunks are kept only if the whole change commits. The
+/// caller has hashed the file; a file that changed since is refused.
+pub(crate) async fn put_artifact_in<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    file: &Path,
+    sha256: &str,
+    size: u64,
+) -> Result<bool>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let chunks = size.div_ceil(CHUNK as u64).max(1);
+    let inserted = sqlx::query("INSERT INTO artifacts (sha256, size, chunks, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING")
+        .bind(sha256)
+        .bind(size as i64)
+        .bind(chunks as i32)
+        .bind(now())
+        .execute(&mut **tx)
+        .await?
+        .rows();
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let mut reader = std::fs::File::open(file)?;
+    let mut hasher = Sha256::new();
+    for seq in 0..chunks {
+        let mut buf = Vec::with_capacity(CHUNK);
+        (&mut reader).take(CHUNK as u64).read_to_end(&mut buf)?;
+        hasher.update(&buf);
+        sqlx::query("INSERT INTO artifact_chunks (sha256, seq, data) VALUES ($1, $2, $3)")
+            .bind(sha256)
+            .bind(seq as i32)
+            .bind(buf)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let got = hex::encode(hasher.finalize());
+    if got != sha256 {
+        return Err(StoreError::Artifact {
+            sha256: sha256.to_string(),
+            reason: format!("the file changed while it was stored (now {got})"),
+        });
+    }
+    Ok(true)
 }
 
 /// See [`Store::fetch_artifact`].

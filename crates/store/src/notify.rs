@@ -34,10 +34,12 @@ impl Listener {
         // the caller knows to catch up on what it missed.
         match self.inner.try_recv().await? {
             Some(n) => Ok(n.payload().to_string()),
-            None => Err(crate::StoreError::Database(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the LISTEN connection was lost",
-            )))),
+            None => Err(crate::StoreError::Database(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the LISTEN connection was lost",
+                ),
+            ))),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The prediction log table: batched, idempotent inserts (COPY into a staging table on
 //! PostgreSQL), day partitions on PostgreSQL, and retention.
 
-use crate::{on_pool, Pool, Result, Store};
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use crate::{on_pool, Pool, Result, Store, StoreError};
+use chrono::{DateTime, Days, NaiveDate, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -12,7 +12,7 @@ use sqlx::Row;
 pub struct PredictionRecord {
     /// Unique id of this record.
     pub id: uuid::Uuid,
-    /// When the request arrived.
+    /// When the request arrived; stored to the microsecond (finer digits are dropped).
     pub at: DateTime<Utc>,
     /// The request id (`X-Request-ID`).
     pub request_id: String,
@@ -65,6 +65,31 @@ fn copy_text(out: &mut String, value: Option<&str>) {
     }
 }
 
+/// SQLSTATE of a row no partition accepts (a check violation; the table has no other checks).
+const NO_PARTITION: &str = "23514";
+
+/// Copies COPY text rows into a staging table and moves the ones not stored yet into the log,
+/// in one transaction; returns how many were new.
+async fn copy_insert(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("CREATE TEMP TABLE predictions_in (LIKE predictions) ON COMMIT DROP")
+        .execute(&mut *tx)
+        .await?;
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY predictions_in ({COLUMNS}) FROM STDIN"))
+        .await?;
+    copy.send(data).await?;
+    copy.finish().await?;
+    let new = sqlx::query(&format!(
+        "INSERT INTO predictions ({COLUMNS}) SELECT {COLUMNS} FROM predictions_in ON CONFLICT DO NOTHING"
+    ))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(new)
+}
+
 impl Store {
     /// Inserts records, skipping any already stored (same id); returns how many were new.
     /// All or nothing: on error none of them is stored.
@@ -79,7 +104,7 @@ impl Store {
                 for r in records {
                     let fields = [
                         Some(r.id.to_string()),
-                        Some(crate::rfc3339(r.at)),
+                        Some(r.at.to_rfc3339_opts(SecondsFormat::Micros, true)),
                         Some(r.request_id.clone()),
                         Some(r.model.clone()),
                         Some(r.version.clone()),
@@ -97,23 +122,18 @@ impl Store {
                     }
                     data.push('\n');
                 }
-                let mut tx = pool.begin().await?;
-                sqlx::query("CREATE TEMP TABLE predictions_in (LIKE predictions) ON COMMIT DROP")
-                    .execute(&mut *tx)
-                    .await?;
-                let mut copy = tx
-                    .copy_in_raw(&format!("COPY predictions_in ({COLUMNS}) FROM STDIN"))
-                    .await?;
-                copy.send(data.into_bytes()).await?;
-                copy.finish().await?;
-                let new = sqlx::query(&format!(
-                    "INSERT INTO predictions ({COLUMNS}) SELECT {COLUMNS} FROM predictions_in ON CONFLICT DO NOTHING"
-                ))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(new)
+                match copy_insert(pool, data.as_bytes()).await {
+                    // No partition for a row: another process (retention) dropped a day this
+                    // handle remembers making. Make the days again and retry once.
+                    Err(StoreError::Database(sqlx::Error::Database(e)))
+                        if e.code().as_deref() == Some(NO_PARTITION) =>
+                    {
+                        self.forget_partitions(records);
+                        self.ensure_partitions(records).await?;
+                        copy_insert(pool, data.as_bytes()).await
+                    }
+                    result => result,
+                }
             }
             Pool::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
@@ -123,7 +143,7 @@ impl Store {
                         "INSERT INTO predictions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
                     ))
                     .bind(r.id.to_string())
-                    .bind(r.at)
+                    .bind(r.at.trunc_subsecs(6))
                     .bind(&r.request_id)
                     .bind(&r.model)
                     .bind(&r.version)
@@ -142,6 +162,14 @@ impl Store {
         }
     }
 
+    /// Forgets that the records' day partitions exist, so the next insert makes them again.
+    fn forget_partitions(&self, records: &[PredictionRecord]) {
+        let mut known = self.partitions.lock().expect("partitions lock");
+        for r in records {
+            known.remove(&r.at.date_naive());
+        }
+    }
+
     /// Creates the day partitions the records fall in, once per day per process.
     async fn ensure_partitions(&self, records: &[PredictionRecord]) -> Result<()> {
         let Pool::Postgres(pool) = &self.pool else {
@@ -151,7 +179,12 @@ impl Store {
         days.sort_unstable();
         days.dedup();
         for day in days {
-            if self.partitions.lock().expect("partitions lock").contains(&day) {
+            if self
+                .partitions
+                .lock()
+                .expect("partitions lock")
+                .contains(&day)
+            {
                 continue;
             }
             let next = day + Days::new(1);
@@ -161,10 +194,11 @@ impl Store {
             );
             if let Err(e) = sqlx::query(&sql).execute(pool).await {
                 // Another replica may have created it between our check and our statement.
-                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)")
-                    .bind(partition_name(day))
-                    .fetch_one(pool)
-                    .await?;
+                let exists: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)")
+                        .bind(partition_name(day))
+                        .fetch_one(pool)
+                        .await?;
                 if !exists {
                     return Err(e.into());
                 }
@@ -186,10 +220,14 @@ impl Store {
     }
 
     /// The newest records of a model, newest first.
-    pub async fn recent_predictions(&self, model: &str, limit: u32) -> Result<Vec<PredictionRecord>> {
+    pub async fn recent_predictions(
+        &self,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<PredictionRecord>> {
         on_pool!(self, pool => {
             let sql = match self.backend() {
-                crate::Backend::Postgres => format!("SELECT id::text AS id, at, request_id, model, version, api_key, status, latency_us, request::text AS request, response::text AS response FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2"),
+                crate::Backend::Postgres => "SELECT id::text AS id, at, request_id, model, version, api_key, status, latency_us, request::text AS request, response::text AS response FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2".to_string(),
                 crate::Backend::Sqlite => format!("SELECT {COLUMNS} FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2"),
             };
             let rows = sqlx::query(&sql).bind(model).bind(limit as i64).fetch_all(pool).await?;
@@ -235,8 +273,13 @@ impl Store {
                     };
                     if day < cutoff {
                         // The name was read back from the catalogue and matched our pattern.
-                        sqlx::query(&format!("DROP TABLE IF EXISTS {name}")).execute(pool).await?;
-                        self.partitions.lock().expect("partitions lock").remove(&day);
+                        sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+                            .execute(pool)
+                            .await?;
+                        self.partitions
+                            .lock()
+                            .expect("partitions lock")
+                            .remove(&day);
                         report.partitions_dropped.push(name);
                     }
                 }

@@ -1,11 +1,14 @@
 //! Models, their versions and states, and the audit log.
 
+use crate::artifacts::put_artifact_in;
 use crate::{now, on_pool, rfc3339, Backend, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
-use vatic_schema::admin::{LogMode, ModelInfo, ModelSettings, ModelVersionInfo, Signature, VersionState};
+use vatic_schema::admin::{
+    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, Signature, VersionState,
+};
 
 /// A version to record, its ONNX file already checked.
 #[derive(Debug, Clone)]
@@ -63,8 +66,7 @@ impl Store {
     pub async fn push_version(&self, new: &NewVersion<'_>) -> Result<(ModelVersionInfo, bool)> {
         let at = now();
         let signature = serde_json::to_string(new.signature)?;
-        let stored = self.put_artifact(new.file, new.sha256, new.size).await?;
-        let version = on_pool!(self, pool => {
+        let (version, stored) = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query("INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(new.model)
@@ -96,6 +98,8 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let state = if has_stable { VersionState::Staged } else { VersionState::Stable };
+            // In the push's transaction, so a push that fails leaves no file behind.
+            let stored = put_artifact_in(&mut tx, new.file, new.sha256, new.size).await?;
             sqlx::query(&format!("INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9)"))
                 .bind(new.model)
                 .bind(version)
@@ -124,7 +128,7 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
-            version as u64
+            (version as u64, stored)
         });
         Ok((self.model_version(new.model, version).await?, stored))
     }

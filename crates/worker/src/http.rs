@@ -457,7 +457,7 @@ impl Worker {
                     address: advertised(settings, addr),
                     started_at: chrono::Utc::now(),
                 };
-                tracing::info!(addr = %addr, advertise = %identity.address, id = %identity.id, "worker listening; models from the registry");
+                tracing::info!(addr = %addr, advertise = %identity.address, id = %identity.id, models = "registry", "worker listening");
                 let reconciler = Reconciler::new(
                     engine.clone(),
                     store,
@@ -471,7 +471,7 @@ impl Worker {
             None => {
                 let specs = crate::folder::scan(&settings.models_dir)?;
                 engine.apply(specs);
-                tracing::info!(addr = %addr, models_dir = %settings.models_dir.display(), "worker listening");
+                tracing::info!(addr = %addr, models = "folder", models_dir = %settings.models_dir.display(), "worker listening");
                 None
             }
         };

@@ -1,0 +1,336 @@
+//! The prediction log: idempotent batches, exact payloads, newest-first reads and retention.
+
+use crate::helpers::{backend, migrated};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use uuid::Uuid;
+use vatic_store::{PredictionRecord, Store};
+use vatic_testkit::TestDb;
+
+/// Now, to the microsecond both backends keep.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn record(model: &str, at: DateTime<Utc>) -> PredictionRecord {
+    PredictionRecord {
+        id: Uuid::new_v4(),
+        at,
+        request_id: format!("req-{}", Uuid::new_v4().simple()),
+        model: model.into(),
+        version: "1".into(),
+        api_key: Some("key-1".into()),
+        status: 200,
+        latency_us: 1234,
+        request: Some(
+            r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}"#.into(),
+        ),
+        response: Some(
+            r#"{"outputs":[{"name":"y","datatype":"INT64","shape":[1],"data":[1]}]}"#.into(),
+        ),
+    }
+}
+
+fn json(text: &Option<String>, b: &str) -> Option<Value> {
+    text.as_ref().map(|t| {
+        serde_json::from_str(t)
+            .unwrap_or_else(|e| panic!("{b}: stored payload is not JSON ({e}): {t}"))
+    })
+}
+
+/// Asserts `got` is `want`: every field exactly, payloads as JSON values.
+fn assert_same(got: &PredictionRecord, want: &PredictionRecord, b: &str) {
+    assert_eq!(
+        json(&got.request, b),
+        json(&want.request, b),
+        "{b}: request of {}",
+        want.id
+    );
+    assert_eq!(
+        json(&got.response, b),
+        json(&want.response, b),
+        "{b}: response of {}",
+        want.id
+    );
+    let bare = |r: &PredictionRecord| PredictionRecord {
+        request: None,
+        response: None,
+        ..r.clone()
+    };
+    assert_eq!(bare(got), bare(want), "{b}");
+}
+
+async fn ids(store: &Store, model: &str) -> BTreeSet<Uuid> {
+    store
+        .recent_predictions(model, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn inserts_are_idempotent_by_id() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        assert_eq!(
+            store.insert_predictions(&[]).await.unwrap(),
+            0,
+            "{b}: empty batch"
+        );
+        let at = now();
+        let batch: Vec<PredictionRecord> = (0..50)
+            .map(|i| {
+                record(
+                    if i % 5 == 0 { "wine" } else { "iris" },
+                    at - Duration::seconds(i),
+                )
+            })
+            .collect();
+        assert_eq!(store.insert_predictions(&batch).await.unwrap(), 50, "{b}");
+        assert_eq!(store.prediction_count(None).await.unwrap(), 50, "{b}");
+        assert_eq!(
+            store.prediction_count(Some("iris")).await.unwrap(),
+            40,
+            "{b}"
+        );
+        assert_eq!(
+            store.prediction_count(Some("wine")).await.unwrap(),
+            10,
+            "{b}"
+        );
+        assert_eq!(
+            store.prediction_count(Some("none")).await.unwrap(),
+            0,
+            "{b}"
+        );
+
+        assert_eq!(
+            store.insert_predictions(&batch).await.unwrap(),
+            0,
+            "{b}: a replay adds nothing"
+        );
+        assert_eq!(store.prediction_count(None).await.unwrap(), 50, "{b}");
+
+        // A replay mixed with new records stores only the new ones, even twice in one batch.
+        let fresh = record("iris", now());
+        let mut mixed = batch[10..20].to_vec();
+        mixed.push(fresh.clone());
+        mixed.push(fresh.clone());
+        assert_eq!(store.insert_predictions(&mixed).await.unwrap(), 1, "{b}");
+        assert_eq!(store.prediction_count(None).await.unwrap(), 51, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn payloads_round_trip_exactly() {
+    let awkward = "tab\there, line\nbreak, cr\rreturn, back\\slash, \\N, \\., quote\"s 'single', naïve café ☃ 日本語 🎉";
+    let request = serde_json::json!({
+        "inputs": [{"name": awkward, "datatype": "BYTES", "shape": [3], "data": [awkward, "\\", "\u{7f}\u{e9}"]}],
+        "parameters": {"note": awkward, "nested": {"n": 0.1, "big": 12345678901234i64, "neg": -2.5e-8}},
+    });
+    // Pretty printing with tabs puts raw tabs and newlines between tokens.
+    let mut pretty = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    serde::Serialize::serialize(
+        &request,
+        &mut serde_json::Serializer::with_formatter(&mut pretty, formatter),
+    )
+    .unwrap();
+    let pretty = String::from_utf8(pretty).unwrap();
+    assert!(pretty.contains('\t') && pretty.contains('\n'));
+
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        let at = now();
+        let records = vec![
+            PredictionRecord {
+                request_id: awkward.into(),
+                version: "v\t2\n".into(),
+                api_key: Some("\\N".into()),
+                status: 503,
+                latency_us: u32::MAX as u64 * 7,
+                request: Some(pretty.clone()),
+                response: Some(serde_json::json!({"error": awkward}).to_string()),
+                ..record("iris", at)
+            },
+            PredictionRecord {
+                api_key: None,
+                request: None,
+                response: None,
+                ..record("iris", at - Duration::milliseconds(1))
+            },
+            PredictionRecord {
+                request_id: String::new(),
+                request: Some("[]".into()),
+                response: Some("\"\\\\N\"".into()),
+                ..record("iris", at - Duration::microseconds(1500))
+            },
+        ];
+        assert_eq!(store.insert_predictions(&records).await.unwrap(), 3, "{b}");
+        let got = store.recent_predictions("iris", 10).await.unwrap();
+        assert_eq!(got.len(), 3, "{b}");
+        for (got, want) in got.iter().zip(&records) {
+            assert_same(got, want, b);
+        }
+    }
+}
+
+#[tokio::test]
+async fn recent_predictions_are_newest_first_and_limited() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        let at = now();
+        let records: Vec<PredictionRecord> = (0..6)
+            .map(|i| {
+                record(
+                    "iris",
+                    at - Duration::minutes(i * 7) - Duration::microseconds(i),
+                )
+            })
+            .collect();
+        let mut shuffled = records.clone();
+        shuffled.swap(0, 4);
+        shuffled.swap(1, 5);
+        store.insert_predictions(&shuffled).await.unwrap();
+        store
+            .insert_predictions(&[record("wine", at)])
+            .await
+            .unwrap();
+
+        let got = store.recent_predictions("iris", 4).await.unwrap();
+        assert_eq!(got.len(), 4, "{b}: limit");
+        for (got, want) in got.iter().zip(&records) {
+            assert_same(got, want, b);
+        }
+        assert!(
+            store
+                .recent_predictions("none", 4)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retention_removes_old_days_and_keeps_recent_ones() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        let today = now();
+        let old_day = today - Duration::days(10);
+        let old: Vec<PredictionRecord> = (0..3)
+            .map(|i| record("iris", old_day - Duration::seconds(i)))
+            .collect();
+        let recent: Vec<PredictionRecord> = (0..4)
+            .map(|i| record("iris", today - Duration::seconds(i)))
+            .collect();
+        let mut batch = old.clone();
+        batch.extend(recent.iter().cloned());
+        assert_eq!(store.insert_predictions(&batch).await.unwrap(), 7, "{b}");
+
+        let report = store.apply_retention(7).await.unwrap();
+        if db.is_postgres() {
+            let partition = format!("predictions_p{}", old_day.format("%Y%m%d"));
+            assert_eq!(report.partitions_dropped, [partition], "{b}: {report:?}");
+        } else {
+            assert_eq!(report.rows_deleted, 3, "{b}: {report:?}");
+            assert!(report.partitions_dropped.is_empty(), "{b}: {report:?}");
+        }
+        assert_eq!(store.prediction_count(None).await.unwrap(), 4, "{b}");
+        let want: BTreeSet<Uuid> = recent.iter().map(|r| r.id).collect();
+        assert_eq!(
+            ids(&store, "iris").await,
+            want,
+            "{b}: today's records are kept"
+        );
+
+        let audit = store.audit_log(1).await.unwrap();
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].actor.as_str()),
+            ("retention", "system"),
+            "{b}"
+        );
+
+        let again = store.apply_retention(7).await.unwrap();
+        assert_eq!(again, Default::default(), "{b}: nothing left to remove");
+
+        // A late record for a dropped day is still accepted: its day is made again.
+        let late = record("iris", old_day);
+        assert_eq!(
+            store
+                .insert_predictions(std::slice::from_ref(&late))
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        assert_eq!(store.prediction_count(None).await.unwrap(), 5, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn times_are_kept_to_the_microsecond_on_both_backends() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        let base = now();
+        let fine = base + Duration::microseconds(17) + Duration::nanoseconds(789);
+        assert_ne!(
+            fine,
+            fine.trunc_subsecs(6),
+            "the test time has sub-microsecond digits"
+        );
+        let r = record("iris", fine);
+        assert_eq!(
+            store
+                .insert_predictions(std::slice::from_ref(&r))
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        assert_eq!(
+            store
+                .insert_predictions(std::slice::from_ref(&r))
+                .await
+                .unwrap(),
+            0,
+            "{b}: replay"
+        );
+        let got = store.recent_predictions("iris", 1).await.unwrap();
+        assert_eq!(got[0].at, fine.trunc_subsecs(6), "{b}");
+        assert_eq!(got[0].id, r.id, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn a_day_dropped_by_another_handle_is_made_again() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let writer = migrated(&db).await;
+        let retention = migrated(&db).await;
+        let old_day = now() - Duration::days(10);
+        let first = record("iris", old_day);
+        assert_eq!(writer.insert_predictions(&[first]).await.unwrap(), 1, "{b}");
+        retention.apply_retention(7).await.unwrap();
+        assert_eq!(writer.prediction_count(None).await.unwrap(), 0, "{b}");
+
+        // The writer remembers making that day; the batch must still be stored, today's record too.
+        let late = record("iris", old_day - Duration::seconds(1));
+        let today = record("iris", now());
+        let stored = writer
+            .insert_predictions(&[late, today])
+            .await
+            .unwrap_or_else(|e| panic!("{b}: insert after another handle's retention: {e}"));
+        assert_eq!(stored, 2, "{b}");
+        assert_eq!(writer.prediction_count(None).await.unwrap(), 2, "{b}");
+    }
+}

@@ -1,13 +1,20 @@
 //! HTTP calls to the vatic API server, and the errors a user can act on when they fail.
 
+mod upload;
+
+pub use upload::Push;
+
 use anyhow::{anyhow, bail, Context};
 use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::header::CONTENT_TYPE;
-use reqwest::Url;
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::time::Duration;
+use vatic_schema::admin::{ModelInfo, ModelSettings, ModelVersionInfo, WorkerStatus};
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
+use vatic_store::{AuditRecord, RetentionReport};
 
 /// Longest wait for a connection to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +116,87 @@ impl Client {
             .with_context(|| format!("the answer from {url} is not a V2 inference response"))
     }
 
+    /// `GET /admin/v1/models`.
+    pub fn models(&self) -> anyhow::Result<Vec<ModelInfo>> {
+        let url = self.admin_url(&["models"]);
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `GET /admin/v1/models/{m}`.
+    pub fn model(&self, name: &str) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name]);
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `GET /admin/v1/models/{m}/versions/{v}`.
+    pub fn model_version(&self, name: &str, version: u64) -> anyhow::Result<ModelVersionInfo> {
+        let url = self.admin_url(&["models", name, "versions", &version.to_string()]);
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `POST /admin/v1/models/{m}/versions/{v}/retire`.
+    pub fn retire(&self, name: &str, version: u64) -> anyhow::Result<ModelVersionInfo> {
+        let url = self.admin_url(&["models", name, "versions", &version.to_string(), "retire"]);
+        self.json_answer(self.http.post(url.clone()), &url)
+    }
+
+    /// `PATCH /admin/v1/models/{m}`: the model's prediction log settings.
+    pub fn update_model(&self, name: &str, settings: &ModelSettings) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name]);
+        self.json_answer(self.http.patch(url.clone()).json(settings), &url)
+    }
+
+    /// `GET /admin/v1/workers`.
+    pub fn workers(&self) -> anyhow::Result<Vec<WorkerStatus>> {
+        let url = self.admin_url(&["workers"]);
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `GET /admin/v1/audit[?limit=N]`, newest first.
+    pub fn audit(&self, limit: Option<u32>) -> anyhow::Result<Vec<AuditRecord>> {
+        let mut url = self.admin_url(&["audit"]);
+        if let Some(limit) = limit {
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
+        }
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `POST /admin/v1/retention`: drops prediction log rows older than `keep_days` days.
+    pub fn retention(&self, keep_days: u32) -> anyhow::Result<RetentionReport> {
+        let url = self.admin_url(&["retention"]);
+        let body = serde_json::json!({ "keep_days": keep_days });
+        self.json_answer(self.http.post(url.clone()).json(&body), &url)
+    }
+
+    /// `{base}/admin/v1/{segments}`, each escaped as a path segment.
+    fn admin_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("Client::new refuses URLs that cannot be a base")
+            .pop_if_empty()
+            .extend(["admin", "v1"])
+            .extend(segments);
+        url
+    }
+
+    /// Sends a request and reads its JSON answer as a `T`.
+    fn json_answer<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        url: &Url,
+    ) -> anyhow::Result<T> {
+        let body = self
+            .send(request)?
+            .bytes()
+            .map_err(|e| self.transport_error(e))?;
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "the answer from {url} is not what this vaticctl expects (is the server another version?)"
+            )
+        })
+    }
+
     /// `{base}/v2/models/{m}[/versions/{v}][/{action}]`, each part escaped as a path segment.
     fn model_url(&self, model: ModelRef<'_>, action: Option<&str>) -> Url {
         let mut url = self.base.clone();
@@ -133,21 +221,7 @@ impl Client {
             return Ok(response);
         }
         let body = response.bytes().unwrap_or_default();
-        let message = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(ErrorBody { error }) => error,
-            Err(_) => match String::from_utf8_lossy(&body).trim() {
-                "" => status
-                    .canonical_reason()
-                    .unwrap_or("no message")
-                    .to_string(),
-                text => text.to_string(),
-            },
-        };
-        Err(ServerError {
-            status: status.as_u16(),
-            message,
-        }
-        .into())
+        Err(server_error(status, &body).into())
     }
 
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
@@ -163,6 +237,25 @@ impl Client {
         } else {
             anyhow!("talking to the vatic server at {server} failed: {cause}")
         }
+    }
+}
+
+/// A 4xx/5xx answer as a [`ServerError`]: the message of its `{"error": ...}` body, else its
+/// text, else the status's name.
+fn server_error(status: StatusCode, body: &[u8]) -> ServerError {
+    let message = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => error,
+        Err(_) => match String::from_utf8_lossy(body).trim() {
+            "" => status
+                .canonical_reason()
+                .unwrap_or("no message")
+                .to_string(),
+            text => text.to_string(),
+        },
+    };
+    ServerError {
+        status: status.as_u16(),
+        message,
     }
 }
 

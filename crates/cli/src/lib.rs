@@ -1,13 +1,17 @@
 //! `vaticctl`, the command line of the vatic model server: run inferences against a model served
-//! over the KServe V2 REST API.
+//! over the KServe V2 REST API, manage the model registry and the fleet through the admin API,
+//! and migrate the registry database.
 //!
 //! Each subcommand group lives in its own module with a clap `Args`/`Subcommand` type and a `run`
 //! function; [`Cli`] holds the flags every group shares.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod client;
 pub mod infer;
+pub mod migrate;
+pub mod models;
 pub mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -63,11 +67,91 @@ pub enum Command {
     ///   vaticctl infer breast_cancer --json request.json --binary --output json
     #[command(verbatim_doc_comment)]
     Infer(infer::InferArgs),
+    /// Manage the model registry: push, list, describe and retire model versions
+    ///
+    /// Examples:
+    ///   vaticctl models push fraud fraud-v7.onnx --config model.toml
+    ///   vaticctl models list
+    ///   vaticctl models describe fraud
+    ///   vaticctl models retire fraud 6
+    ///   vaticctl models log fraud --mode full --sample-rate 0.05
+    #[command(verbatim_doc_comment)]
+    Models(models::ModelsArgs),
+    /// List the workers of the fleet and the model versions each one holds
+    ///
+    /// One line per worker that sent a heartbeat: its id, the address the api reaches it at,
+    /// the age of its last heartbeat, and each model version it holds with its load state.
+    ///
+    /// Example:
+    ///   vaticctl workers
+    #[command(verbatim_doc_comment)]
+    Workers,
+    /// Delete old predictions from the prediction log
+    ///
+    /// On PostgreSQL whole day partitions are dropped; on SQLite rows are deleted.
+    ///
+    /// Example:
+    ///   vaticctl retention --keep-days 30
+    #[command(verbatim_doc_comment)]
+    Retention(admin::RetentionArgs),
+    /// Show the audit log of admin changes, newest first
+    ///
+    /// Example:
+    ///   vaticctl audit --limit 20
+    #[command(verbatim_doc_comment)]
+    Audit(admin::AuditArgs),
+    /// Bring the registry database's schema up to this build's version
+    ///
+    /// Talks to the database directly, not to the API server. Applies the migrations the
+    /// database lacks and prints their versions; --check only compares the versions and exits
+    /// with status 1 when they differ.
+    ///
+    /// Examples:
+    ///   vaticctl migrate --database-url postgres://vatic@db:5432/vatic
+    ///   DATABASE_URL=sqlite://data/vatic.db vaticctl migrate --check
+    #[command(verbatim_doc_comment)]
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Infer(args) => infer::run(&cli.global, &args),
+        Command::Models(args) => models::run(&cli.global, &args),
+        Command::Workers => admin::run_workers(&cli.global),
+        Command::Retention(args) => admin::run_retention(&cli.global, &args),
+        Command::Audit(args) => admin::run_audit(&cli.global, &args),
+        Command::Migrate(args) => migrate::run(&cli.global, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_after_push_or_describe_is_the_models() {
+        let parse = |line: &str| Cli::try_parse_from(line.split(' ')).map(|cli| cli.command);
+        match parse("vaticctl models push m m.onnx --version 3") {
+            Ok(Command::Models(models::ModelsArgs {
+                command: models::ModelsCommand::Push(push),
+            })) => assert_eq!(push.version, Some(3)),
+            other => panic!("{other:?}"),
+        }
+        match parse("vaticctl models describe m --version 2") {
+            Ok(Command::Models(models::ModelsArgs {
+                command: models::ModelsCommand::Describe(describe),
+            })) => assert_eq!(describe.version, Some(2)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("vaticctl models push m m.onnx --version 0").is_err());
+        let version = parse("vaticctl --version").unwrap_err();
+        assert_eq!(version.kind(), clap::error::ErrorKind::DisplayVersion);
     }
 }

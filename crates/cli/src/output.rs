@@ -2,6 +2,7 @@
 
 use clap::ValueEnum;
 use comfy_table::{presets, CellAlignment, Table};
+use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;
 use vatic_schema::{DataType, InferResponse, Tensor};
@@ -9,10 +10,48 @@ use vatic_schema::{DataType, InferResponse, Tensor};
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// A table, one line per batch row
+    /// Tables for people (for `infer`, one line per batch row)
     Table,
-    /// The V2 response as JSON, as the server writes it
+    /// JSON for programs (for `infer`, the V2 response as the server writes it)
     Json,
+}
+
+/// Prints `value` as indented JSON, the form `--output json` prints every answer in.
+pub fn print_json(value: &impl Serialize, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
+/// An empty table in the house style, with `header`.
+pub fn table<I: ToString>(header: impl IntoIterator<Item = I>) -> Table {
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED.with_rounded_corners());
+    table.set_header(header.into_iter().map(|h| h.to_string()));
+    table
+}
+
+/// Right-aligns the columns at `columns` (numbers).
+pub fn align_right(table: &mut Table, columns: &[usize]) {
+    for (i, column) in table.column_iter_mut().enumerate() {
+        if columns.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// A byte count for people: `1234` -> `1.2 KiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Prints an inference response to `out`.
@@ -64,8 +103,6 @@ fn row_count(t: &Tensor) -> usize {
 /// A `row` column, then per output one column if it has one value per row, else one per element
 /// (`name[i]`, flat row-major within the row).
 fn rows_table(outputs: &[&Tensor], rows: usize) -> Table {
-    let mut table = Table::new();
-    table.load_style(presets::UTF8_FULL_CONDENSED.with_rounded_corners());
     let mut header = vec!["row".to_string()];
     let mut numeric = vec![true];
     let columns: Vec<(Vec<Value>, usize)> = outputs
@@ -85,7 +122,7 @@ fn rows_table(outputs: &[&Tensor], rows: usize) -> Table {
             (values, per_row)
         })
         .collect();
-    table.set_header(header);
+    let mut table = table(header);
     for row in 0..rows {
         let mut cells = vec![row.to_string()];
         for (values, per_row) in &columns {
@@ -172,6 +209,15 @@ mod tests {
         assert_eq!(tables.len(), 2);
         assert_eq!(tables[1].0, Some("count"));
         assert!(tables[1].1.to_string().contains('7'));
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 << 20), "5.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -116,18 +116,18 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// The `vatic-worker` binary beside this test binary, built first if needed.
-fn worker_binary() -> PathBuf {
+/// A binary of the workspace beside this test binary, built first if needed.
+pub fn binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("vatic-worker");
+    let bin = dir.join(name);
     if !bin.is_file() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "vatic-worker", "--bin", "vatic-worker"])
+            .args(["build", "-p", package, "--bin", name])
             .status()
             .expect("running cargo build");
-        assert!(status.success(), "building vatic-worker");
+        assert!(status.success(), "building {name}");
     }
     bin
 }
@@ -140,7 +140,7 @@ impl WorkerProcess {
 
     /// Starts a worker with extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> WorkerProcess {
-        let mut child = Command::new(worker_binary())
+        let mut child = Command::new(binary("vatic-worker", "vatic-worker"))
             .envs(env.iter().copied())
             .current_dir(vatic_testkit::root())
             .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])

@@ -3,6 +3,8 @@
 
 mod cluster;
 mod helpers;
+mod prediction_log;
 mod readme;
+mod registry;
 mod standalone;
 mod tfserving;

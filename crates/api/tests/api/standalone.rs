@@ -156,7 +156,7 @@ async fn errors_carry_status_and_message() {
 
 #[tokio::test]
 async fn shutdown_turns_not_ready_first() {
-    let api = TestApi::standalone().await;
+    let mut api = TestApi::standalone().await;
     let (app_state, handle) = (api.app.state.clone(), api.handle.clone());
     let stopping = {
         let base = api.base.clone();

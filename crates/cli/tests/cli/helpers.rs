@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use vatic_api::settings::{ApiSettings, Mode};
 use vatic_api::Application;
+use vatic_testkit::TestDb;
 
 /// The demo model's example files, relative to the workspace root (vaticctl's working folder).
 pub const EXAMPLE_CSV: &str = "models/breast_cancer/example.csv";
@@ -58,7 +59,7 @@ fn start() -> TestApp {
                 if std::env::var_os("TEST_LOG").is_some() {
                     vatic_worker::telemetry::init(&settings.log);
                 }
-                let mut app = Application::build(&settings).expect("api builds");
+                let mut app = Application::build(&settings).await.expect("api builds");
                 let _handle = app.spawn();
                 let base = format!("http://{}", app.addr);
                 let client = reqwest::Client::new();
@@ -73,6 +74,142 @@ fn start() -> TestApp {
         .recv_timeout(Duration::from_secs(90))
         .expect("the api is ready within 90 s");
     TestApp { base }
+}
+
+/// An api of its own in standalone mode on its own database, for tests that change the
+/// registry: the demo models are imported at start. Stopped when dropped, then the database is
+/// dropped.
+pub struct RegistryApp {
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    http: reqwest::blocking::Client,
+    // Dropped after the api has stopped (fields drop after `Drop::drop`).
+    pub db: TestDb,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryApp {
+    /// Migrates `db`, imports the demo models into it and serves them, ready.
+    pub fn start(db: TestDb) -> RegistryApp {
+        RegistryApp::start_with(db, |_| {})
+    }
+
+    /// [`RegistryApp::start`] with settings changed by `configure`.
+    pub fn start_with(db: TestDb, configure: impl FnOnce(&mut ApiSettings)) -> RegistryApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = ApiSettings {
+            mode: Mode::Standalone,
+            listen: "127.0.0.1:0".into(),
+            models_dir: vatic_testkit::root().join("models"),
+            import_models: true,
+            upload_dir: dir.path().join("uploads"),
+            fleet_refresh_ms: 200,
+            ..Default::default()
+        };
+        settings.database.url = Some(db.url.clone());
+        settings.database.migrate = true;
+        settings.registry.cache_dir = dir.path().join("cache");
+        settings.registry.poll_ms = 200;
+        settings.prediction_log.spool_dir = dir.path().join("spool");
+        configure(&mut settings);
+        let (ready, base) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("registry-api".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                runtime.block_on(async move {
+                    let mut app = Application::build(&settings).await.expect("api builds");
+                    let handle = app.spawn();
+                    let base = format!("http://{}", app.addr);
+                    let client = reqwest::Client::new();
+                    vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
+                    ready.send(base).expect("a test waits for the api");
+                    let _ = stopped.await;
+                    app.shutdown(&handle, Duration::ZERO).await;
+                });
+            })
+            .expect("api thread");
+        let base = base
+            .recv_timeout(Duration::from_secs(90))
+            .expect("the api is ready within 90 s");
+        RegistryApp {
+            base,
+            stop: Some(stop),
+            thread: Some(thread),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("HTTP client"),
+            db,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `vaticctl --server <api> <args>`.
+    pub fn vaticctl(&self, args: &[&str]) -> Run {
+        vaticctl(&self.base, args, None)
+    }
+
+    /// `GET {base}{path}`: status and JSON body (`null` when it is not JSON).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    }
+
+    /// `POST {base}{path}` with a JSON body: status and JSON body.
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    }
+
+    /// Calls `call` until it answers `status`, for at most `within`; returns that answer's body.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        status: u16,
+        within: Duration,
+        call: impl Fn() -> (u16, Value),
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (got, body) = call();
+            if got == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} still answers {got} ({body}), not {status}, after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RegistryApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // A panic in the api thread already failed the test that caused it.
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What a vaticctl run left: exit code and printed text.
@@ -125,12 +262,25 @@ impl Run {
 
 /// Runs `vaticctl --server <server> <args>` in the workspace root, bounded by [`RUN_TIMEOUT`].
 pub fn vaticctl(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    vaticctl_with_env(server, args, stdin, &[])
+}
+
+/// [`vaticctl`] with `env` set; `VATIC_SERVER` and `DATABASE_URL` are unset unless `env` sets
+/// them.
+pub fn vaticctl_with_env(
+    server: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vaticctl"))
         .arg("--server")
         .arg(server)
         .args(args)
         .current_dir(vatic_testkit::root())
         .env_remove("VATIC_SERVER")
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -1,5 +1,8 @@
 //! `vaticctl` run as a user runs it, against the real api in standalone mode.
 
+mod admin;
 mod errors;
 mod helpers;
 mod infer;
+mod migrate;
+mod models;

@@ -1,0 +1,303 @@
+//! The registry in a cluster: worker processes reconcile to it on PostgreSQL notifications, the
+//! api routes by their heartbeats, and the artifact cache survives a crash.
+
+use crate::helpers::{binary, cluster_settings, TestApi, WorkerProcess};
+use serde_json::{json, Value};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vatic_testkit::TestDb;
+
+/// A worker process that takes its models from the registry at `url`. Polling is set to ten
+/// minutes, so anything it loads within a test's bounded wait came by notification.
+fn registry_worker(url: &str, cache: &Path) -> WorkerProcess {
+    WorkerProcess::start_with_env(&[
+        ("VATIC_DATABASE__URL", url),
+        ("VATIC_REGISTRY__CACHE_DIR", cache.to_str().unwrap()),
+        ("VATIC_REGISTRY__POLL_MS", "600000"),
+        ("VATIC_REGISTRY__HEARTBEAT_MS", "200"),
+    ])
+}
+
+async fn migrated(db: &TestDb) {
+    vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
+        .await
+        .expect("migrate the test database");
+}
+
+async fn registry_api(db: &TestDb, dir: &Path) -> TestApi {
+    let mut settings = cluster_settings(Vec::new());
+    settings.database.url = Some(db.url.clone());
+    settings.fleet_refresh_ms = 200;
+    settings.heartbeat_timeout_ms = 3000;
+    settings.upload_dir = dir.join("uploads");
+    settings.prediction_log.spool_dir = dir.join("spool");
+    TestApi::start(settings, None).await
+}
+
+/// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime).
+async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(binary("vaticctl", "vatic-cli"));
+    cmd.current_dir(vatic_testkit::root())
+        .arg("--server")
+        .arg(&api.base)
+        .args(args);
+    let out = cmd.output().await.expect("running vaticctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls `url` until it answers `status`; panics after `within`.
+async fn wait_status(client: &reqwest::Client, url: &str, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = client.get(url).send().await.map(|r| r.status().as_u16());
+        if got.as_ref().ok() == Some(&status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still answers {got:?}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cnn_request() -> (Value, ()) {
+    (vatic_testkit::fixture("cnn").v2_request(), ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unloads_it() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let workers: Vec<WorkerProcess> = (0..2)
+        .map(|i| registry_worker(&db.url, &dir.path().join(format!("cache-{i}"))))
+        .collect();
+    let client = reqwest::Client::new();
+    for w in &workers {
+        wait_status(&client, &format!("{}/v2/health/ready", w.url), 200, Duration::from_secs(30)).await;
+    }
+    let api = registry_api(&db, dir.path()).await;
+
+    let pushed = Instant::now();
+    let (ok, out) = vaticctl(
+        &api,
+        &["models", "push", "cnn", "testdata/models/cnn/1/model.onnx", "-o", "json"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    for w in &workers {
+        wait_status(&client, &format!("{}/v2/models/cnn/versions/1/ready", w.url), 200, Duration::from_secs(20)).await;
+    }
+    eprintln!(
+        "both workers served cnn {} ms after the push was sent",
+        pushed.elapsed().as_millis()
+    );
+
+    // The api routes once a heartbeat reports the version ready.
+    let (request, ()) = cnn_request();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = api.post_json("/v2/models/cnn/infer", &request).await;
+        if status == 200 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "api never served cnn: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    vatic_testkit::fixture("cnn").check_response(&body);
+    assert_eq!(body["model_version"], "1", "{body}");
+    let (_, fleet) = api.get("/admin/v1/workers").await;
+    let fleet = fleet.as_array().unwrap();
+    assert_eq!(fleet.len(), 2, "{fleet:?}");
+    for w in fleet {
+        assert!(
+            w["loaded"].as_array().unwrap().iter().any(|l| l["model"] == "cnn" && l["state"] == "READY"),
+            "{w}"
+        );
+    }
+
+    let (ok, out) = vaticctl(&api, &["models", "retire", "cnn", "1"]).await;
+    assert!(ok, "{out}");
+    for w in &workers {
+        wait_status(&client, &format!("{}/v2/models/cnn/ready", w.url), 404, Duration::from_secs(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = api.post_json("/v2/models/cnn/infer", &request).await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retired model still answers {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
+    for db in TestDb::both() {
+        let store = vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::helpers::standalone_settings(dir.path().join("none"));
+        std::fs::create_dir_all(dir.path().join("none")).unwrap();
+        settings.database.url = Some(db.url.clone());
+        settings.registry.cache_dir = dir.path().join("cache");
+        settings.upload_dir = dir.path().join("uploads");
+        settings.prediction_log.spool_dir = dir.path().join("spool");
+        let api = TestApi::start(settings, None).await;
+        let onnx = std::fs::read(vatic_testkit::root().join("testdata/models/cnn/1/model.onnx")).unwrap();
+        let cases: [(&str, Vec<u8>, &str); 3] = [
+            ("text", b"this is not an onnx file".to_vec(), "cannot be served"),
+            ("truncated", onnx[..onnx.len() / 2].to_vec(), "cannot be served"),
+            ("empty", Vec::new(), "the upload is empty"),
+        ];
+        for (what, bytes, message) in cases {
+            let r = api
+                .client
+                .post(format!("{}/admin/v1/models/bad/versions", api.base))
+                .header("Content-Type", "application/octet-stream")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 400, "{what} on {}: {body}", db.url);
+            assert!(body["error"].as_str().unwrap().contains(message), "{what}: {body}");
+            assert!(!body["error"].as_str().unwrap().contains("upload-"), "no temporary names: {body}");
+        }
+        assert_eq!(api.get("/admin/v1/models").await.1, json!([]));
+        assert!(matches!(store.model("bad").await, Err(vatic_store::StoreError::ModelNotFound(_))));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("uploads")).unwrap().count(),
+            0,
+            "uploads are removed"
+        );
+        api.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_and_restarted_serves_from_its_cache_without_fetching_again() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let client = reqwest::Client::new();
+    let mut worker = registry_worker(&db.url, &cache);
+    let api = registry_api(&db, dir.path()).await;
+    let (ok, out) = vaticctl(&api, &["models", "push", "cnn", "testdata/models/cnn/1/model.onnx"]).await;
+    assert!(ok, "{out}");
+    wait_status(&client, &format!("{}/v2/models/cnn/ready", worker.url), 200, Duration::from_secs(20)).await;
+    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let before = std::fs::metadata(&cached[0]).unwrap();
+
+    worker.child.kill().unwrap(); // SIGKILL: no drain, no goodbye in the fleet table
+    worker.child.wait().unwrap();
+    let worker = registry_worker(&db.url, &cache);
+    wait_status(&client, &format!("{}/v2/models/cnn/ready", worker.url), 200, Duration::from_secs(20)).await;
+    let after = std::fs::metadata(&cached[0]).unwrap();
+    assert_eq!(
+        (before.ino(), before.mtime_nsec()),
+        (after.ino(), after.mtime_nsec()),
+        "the cached file was not fetched again"
+    );
+    // The api drops the dead worker once its heartbeat is stale and serves from the new one.
+    let (request, _) = cnn_request();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = api.post_json("/v2/models/cnn/infer", &request).await;
+        if status == 200 {
+            vatic_testkit::fixture("cnn").check_response(&body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let proxy = vatic_testkit::TcpProxy::for_url(&db.url);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::standalone_settings(vatic_testkit::root().join("models"));
+    settings.database.url = Some(proxy.url(&db.url));
+    settings.import_models = true;
+    settings.registry.cache_dir = dir.path().join("cache");
+    settings.registry.poll_ms = 500;
+    settings.upload_dir = dir.path().join("uploads");
+    settings.prediction_log.spool_dir = dir.path().join("spool");
+    settings.prediction_log.flush_interval_ms = 50;
+    settings.prediction_log.retry_interval_ms = 200;
+    let api = TestApi::start(settings, None).await;
+
+    // Steady load from four clients until told to stop; every answer must be a success.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request = vatic_testkit::demo_reference().v2_request(0..1);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, base, stop, request) =
+                (api.client.clone(), api.base.clone(), stop.clone(), request.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (status, body) =
+                        crate::helpers::post_json(&client, &base, "/v2/models/breast_cancer/infer", &request).await;
+                    if status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{status} {body}"));
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (_, during) = api.get("/admin/v1/prediction-log").await;
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut served = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "requests failed during the outage: {:?}", &failed[..failed.len().min(3)]);
+        served += ok;
+    }
+
+    // The spool drains once the database is back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let (_, stats) = api.get("/admin/v1/prediction-log").await;
+        if stats["spool_bytes"] == 0 && stats["queue_depth"] == 0 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "spool not replayed: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    api.stop().await;
+    let store = vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), false)
+        .await
+        .unwrap();
+    let rows = store.prediction_count(Some("breast_cancer")).await.unwrap();
+    eprintln!("outage: {served} predictions served, {rows} rows; during the cut: {during}; after: {stats}");
+    assert!(during["spooled"].as_u64().unwrap() > 0, "the outage was noticed: {during}");
+    assert!(stats["replayed"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["dropped"], 0, "{stats}");
+    assert_eq!(rows, served, "one row per successful prediction");
+}

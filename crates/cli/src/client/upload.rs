@@ -1,0 +1,121 @@
+//! Pushing a model file: streamed from disk, never held in memory whole.
+//!
+//! This one call uses reqwest's async client on a runtime of its own: the blocking client
+//! drops the server's answer when the server answers before the upload is complete (a file
+//! over the size limit, an invalid name), and reports only that the upload stopped.
+
+use super::{server_error, Client, CONNECT_TIMEOUT};
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::multipart::{Form, Part};
+use reqwest::{Body, Url};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use vatic_schema::admin::PushResponse;
+
+/// Longest wait for a push: the upload of a file of up to a few GiB, and the server's check.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Bytes read from the file at a time.
+const CHUNK: usize = 1 << 20;
+
+/// A model file to push, and the `model.toml` to record with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Push<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Version number [default: the next free one].
+    pub version: Option<u64>,
+    /// The ONNX file.
+    pub file: &'a Path,
+    /// The `model.toml` text, if any.
+    pub config: Option<&'a str>,
+}
+
+impl Client {
+    /// `POST /admin/v1/models/{m}/versions[?version=N]`: the file is the request body, or the
+    /// `model` part of a form when a `model.toml` goes with it as the `config` part.
+    pub fn push(&self, push: Push<'_>) -> anyhow::Result<PushResponse> {
+        let name = push.file.display();
+        let file = std::fs::File::open(push.file).with_context(|| format!("cannot open {name}"))?;
+        let size = file
+            .metadata()
+            .with_context(|| format!("cannot read {name}"))?
+            .len();
+        let mut url = self.admin_url(&["models", push.model, "versions"]);
+        if let Some(version) = push.version {
+            url.query_pairs_mut()
+                .append_pair("version", &version.to_string());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(self.upload(url, push, tokio::fs::File::from_std(file), size))
+    }
+
+    async fn upload(
+        &self,
+        url: Url,
+        push: Push<'_>,
+        file: tokio::fs::File,
+        size: u64,
+    ) -> anyhow::Result<PushResponse> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(PUSH_TIMEOUT)
+            .build()
+            .context("cannot set up the HTTP client")?;
+        let body = Body::wrap_stream(chunks(file));
+        let request = http.post(url.clone());
+        let request = match push.config {
+            None => request
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body),
+            Some(config) => {
+                let file_name = push.file.file_name().map_or_else(
+                    || "model.onnx".to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                let model = Part::stream_with_length(body, size)
+                    .file_name(file_name)
+                    .mime_str("application/octet-stream")?;
+                let config = Part::text(config.to_string())
+                    .file_name("model.toml")
+                    .mime_str("application/toml")?;
+                request.multipart(Form::new().part("model", model).part("config", config))
+            }
+        };
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if !status.is_success() {
+            return Err(server_error(status, &body).into());
+        }
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "the answer from {url} is not what this vaticctl expects (is the server another version?)"
+            )
+        })
+    }
+}
+
+/// The file's bytes, [`CHUNK`] at a time.
+fn chunks(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        while buf.len() < CHUNK {
+            if file.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok((!buf.is_empty()).then(|| (buf.freeze(), file)))
+    })
+}

@@ -108,8 +108,12 @@ impl Backend {
             Backend::Local(engine) => Ok(engine.metadata(model, version)?),
             Backend::Remote(pool, catalog) => {
                 let (version, target) = resolve(catalog, model, version);
-                pool.json(Method::GET, &model_path(model, version.as_deref(), ""), target)
-                    .await
+                pool.json(
+                    Method::GET,
+                    &model_path(model, version.as_deref(), ""),
+                    target,
+                )
+                .await
             }
         }
     }
@@ -195,10 +199,7 @@ impl Backend {
     pub async fn index(&self) -> Result<Vec<RepositoryModel>, HttpError> {
         match self {
             Backend::Local(engine) => Ok(engine.index()),
-            Backend::Remote(pool, _) => {
-                pool.json(Method::POST, "/v2/repository/index", None)
-                    .await
-            }
+            Backend::Remote(pool, _) => pool.json(Method::POST, "/v2/repository/index", None).await,
         }
     }
 }

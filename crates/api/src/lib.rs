@@ -15,6 +15,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
 use backend::Backend;
+use catalog::Catalog;
+use prediction_log::PredictionLog;
 use routes::AppState;
 use settings::{ApiSettings, Mode};
 use std::net::{SocketAddr, TcpListener};
@@ -22,8 +24,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vatic_worker::http::{drain, on_connect, request_id, shutdown_signal};
-use catalog::Catalog;
-use prediction_log::PredictionLog;
 use vatic_worker::reconcile::Reconciler;
 use vatic_worker::Engine;
 
@@ -35,7 +35,10 @@ pub struct Application {
     pub state: web::Data<AppState>,
     server: Option<Server>,
     drain: Duration,
-    reconcile: Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    reconcile: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Application {
@@ -195,5 +198,8 @@ impl Application {
 
 /// Runs the api binary.
 pub async fn run(settings: ApiSettings) -> anyhow::Result<()> {
-    Application::build(&settings).await?.run_until_signal().await
+    Application::build(&settings)
+        .await?
+        .run_until_signal()
+        .await
 }

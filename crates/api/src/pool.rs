@@ -147,7 +147,9 @@ impl WorkerPool {
             .collect();
         nodes.retain(|n| {
             n.serves.read().expect("serves lock").is_none()
-                || fresh.iter().any(|w| w.address.trim_end_matches('/') == n.url)
+                || fresh
+                    .iter()
+                    .any(|w| w.address.trim_end_matches('/') == n.url)
         });
         for w in fresh {
             let ready: HashSet<(String, u64)> = w

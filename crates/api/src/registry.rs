@@ -24,7 +24,10 @@ pub enum PushError {
 pub fn check_name(name: &str) -> Result<(), PushError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
@@ -90,10 +93,9 @@ pub async fn push(
     }
     let signature = inspect(upload.file, upload.config, defaults).await?;
     let path = upload.file.to_path_buf();
-    let (sha256, size) =
-        tokio::task::spawn_blocking(move || vatic_store::sha256_file(&path))
-            .await
-            .map_err(|e| PushError::Invalid(format!("hashing stopped: {e}")))??;
+    let (sha256, size) = tokio::task::spawn_blocking(move || vatic_store::sha256_file(&path))
+        .await
+        .map_err(|e| PushError::Invalid(format!("hashing stopped: {e}")))??;
     let (version, artifact_stored) = store
         .push_version(&NewVersion {
             model: upload.model,

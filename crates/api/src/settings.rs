@@ -1,8 +1,8 @@
 //! Settings of the api binary.
 
+use crate::prediction_log::PredictionLogSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use crate::prediction_log::PredictionLogSettings;
 use vatic_worker::reconcile::ReconcileSettings;
 use vatic_worker::settings::DatabaseSettings;
 use vatic_worker::telemetry::LogSettings;

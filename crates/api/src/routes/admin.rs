@@ -109,17 +109,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .app_data(web::JsonConfig::default().error_handler(|e, _| {
                 AdminError::BadRequest(format!("invalid JSON body: {e}")).into()
             }))
-            .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                AdminError::BadRequest(format!("invalid query: {e}")).into()
-            }))
-            .app_data(web::PathConfig::default().error_handler(|e, _| {
-                AdminError::BadRequest(format!("invalid path: {e}")).into()
-            }))
+            .app_data(
+                web::QueryConfig::default().error_handler(|e, _| {
+                    AdminError::BadRequest(format!("invalid query: {e}")).into()
+                }),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|e, _| {
+                    AdminError::BadRequest(format!("invalid path: {e}")).into()
+                }),
+            )
             .route("/models", web::get().to(list_models))
             .route("/models/{name}", web::get().to(get_model))
             .route("/models/{name}", web::patch().to(update_model))
             .route("/models/{name}/versions", web::post().to(push_version))
-            .route("/models/{name}/versions/{version}", web::get().to(get_version))
+            .route(
+                "/models/{name}/versions/{version}",
+                web::get().to(get_version),
+            )
             .route(
                 "/models/{name}/versions/{version}/retire",
                 web::post().to(retire_version),
@@ -237,7 +244,8 @@ async fn receive(
                     got_model = true;
                 }
                 "config" => {
-                    let bytes = collect(field.map(|c| c.map_err(|e| e.to_string())), 1 << 20).await?;
+                    let bytes =
+                        collect(field.map(|c| c.map_err(|e| e.to_string())), 1 << 20).await?;
                     config = String::from_utf8(bytes).map_err(|_| {
                         AdminError::BadRequest("the config part is not UTF-8 text".into())
                     })?;
@@ -303,10 +311,7 @@ async fn collect(
     Ok(buf)
 }
 
-async fn get_version(
-    s: State,
-    path: web::Path<(String, u64)>,
-) -> Result<HttpResponse, AdminError> {
+async fn get_version(s: State, path: web::Path<(String, u64)>) -> Result<HttpResponse, AdminError> {
     let (name, version) = path.into_inner();
     Ok(HttpResponse::Ok().json(store(&s)?.model_version(&name, version).await?))
 }

@@ -82,11 +82,7 @@ pub fn log_prediction(
                 .then(|| json(vatic_schema::v2::encode_response(r, |_| false).body))
                 .flatten(),
         ),
-        Err(e) => (
-            e.status_code().as_u16(),
-            version.map(str::to_string),
-            None,
-        ),
+        Err(e) => (e.status_code().as_u16(), version.map(str::to_string), None),
     };
     let request = request
         .filter(|_| mode == LogMode::Full)

@@ -81,19 +81,38 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
         .collect();
     let client = reqwest::Client::new();
     for w in &workers {
-        wait_status(&client, &format!("{}/v2/health/ready", w.url), 200, Duration::from_secs(30)).await;
+        wait_status(
+            &client,
+            &format!("{}/v2/health/ready", w.url),
+            200,
+            Duration::from_secs(30),
+        )
+        .await;
     }
     let api = registry_api(&db, dir.path()).await;
 
     let pushed = Instant::now();
     let (ok, out) = vaticctl(
         &api,
-        &["models", "push", "cnn", "testdata/models/cnn/1/model.onnx", "-o", "json"],
+        &[
+            "models",
+            "push",
+            "cnn",
+            "testdata/models/cnn/1/model.onnx",
+            "-o",
+            "json",
+        ],
     )
     .await;
     assert!(ok, "{out}");
     for w in &workers {
-        wait_status(&client, &format!("{}/v2/models/cnn/versions/1/ready", w.url), 200, Duration::from_secs(20)).await;
+        wait_status(
+            &client,
+            &format!("{}/v2/models/cnn/versions/1/ready", w.url),
+            200,
+            Duration::from_secs(20),
+        )
+        .await;
     }
     eprintln!(
         "both workers served cnn {} ms after the push was sent",
@@ -108,7 +127,10 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
         if status == 200 {
             break body;
         }
-        assert!(Instant::now() < deadline, "api never served cnn: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "api never served cnn: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     vatic_testkit::fixture("cnn").check_response(&body);
@@ -118,7 +140,11 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
     assert_eq!(fleet.len(), 2, "{fleet:?}");
     for w in fleet {
         assert!(
-            w["loaded"].as_array().unwrap().iter().any(|l| l["model"] == "cnn" && l["state"] == "READY"),
+            w["loaded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["model"] == "cnn" && l["state"] == "READY"),
             "{w}"
         );
     }
@@ -126,7 +152,13 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
     let (ok, out) = vaticctl(&api, &["models", "retire", "cnn", "1"]).await;
     assert!(ok, "{out}");
     for w in &workers {
-        wait_status(&client, &format!("{}/v2/models/cnn/ready", w.url), 404, Duration::from_secs(20)).await;
+        wait_status(
+            &client,
+            &format!("{}/v2/models/cnn/ready", w.url),
+            404,
+            Duration::from_secs(20),
+        )
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -134,7 +166,10 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
         if status == 404 {
             break;
         }
-        assert!(Instant::now() < deadline, "retired model still answers {status}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "retired model still answers {status}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     api.stop().await;
@@ -143,9 +178,10 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
     for db in TestDb::both() {
-        let store = vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
-            .await
-            .unwrap();
+        let store =
+            vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
+                .await
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut settings = crate::helpers::standalone_settings(dir.path().join("none"));
         std::fs::create_dir_all(dir.path().join("none")).unwrap();
@@ -154,10 +190,19 @@ async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
         settings.upload_dir = dir.path().join("uploads");
         settings.prediction_log.spool_dir = dir.path().join("spool");
         let api = TestApi::start(settings, None).await;
-        let onnx = std::fs::read(vatic_testkit::root().join("testdata/models/cnn/1/model.onnx")).unwrap();
+        let onnx =
+            std::fs::read(vatic_testkit::root().join("testdata/models/cnn/1/model.onnx")).unwrap();
         let cases: [(&str, Vec<u8>, &str); 3] = [
-            ("text", b"this is not an onnx file".to_vec(), "cannot be served"),
-            ("truncated", onnx[..onnx.len() / 2].to_vec(), "cannot be served"),
+            (
+                "text",
+                b"this is not an onnx file".to_vec(),
+                "cannot be served",
+            ),
+            (
+                "truncated",
+                onnx[..onnx.len() / 2].to_vec(),
+                "cannot be served",
+            ),
             ("empty", Vec::new(), "the upload is empty"),
         ];
         for (what, bytes, message) in cases {
@@ -172,13 +217,24 @@ async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap();
             assert_eq!(status, 400, "{what} on {}: {body}", db.url);
-            assert!(body["error"].as_str().unwrap().contains(message), "{what}: {body}");
-            assert!(!body["error"].as_str().unwrap().contains("upload-"), "no temporary names: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains(message),
+                "{what}: {body}"
+            );
+            assert!(
+                !body["error"].as_str().unwrap().contains("upload-"),
+                "no temporary names: {body}"
+            );
         }
         assert_eq!(api.get("/admin/v1/models").await.1, json!([]));
-        assert!(matches!(store.model("bad").await, Err(vatic_store::StoreError::ModelNotFound(_))));
+        assert!(matches!(
+            store.model("bad").await,
+            Err(vatic_store::StoreError::ModelNotFound(_))
+        ));
         assert_eq!(
-            std::fs::read_dir(dir.path().join("uploads")).unwrap().count(),
+            std::fs::read_dir(dir.path().join("uploads"))
+                .unwrap()
+                .count(),
             0,
             "uploads are removed"
         );
@@ -195,17 +251,36 @@ async fn a_worker_killed_and_restarted_serves_from_its_cache_without_fetching_ag
     let client = reqwest::Client::new();
     let mut worker = registry_worker(&db.url, &cache);
     let api = registry_api(&db, dir.path()).await;
-    let (ok, out) = vaticctl(&api, &["models", "push", "cnn", "testdata/models/cnn/1/model.onnx"]).await;
+    let (ok, out) = vaticctl(
+        &api,
+        &["models", "push", "cnn", "testdata/models/cnn/1/model.onnx"],
+    )
+    .await;
     assert!(ok, "{out}");
-    wait_status(&client, &format!("{}/v2/models/cnn/ready", worker.url), 200, Duration::from_secs(20)).await;
-    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    wait_status(
+        &client,
+        &format!("{}/v2/models/cnn/ready", worker.url),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
     let before = std::fs::metadata(&cached[0]).unwrap();
 
     worker.child.kill().unwrap(); // SIGKILL: no drain, no goodbye in the fleet table
     worker.child.wait().unwrap();
     let worker = registry_worker(&db.url, &cache);
-    wait_status(&client, &format!("{}/v2/models/cnn/ready", worker.url), 200, Duration::from_secs(20)).await;
+    wait_status(
+        &client,
+        &format!("{}/v2/models/cnn/ready", worker.url),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
     let after = std::fs::metadata(&cached[0]).unwrap();
     assert_eq!(
         (before.ino(), before.mtime_nsec()),
@@ -249,13 +324,22 @@ async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
     let request = vatic_testkit::demo_reference().v2_request(0..1);
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (client, base, stop, request) =
-                (api.client.clone(), api.base.clone(), stop.clone(), request.clone());
+            let (client, base, stop, request) = (
+                api.client.clone(),
+                api.base.clone(),
+                stop.clone(),
+                request.clone(),
+            );
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0u64, Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let (status, body) =
-                        crate::helpers::post_json(&client, &base, "/v2/models/breast_cancer/infer", &request).await;
+                    let (status, body) = crate::helpers::post_json(
+                        &client,
+                        &base,
+                        "/v2/models/breast_cancer/infer",
+                        &request,
+                    )
+                    .await;
                     if status == 200 {
                         ok += 1;
                     } else {
@@ -276,7 +360,11 @@ async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
     let mut served = 0;
     for c in clients {
         let (ok, failed) = c.await.unwrap();
-        assert!(failed.is_empty(), "requests failed during the outage: {:?}", &failed[..failed.len().min(3)]);
+        assert!(
+            failed.is_empty(),
+            "requests failed during the outage: {:?}",
+            &failed[..failed.len().min(3)]
+        );
         served += ok;
     }
 
@@ -296,7 +384,10 @@ async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
         .unwrap();
     let rows = store.prediction_count(Some("breast_cancer")).await.unwrap();
     eprintln!("outage: {served} predictions served, {rows} rows; during the cut: {during}; after: {stats}");
-    assert!(during["spooled"].as_u64().unwrap() > 0, "the outage was noticed: {during}");
+    assert!(
+        during["spooled"].as_u64().unwrap() > 0,
+        "the outage was noticed: {during}"
+    );
     assert!(stats["replayed"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["dropped"], 0, "{stats}");
     assert_eq!(rows, served, "one row per successful prediction");

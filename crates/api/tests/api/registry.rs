@@ -392,3 +392,80 @@ async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
     assert_eq!(stats["dropped"], 0, "{stats}");
     assert_eq!(rows, served, "one row per successful prediction");
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_push_retire_cycles_leave_the_worker_memory_bounded() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = registry_worker(&db.url, &dir.path().join("cache"));
+    let client = reqwest::Client::new();
+    wait_status(
+        &client,
+        &format!("{}/v2/health/ready", worker.url),
+        200,
+        Duration::from_secs(30),
+    )
+    .await;
+    let api = registry_api(&db, dir.path()).await;
+    let onnx =
+        std::fs::read(vatic_testkit::root().join("testdata/models/cnn/1/model.onnx")).unwrap();
+    let (request, ()) = cnn_request();
+    let mut after_first = 0;
+    for cycle in 1..=50u64 {
+        let r = api
+            .client
+            .post(format!("{}/admin/v1/models/cnn/versions", api.base))
+            .body(onnx.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "cycle {cycle}");
+        let ready = format!("{}/v2/models/cnn/versions/{cycle}/ready", worker.url);
+        wait_status(&client, &ready, 200, Duration::from_secs(20)).await;
+        let infer = format!("{}/v2/models/cnn/versions/{cycle}/infer", worker.url);
+        let body: Value = client
+            .post(&infer)
+            .json(&request)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        vatic_testkit::fixture("cnn").check_response(&body);
+        let r = api
+            .client
+            .post(format!(
+                "{}/admin/v1/models/cnn/versions/{cycle}/retire",
+                api.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "cycle {cycle}");
+        wait_status(&client, &ready, 404, Duration::from_secs(20)).await;
+        if cycle == 1 {
+            after_first = rss_kib(worker.child.id());
+        }
+    }
+    // Let the unloader threads finish the last version.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_last = rss_kib(worker.child.id());
+    eprintln!("worker resident memory: {after_first} KiB after 1 push/retire cycle, {after_last} KiB after 50");
+    assert!(
+        after_last < after_first + 64 * 1024,
+        "resident memory grew from {after_first} KiB to {after_last} KiB over 49 cycles"
+    );
+    api.stop().await;
+}

@@ -60,7 +60,9 @@ impl FromStr for VersionState {
         VersionState::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown version state '{s}' (staged, canary, shadow, stable, retired)"))
+            .ok_or_else(|| {
+                format!("unknown version state '{s}' (staged, canary, shadow, stable, retired)")
+            })
     }
 }
 
@@ -95,7 +97,9 @@ impl FromStr for LogMode {
             "off" => Ok(LogMode::Off),
             "metadata" => Ok(LogMode::Metadata),
             "full" => Ok(LogMode::Full),
-            _ => Err(format!("unknown prediction log mode '{s}' (off, metadata, full)")),
+            _ => Err(format!(
+                "unknown prediction log mode '{s}' (off, metadata, full)"
+            )),
         }
     }
 }

@@ -48,7 +48,9 @@ impl TestDb {
             let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
                 panic!("PostgreSQL at {admin} (set DATABASE_URL to another server): {e}")
             });
-            conn.execute(sql.as_str()).await.expect("create test database");
+            conn.execute(sql.as_str())
+                .await
+                .expect("create test database");
         });
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         TestDb {

@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 mod db;
+mod proxy;
 pub use db::TestDb;
+pub use proxy::TcpProxy;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

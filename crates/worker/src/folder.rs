@@ -13,9 +13,7 @@ pub fn scan(dir: &Path) -> anyhow::Result<Vec<VersionSpec>> {
     let listing =
         std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("models_dir {}: {e}", dir.display()))?;
     let mut specs = Vec::new();
-    let mut model_dirs: Vec<_> = listing
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut model_dirs: Vec<_> = listing.filter_map(|e| e.ok().map(|e| e.path())).collect();
     model_dirs.sort();
     for model_dir in model_dirs {
         let Some(name) = model_dir
@@ -52,7 +50,12 @@ pub fn scan(dir: &Path) -> anyhow::Result<Vec<VersionSpec>> {
                     Ok((text, p.display().to_string()))
                 })
                 .transpose()?
-                .unwrap_or_else(|| (String::new(), version_dir.join("model.toml").display().to_string()));
+                .unwrap_or_else(|| {
+                    (
+                        String::new(),
+                        version_dir.join("model.toml").display().to_string(),
+                    )
+                });
             versions.push(VersionSpec {
                 model: name.clone(),
                 version,

@@ -18,6 +18,6 @@ pub mod version;
 
 pub use config::BatchingConfig;
 pub use engine::{Engine, EngineSettings, VersionSpec};
-pub use version::{check_model, LoadedVersion, PLATFORM};
 pub use error::EngineError;
 pub use settings::WorkerSettings;
+pub use version::{check_model, LoadedVersion, PLATFORM};

@@ -136,7 +136,9 @@ impl Reconciler {
             return;
         };
         for path in listing.filter_map(|e| e.ok().map(|e| e.path())) {
-            let Some(sha) = cached_sha(&path) else { continue };
+            let Some(sha) = cached_sha(&path) else {
+                continue;
+            };
             if !wanted.contains(sha) {
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(file = %path.display(), error = %e, "could not remove a stale cached artifact");
@@ -179,7 +181,9 @@ impl Reconciler {
                         // Changes made while not listening are caught by this pass.
                         need_sync = true;
                     }
-                    Err(e) if !failing => tracing::warn!(error = %e, "registry notifications unavailable; polling"),
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "registry notifications unavailable; polling")
+                    }
                     Err(_) => {}
                 }
             }

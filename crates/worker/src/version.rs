@@ -326,4 +326,3 @@ fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -6,17 +6,17 @@
 //! refused that record's content).
 
 mod spool;
+mod writer;
 
 use serde::{Deserialize, Serialize};
-use spool::{Chunk, Spool};
+use spool::Spool;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
-use vatic_store::{PredictionRecord, Store, StoreError};
+use vatic_store::{PredictionRecord, Store};
+use writer::Writer;
 
 pub use spool::{ACTIVE as SPOOL_FILE, REPLAYING as SPOOL_REPLAYING_FILE};
 
@@ -146,17 +146,7 @@ impl PredictionLog {
         }
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let writer = Writer {
-            store,
-            rx,
-            spool: spool.clone(),
-            counters: counters.clone(),
-            batch_size: settings.batch_size,
-            flush_interval: Duration::from_millis(settings.flush_interval_ms),
-            retry_interval: Duration::from_millis(settings.retry_interval_ms),
-            down: false,
-            next_replay: Instant::now(),
-        };
+        let writer = Writer::new(store, rx, spool.clone(), counters.clone(), &settings);
         let handle = runtime.spawn(writer.run());
         Ok(PredictionLog {
             shared: Arc::new(Shared {
@@ -254,255 +244,6 @@ impl PredictionLog {
             tracing::error!(error = %e, "fsync of the prediction spool");
         }
     }
-}
-
-/// The one task that talks to the database.
-struct Writer {
-    store: Store,
-    rx: mpsc::Receiver<PredictionRecord>,
-    spool: Arc<Spool>,
-    counters: Arc<Counters>,
-    batch_size: usize,
-    flush_interval: Duration,
-    retry_interval: Duration,
-    /// The last attempt failed: batches go to the spool until `next_replay`.
-    down: bool,
-    /// When to try the spool (and, while down, the database) next.
-    next_replay: Instant,
-}
-
-impl Writer {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_size);
-        let mut open = true;
-        while open {
-            let replay_at = (self.spool.pending_bytes() > 0).then_some(self.next_replay);
-            if replay_at.is_none_or(|at| at > Instant::now()) {
-                let replay_due = async {
-                    match replay_at {
-                        Some(at) => sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    n = self.rx.recv_many(&mut batch, self.batch_size) => open = n > 0,
-                    () = replay_due => {}
-                }
-            }
-            if !batch.is_empty() {
-                open = self.fill(&mut batch).await;
-                self.flush(std::mem::take(&mut batch)).await;
-            }
-            if self.spool.pending_bytes() > 0 && Instant::now() >= self.next_replay {
-                self.replay_chunk().await;
-            }
-        }
-        // The queue is closed and empty: replay what the spool holds while the database answers.
-        while self.spool.pending_bytes() > 0 {
-            if self.down && Instant::now() < self.next_replay {
-                break;
-            }
-            if !self.replay_chunk().await {
-                break;
-            }
-        }
-        let spool = self.spool.clone();
-        if let Err(e) = blocking(move || spool.sync()).await {
-            tracing::error!(error = %e, "fsync of the prediction spool");
-        }
-        tracing::debug!("prediction log writer stopped");
-    }
-
-    /// Adds to a non-empty batch until it is full or the flush interval has passed; false
-    /// when the queue is closed and empty.
-    async fn fill(&mut self, batch: &mut Vec<PredictionRecord>) -> bool {
-        let deadline = Instant::now() + self.flush_interval;
-        while batch.len() < self.batch_size {
-            let room = self.batch_size - batch.len();
-            tokio::select! {
-                n = self.rx.recv_many(batch, room) => if n == 0 { return false },
-                () = sleep_until(deadline) => break,
-            }
-        }
-        true
-    }
-
-    /// Inserts a batch from the queue; spools what the database cannot take.
-    async fn flush(&mut self, batch: Vec<PredictionRecord>) {
-        self.counters
-            .queued
-            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        if self.down && Instant::now() < self.next_replay {
-            self.spool_batch(batch).await;
-            return;
-        }
-        let outcome = insert_isolating(&self.store, batch).await;
-        add(&self.counters.written, outcome.inserted);
-        add(&self.counters.rejected, outcome.rejected);
-        match outcome.error {
-            None => self.up(),
-            Some(e) => {
-                self.outage(&e);
-                self.spool_batch(outcome.unsent).await;
-            }
-        }
-    }
-
-    async fn spool_batch(&self, batch: Vec<PredictionRecord>) {
-        let n = batch.len() as u64;
-        let spool = self.spool.clone();
-        match blocking(move || spool.append(&batch, true)).await {
-            Ok(()) => add(&self.counters.spooled, n),
-            Err(e) => {
-                add(&self.counters.dropped, n);
-                tracing::error!(
-                    records = n,
-                    spool = %self.spool.path().display(),
-                    error = %e,
-                    "prediction records dropped: the database and the spool both failed"
-                );
-            }
-        }
-    }
-
-    /// Replays one chunk of the spool; false when it failed or the spool is empty.
-    async fn replay_chunk(&mut self) -> bool {
-        let spool = self.spool.clone();
-        let max = self.batch_size;
-        let mut chunk: Chunk = match blocking(move || spool.next_chunk(max)).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::error!(spool = %self.spool.path().display(), error = %e, "reading the prediction spool");
-                self.next_replay = Instant::now() + self.retry_interval;
-                return false;
-            }
-        };
-        let outcome = insert_isolating(&self.store, std::mem::take(&mut chunk.records)).await;
-        // Rows are new only once, so they count even when the chunk is read again later.
-        add(&self.counters.replayed, outcome.inserted);
-        if let Some(e) = outcome.error {
-            self.outage(&e);
-            return false;
-        }
-        // Rejections are counted only for a chunk that is done, so a retry does not count twice.
-        add(&self.counters.rejected, outcome.rejected);
-        self.up();
-        if let Err(e) = self.spool.commit(&chunk) {
-            tracing::error!(spool = %self.spool.path().display(), error = %e, "removing the replayed prediction spool");
-            self.next_replay = Instant::now() + self.retry_interval;
-            return false;
-        }
-        true
-    }
-
-    fn outage(&mut self, e: &StoreError) {
-        self.next_replay = Instant::now() + self.retry_interval;
-        if !self.down {
-            self.down = true;
-            tracing::warn!(
-                error = %e,
-                spool = %self.spool.path().display(),
-                "the prediction log cannot reach the database; spooling records until it returns"
-            );
-        }
-    }
-
-    fn up(&mut self) {
-        if self.down {
-            self.down = false;
-            self.next_replay = Instant::now();
-            tracing::info!(
-                spool_bytes = self.spool.pending_bytes(),
-                "the prediction log reaches the database again; replaying the spool"
-            );
-        }
-    }
-}
-
-/// Runs blocking file work off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-}
-
-/// What an insert did.
-struct Outcome {
-    /// New rows.
-    inserted: u64,
-    /// Records refused for their content.
-    rejected: u64,
-    /// Records not inserted because of `error`.
-    unsent: Vec<PredictionRecord>,
-    /// Why the database could not take `unsent`.
-    error: Option<StoreError>,
-}
-
-/// Inserts records. When the database refuses a batch for its content, the batch is split until
-/// the records at fault stand alone; those are logged and left out, so one bad record cannot
-/// hold the log up. Any other error stops at once, returning what was not inserted.
-async fn insert_isolating(store: &Store, records: Vec<PredictionRecord>) -> Outcome {
-    let mut outcome = Outcome {
-        inserted: 0,
-        rejected: 0,
-        unsent: Vec::new(),
-        error: None,
-    };
-    // Ranges still to insert, the next one last.
-    let mut todo = vec![0..records.len()];
-    while let Some(range) = todo.pop() {
-        if range.is_empty() {
-            continue;
-        }
-        match store.insert_predictions(&records[range.clone()]).await {
-            Ok(n) => outcome.inserted += n,
-            Err(e) if is_rejection(&e) && range.len() == 1 => {
-                let r = &records[range.start];
-                outcome.rejected += 1;
-                tracing::error!(
-                    id = %r.id,
-                    request_id = %r.request_id,
-                    model = %r.model,
-                    error = %e,
-                    "the database refused a prediction record; it is not logged"
-                );
-            }
-            Err(e) if is_rejection(&e) => {
-                let mid = range.start + range.len() / 2;
-                todo.push(mid..range.end);
-                todo.push(range.start..mid);
-            }
-            Err(e) => {
-                todo.push(range);
-                for range in todo.into_iter().rev() {
-                    outcome.unsent.extend_from_slice(&records[range]);
-                }
-                outcome.error = Some(e);
-                break;
-            }
-        }
-    }
-    outcome
-}
-
-/// Whether the database answered that the data itself is wrong (PostgreSQL classes 22 and 23,
-/// or a constraint), rather than being unreachable or failing for a reason a retry may cure.
-fn is_rejection(e: &StoreError) -> bool {
-    use sqlx::error::ErrorKind;
-    let StoreError::Database(sqlx::Error::Database(db)) = e else {
-        return false;
-    };
-    let postgres_data_class = || {
-        db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-            .is_some_and(|pg| pg.code().starts_with("22") || pg.code().starts_with("23"))
-    };
-    matches!(
-        db.kind(),
-        ErrorKind::NotNullViolation | ErrorKind::CheckViolation | ErrorKind::ForeignKeyViolation
-    ) || postgres_data_class()
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! `predictions.spool.replaying`, so appends go on in a fresh file, reads it in chunks from the
 //! last committed offset and deletes it once every record in it is in the database. A file left by
 //! a crash is replayed the same way; a line that is not a record (torn by a crash mid-append) is
-//! skipped with a warning.
+//! skipped with a warning. `predictions.spool.lock` keeps a second prediction log (another
+//! process sharing the folder) out while one has the spool open.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -18,6 +19,8 @@ use vatic_store::PredictionRecord;
 pub const ACTIVE: &str = "predictions.spool";
 /// The file being replayed.
 pub const REPLAYING: &str = "predictions.spool.replaying";
+/// Locked while a spool is open.
+const LOCK: &str = "predictions.spool.lock";
 
 /// The spool files of one folder. Appends may come from any thread; replay (`next_chunk`,
 /// `commit`) from one task only.
@@ -28,6 +31,8 @@ pub(crate) struct Spool {
     /// Bytes not yet in the database: the whole active file and the uncommitted rest of the
     /// replaying one.
     pending: AtomicU64,
+    /// Holds the folder's lock until the spool is dropped.
+    _lock: File,
 }
 
 struct Active {
@@ -73,8 +78,24 @@ fn sync_dir(dir: &Path) {
 
 impl Spool {
     /// Opens the spool in `dir` (created if missing), counting what earlier runs left there.
+    /// Fails while another spool has the folder open.
     pub fn open(dir: &Path) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("another prediction log holds {}", dir.join(LOCK).display()),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
         let active = file_len(&dir.join(ACTIVE))?.unwrap_or(0);
         let mut replaying = file_len(&dir.join(REPLAYING))?.unwrap_or(0);
         if replaying == 0 {
@@ -92,6 +113,7 @@ impl Spool {
             }),
             replay: Mutex::new(None),
             pending: AtomicU64::new(active + replaying),
+            _lock: lock,
         })
     }
 
@@ -202,8 +224,8 @@ impl Spool {
                 return Ok(Some(chunk));
             }
             // Nothing after the offset: the file is done.
-            *replay = None;
             self.finish_replay()?;
+            *replay = None;
         }
     }
 
@@ -256,8 +278,9 @@ impl Spool {
             r.offset = chunk.end;
         }
         if r.offset >= r.len {
-            *replay = None;
+            // On failure the state stays, and the next chunk, empty, removes the file.
             self.finish_replay()?;
+            *replay = None;
         }
         Ok(())
     }
@@ -384,6 +407,19 @@ mod tests {
         assert_eq!(drain(&spool, 2), vec![0, 1, 2, 0, 1, 2, 3]);
         assert_eq!(spool.pending_bytes(), 0);
         assert!(!dir.path().join(REPLAYING).exists());
+    }
+
+    #[test]
+    fn one_spool_per_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let err = Spool::open(dir.path()).err().expect("the folder is locked");
+        assert!(
+            err.to_string().contains("another prediction log holds"),
+            "{err}"
+        );
+        drop(spool);
+        Spool::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -121,11 +121,7 @@ impl Store {
             let detail = serde_json::json!({"sha256": new.sha256, "size": new.size, "state": state}).to_string();
             audit_in(&mut *tx, at, new.actor, "push", Some(new.model), Some(version), &detail).await?;
             if self.backend() == Backend::Postgres {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(crate::REGISTRY_CHANNEL)
-                    .bind(new.model)
-                    .execute(&mut *tx)
-                    .await?;
+                announce(&mut *tx, new.model).await?;
             }
             tx.commit().await?;
             (version as u64, stored)
@@ -234,11 +230,7 @@ impl Store {
             let action = if state == VersionState::Retired { "retire" } else { "set_state" };
             audit_in(&mut *tx, at, actor, action, Some(model), Some(version as i64), &detail).await?;
             if self.backend() == Backend::Postgres {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(crate::REGISTRY_CHANNEL)
-                    .bind(model)
-                    .execute(&mut *tx)
-                    .await?;
+                announce(&mut *tx, model).await?;
             }
             tx.commit().await?;
         });
@@ -272,11 +264,7 @@ impl Store {
             let detail = serde_json::json!({"log_mode": mode, "log_sample_rate": rate}).to_string();
             audit_in(&mut *tx, at, actor, "set_log", Some(model), None, &detail).await?;
             if self.backend() == Backend::Postgres {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(crate::REGISTRY_CHANNEL)
-                    .bind(model)
-                    .execute(&mut *tx)
-                    .await?;
+                announce(&mut *tx, model).await?;
             }
             tx.commit().await?;
         });
@@ -363,6 +351,22 @@ where
         .bind(model)
         .bind(version)
         .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Announces a change to a model on the registry channel; PostgreSQL delivers it on commit.
+async fn announce<'e, E, DB>(conn: E, model: &str) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::REGISTRY_CHANNEL)
+        .bind(model)
         .execute(conn)
         .await?;
     Ok(())

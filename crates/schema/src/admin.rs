@@ -158,14 +158,11 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// The version that answers requests naming no version: the stable one, else the newest
-    /// one still served.
+    /// The version that answers requests naming no version: the stable one.
     pub fn default_version(&self) -> Option<&ModelVersionInfo> {
         self.versions
             .iter()
-            .rev()
             .find(|v| v.state == VersionState::Stable)
-            .or_else(|| self.versions.iter().rev().find(|v| v.state.is_served()))
     }
 }
 
@@ -176,6 +173,15 @@ pub struct PushResponse {
     pub version: ModelVersionInfo,
     /// False when the same bytes were already stored and only a new version row was written.
     pub artifact_stored: bool,
+}
+
+/// `POST /admin/v1/models/{name}/versions/{version}/retire` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetireResponse {
+    /// The retired version.
+    pub version: ModelVersionInfo,
+    /// The version that became stable because the stable one was retired, if any.
+    pub promoted: Option<ModelVersionInfo>,
 }
 
 /// Body of `PATCH /admin/v1/models/{name}`: prediction log settings.

@@ -64,5 +64,14 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// A push under a version number the model already has.
+    pub fn version_taken(model: &str, version: u64) -> Self {
+        StoreError::Conflict(format!(
+            "model '{model}' already has version {version}; versions are immutable, push under a new number"
+        ))
+    }
+}
+
 /// Results of the data layer.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -252,8 +252,9 @@ impl Store {
     }
 
     /// Removes predictions from before the start of the day `keep_days` days before today (UTC):
-    /// whole day partitions are dropped on PostgreSQL, rows deleted on SQLite.
-    pub async fn apply_retention(&self, keep_days: u32) -> Result<RetentionReport> {
+    /// whole day partitions are dropped on PostgreSQL, rows deleted on SQLite. Audited as
+    /// `actor`.
+    pub async fn apply_retention(&self, keep_days: u32, actor: &str) -> Result<RetentionReport> {
         let cutoff = Utc::now().date_naive() - Days::new(keep_days as u64);
         let mut report = RetentionReport::default();
         match &self.pool {
@@ -294,7 +295,7 @@ impl Store {
             }
         }
         let detail = serde_json::json!({"keep_days": keep_days, "report": &report}).to_string();
-        self.audit("system", "retention", None, &detail).await?;
+        self.audit(actor, "retention", None, &detail).await?;
         Ok(report)
     }
 }

@@ -7,7 +7,7 @@ use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
 use vatic_schema::admin::{
-    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, Signature, VersionState,
+    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, Signature, VersionState,
 };
 
 /// A version to record, its ONNX file already checked.
@@ -73,6 +73,11 @@ impl Store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
+            if self.backend() == Backend::Postgres {
+                // Pushes to one model run one at a time, so two first pushes cannot both
+                // become stable and version numbers are handed out in order.
+                lock_model(&mut *tx, new.model).await?;
+            }
             let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM model_versions WHERE model = $1")
                 .bind(new.model)
                 .fetch_one(&mut *tx)
@@ -85,9 +90,7 @@ impl Store {
                         .fetch_one(&mut *tx)
                         .await?;
                     if taken {
-                        return Err(StoreError::Conflict(format!(
-                            "model '{}' already has version {v}; versions are immutable, push under a new number", new.model
-                        )));
+                        return Err(StoreError::version_taken(new.model, v));
                     }
                     v as i64
                 }
@@ -196,45 +199,70 @@ impl Store {
             .ok_or_else(|| StoreError::ModelNotFound(name.to_string()))
     }
 
-    /// Moves a version to another state. Retiring also removes it from the traffic split.
-    pub async fn set_version_state(
+    /// Retires a version: it leaves the traffic split and workers unload it. Retiring the
+    /// stable version makes the newest staged or canary version stable in the same change (and
+    /// says so in the audit log), so unversioned requests always have one version to go to.
+    /// Retiring a retired version changes nothing.
+    pub async fn retire_version(
         &self,
         model: &str,
         version: u64,
-        state: VersionState,
         actor: &str,
-    ) -> Result<ModelVersionInfo> {
+    ) -> Result<RetireResponse> {
         let current = self.model_version(model, version).await?;
-        if current.state == state {
-            return Ok(current);
+        if current.state == VersionState::Retired {
+            return Ok(RetireResponse {
+                version: current,
+                promoted: None,
+            });
         }
         let at = now();
-        on_pool!(self, pool => {
+        let promoted = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE model_versions SET state = $1, updated_by = $2, updated_at = $3 WHERE model = $4 AND version = $5")
-                .bind(state.as_str())
-                .bind(actor)
-                .bind(at)
+            if self.backend() == Backend::Postgres {
+                lock_model(&mut *tx, model).await?;
+            }
+            let state: String = sqlx::query_scalar("SELECT state FROM model_versions WHERE model = $1 AND version = $2")
+                .bind(model)
+                .bind(version as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+            let from = VersionState::from_str(&state).map_err(StoreError::Corrupt)?;
+            set_state_in(&mut *tx, model, version as i64, VersionState::Retired, actor, at).await?;
+            sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
                 .bind(model)
                 .bind(version as i64)
                 .execute(&mut *tx)
                 .await?;
-            if state == VersionState::Retired {
-                sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
+            let detail = serde_json::json!({"from": from, "to": VersionState::Retired}).to_string();
+            audit_in(&mut *tx, at, actor, "retire", Some(model), Some(version as i64), &detail).await?;
+            let mut promoted = None;
+            if from == VersionState::Stable {
+                let successor: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM model_versions WHERE model = $1 AND state IN ('staged', 'canary')")
                     .bind(model)
-                    .bind(version as i64)
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
+                if let Some(next) = successor {
+                    set_state_in(&mut *tx, model, next, VersionState::Stable, actor, at).await?;
+                    let detail = serde_json::json!({"to": VersionState::Stable, "because": format!("version {version} was retired")}).to_string();
+                    audit_in(&mut *tx, at, actor, "promote", Some(model), Some(next), &detail).await?;
+                    promoted = Some(next as u64);
+                }
             }
-            let detail = serde_json::json!({"from": current.state, "to": state}).to_string();
-            let action = if state == VersionState::Retired { "retire" } else { "set_state" };
-            audit_in(&mut *tx, at, actor, action, Some(model), Some(version as i64), &detail).await?;
             if self.backend() == Backend::Postgres {
                 announce(&mut *tx, model).await?;
             }
             tx.commit().await?;
+            promoted
         });
-        self.model_version(model, version).await
+        let promoted = match promoted {
+            Some(v) => Some(self.model_version(model, v).await?),
+            None => None,
+        };
+        Ok(RetireResponse {
+            version: self.model_version(model, version).await?,
+            promoted,
+        })
     }
 
     /// Changes a model's prediction log settings.
@@ -351,6 +379,49 @@ where
         .bind(model)
         .bind(version)
         .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Holds the model's row until the transaction ends (PostgreSQL; SQLite runs one writer at a
+/// time anyway).
+async fn lock_model<'e, E, DB>(conn: E, model: &str) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query("SELECT name FROM models WHERE name = $1 FOR UPDATE")
+        .bind(model)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn set_state_in<'e, E, DB>(
+    conn: E,
+    model: &str,
+    version: i64,
+    state: VersionState,
+    actor: &str,
+    at: DateTime<Utc>,
+) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query("UPDATE model_versions SET state = $1, updated_by = $2, updated_at = $3 WHERE model = $4 AND version = $5")
+        .bind(state.as_str())
+        .bind(actor)
+        .bind(at)
+        .bind(model)
+        .bind(version)
         .execute(conn)
         .await?;
     Ok(())

@@ -2,7 +2,7 @@
 
 use crate::helpers::{migrated, model_file, push};
 use std::time::Duration;
-use vatic_schema::admin::{LogMode, ModelSettings, VersionState};
+use vatic_schema::admin::{LogMode, ModelSettings};
 use vatic_store::Listener;
 use vatic_testkit::TestDb;
 
@@ -33,10 +33,7 @@ async fn registry_changes_reach_listeners_on_other_handles() {
         .unwrap();
     assert_eq!(next(&mut listener, "a second push").await, "wine");
 
-    writer
-        .set_version_state("iris", 1, VersionState::Retired, "bob")
-        .await
-        .unwrap();
+    writer.retire_version("iris", 1, "bob").await.unwrap();
     assert_eq!(next(&mut listener, "a retire").await, "iris");
 
     let settings = ModelSettings {

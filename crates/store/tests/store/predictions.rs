@@ -236,7 +236,7 @@ async fn retention_removes_old_days_and_keeps_recent_ones() {
         batch.extend(recent.iter().cloned());
         assert_eq!(store.insert_predictions(&batch).await.unwrap(), 7, "{b}");
 
-        let report = store.apply_retention(7).await.unwrap();
+        let report = store.apply_retention(7, "ops").await.unwrap();
         if db.is_postgres() {
             let partition = format!("predictions_p{}", old_day.format("%Y%m%d"));
             assert_eq!(report.partitions_dropped, [partition], "{b}: {report:?}");
@@ -255,11 +255,11 @@ async fn retention_removes_old_days_and_keeps_recent_ones() {
         let audit = store.audit_log(1).await.unwrap();
         assert_eq!(
             (audit[0].action.as_str(), audit[0].actor.as_str()),
-            ("retention", "system"),
+            ("retention", "ops"),
             "{b}"
         );
 
-        let again = store.apply_retention(7).await.unwrap();
+        let again = store.apply_retention(7, "ops").await.unwrap();
         assert_eq!(again, Default::default(), "{b}: nothing left to remove");
 
         // A late record for a dropped day is still accepted: its day is made again.
@@ -320,7 +320,7 @@ async fn a_day_dropped_by_another_handle_is_made_again() {
         let old_day = now() - Duration::days(10);
         let first = record("iris", old_day);
         assert_eq!(writer.insert_predictions(&[first]).await.unwrap(), 1, "{b}");
-        retention.apply_retention(7).await.unwrap();
+        retention.apply_retention(7, "ops").await.unwrap();
         assert_eq!(writer.prediction_count(None).await.unwrap(), 0, "{b}");
 
         // The writer remembers making that day; the batch must still be stored, today's record too.

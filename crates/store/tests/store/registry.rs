@@ -211,10 +211,7 @@ async fn unknown_models_and_versions_are_reported_as_such() {
             matches!(err, StoreError::VersionNotFound { ref model, version: 9 } if model == "iris"),
             "{b}: {err:?}"
         );
-        let err = store
-            .set_version_state("iris", 9, VersionState::Retired, "alice")
-            .await
-            .unwrap_err();
+        let err = store.retire_version("iris", 9, "alice").await.unwrap_err();
         assert!(
             matches!(err, StoreError::VersionNotFound { .. }),
             "{b}: {err:?}"
@@ -236,32 +233,64 @@ async fn retiring_changes_the_state_and_is_audited() {
     for db in TestDb::both() {
         let b = backend(&db);
         let store = migrated(&db).await;
-        push(&store, "iris", None, &model_file(b"one"), "alice")
-            .await
-            .unwrap();
-        push(&store, "iris", None, &model_file(b"two"), "alice")
-            .await
-            .unwrap();
+        for bytes in [&b"one"[..], b"two", b"three"] {
+            push(&store, "iris", None, &model_file(bytes), "alice")
+                .await
+                .unwrap();
+        }
 
-        let retired = store
-            .set_version_state("iris", 1, VersionState::Retired, "bob")
-            .await
-            .unwrap();
-        assert_eq!(retired.state, VersionState::Retired, "{b}");
+        // A staged version: only its own state changes.
+        let retired = store.retire_version("iris", 2, "bob").await.unwrap();
+        assert_eq!(retired.version.state, VersionState::Retired, "{b}");
+        assert_eq!(retired.promoted, None, "{b}");
         assert_eq!(
-            (retired.created_by.as_str(), retired.updated_by.as_str()),
+            (
+                retired.version.created_by.as_str(),
+                retired.version.updated_by.as_str()
+            ),
             ("alice", "bob"),
             "{b}"
         );
         assert_eq!(
-            store.model_version("iris", 1).await.unwrap(),
-            retired,
+            store.model_version("iris", 2).await.unwrap(),
+            retired.version,
             "{b}: read back"
         );
+        let states = |m: vatic_schema::admin::ModelInfo| -> Vec<VersionState> {
+            m.versions.iter().map(|v| v.state).collect()
+        };
         assert_eq!(
-            store.model_version("iris", 2).await.unwrap().state,
-            VersionState::Staged,
-            "{b}: other versions keep their state"
+            states(store.model("iris").await.unwrap()),
+            [
+                VersionState::Stable,
+                VersionState::Retired,
+                VersionState::Staged
+            ],
+            "{b}"
+        );
+
+        // The stable version: the newest staged one takes its place in the same change.
+        let retired = store.retire_version("iris", 1, "bob").await.unwrap();
+        let promoted = retired.promoted.expect("a version was promoted");
+        assert_eq!(
+            (
+                promoted.version,
+                promoted.state,
+                promoted.updated_by.as_str()
+            ),
+            (3, VersionState::Stable, "bob"),
+            "{b}"
+        );
+        let model = store.model("iris").await.unwrap();
+        assert_eq!(model.default_version().map(|v| v.version), Some(3), "{b}");
+        assert_eq!(
+            states(model),
+            [
+                VersionState::Retired,
+                VersionState::Retired,
+                VersionState::Stable
+            ],
+            "{b}"
         );
 
         let log = store.audit_log(10).await.unwrap();
@@ -272,7 +301,10 @@ async fn retiring_changes_the_state_and_is_audited() {
         assert_eq!(
             actions,
             [
+                ("promote", "bob", Some(3)),
                 ("retire", "bob", Some(1)),
+                ("retire", "bob", Some(2)),
+                ("push", "alice", Some(3)),
                 ("push", "alice", Some(2)),
                 ("push", "alice", Some(1))
             ],
@@ -282,27 +314,60 @@ async fn retiring_changes_the_state_and_is_audited() {
             log.iter().all(|a| a.model.as_deref() == Some("iris")),
             "{b}: {log:?}"
         );
-        let detail: serde_json::Value =
-            serde_json::from_str(&log[0].detail).expect("detail is JSON");
+        let detail = |i: usize| -> serde_json::Value {
+            serde_json::from_str(&log[i].detail).expect("detail is JSON")
+        };
         assert_eq!(
-            detail,
+            detail(1),
             serde_json::json!({"from": "stable", "to": "retired"}),
+            "{b}"
+        );
+        assert_eq!(
+            detail(0),
+            serde_json::json!({"to": "stable", "because": "version 1 was retired"}),
             "{b}"
         );
         assert_eq!(store.audit_log(1).await.unwrap().len(), 1, "{b}: limit");
 
-        // Setting the state a version already has changes nothing and is not audited.
-        store
-            .set_version_state("iris", 1, VersionState::Retired, "carol")
-            .await
-            .unwrap();
-        assert_eq!(store.audit_log(10).await.unwrap().len(), 3, "{b}");
+        // Retiring a retired version changes nothing and is not audited.
+        let again = store.retire_version("iris", 1, "carol").await.unwrap();
+        assert_eq!(again.version.updated_by, "bob", "{b}");
+        assert_eq!(store.audit_log(10).await.unwrap().len(), 6, "{b}");
 
-        // With no stable version left, the next push becomes stable.
-        let (v3, _) = push(&store, "iris", None, &model_file(b"three"), "alice")
+        // The last served version: the model is left with no stable version, and the next
+        // push becomes stable.
+        let retired = store.retire_version("iris", 3, "bob").await.unwrap();
+        assert_eq!(retired.promoted, None, "{b}");
+        assert_eq!(store.model("iris").await.unwrap().default_version(), None);
+        let (v4, _) = push(&store, "iris", None, &model_file(b"four"), "alice")
             .await
             .unwrap();
-        assert_eq!((v3.version, v3.state), (3, VersionState::Stable), "{b}");
+        assert_eq!((v4.version, v4.state), (4, VersionState::Stable), "{b}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_pushes_make_one_stable_version() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        let files: Vec<_> = (0..6)
+            .map(|i| model_file(format!("model {i}").as_bytes()))
+            .collect();
+        let pushes = files.iter().map(|f| push(&store, "iris", None, f, "alice"));
+        for result in futures_util::future::join_all(pushes).await {
+            result.unwrap_or_else(|e| panic!("{b}: {e}"));
+        }
+        let model = store.model("iris").await.unwrap();
+        let stable: Vec<u64> = model
+            .versions
+            .iter()
+            .filter(|v| v.state == VersionState::Stable)
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(stable.len(), 1, "{b}: {:?}", model.versions);
+        let numbers: Vec<u64> = model.versions.iter().map(|v| v.version).collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5, 6], "{b}");
     }
 }
 

@@ -11,7 +11,9 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::time::Duration;
-use vatic_schema::admin::{ModelInfo, ModelSettings, ModelVersionInfo, WorkerStatus};
+use vatic_schema::admin::{
+    ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, WorkerStatus,
+};
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
 use vatic_store::{AuditRecord, RetentionReport};
@@ -135,7 +137,7 @@ impl Client {
     }
 
     /// `POST /admin/v1/models/{m}/versions/{v}/retire`.
-    pub fn retire(&self, name: &str, version: u64) -> anyhow::Result<ModelVersionInfo> {
+    pub fn retire(&self, name: &str, version: u64) -> anyhow::Result<RetireResponse> {
         let url = self.admin_url(&["models", name, "versions", &version.to_string(), "retire"]);
         self.json_answer(self.http.post(url.clone()), &url)
     }

@@ -11,7 +11,7 @@ use comfy_table::Table;
 use std::io::Write;
 use std::path::PathBuf;
 use vatic_schema::admin::{
-    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse, VersionState,
+    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse, RetireResponse, VersionState,
 };
 use vatic_schema::TensorMetadata;
 
@@ -201,23 +201,32 @@ pub fn run(global: &GlobalArgs, args: &ModelsArgs) -> anyhow::Result<()> {
 }
 
 fn print_retired(
-    version: &ModelVersionInfo,
+    retired: &RetireResponse,
     format: OutputFormat,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
-        return output::print_json(version, out);
+        return output::print_json(retired, out);
     }
     let mut table = output::table(["model", "version", "state", "changed by", "changed at"]);
-    table.add_row([
-        version.model.clone(),
-        version.version.to_string(),
-        version.state.to_string(),
-        version.updated_by.clone(),
-        version.updated_at.clone(),
-    ]);
+    for version in std::iter::once(&retired.version).chain(&retired.promoted) {
+        table.add_row([
+            version.model.clone(),
+            version.version.to_string(),
+            version.state.to_string(),
+            version.updated_by.clone(),
+            version.updated_at.clone(),
+        ]);
+    }
     output::align_right(&mut table, &[1]);
     writeln!(out, "{table}")?;
+    if let Some(promoted) = &retired.promoted {
+        writeln!(
+            out,
+            "version {} was stable: version {} is stable now and answers requests that name no version",
+            retired.version.version, promoted.version
+        )?;
+    }
     Ok(())
 }
 

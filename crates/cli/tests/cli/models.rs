@@ -209,6 +209,26 @@ fn the_same_file_twice_makes_a_second_version_without_storing_the_file_again() {
         .map(|v| v["version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, [1, 2, 7], "{model}");
+
+    // Retiring the stable version hands it to the newest staged one, and says so.
+    let run = app.vaticctl(&["models", "retire", "cnn", "1"]);
+    let table = run.assert_ok().table();
+    assert_eq!(&table[1][..3], ["cnn", "1", "retired"], "{}", run.stdout);
+    assert_eq!(&table[2][..3], ["cnn", "7", "stable"], "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("version 1 was stable: version 7 is stable now"),
+        "{}",
+        run.stdout
+    );
+    let model = json(&app, &["models", "describe", "cnn"]);
+    let states: Vec<&str> = model["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["retired", "staged", "stable"], "{model}");
 }
 
 #[test]
@@ -297,6 +317,15 @@ fn an_answer_before_the_upload_ends_is_still_reported() {
             ]);
         app.vaticctl(&[&["models", "push", "bad name", path][..], config].concat())
             .assert_error(&["invalid model name 'bad name'", "(HTTP 400)"]);
+        // A taken version number is refused before the body is read, so not with 413.
+        app.vaticctl(
+            &[
+                &["models", "push", "breast_cancer", path, "--version", "1"][..],
+                config,
+            ]
+            .concat(),
+        )
+        .assert_error(&["model 'breast_cancer' already has version 1", "(HTTP 409)"]);
     }
     assert_eq!(json(&app, &["models", "list"]), before);
 }

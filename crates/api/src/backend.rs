@@ -30,20 +30,22 @@ fn model_path(model: &str, version: Option<&str>, suffix: &str) -> String {
     }
 }
 
+/// Where a cluster request goes: the version to put in the worker's path, and the model and
+/// version number a worker must report ready.
+type Route<'a> = (Option<String>, Option<(&'a str, u64)>);
+
 /// The version a cluster request goes to: the one named, else the registry's default, so the
-/// pool can pick a worker that has it ready.
+/// pool can pick a worker that has it ready. Unknown models and versions are refused here.
 fn resolve<'a>(
     catalog: &Catalog,
     model: &'a str,
     version: Option<&str>,
-) -> (Option<String>, Option<(&'a str, u64)>) {
-    match version {
-        Some(v) => (Some(v.to_string()), v.parse().ok().map(|n| (model, n))),
-        None => match catalog.default_version(model) {
-            Some(n) => (Some(n.to_string()), Some((model, n))),
-            None => (None, None),
-        },
-    }
+) -> Result<Route<'a>, HttpError> {
+    let number = catalog.resolve(model, version)?;
+    let version = version
+        .map(str::to_string)
+        .or_else(|| number.map(|n| n.to_string()));
+    Ok((version, number.map(|n| (model, n))))
 }
 
 impl Backend {
@@ -66,7 +68,7 @@ impl Backend {
         match self {
             Backend::Local(engine) => Ok(engine.infer(model, version, req).await?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version);
+                let (version, target) = resolve(catalog, model, version)?;
                 let version = version.as_deref();
                 let mut forwarded = req.clone();
                 forwarded
@@ -107,7 +109,7 @@ impl Backend {
         match self {
             Backend::Local(engine) => Ok(engine.metadata(model, version)?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version);
+                let (version, target) = resolve(catalog, model, version)?;
                 pool.json(
                     Method::GET,
                     &model_path(model, version.as_deref(), ""),
@@ -123,7 +125,7 @@ impl Backend {
         match self {
             Backend::Local(engine) => Ok(engine.model_ready(model, version)?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version);
+                let (version, target) = resolve(catalog, model, version)?;
                 let answer = pool
                     .send(
                         Method::GET,
@@ -151,7 +153,7 @@ impl Backend {
         match self {
             Backend::Local(engine) => Ok(engine.config(model, version)?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version);
+                let (version, target) = resolve(catalog, model, version)?;
                 pool.json(
                     Method::GET,
                     &model_path(model, version.as_deref(), "/config"),

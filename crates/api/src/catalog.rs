@@ -7,30 +7,55 @@ use crate::pool::WorkerPool;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
 use vatic_schema::admin::{LogMode, ModelInfo};
 use vatic_store::Store;
+use vatic_worker::passes::Passes;
+use vatic_worker::EngineError;
 
-/// What this replica knows of each model.
+/// What this replica knows of each model; empty until the first read of the registry.
 #[derive(Default)]
 pub struct Catalog {
-    models: RwLock<HashMap<String, ModelInfo>>,
+    models: RwLock<Option<HashMap<String, ModelInfo>>>,
 }
 
 impl Catalog {
     /// Replaces the view.
     pub fn replace(&self, models: Vec<ModelInfo>) {
         let map = models.into_iter().map(|m| (m.name.clone(), m)).collect();
-        *self.models.write().expect("catalog lock") = map;
+        *self.models.write().expect("catalog lock") = Some(map);
     }
 
-    /// The version that answers requests naming none, when the registry knows the model.
-    pub fn default_version(&self, model: &str) -> Option<u64> {
-        self.models
-            .read()
-            .expect("catalog lock")
-            .get(model)
-            .and_then(|m| m.default_version().map(|v| v.version))
+    /// The version number a request goes to: the one it names, else the model's stable one.
+    /// Once the registry has been read, a model or version it does not serve is refused here
+    /// with 404; before that (or with no registry) the request passes on as it is, and a
+    /// version that is not a number resolves to none.
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Option<u64>, EngineError> {
+        let named = version.and_then(|v| v.parse::<u64>().ok());
+        let view = self.models.read().expect("catalog lock");
+        let Some(models) = view.as_ref() else {
+            return Ok(named);
+        };
+        let Some(info) = models.get(model) else {
+            return Err(EngineError::ModelNotFound(model.to_string()));
+        };
+        let served = || info.versions.iter().filter(|v| v.state.is_served());
+        match version {
+            None => info
+                .default_version()
+                .map(|v| Some(v.version))
+                .ok_or_else(|| EngineError::ModelNotFound(model.to_string())),
+            Some(asked) => match named.filter(|n| served().any(|v| v.version == *n)) {
+                Some(n) => Ok(Some(n)),
+                None => Err(EngineError::VersionNotFound {
+                    model: model.to_string(),
+                    version: asked.to_string(),
+                    available: served()
+                        .map(|v| v.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+            },
+        }
     }
 
     /// What the prediction log keeps for a model, and the share of requests it logs. Models
@@ -39,21 +64,22 @@ impl Catalog {
         self.models
             .read()
             .expect("catalog lock")
-            .get(model)
+            .as_ref()
+            .and_then(|models| models.get(model))
             .map(|m| (m.log_mode, m.log_sample_rate))
             .unwrap_or((LogMode::Off, 0.0))
     }
 }
 
 /// Keeps `catalog` (and, in a cluster, `pool`'s fleet) in step with the database until the
-/// runtime stops. `nudge` triggers a refresh at once.
+/// runtime stops. `passes` asks for a refresh at once.
 pub fn watch(
     store: Store,
     catalog: Arc<Catalog>,
     pool: Option<Arc<WorkerPool>>,
     refresh: Duration,
     stale_after: Duration,
-    nudge: Arc<Notify>,
+    passes: Passes,
 ) {
     tokio::spawn(async move {
         let mut listener = None;
@@ -62,14 +88,17 @@ pub fn watch(
             if listener.is_none() {
                 listener = store.listen().await.ok().flatten();
             }
-            let pass = async {
+            let pass = passes.begin();
+            let result = async {
                 catalog.replace(store.models().await?);
                 if let Some(pool) = &pool {
                     pool.set_fleet(&store.workers().await?, stale_after.as_secs_f64());
                 }
                 Ok::<_, vatic_store::StoreError>(())
-            };
-            match pass.await {
+            }
+            .await;
+            passes.finish(pass);
+            match result {
                 Ok(()) => failing = false,
                 Err(e) => {
                     if !failing {
@@ -90,7 +119,7 @@ pub fn watch(
                         listener = None;
                     }
                 }
-                _ = nudge.notified() => {}
+                _ = passes.requested() => {}
                 _ = tokio::time::sleep(refresh) => {}
             }
         }

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vatic_worker::http::{drain, on_connect, request_id, shutdown_signal};
+use vatic_worker::passes::Passes;
 use vatic_worker::reconcile::Reconciler;
 use vatic_worker::Engine;
 
@@ -51,8 +52,8 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
         let catalog = Arc::new(Catalog::default());
-        let nudge = Arc::new(tokio::sync::Notify::new());
-        let mut registry_nudge = None;
+        let catalog_passes = Passes::default();
+        let mut reconcile_passes = None;
         let mut reconcile = None;
         let backend = match settings.mode {
             Mode::Standalone => {
@@ -74,7 +75,7 @@ impl Application {
                             settings.registry.clone(),
                             None,
                         );
-                        registry_nudge = Some(reconciler.nudger());
+                        reconcile_passes = Some(reconciler.passes());
                         let (stop, stopped) = tokio::sync::watch::channel(false);
                         reconcile = Some((stop, tokio::spawn(reconciler.run(stopped))));
                     }
@@ -105,7 +106,7 @@ impl Application {
                 pool,
                 Duration::from_millis(settings.fleet_refresh_ms),
                 Duration::from_millis(settings.heartbeat_timeout_ms),
-                nudge.clone(),
+                catalog_passes.clone(),
             );
             prediction_log = Some(PredictionLog::start(
                 store.clone(),
@@ -124,7 +125,10 @@ impl Application {
             batching: settings.batching.clone(),
             prediction_log,
             catalog,
-            registry_nudges: registry_nudge.into_iter().chain([nudge]).collect(),
+            registry_passes: reconcile_passes
+                .into_iter()
+                .chain([catalog_passes])
+                .collect(),
         });
         let app_state = state.clone();
         let server = HttpServer::new(move || {

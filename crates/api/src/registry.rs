@@ -40,6 +40,14 @@ pub fn check_name(name: &str) -> Result<(), PushError> {
     }
 }
 
+/// Version numbers start at 1.
+pub fn check_version(version: u64) -> Result<(), PushError> {
+    if version == 0 {
+        return Err(PushError::Invalid("version must be at least 1".into()));
+    }
+    Ok(())
+}
+
 /// Loads `file` with tract (with the overrides of `config`, a `model.toml` text) and runs it
 /// once; returns its signature, or tract's reason it cannot serve.
 pub async fn inspect(
@@ -88,8 +96,8 @@ pub async fn push(
     defaults: &BatchingConfig,
 ) -> Result<PushResponse, PushError> {
     check_name(upload.model)?;
-    if upload.version == Some(0) {
-        return Err(PushError::Invalid("version must be at least 1".into()));
+    if let Some(version) = upload.version {
+        check_version(version)?;
     }
     let signature = inspect(upload.file, upload.config, defaults).await?;
     let path = upload.file.to_path_buf();

@@ -10,6 +10,7 @@ mod error;
 pub mod folder;
 pub mod http;
 pub mod onnx;
+pub mod passes;
 pub mod reconcile;
 pub mod settings;
 pub mod stats;

@@ -3,16 +3,17 @@
 //! Each pass reads the registry, makes sure every served version's artifact is in the local
 //! cache (verified by SHA-256, fetched only when missing or corrupt), and applies the list to
 //! the engine, which loads new versions off the inference threads and unloads retired ones.
-//! A pass runs on a PostgreSQL notification, when nudged in-process, and every `poll_ms` as the
+//! A pass runs on a PostgreSQL notification, when asked in-process, and every `poll_ms` as the
 //! fallback (the only trigger on SQLite). A database outage keeps the current set serving.
 
 use crate::engine::{Engine, VersionSpec};
+use crate::passes::Passes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use vatic_store::{Heartbeat, Listener, Store};
 
 /// Where a registry-backed worker keeps its files and how often it looks.
@@ -54,7 +55,7 @@ pub struct Reconciler {
     store: Store,
     settings: ReconcileSettings,
     identity: Option<Identity>,
-    nudge: Arc<Notify>,
+    passes: Passes,
     verified: HashSet<String>,
 }
 
@@ -71,14 +72,15 @@ impl Reconciler {
             store,
             settings,
             identity,
-            nudge: Arc::new(Notify::new()),
+            passes: Passes::default(),
             verified: HashSet::new(),
         }
     }
 
-    /// A handle that triggers a pass at once (for changes made in this process).
-    pub fn nudger(&self) -> Arc<Notify> {
-        self.nudge.clone()
+    /// A handle that asks for a pass at once, and can wait for it (for changes made in this
+    /// process).
+    pub fn passes(&self) -> Passes {
+        self.passes.clone()
     }
 
     /// One pass: read the registry, fill the cache, apply. On error nothing changes.
@@ -190,7 +192,10 @@ impl Reconciler {
             if need_sync {
                 need_sync = false;
                 next_poll = tokio::time::Instant::now() + poll;
-                match self.sync().await {
+                let pass = self.passes.begin();
+                let result = self.sync().await;
+                self.passes.finish(pass);
+                match result {
                     Ok(_) => {
                         if failing {
                             tracing::info!("registry reachable again");
@@ -217,7 +222,7 @@ impl Reconciler {
                     }
                     need_sync = true;
                 }
-                _ = self.nudge.notified() => need_sync = true,
+                _ = self.passes.requested() => need_sync = true,
                 _ = tokio::time::sleep_until(next_poll) => need_sync = true,
                 _ = tokio::time::sleep_until(next_beat) => {}
                 _ = changes.changed() => next_beat = tokio::time::Instant::now(),

@@ -13,7 +13,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use vatic_schema::admin::{ModelSettings, VersionState};
+use vatic_schema::admin::ModelSettings;
 use vatic_schema::ErrorBody;
 use vatic_store::{Store, StoreError};
 
@@ -173,7 +173,7 @@ async fn update_model(
     let info = store(&s)?
         .set_model_settings(&name, &body, &actor(&req))
         .await?;
-    s.registry_changed();
+    s.registry_changed().await;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -195,6 +195,15 @@ async fn push_version(
 ) -> Result<HttpResponse, AdminError> {
     let store = store(&s)?.clone();
     registry::check_name(&name)?;
+    // Refuse what can be refused before reading a large body.
+    if let Some(version) = query.version {
+        registry::check_version(version)?;
+        match store.model_version(&name, version).await {
+            Ok(_) => return Err(StoreError::version_taken(&name, version).into()),
+            Err(StoreError::ModelNotFound(_) | StoreError::VersionNotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let dir = s.uploads.dir.clone();
     std::fs::create_dir_all(&dir)?;
     let file = registry::upload_path(&dir);
@@ -212,7 +221,7 @@ async fn push_version(
     .await;
     let _ = std::fs::remove_file(&file);
     let pushed = result?;
-    s.registry_changed();
+    s.registry_changed().await;
     Ok(HttpResponse::Created().json(pushed))
 }
 
@@ -322,12 +331,12 @@ async fn retire_version(
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, AdminError> {
     let (name, version) = path.into_inner();
-    let info = store(&s)?
-        .set_version_state(&name, version, VersionState::Retired, &actor(&req))
+    let retired = store(&s)?
+        .retire_version(&name, version, &actor(&req))
         .await?;
-    tracing::info!(model = %name, version, actor = %actor(&req), "model version retired");
-    s.registry_changed();
-    Ok(HttpResponse::Ok().json(info))
+    tracing::info!(model = %name, version, actor = %actor(&req), promoted = ?retired.promoted.as_ref().map(|v| v.version), "model version retired");
+    s.registry_changed().await;
+    Ok(HttpResponse::Ok().json(retired))
 }
 
 async fn list_workers(s: State) -> Result<HttpResponse, AdminError> {
@@ -353,9 +362,12 @@ struct RetentionBody {
 
 async fn apply_retention(
     s: State,
+    req: HttpRequest,
     body: web::Json<RetentionBody>,
 ) -> Result<HttpResponse, AdminError> {
-    let report = store(&s)?.apply_retention(body.keep_days).await?;
+    let report = store(&s)?
+        .apply_retention(body.keep_days, &actor(&req))
+        .await?;
     Ok(HttpResponse::Ok().json(report))
 }
 

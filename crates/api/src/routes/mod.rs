@@ -10,6 +10,9 @@ use actix_web::{HttpMessage, HttpRequest};
 use std::sync::atomic::{AtomicBool, Ordering};
 use vatic_worker::http::RequestId;
 
+/// Longest wait for this process to apply a registry change it made.
+const REGISTRY_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every handler shares.
 pub struct AppState {
     /// Where inference runs.
@@ -28,8 +31,9 @@ pub struct AppState {
     pub prediction_log: Option<crate::prediction_log::PredictionLog>,
     /// This replica's view of the registry.
     pub catalog: std::sync::Arc<crate::catalog::Catalog>,
-    /// Woken after a registry change made through this process, so it applies at once.
-    pub registry_nudges: Vec<std::sync::Arc<tokio::sync::Notify>>,
+    /// The loops that follow the registry in this process (the reconcile loop in standalone
+    /// mode, the catalog refresh), run after a change made through it.
+    pub registry_passes: Vec<vatic_worker::passes::Passes>,
 }
 
 impl AppState {
@@ -38,10 +42,15 @@ impl AppState {
         self.accepting.load(Ordering::SeqCst) && self.backend.is_ready()
     }
 
-    /// Tells this process's reconcile loop that the registry changed.
-    pub fn registry_changed(&self) {
-        for n in &self.registry_nudges {
-            n.notify_one();
+    /// Brings this process up to date after a registry change it made: once this returns, a
+    /// pushed version is known here (loading or ready) and a retired one is gone, so the
+    /// caller's next request sees the change. Gives up waiting after a few seconds (the
+    /// loops still apply the change when they can).
+    pub async fn registry_changed(&self) {
+        for passes in &self.registry_passes {
+            if !passes.run(REGISTRY_CHANGE_WAIT).await {
+                tracing::warn!("the registry change is not applied in this process yet; it will be on the next pass");
+            }
         }
     }
 }

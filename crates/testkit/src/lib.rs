@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod db;
+pub mod onnx;
 mod proxy;
 pub use db::TestDb;
 pub use proxy::TcpProxy;

@@ -1,11 +1,12 @@
 use actix_web::dev::ServerHandle;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vatic_api::settings::{ApiSettings, Mode};
 use vatic_api::Application;
+use vatic_testkit::TestDb;
 
 /// An api started on 127.0.0.1:0 for one test.
 pub struct TestApi {
@@ -92,6 +93,78 @@ pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {
     s
 }
 
+/// Standalone on the registry database at `url`, importing `models_dir`, with its artifact
+/// cache, uploads and spool under `dir`.
+pub fn registry_standalone_settings(url: &str, models_dir: PathBuf, dir: &Path) -> ApiSettings {
+    let mut s = standalone_settings(models_dir);
+    s.database.url = Some(url.to_string());
+    s.database.migrate = true;
+    s.import_models = true;
+    s.registry.cache_dir = dir.join("cache");
+    s.registry.poll_ms = 500;
+    s.upload_dir = dir.join("uploads");
+    s.prediction_log.spool_dir = dir.join("spool");
+    s
+}
+
+/// A cluster api that finds its workers in the fleet table of `db`, with uploads and spool
+/// under `dir`.
+pub async fn registry_api(db: &TestDb, dir: &Path) -> TestApi {
+    let mut settings = cluster_settings(Vec::new());
+    settings.database.url = Some(db.url.clone());
+    settings.fleet_refresh_ms = 200;
+    settings.heartbeat_timeout_ms = 3000;
+    settings.upload_dir = dir.join("uploads");
+    settings.prediction_log.spool_dir = dir.join("spool");
+    TestApi::start(settings, None).await
+}
+
+/// Migrates the test database.
+pub async fn migrated(db: &TestDb) {
+    vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
+        .await
+        .expect("migrate the test database");
+}
+
+/// Polls `GET url` until it answers `status`; panics after `within`.
+pub async fn wait_status(client: &reqwest::Client, url: &str, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = client.get(url).send().await.map(|r| r.status().as_u16());
+        if got.as_ref().ok() == Some(&status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still answers {got:?}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Posts `body` to the api's `path` until it answers `status`; returns that answer's body.
+/// Panics after `within`.
+pub async fn wait_post(
+    api: &TestApi,
+    path: &str,
+    body: &Value,
+    status: u16,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (got, answer) = api.post_json(path, body).await;
+        if got == status {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {got} {answer}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn cluster_settings(workers: Vec<String>) -> ApiSettings {
     ApiSettings {
         mode: Mode::Cluster,
@@ -130,6 +203,17 @@ pub fn binary(name: &str, package: &str) -> PathBuf {
         assert!(status.success(), "building {name}");
     }
     bin
+}
+
+/// A worker process that takes its models from the registry at `url`. Polling is set to ten
+/// minutes, so anything it loads within a test's bounded wait came by notification.
+pub fn registry_worker(url: &str, cache: &Path) -> WorkerProcess {
+    WorkerProcess::start_with_env(&[
+        ("VATIC_DATABASE__URL", url),
+        ("VATIC_REGISTRY__CACHE_DIR", cache.to_str().unwrap()),
+        ("VATIC_REGISTRY__POLL_MS", "600000"),
+        ("VATIC_REGISTRY__HEARTBEAT_MS", "200"),
+    ])
 }
 
 impl WorkerProcess {

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod helpers;
+mod loading;
 mod prediction_log;
 mod readme;
 mod registry;

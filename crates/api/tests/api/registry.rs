@@ -1,39 +1,14 @@
 //! The registry in a cluster: worker processes reconcile to it on PostgreSQL notifications, the
 //! api routes by their heartbeats, and the artifact cache survives a crash.
 
-use crate::helpers::{binary, cluster_settings, TestApi, WorkerProcess};
+use crate::helpers::{
+    binary, migrated, registry_api, registry_standalone_settings, registry_worker, wait_post,
+    wait_status, TestApi, WorkerProcess,
+};
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use vatic_testkit::TestDb;
-
-/// A worker process that takes its models from the registry at `url`. Polling is set to ten
-/// minutes, so anything it loads within a test's bounded wait came by notification.
-fn registry_worker(url: &str, cache: &Path) -> WorkerProcess {
-    WorkerProcess::start_with_env(&[
-        ("VATIC_DATABASE__URL", url),
-        ("VATIC_REGISTRY__CACHE_DIR", cache.to_str().unwrap()),
-        ("VATIC_REGISTRY__POLL_MS", "600000"),
-        ("VATIC_REGISTRY__HEARTBEAT_MS", "200"),
-    ])
-}
-
-async fn migrated(db: &TestDb) {
-    vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
-        .await
-        .expect("migrate the test database");
-}
-
-async fn registry_api(db: &TestDb, dir: &Path) -> TestApi {
-    let mut settings = cluster_settings(Vec::new());
-    settings.database.url = Some(db.url.clone());
-    settings.fleet_refresh_ms = 200;
-    settings.heartbeat_timeout_ms = 3000;
-    settings.upload_dir = dir.join("uploads");
-    settings.prediction_log.spool_dir = dir.join("spool");
-    TestApi::start(settings, None).await
-}
 
 /// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime).
 async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
@@ -49,26 +24,6 @@ async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-/// Polls `url` until it answers `status`; panics after `within`.
-async fn wait_status(client: &reqwest::Client, url: &str, status: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = client.get(url).send().await.map(|r| r.status().as_u16());
-        if got.as_ref().ok() == Some(&status) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} still answers {got:?}, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn cnn_request() -> (Value, ()) {
-    (vatic_testkit::fixture("cnn").v2_request(), ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,19 +75,9 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
     );
 
     // The api routes once a heartbeat reports the version ready.
-    let (request, ()) = cnn_request();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        let (status, body) = api.post_json("/v2/models/cnn/infer", &request).await;
-        if status == 200 {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "api never served cnn: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let request = vatic_testkit::fixture("cnn").v2_request();
+    let infer = "/v2/models/cnn/infer";
+    let body = wait_post(&api, infer, &request, 200, Duration::from_secs(20)).await;
     vatic_testkit::fixture("cnn").check_response(&body);
     assert_eq!(body["model_version"], "1", "{body}");
     let (_, fleet) = api.get("/admin/v1/workers").await;
@@ -160,18 +105,7 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
         )
         .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = api.post_json("/v2/models/cnn/infer", &request).await;
-        if status == 404 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "retired model still answers {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_post(&api, infer, &request, 404, Duration::from_secs(20)).await;
     api.stop().await;
 }
 
@@ -183,12 +117,9 @@ async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
                 .await
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = crate::helpers::standalone_settings(dir.path().join("none"));
-        std::fs::create_dir_all(dir.path().join("none")).unwrap();
-        settings.database.url = Some(db.url.clone());
-        settings.registry.cache_dir = dir.path().join("cache");
-        settings.upload_dir = dir.path().join("uploads");
-        settings.prediction_log.spool_dir = dir.path().join("spool");
+        let empty = dir.path().join("none");
+        std::fs::create_dir_all(&empty).unwrap();
+        let settings = registry_standalone_settings(&db.url, empty, dir.path());
         let api = TestApi::start(settings, None).await;
         let onnx =
             std::fs::read(vatic_testkit::root().join("testdata/models/cnn/1/model.onnx")).unwrap();
@@ -226,6 +157,19 @@ async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
                 "no temporary names: {body}"
             );
         }
+        let r = api
+            .client
+            .post(format!(
+                "{}/admin/v1/models/bad/versions?version=0",
+                api.base
+            ))
+            .body(onnx.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "version must be at least 1", "{body}");
         assert_eq!(api.get("/admin/v1/models").await.1, json!([]));
         assert!(matches!(
             store.model("bad").await,
@@ -288,17 +232,17 @@ async fn a_worker_killed_and_restarted_serves_from_its_cache_without_fetching_ag
         "the cached file was not fetched again"
     );
     // The api drops the dead worker once its heartbeat is stale and serves from the new one.
-    let (request, _) = cnn_request();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = api.post_json("/v2/models/cnn/infer", &request).await;
-        if status == 200 {
-            vatic_testkit::fixture("cnn").check_response(&body);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let fixture = vatic_testkit::fixture("cnn");
+    let infer = "/v2/models/cnn/infer";
+    let body = wait_post(
+        &api,
+        infer,
+        &fixture.v2_request(),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+    fixture.check_response(&body);
     api.stop().await;
 }
 
@@ -308,13 +252,11 @@ async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
     migrated(&db).await;
     let proxy = vatic_testkit::TcpProxy::for_url(&db.url);
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = crate::helpers::standalone_settings(vatic_testkit::root().join("models"));
-    settings.database.url = Some(proxy.url(&db.url));
-    settings.import_models = true;
-    settings.registry.cache_dir = dir.path().join("cache");
-    settings.registry.poll_ms = 500;
-    settings.upload_dir = dir.path().join("uploads");
-    settings.prediction_log.spool_dir = dir.path().join("spool");
+    let mut settings = registry_standalone_settings(
+        &proxy.url(&db.url),
+        vatic_testkit::root().join("models"),
+        dir.path(),
+    );
     settings.prediction_log.flush_interval_ms = 50;
     settings.prediction_log.retry_interval_ms = 200;
     let api = TestApi::start(settings, None).await;
@@ -420,7 +362,7 @@ async fn fifty_push_retire_cycles_leave_the_worker_memory_bounded() {
     let api = registry_api(&db, dir.path()).await;
     let onnx =
         std::fs::read(vatic_testkit::root().join("testdata/models/cnn/1/model.onnx")).unwrap();
-    let (request, ()) = cnn_request();
+    let request = vatic_testkit::fixture("cnn").v2_request();
     let mut after_first = 0;
     for cycle in 1..=50u64 {
         let r = api

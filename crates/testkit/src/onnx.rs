@@ -1,0 +1,98 @@
+//! ONNX files generated at test time, for models too large to commit.
+
+use prost::Message;
+use std::path::Path;
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+
+/// A float tensor type `[N, width]` with a free batch dimension.
+fn batch_of(width: usize) -> Option<pb::TypeProto> {
+    let dim = |value| Dimension {
+        value: Some(value),
+        ..Default::default()
+    };
+    Some(pb::TypeProto {
+        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+            elem_type: pb::tensor_proto::DataType::Float as i32,
+            shape: Some(pb::TensorShapeProto {
+                dim: vec![
+                    dim(dimension::Value::DimParam("N".into())),
+                    dim(dimension::Value::DimValue(width as i64)),
+                ],
+            }),
+        })),
+        ..Default::default()
+    })
+}
+
+/// Writes a model of `layers` dense layers, `x [N, width] -> y [N, width]`, each a `MatMul` by
+/// its own `width x width` float weight followed by a `Relu`. Its file is about
+/// `layers * width * width * 4` bytes, so loading it takes a while: the large model of tests
+/// that check serving goes on while another version loads.
+pub fn write_dense_chain(path: &Path, width: usize, layers: usize) -> std::io::Result<()> {
+    let mut nodes = Vec::new();
+    let mut weights = Vec::new();
+    let mut previous = "x".to_string();
+    // Small values, so outputs stay finite; each layer's are rotated so none is a copy.
+    let mut data: Vec<u8> = (0..width * width)
+        .flat_map(|i| ((i % 97) as f32 / (97.0 * width as f32)).to_le_bytes())
+        .collect();
+    for layer in 0..layers {
+        let weight = format!("w{layer}");
+        data.rotate_left(4);
+        weights.push(pb::TensorProto {
+            name: weight.clone(),
+            dims: vec![width as i64, width as i64],
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            raw_data: data.clone(),
+            ..Default::default()
+        });
+        let product = format!("m{layer}");
+        let output = if layer + 1 == layers {
+            "y".to_string()
+        } else {
+            format!("h{layer}")
+        };
+        nodes.push(pb::NodeProto {
+            input: vec![previous.clone(), weight],
+            output: vec![product.clone()],
+            name: format!("matmul{layer}"),
+            op_type: "MatMul".into(),
+            ..Default::default()
+        });
+        nodes.push(pb::NodeProto {
+            input: vec![product],
+            output: vec![output.clone()],
+            name: format!("relu{layer}"),
+            op_type: "Relu".into(),
+            ..Default::default()
+        });
+        previous = output;
+    }
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        producer_name: "vatic-testkit".into(),
+        graph: Some(pb::GraphProto {
+            name: "dense_chain".into(),
+            node: nodes,
+            initializer: weights,
+            input: vec![pb::ValueInfoProto {
+                name: "x".into(),
+                r#type: batch_of(width),
+                ..Default::default()
+            }],
+            output: vec![pb::ValueInfoProto {
+                name: "y".into(),
+                r#type: batch_of(width),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec())
+}

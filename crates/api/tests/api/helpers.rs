@@ -205,13 +205,19 @@ pub fn binary(name: &str, package: &str) -> PathBuf {
     bin
 }
 
-/// A worker process that takes its models from the registry at `url`. Polling is set to ten
-/// minutes, so anything it loads within a test's bounded wait came by notification.
+/// A worker process that takes its models from the registry at `url`. On PostgreSQL polling is
+/// set to ten minutes, so anything it loads within a test's bounded wait came by notification;
+/// SQLite has no notifications, so there it polls every 200 ms.
 pub fn registry_worker(url: &str, cache: &Path) -> WorkerProcess {
+    let poll_ms = if url.starts_with("sqlite:") {
+        "200"
+    } else {
+        "600000"
+    };
     WorkerProcess::start_with_env(&[
         ("VATIC_DATABASE__URL", url),
         ("VATIC_REGISTRY__CACHE_DIR", cache.to_str().unwrap()),
-        ("VATIC_REGISTRY__POLL_MS", "600000"),
+        ("VATIC_REGISTRY__POLL_MS", poll_ms),
         ("VATIC_REGISTRY__HEARTBEAT_MS", "200"),
     ])
 }

@@ -188,13 +188,19 @@ async fn a_corrupt_or_non_onnx_upload_is_refused_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_and_restarted_serves_from_its_cache_without_fetching_again() {
-    let db = TestDb::postgres();
-    migrated(&db).await;
+    // On SQLite the processes share one database file on this machine and poll it.
+    for db in TestDb::both() {
+        killed_worker_restarts_from_its_cache(&db).await;
+    }
+}
+
+async fn killed_worker_restarts_from_its_cache(db: &TestDb) {
+    migrated(db).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let client = reqwest::Client::new();
     let mut worker = registry_worker(&db.url, &cache);
-    let api = registry_api(&db, dir.path()).await;
+    let api = registry_api(db, dir.path()).await;
     let (ok, out) = vaticctl(
         &api,
         &["models", "push", "cnn", "testdata/models/cnn/1/model.onnx"],

@@ -503,16 +503,14 @@ impl Worker {
         handle
     }
 
-    /// The shutdown sequence: drain, leave the fleet, finish queued model work.
+    /// The shutdown sequence: leave the fleet, drain, finish queued model work.
     pub async fn stop(&mut self, handle: &ServerHandle) {
-        drain(handle, self.drain, || self.engine.begin_shutdown()).await;
         if let Some(r) = self.reconcile.take() {
+            // Leaving the fleet table first tells every api replica to stop routing here.
             let _ = r.stop.send(true);
             let _ = r.task.await;
         }
-        let engine = self.engine.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-        tracing::info!("stopped");
+        drain_and_stop(&self.engine, handle, self.drain).await;
     }
 }
 

@@ -3,6 +3,8 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vatic_api::settings::{ApiSettings, Mode};
 use vatic_api::Application;
@@ -64,6 +66,64 @@ impl TestApi {
 
     pub async fn stop(mut self) {
         self.app.shutdown(&self.handle, Duration::ZERO).await;
+    }
+}
+
+/// Steady load: requests to the demo model from `clients` tasks until [`Traffic::stop`];
+/// counts successes and keeps every other answer.
+pub struct Traffic {
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(api: &TestApi, clients: usize) -> Traffic {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let request = vatic_testkit::demo_reference().v2_request(0..1);
+        let tasks = (0..clients)
+            .map(|_| {
+                let (client, base) = (api.client.clone(), api.base.clone());
+                let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
+                let request = request.clone();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) =
+                            post_json(&client, &base, "/v2/models/breast_cancer/infer", &request)
+                                .await;
+                        if status == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures.lock().unwrap().push(format!("{status} {body}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            ok,
+            failures,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Successes so far.
+    pub fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the load; returns the number of successes and every other answer.
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("traffic task");
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), failures)
     }
 }
 

@@ -5,10 +5,9 @@
 
 use crate::helpers::{
     migrated, registry_api, registry_standalone_settings, registry_worker, wait_post, TestApi,
+    Traffic,
 };
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vatic_testkit::TestDb;
 
@@ -19,68 +18,6 @@ const LAYERS: usize = 1500;
 
 /// Longest wait for the large model to be checked, stored and loaded.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Requests to the demo model from `clients` tasks until `stop`; counts successes and keeps
-/// every other answer.
-struct Traffic {
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(api: &TestApi, clients: usize) -> Traffic {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let request = vatic_testkit::demo_reference().v2_request(0..1);
-        let tasks = (0..clients)
-            .map(|_| {
-                let (client, base) = (api.client.clone(), api.base.clone());
-                let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
-                let request = request.clone();
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let (status, body) = crate::helpers::post_json(
-                            &client,
-                            &base,
-                            "/v2/models/breast_cancer/infer",
-                            &request,
-                        )
-                        .await;
-                        if status == 200 {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failures.lock().unwrap().push(format!("{status} {body}"));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Traffic {
-            ok,
-            failures,
-            stop,
-            tasks,
-        }
-    }
-
-    fn served(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    async fn stop(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.expect("traffic task");
-        }
-        Arc::try_unwrap(self.failures)
-            .expect("tasks ended")
-            .into_inner()
-            .unwrap()
-    }
-}
 
 /// What a request to the large model got while it was not ready.
 struct NotReady {
@@ -185,7 +122,7 @@ async fn standalone_serves_other_versions_while_a_large_model_loads() {
         let api = TestApi::start(settings, None).await;
         let traffic = Traffic::start(&api, 2);
         let (served, seen) = push_large_model_under(&api, &traffic, &label).await;
-        let failures = traffic.stop().await;
+        let (_, failures) = traffic.stop().await;
         assert_eq!(failures, Vec::<String>::new(), "{label}");
         assert!(served > 0, "{label}: no request was served during the load");
         check_not_ready(&label, &seen);
@@ -218,7 +155,7 @@ async fn a_cluster_worker_serves_other_versions_while_a_large_model_loads() {
 
     let traffic = Traffic::start(&api, 2);
     let (served, seen) = push_large_model_under(&api, &traffic, "cluster").await;
-    let failures = traffic.stop().await;
+    let (_, failures) = traffic.stop().await;
     assert_eq!(failures, Vec::<String>::new());
     assert!(served > 0, "no request was served during the load");
     check_not_ready("cluster", &seen);

@@ -3,7 +3,7 @@
 
 use crate::helpers::{
     binary, migrated, registry_api, registry_standalone_settings, registry_worker, wait_post,
-    wait_status, TestApi, WorkerProcess,
+    wait_status, TestApi, Traffic, WorkerProcess,
 };
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
@@ -267,54 +267,20 @@ async fn every_prediction_is_logged_exactly_once_across_a_database_outage() {
     settings.prediction_log.retry_interval_ms = 200;
     let api = TestApi::start(settings, None).await;
 
-    // Steady load from four clients until told to stop; every answer must be a success.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let request = vatic_testkit::demo_reference().v2_request(0..1);
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, base, stop, request) = (
-                api.client.clone(),
-                api.base.clone(),
-                stop.clone(),
-                request.clone(),
-            );
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let (status, body) = crate::helpers::post_json(
-                        &client,
-                        &base,
-                        "/v2/models/breast_cancer/infer",
-                        &request,
-                    )
-                    .await;
-                    if status == 200 {
-                        ok += 1;
-                    } else {
-                        failed.push(format!("{status} {body}"));
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    // Steady load from four clients; every answer must be a success.
+    let traffic = Traffic::start(&api, 4);
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(11)).await;
     let (_, during) = api.get("/admin/v1/prediction-log").await;
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut served = 0;
-    for c in clients {
-        let (ok, failed) = c.await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "requests failed during the outage: {:?}",
-            &failed[..failed.len().min(3)]
-        );
-        served += ok;
-    }
+    let (served, failed) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "requests failed during the outage: {:?}",
+        &failed[..failed.len().min(3)]
+    );
 
     // The spool drains once the database is back.
     let deadline = Instant::now() + Duration::from_secs(60);

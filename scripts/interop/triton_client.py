@@ -128,7 +128,15 @@ def main():
         [str(target / "vatic-api"), "--standalone", "--listen", "127.0.0.1:0"], "api listening"
     )
     worker, worker_addr = start(
-        [str(target / "vatic-worker"), "--listen", "127.0.0.1:0", "--models-dir", "models"],
+        [
+            str(target / "vatic-worker"),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--models-dir",
+            "models",
+        ],
         "worker listening",
     )
     results = []

@@ -6,6 +6,7 @@
 //! the versions it drops once their queued requests are answered.
 
 use crate::config::BatchingConfig;
+use crate::metrics::EngineMetrics;
 use crate::version::{LoadedVersion, PLATFORM};
 use crate::EngineError;
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,7 @@ pub struct Engine {
     accepting: AtomicBool,
     loads_running: AtomicUsize,
     changes: tokio::sync::watch::Sender<u64>,
+    metrics: EngineMetrics,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
             accepting: AtomicBool::new(true),
             loads_running: AtomicUsize::new(0),
             changes: tokio::sync::watch::channel(0).0,
+            metrics: EngineMetrics::default(),
         }
     }
 
@@ -162,6 +165,12 @@ impl Engine {
         }
         for entry in &removed {
             tracing::info!(model = %entry.spec.model, version = entry.spec.version, "model version unloading");
+            self.metrics
+                .forget(&entry.spec.model, &entry.spec.version.to_string());
+        }
+        for entry in &added {
+            self.metrics
+                .loading(&entry.spec.model, &entry.spec.version.to_string());
         }
         let stopping: Vec<Arc<LoadedVersion>> = removed
             .iter()
@@ -232,6 +241,7 @@ impl Engine {
     fn load_one(&self, entry: &Entry) {
         let spec = &entry.spec;
         let started = Instant::now();
+        let version = spec.version.to_string();
         let state = match LoadedVersion::start(
             &spec.model,
             spec.version,
@@ -239,6 +249,7 @@ impl Engine {
             &spec.config,
             &spec.origin,
             &self.batching,
+            self.metrics.version(&spec.model, &version),
         ) {
             Ok(v) => {
                 tracing::info!(model = %spec.model, version = spec.version, batched = v.model.signature.batched,
@@ -261,6 +272,9 @@ impl Engine {
             }
             return;
         }
+        let ok = matches!(state, State::Ready(_));
+        self.metrics
+            .loaded(&spec.model, &version, started.elapsed().as_secs_f64(), ok);
         *current = state;
     }
 
@@ -386,7 +400,32 @@ impl Engine {
         version: Option<&str>,
         req: &InferRequest,
     ) -> Result<InferResponse, EngineError> {
-        self.resolve(name, version)?.infer(req).await
+        let v = self.resolve(name, version)?;
+        let in_flight = self.metrics.in_flight().clone();
+        in_flight.inc();
+        let result = v.infer(req).await;
+        in_flight.dec();
+        let status = result.as_ref().map_or_else(EngineError::status, |_| 200);
+        self.metrics.answered(&v.name, &v.version, status);
+        result
+    }
+
+    /// The engine's Prometheus metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    /// Every metric in Prometheus' text format, queue depths read now.
+    pub fn render_metrics(&self) -> String {
+        for versions in self.models.read().expect("models lock").values() {
+            for entry in versions.values() {
+                if let State::Ready(v) = &*entry.state.read().expect("state lock") {
+                    self.metrics
+                        .set_queue_depth(&v.name, &v.version, v.batcher.queued());
+                }
+            }
+        }
+        crate::metrics::render(self.metrics.registry())
     }
 
     /// V2 model metadata.

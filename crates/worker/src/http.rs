@@ -412,7 +412,10 @@ pub struct Worker {
     pub addr: SocketAddr,
     /// Its engine.
     pub engine: Arc<Engine>,
+    /// The address of its metrics endpoint, when it has one.
+    pub metrics_addr: Option<SocketAddr>,
     server: Option<Server>,
+    metrics: Option<ServerHandle>,
     drain: Duration,
     reconcile: Option<Reconciling>,
 }
@@ -475,9 +478,20 @@ impl Worker {
                 None
             }
         };
+        let metrics = match &settings.metrics_listen {
+            Some(listen) => {
+                let engine = engine.clone();
+                Some(crate::metrics::serve(listen, move || {
+                    engine.render_metrics()
+                })?)
+            }
+            None => None,
+        };
         Ok(Worker {
             addr,
             engine,
+            metrics_addr: metrics.as_ref().map(|m| m.0),
+            metrics: metrics.map(|m| m.1),
             server: Some(server),
             drain: Duration::from_secs(settings.drain_secs),
             reconcile,
@@ -511,6 +525,9 @@ impl Worker {
             let _ = r.task.await;
         }
         drain_and_stop(&self.engine, handle, self.drain).await;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop(true).await;
+        }
     }
 }
 

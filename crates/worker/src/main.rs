@@ -21,6 +21,10 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     models_dir: Option<PathBuf>,
+    /// Address of the Prometheus metrics endpoint, e.g. 0.0.0.0:9181
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]

@@ -35,6 +35,9 @@ pub struct WorkerSettings {
     pub advertise: Option<String>,
     /// Logging.
     pub log: LogSettings,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`), a port of its own; none
+    /// when unset.
+    pub metrics_listen: Option<String>,
 }
 
 /// Where the database is and whether to migrate it at start.
@@ -101,6 +104,7 @@ impl Default for WorkerSettings {
             registry: ReconcileSettings::default(),
             advertise: None,
             log: LogSettings::default(),
+            metrics_listen: None,
         }
     }
 }

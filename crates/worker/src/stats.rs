@@ -1,5 +1,6 @@
 //! Counters of one model version, read by Triton's statistics extension.
 
+use crate::metrics::VersionMetrics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -26,9 +27,10 @@ impl Counter {
     }
 }
 
-/// Live counters; cheap to update from runner threads.
-#[derive(Default)]
+/// Live counters; cheap to update from runner threads. The same events feed the version's
+/// Prometheus histograms.
 pub struct Stats {
+    metrics: VersionMetrics,
     success: Counter,
     fail: Counter,
     cancel: Counter,
@@ -55,14 +57,35 @@ pub struct Execution {
 }
 
 impl Stats {
+    /// Counters starting at zero, recording into `metrics` too.
+    pub fn new(metrics: VersionMetrics) -> Stats {
+        Stats {
+            metrics,
+            success: Counter::default(),
+            fail: Counter::default(),
+            cancel: Counter::default(),
+            queue: Counter::default(),
+            compute_input: Counter::default(),
+            compute_infer: Counter::default(),
+            compute_output: Counter::default(),
+            inference_count: AtomicU64::default(),
+            execution_count: AtomicU64::default(),
+            last_inference_ms: AtomicU64::default(),
+            batches: Mutex::default(),
+        }
+    }
+
     /// A request left the queue for a batch after waiting `waited`.
     pub fn dequeued(&self, waited: Duration) {
         self.queue.add(1, waited);
+        self.metrics.dequeued(waited.as_secs_f64());
     }
 
     /// One model execution finished.
     pub fn executed(&self, e: &Execution, requests: u64) {
         self.execution_count.fetch_add(1, Relaxed);
+        self.metrics
+            .executed(e.rows, (e.input + e.infer + e.output).as_secs_f64());
         self.inference_count.fetch_add(e.rows, Relaxed);
         self.compute_input.add(requests, e.input);
         self.compute_infer.add(requests, e.infer);

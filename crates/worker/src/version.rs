@@ -3,6 +3,7 @@
 
 use crate::batcher::{Batcher, Job, JobOutputs};
 use crate::config::{BatchingConfig, ModelToml};
+use crate::metrics::VersionMetrics;
 use crate::onnx::{datum_type, OnnxModel};
 use crate::stats::Stats;
 use crate::EngineError;
@@ -61,9 +62,10 @@ impl LoadedVersion {
         config: &str,
         origin: &str,
         defaults: &BatchingConfig,
+        metrics: VersionMetrics,
     ) -> anyhow::Result<LoadedVersion> {
         let (model, batching) = check_model(file, config, origin, defaults)?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(metrics));
         let batcher = Batcher::start(
             format!("{name}:{version}"),
             model.clone(),

@@ -294,6 +294,7 @@ impl WorkerProcess {
             .envs(env.iter().copied())
             .current_dir(vatic_testkit::root())
             .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("VATIC_LOG__FORMAT", "json")
             .env("VATIC_BATCHING__INSTANCES", "1")
             .env_remove("RUST_LOG")

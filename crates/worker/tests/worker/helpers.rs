@@ -12,6 +12,8 @@ pub struct TestWorker {
     pub client: reqwest::Client,
     pub engine: Arc<Engine>,
     pub handle: ServerHandle,
+    /// Base URL of the metrics endpoint, when enabled.
+    pub metrics: Option<String>,
     _repo: Option<tempfile::TempDir>,
 }
 
@@ -57,6 +59,7 @@ impl TestWorker {
             client,
             engine: worker.engine.clone(),
             handle,
+            metrics: worker.metrics_addr.map(|a| format!("http://{a}")),
             _repo: repo,
         }
     }

@@ -4,4 +4,5 @@ mod batching;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod models;

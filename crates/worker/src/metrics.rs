@@ -1,0 +1,289 @@
+//! Prometheus metrics of the inference engine, one registry per engine, exported in the text
+//! format on the metrics port. Labels are bounded: model and version (versions leave the label
+//! set when they are unloaded), never request ids or keys.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets for request phases, in seconds: 100 µs to 10 s.
+const SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Buckets for model loads, in seconds: 10 ms to 10 min.
+const LOAD_SECONDS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0, 600.0];
+
+/// Buckets for rows per model execution.
+const BATCH_ROWS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The engine's metric families.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    queue_wait: HistogramVec,
+    compute: HistogramVec,
+    batch_rows: HistogramVec,
+    queue_depth: IntGaugeVec,
+    ready: IntGaugeVec,
+    load: HistogramVec,
+    in_flight: IntGauge,
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid histogram")
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: &C) {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let mv = ["model", "version"];
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "vatic_worker_requests_total",
+                "Inference requests answered by this worker, by model, version and status code class.",
+            ),
+            &["model", "version", "code"],
+        )
+        .expect("valid");
+        let queue_wait = histogram(
+            "vatic_queue_wait_seconds",
+            "Time requests waited in a model version's queue before their batch ran.",
+            &SECONDS,
+            &mv,
+        );
+        let compute = histogram(
+            "vatic_compute_seconds",
+            "Time one model execution took: building inputs, running the model, splitting outputs.",
+            &SECONDS,
+            &mv,
+        );
+        let batch_rows = histogram(
+            "vatic_batch_size",
+            "Rows per model execution.",
+            &BATCH_ROWS,
+            &mv,
+        );
+        let load = histogram(
+            "vatic_model_load_seconds",
+            "Time a model version took to load, optimise and warm up.",
+            &LOAD_SECONDS,
+            &mv,
+        );
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "vatic_queue_depth",
+                "Requests waiting in a model version's queue.",
+            ),
+            &mv,
+        )
+        .expect("valid");
+        let ready = IntGaugeVec::new(
+            Opts::new(
+                "vatic_model_ready",
+                "1 when a model version is loaded and serving, 0 while it loads or after it failed.",
+            ),
+            &mv,
+        )
+        .expect("valid");
+        let in_flight = IntGauge::new(
+            "vatic_worker_in_flight_requests",
+            "Inference requests this worker is handling now.",
+        )
+        .expect("valid");
+        register(&registry, &requests);
+        for c in [&queue_wait, &compute, &batch_rows, &load] {
+            register(&registry, c);
+        }
+        for c in [&queue_depth, &ready] {
+            register(&registry, c);
+        }
+        register(&registry, &in_flight);
+        register_process(&registry);
+        EngineMetrics {
+            registry,
+            requests,
+            queue_wait,
+            compute,
+            batch_rows,
+            queue_depth,
+            ready,
+            load,
+            in_flight,
+        }
+    }
+}
+
+/// Registers the process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// ...) and `vatic_build_info` on `registry`.
+pub fn register_process(registry: &Registry) {
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics register once per registry");
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "vatic_build_info",
+            "Always 1; its labels name the build: version and the ONNX engine.",
+        ),
+        &["version", "engine"],
+    )
+    .expect("valid");
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), "tract-onnx"])
+        .set(1);
+    register(registry, &info);
+}
+
+/// Serves `GET /metrics` on `listen` (its own port, kept off the public network), answering
+/// with what `render` returns. Returns the bound address and a handle to stop it.
+pub fn serve(
+    listen: &str,
+    render: impl Fn() -> String + Clone + Send + 'static,
+) -> anyhow::Result<(std::net::SocketAddr, actix_web::dev::ServerHandle)> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| anyhow::anyhow!("metrics_listen {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        let render = render.clone();
+        App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let body = render();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type(prometheus::TEXT_FORMAT)
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    tracing::info!(addr = %addr, "metrics listening");
+    Ok((addr, handle))
+}
+
+/// Renders every metric of `registry` in Prometheus' text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding of gathered metrics");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+/// The status code class label: `2xx`, `4xx`, `5xx`.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+impl EngineMetrics {
+    /// The registry these families live in (the worker adds its own and renders it).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The handles of one version.
+    pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
+        let labels = [model, version];
+        VersionMetrics {
+            queue_wait: self.queue_wait.with_label_values(&labels),
+            compute: self.compute.with_label_values(&labels),
+            batch_rows: self.batch_rows.with_label_values(&labels),
+        }
+    }
+
+    /// A request to `model`/`version` was answered with `status`.
+    pub fn answered(&self, model: &str, version: &str, status: u16) {
+        self.requests
+            .with_label_values(&[model, version, code_class(status)])
+            .inc();
+    }
+
+    /// The gauge of requests in flight.
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// A version finished loading after `seconds`; `ok` when it serves.
+    pub fn loaded(&self, model: &str, version: &str, seconds: f64, ok: bool) {
+        self.load
+            .with_label_values(&[model, version])
+            .observe(seconds);
+        self.ready
+            .with_label_values(&[model, version])
+            .set(i64::from(ok));
+    }
+
+    /// A version started loading.
+    pub fn loading(&self, model: &str, version: &str) {
+        self.ready.with_label_values(&[model, version]).set(0);
+    }
+
+    /// Sets the queue depth of a version (read when metrics are rendered).
+    pub fn set_queue_depth(&self, model: &str, version: &str, depth: usize) {
+        self.queue_depth
+            .with_label_values(&[model, version])
+            .set(depth as i64);
+    }
+
+    /// Drops every series of a version that is no longer served.
+    pub fn forget(&self, model: &str, version: &str) {
+        let labels = [model, version];
+        let _ = self.queue_wait.remove_label_values(&labels);
+        let _ = self.compute.remove_label_values(&labels);
+        let _ = self.batch_rows.remove_label_values(&labels);
+        let _ = self.queue_depth.remove_label_values(&labels);
+        let _ = self.ready.remove_label_values(&labels);
+        let _ = self.load.remove_label_values(&labels);
+        for code in ["2xx", "4xx", "5xx", "other"] {
+            let _ = self.requests.remove_label_values(&[model, version, code]);
+        }
+    }
+}
+
+/// The histograms of one model version, updated by its runner threads.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    queue_wait: prometheus::Histogram,
+    compute: prometheus::Histogram,
+    batch_rows: prometheus::Histogram,
+}
+
+impl VersionMetrics {
+    /// A request left the queue after `seconds`.
+    pub fn dequeued(&self, seconds: f64) {
+        self.queue_wait.observe(seconds);
+    }
+
+    /// One execution of `rows` rows took `seconds`.
+    pub fn executed(&self, rows: u64, seconds: f64) {
+        self.compute.observe(seconds);
+        self.batch_rows.observe(rows as f64);
+    }
+}

@@ -86,6 +86,22 @@ impl Entry {
     }
 }
 
+/// Counts a request in flight for as long as it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus::IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 type Models = BTreeMap<String, BTreeMap<u64, Arc<Entry>>>;
 
 /// The model versions a worker serves.
@@ -401,10 +417,9 @@ impl Engine {
         req: &InferRequest,
     ) -> Result<InferResponse, EngineError> {
         let v = self.resolve(name, version)?;
-        let in_flight = self.metrics.in_flight().clone();
-        in_flight.inc();
+        // A guard, so a request dropped midway (its client went away) is not counted forever.
+        let _in_flight = InFlight::enter(self.metrics.in_flight());
         let result = v.infer(req).await;
-        in_flight.dec();
         let status = result.as_ref().map_or_else(EngineError::status, |_| 200);
         self.metrics.answered(&v.name, &v.version, status);
         result

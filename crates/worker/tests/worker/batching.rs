@@ -99,6 +99,15 @@ async fn request_whose_client_went_away_is_not_computed() {
     }
     assert_eq!(stats["inference_stats"]["cancel"]["count"], 1, "{stats}");
     assert_eq!(stats["execution_count"], 0, "{stats}");
+    // The dropped request leaves the in-flight gauge too.
+    let in_flight = w.engine.metrics().in_flight();
+    for _ in 0..200 {
+        if in_flight.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_flight.get(), 0);
     w.stop().await;
 }
 

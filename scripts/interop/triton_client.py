@@ -125,7 +125,15 @@ def main():
     target = Path(sys.argv[1])
     reference = json.loads((ROOT / "models" / MODEL / "reference.json").read_text())
     api, api_addr = start(
-        [str(target / "vatic-api"), "--standalone", "--listen", "127.0.0.1:0"], "api listening"
+        [
+            str(target / "vatic-api"),
+            "--standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        "api listening",
     )
     worker, worker_addr = start(
         [

@@ -49,6 +49,15 @@ fn resolve<'a>(
 }
 
 impl Backend {
+    /// Whether this process knows a model of that name (it may still be loading). A cluster
+    /// api that has not read a registry takes every name on trust.
+    pub fn knows(&self, model: &str) -> bool {
+        match self {
+            Backend::Local(engine) => engine.has_model(model),
+            Backend::Remote(_, catalog) => catalog.knows(model),
+        }
+    }
+
     /// Whether requests can be served now.
     pub fn is_ready(&self) -> bool {
         match self {

@@ -25,6 +25,15 @@ impl Catalog {
         *self.models.write().expect("catalog lock") = Some(map);
     }
 
+    /// Whether the registry has a model of that name; true before the registry was read.
+    pub fn knows(&self, model: &str) -> bool {
+        self.models
+            .read()
+            .expect("catalog lock")
+            .as_ref()
+            .is_none_or(|models| models.contains_key(model))
+    }
+
     /// The version number a request goes to: the one it names, else the model's stable one.
     /// Once the registry has been read, a model or version it does not serve is refused here
     /// with 404; before that (or with no registry) the request passes on as it is, and a

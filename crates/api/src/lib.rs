@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod metrics;
 pub mod pool;
 pub mod prediction_log;
 pub mod registry;
@@ -34,6 +35,9 @@ pub struct Application {
     pub addr: SocketAddr,
     /// Shared state, for tests.
     pub state: web::Data<AppState>,
+    /// The address of its metrics endpoint, when it has one.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<ServerHandle>,
     server: Option<Server>,
     drain: Duration,
     reconcile: Option<(
@@ -129,7 +133,23 @@ impl Application {
                 .into_iter()
                 .chain([catalog_passes])
                 .collect(),
+            metrics: metrics::ApiMetrics::default(),
         });
+        let metrics_server = match &settings.metrics_listen {
+            Some(listen) => {
+                let state = state.clone();
+                let process = vatic_worker::metrics::process_registry();
+                Some(vatic_worker::metrics::serve(listen, move || {
+                    let mut registries = vec![state.metrics.registry(), &process];
+                    if let Backend::Local(engine) = &state.backend {
+                        engine.refresh_metrics();
+                        registries.push(engine.metrics().registry());
+                    }
+                    vatic_worker::metrics::render(&registries)
+                })?)
+            }
+            None => None,
+        };
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -149,6 +169,8 @@ impl Application {
         tracing::info!(addr = %addr, mode = ?settings.mode, "api listening");
         Ok(Application {
             addr,
+            metrics_addr: metrics_server.as_ref().map(|m| m.0),
+            metrics: metrics_server.map(|m| m.1),
             state,
             server: Some(server),
             drain: Duration::from_secs(settings.drain_secs),
@@ -195,6 +217,9 @@ impl Application {
         }
         if let Some(log) = &self.state.prediction_log {
             log.shutdown().await;
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop(true).await;
         }
         tracing::info!("stopped");
     }

@@ -30,6 +30,10 @@ struct Flags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<Vec<String>>,
+    /// Address of the Prometheus metrics endpoint, e.g. 0.0.0.0:9180
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<Mode>,

@@ -61,6 +61,9 @@ pub struct ApiSettings {
     pub prediction_log: PredictionLogSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`), a port of its own; none
+    /// when unset.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -85,6 +88,7 @@ impl Default for ApiSettings {
             max_model_bytes: 2 << 30,
             prediction_log: PredictionLogSettings::default(),
             log: LogSettings::default(),
+            metrics_listen: None,
         }
     }
 }

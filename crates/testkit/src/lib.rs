@@ -279,3 +279,20 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u1
         .unwrap_or_else(|e| panic!("POST {url}: {e}"));
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
+
+/// In a Prometheus text exposition, the value of the sample of `name` whose labels include
+/// all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or_default();
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse().expect("a number"))
+}

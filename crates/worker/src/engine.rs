@@ -6,7 +6,7 @@
 //! the versions it drops once their queued requests are answered.
 
 use crate::config::BatchingConfig;
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, InFlight};
 use crate::version::{LoadedVersion, PLATFORM};
 use crate::EngineError;
 use serde::{Deserialize, Serialize};
@@ -83,22 +83,6 @@ impl Entry {
             State::Ready(v) => Some(v.clone()),
             _ => None,
         }
-    }
-}
-
-/// Counts a request in flight for as long as it lives.
-struct InFlight(prometheus::IntGauge);
-
-impl InFlight {
-    fn enter(gauge: &prometheus::IntGauge) -> InFlight {
-        gauge.inc();
-        InFlight(gauge.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -425,13 +409,18 @@ impl Engine {
         result
     }
 
+    /// Whether a model of that name is listed (loading, ready or failed).
+    pub fn has_model(&self, name: &str) -> bool {
+        self.models.read().expect("models lock").contains_key(name)
+    }
+
     /// The engine's Prometheus metrics.
     pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
     }
 
-    /// Every metric in Prometheus' text format, queue depths read now.
-    pub fn render_metrics(&self) -> String {
+    /// Reads the values kept elsewhere (queue depths) into the metrics, before a scrape.
+    pub fn refresh_metrics(&self) {
         for versions in self.models.read().expect("models lock").values() {
             for entry in versions.values() {
                 if let State::Ready(v) = &*entry.state.read().expect("state lock") {
@@ -440,7 +429,6 @@ impl Engine {
                 }
             }
         }
-        crate::metrics::render(self.metrics.registry())
     }
 
     /// V2 model metadata.

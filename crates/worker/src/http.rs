@@ -481,8 +481,10 @@ impl Worker {
         let metrics = match &settings.metrics_listen {
             Some(listen) => {
                 let engine = engine.clone();
+                let process = crate::metrics::process_registry();
                 Some(crate::metrics::serve(listen, move || {
-                    engine.render_metrics()
+                    engine.refresh_metrics();
+                    crate::metrics::render(&[engine.metrics().registry(), &process])
                 })?)
             }
             None => None,

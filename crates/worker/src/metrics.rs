@@ -112,7 +112,6 @@ impl Default for EngineMetrics {
             register(&registry, c);
         }
         register(&registry, &in_flight);
-        register_process(&registry);
         EngineMetrics {
             registry,
             requests,
@@ -127,9 +126,10 @@ impl Default for EngineMetrics {
     }
 }
 
-/// Registers the process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
-/// ...) and `vatic_build_info` on `registry`.
-pub fn register_process(registry: &Registry) {
+/// A registry of the process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, ...) and `vatic_build_info`: one per metrics endpoint.
+pub fn process_registry() -> Registry {
+    let registry = Registry::new();
     registry
         .register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -145,7 +145,8 @@ pub fn register_process(registry: &Registry) {
     .expect("valid");
     info.with_label_values(&[env!("CARGO_PKG_VERSION"), "tract-onnx"])
         .set(1);
-    register(registry, &info);
+    register(&registry, &info);
+    registry
 }
 
 /// Serves `GET /metrics` on `listen` (its own port, kept off the public network), answering
@@ -183,11 +184,12 @@ pub fn serve(
     Ok((addr, handle))
 }
 
-/// Renders every metric of `registry` in Prometheus' text format.
-pub fn render(registry: &Registry) -> String {
+/// Renders every metric of `registries` in Prometheus' text format.
+pub fn render(registries: &[&Registry]) -> String {
+    let families: Vec<_> = registries.iter().flat_map(|r| r.gather()).collect();
     let mut out = Vec::new();
     TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
+        .encode(&families, &mut out)
         .expect("text encoding of gathered metrics");
     String::from_utf8(out).expect("the text format is UTF-8")
 }
@@ -264,6 +266,24 @@ impl EngineMetrics {
         for code in ["2xx", "4xx", "5xx", "other"] {
             let _ = self.requests.remove_label_values(&[model, version, code]);
         }
+    }
+}
+
+/// Counts a request in flight for as long as it lives, so a request dropped midway (its client
+/// went away) leaves the gauge too.
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    /// Adds one to `gauge` until the guard is dropped.
+    pub fn enter(gauge: &IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

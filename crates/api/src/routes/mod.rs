@@ -34,6 +34,8 @@ pub struct AppState {
     /// The loops that follow the registry in this process (the reconcile loop in standalone
     /// mode, the catalog refresh), run after a change made through it.
     pub registry_passes: Vec<vatic_worker::passes::Passes>,
+    /// Request metrics.
+    pub metrics: crate::metrics::ApiMetrics,
 }
 
 impl AppState {
@@ -52,6 +54,33 @@ impl AppState {
                 tracing::warn!("the registry change is not applied in this process yet; it will be on the next pass");
             }
         }
+    }
+}
+
+impl AppState {
+    /// Records one answered inference request in the metrics. `model` is labelled only when
+    /// this process knows it, and `version` is the version that answered, if one did.
+    pub fn record_inference(
+        &self,
+        protocol: crate::metrics::Protocol,
+        model: &str,
+        version: Option<&str>,
+        status: u16,
+        arrived: std::time::Instant,
+    ) {
+        let known = status != 404 && self.backend.knows(model);
+        let model = if known {
+            model
+        } else {
+            crate::metrics::UNKNOWN_MODEL
+        };
+        self.metrics.answered(
+            protocol,
+            model,
+            version.unwrap_or_default(),
+            status,
+            arrived.elapsed(),
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //! `GET /v1/models/{m}[/versions/{v}]` (status) and `.../metadata`.
 
 use super::{log_prediction, request_id, State};
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::metrics::Protocol;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use vatic_schema::tfserving::{self, ModelStatus, PredictRequest, StatusCode, VersionStatus};
 use vatic_schema::SchemaError;
@@ -61,25 +62,45 @@ async fn post_verb(
     p: web::Path<StatusPath>,
     payload: web::Payload,
 ) -> Result<HttpResponse, HttpError> {
+    let arrived = (chrono::Utc::now(), std::time::Instant::now());
+    let _in_flight = s.metrics.enter();
+    let result = predict(&req, &s, &p, payload, arrived).await;
+    let (status, version) = match &result {
+        Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
+        Err(e) => (e.status_code().as_u16(), None),
+    };
+    // The model name before any `:verb`, as far as the path can be read.
+    let model = p.model.split(':').next().unwrap_or_default();
+    s.record_inference(Protocol::TfServing, model, version, status, arrived.1);
+    result.map(|(r, _)| r)
+}
+
+/// Runs a TF-Serving predict; returns the answer and the version that gave it.
+async fn predict(
+    req: &HttpRequest,
+    s: &State,
+    p: &StatusPath,
+    payload: web::Payload,
+    arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
+) -> Result<(HttpResponse, Option<String>), HttpError> {
     let (model, version) = match &p.version {
         None => (split_verb(&p.model)?.to_string(), None),
         Some(v) => (p.model.clone(), Some(split_verb(v)?.to_string())),
     };
-    let arrived = (chrono::Utc::now(), std::time::Instant::now());
-    let body = read_body(&req, payload, s.max_body_bytes).await?;
+    let body = read_body(req, payload, s.max_body_bytes).await?;
     let predict: PredictRequest =
         serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
-    let id = request_id(&req);
+    let id = request_id(req);
     let answer = until_client_gone(
-        &req,
+        req,
         s.backend
             .infer(&model, version.as_deref(), &request, id.as_deref()),
     )
     .await;
     log_prediction(
-        &s,
+        s,
         &model,
         id.as_deref(),
         arrived,
@@ -88,7 +109,8 @@ async fn post_verb(
         version.as_deref(),
     );
     let response = answer?;
-    Ok(HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?))
+    let answer = HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?);
+    Ok((answer, response.model_version))
 }
 
 async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, HttpError> {

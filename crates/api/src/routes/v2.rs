@@ -1,7 +1,8 @@
 //! The KServe V2 model routes: metadata, ready, Triton's config and statistics, infer.
 
 use super::{log_prediction, request_id, State};
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::metrics::Protocol;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use vatic_schema::v2;
 use vatic_worker::http::{
     header_length, model_ready_response, model_route, read_body, until_client_gone, v2_response,
@@ -59,17 +60,35 @@ async fn post_infer(
     payload: web::Payload,
 ) -> Result<HttpResponse, HttpError> {
     let arrived = (chrono::Utc::now(), std::time::Instant::now());
-    let body = read_body(&req, payload, s.max_body_bytes).await?;
-    let request = v2::decode_request(&body, header_length(&req)?)?;
-    let id = request_id(&req);
+    let _in_flight = s.metrics.enter();
+    let result = infer(&req, &s, &p, payload, arrived).await;
+    let (status, version) = match &result {
+        Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
+        Err(e) => (e.status_code().as_u16(), None),
+    };
+    s.record_inference(Protocol::V2, &p.model, version, status, arrived.1);
+    result.map(|(r, _)| r)
+}
+
+/// Runs a V2 inference request; returns the answer and the version that gave it.
+async fn infer(
+    req: &HttpRequest,
+    s: &State,
+    p: &ModelPath,
+    payload: web::Payload,
+    arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
+) -> Result<(HttpResponse, Option<String>), HttpError> {
+    let body = read_body(req, payload, s.max_body_bytes).await?;
+    let request = v2::decode_request(&body, header_length(req)?)?;
+    let id = request_id(req);
     let answer = until_client_gone(
-        &req,
+        req,
         s.backend
             .infer(&p.model, p.version.as_deref(), &request, id.as_deref()),
     )
     .await;
     log_prediction(
-        &s,
+        s,
         &p.model,
         id.as_deref(),
         arrived,
@@ -78,7 +97,8 @@ async fn post_infer(
         p.version.as_deref(),
     );
     let response = answer?;
-    Ok(v2_response(v2::encode_response(&response, |t| {
+    let answer = v2_response(v2::encode_response(&response, |t| {
         request.wants_binary(&t.name)
-    })))
+    }));
+    Ok((answer, response.model_version))
 }

@@ -4,6 +4,7 @@
 mod cluster;
 mod helpers;
 mod loading;
+mod metrics;
 mod prediction_log;
 mod readme;
 mod registry;

@@ -3,22 +3,7 @@
 
 use crate::helpers::{one, TestWorker};
 use serde_json::json;
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            let (series, _) = l.rsplit_once(' ').unwrap_or_default();
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit_once(' '))
-        .map(|(_, v)| v.parse().expect("a number"))
-}
+use vatic_testkit::metric as sample;
 
 #[tokio::test]
 async fn metrics_count_requests_and_agree_with_the_statistics() {

@@ -1,0 +1,112 @@
+//! The api's Prometheus endpoint in standalone mode: request counters by model, version,
+//! protocol and status class move by exactly the requests sent, with the engine's families
+//! beside them and agreeing with Triton's statistics.
+
+use crate::helpers::{standalone_settings, TestApi};
+use serde_json::json;
+use vatic_testkit::metric;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_model_version_protocol_and_code() {
+    let mut settings = standalone_settings(vatic_testkit::root().join("models"));
+    settings.metrics_listen = Some("127.0.0.1:0".into());
+    let api = TestApi::start(settings, None).await;
+    let metrics = format!(
+        "http://{}/metrics",
+        api.app.metrics_addr.expect("metrics port")
+    );
+    let reference = vatic_testkit::demo_reference();
+
+    for _ in 0..3 {
+        let (status, body) = api
+            .post_json(
+                "/v2/models/breast_cancer/infer",
+                &reference.v2_request(0..1),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let instances = json!({"instances": [reference.inputs[0].clone()]});
+    let (status, body) = api
+        .post_json("/v1/models/breast_cancer:predict", &instances)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let wrong =
+        json!({"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1], "data": [1.0]}]});
+    for _ in 0..2 {
+        let (status, body) = api
+            .post_json("/v2/models/breast_cancer/infer", &wrong)
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    // Client-chosen names are not label values.
+    for name in ["nope", "other"] {
+        let (status, _) = api
+            .post_json(&format!("/v2/models/{name}/infer"), &wrong)
+            .await;
+        assert_eq!(status, 404);
+    }
+
+    let text = api
+        .client
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    let requests = |model, version, protocol, code| {
+        value(
+            "vatic_requests_total",
+            &[
+                ("model", model),
+                ("version", version),
+                ("protocol", protocol),
+                ("code", code),
+            ],
+        )
+    };
+    assert_eq!(requests("breast_cancer", "1", "v2", "2xx"), 3.0);
+    assert_eq!(requests("breast_cancer", "1", "tfserving", "2xx"), 1.0);
+    assert_eq!(requests("breast_cancer", "", "v2", "4xx"), 2.0);
+    assert_eq!(requests("(unknown)", "", "v2", "4xx"), 2.0);
+    assert!(
+        !text.contains("\"nope\"") && !text.contains("\"other\""),
+        "{text}"
+    );
+    let v2 = [
+        ("model", "breast_cancer"),
+        ("version", "1"),
+        ("protocol", "v2"),
+    ];
+    assert_eq!(value("vatic_request_duration_seconds_count", &v2), 3.0);
+    assert!(value("vatic_request_duration_seconds_sum", &v2) > 0.0);
+    assert_eq!(value("vatic_in_flight_requests", &[]), 0.0);
+
+    // Standalone runs the engine in this process: its families are here too, once each.
+    let engine = [("model", "breast_cancer"), ("version", "1")];
+    let ok = [
+        ("model", "breast_cancer"),
+        ("version", "1"),
+        ("code", "2xx"),
+    ];
+    assert_eq!(value("vatic_worker_requests_total", &ok), 4.0);
+    assert_eq!(value("vatic_model_ready", &engine), 1.0);
+    assert_eq!(text.matches("# TYPE vatic_build_info gauge").count(), 1);
+    assert_eq!(
+        text.matches("# TYPE process_resident_memory_bytes").count(),
+        1
+    );
+    let (_, stats) = api.get("/v2/models/breast_cancer/stats").await;
+    let stats = &stats["model_stats"][0];
+    assert_eq!(stats["inference_stats"]["success"]["count"], 4, "{stats}");
+    assert_eq!(
+        value("vatic_queue_wait_seconds_count", &engine),
+        stats["inference_stats"]["queue"]["count"].as_f64().unwrap()
+    );
+    api.stop().await;
+}

@@ -135,11 +135,26 @@ impl Application {
                 .collect(),
             metrics: metrics::ApiMetrics::default(),
         });
+        if let Some(log) = &state.prediction_log {
+            log.register(state.metrics.registry())?;
+        }
+        let pool_metrics = match &state.store {
+            Some(_) => Some(vatic_worker::metrics::PoolMetrics::register(
+                state.metrics.registry(),
+            )?),
+            None => None,
+        };
         let metrics_server = match &settings.metrics_listen {
             Some(listen) => {
                 let state = state.clone();
                 let process = vatic_worker::metrics::process_registry();
                 Some(vatic_worker::metrics::serve(listen, move || {
+                    if let Some(log) = &state.prediction_log {
+                        log.refresh_metrics();
+                    }
+                    if let (Some(metrics), Some(store)) = (&pool_metrics, &state.store) {
+                        metrics.refresh(store);
+                    }
                     let mut registries = vec![state.metrics.registry(), &process];
                     if let Backend::Local(engine) = &state.backend {
                         engine.refresh_metrics();

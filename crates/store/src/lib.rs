@@ -148,6 +148,15 @@ impl Store {
         }
     }
 
+    /// Connections of the pool now: (open, idle, most allowed).
+    pub fn pool_usage(&self) -> (u32, u32, u32) {
+        on_pool!(self, pool => (
+            pool.size(),
+            pool.num_idle() as u32,
+            pool.options().get_max_connections(),
+        ))
+    }
+
     fn migrator(&self) -> &'static Migrator {
         match self.pool {
             Pool::Postgres(_) => &POSTGRES_MIGRATIONS,

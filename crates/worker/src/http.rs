@@ -453,6 +453,13 @@ impl Worker {
         .shutdown_timeout(60)
         .listen(listener)?
         .run();
+        let pool = match &store {
+            Some(store) => Some((
+                crate::metrics::PoolMetrics::register(engine.metrics().registry())?,
+                store.clone(),
+            )),
+            None => None,
+        };
         let reconcile = match store {
             Some(store) => {
                 let identity = Identity {
@@ -484,6 +491,9 @@ impl Worker {
                 let process = crate::metrics::process_registry();
                 Some(crate::metrics::serve(listen, move || {
                     engine.refresh_metrics();
+                    if let Some((metrics, store)) = &pool {
+                        metrics.refresh(store);
+                    }
                     crate::metrics::render(&[engine.metrics().registry(), &process])
                 })?)
             }

@@ -269,6 +269,45 @@ impl EngineMetrics {
     }
 }
 
+/// The database connection pool: connections in use and idle, and the most allowed.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    connections: IntGaugeVec,
+    max: IntGauge,
+}
+
+impl PoolMetrics {
+    /// The families, registered in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<PoolMetrics> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "vatic_db_pool_connections",
+                "Database connections of this process, by state (in_use, idle).",
+            ),
+            &["state"],
+        )?;
+        let max = IntGauge::new(
+            "vatic_db_pool_max_connections",
+            "The most database connections this process opens (database.max_connections).",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(max.clone()))?;
+        Ok(PoolMetrics { connections, max })
+    }
+
+    /// Reads the pool of `store` into the gauges, before a scrape.
+    pub fn refresh(&self, store: &vatic_store::Store) {
+        let (open, idle, max) = store.pool_usage();
+        self.connections
+            .with_label_values(&["in_use"])
+            .set(i64::from(open.saturating_sub(idle)));
+        self.connections
+            .with_label_values(&["idle"])
+            .set(i64::from(idle));
+        self.max.set(i64::from(max));
+    }
+}
+
 /// Counts a request in flight for as long as it lives, so a request dropped midway (its client
 /// went away) leaves the gauge too.
 pub struct InFlight(IntGauge);

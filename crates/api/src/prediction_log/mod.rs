@@ -8,10 +8,10 @@
 mod spool;
 mod writer;
 
+use prometheus::{IntCounter, IntGauge};
 use serde::{Deserialize, Serialize};
 use spool::Spool;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
@@ -95,18 +95,56 @@ pub struct PredictionLogStats {
     pub spool_bytes: u64,
 }
 
-#[derive(Default)]
+/// The counters, kept as Prometheus metrics so `/metrics` and the admin API read the same.
 struct Counters {
-    written: AtomicU64,
-    spooled: AtomicU64,
-    replayed: AtomicU64,
-    rejected: AtomicU64,
-    dropped: AtomicU64,
-    queued: AtomicU64,
+    written: IntCounter,
+    spooled: IntCounter,
+    replayed: IntCounter,
+    rejected: IntCounter,
+    dropped: IntCounter,
+    queued: IntGauge,
+    spool_bytes: IntGauge,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+impl Counters {
+    fn new() -> Counters {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid");
+        Counters {
+            written: counter(
+                "vatic_prediction_log_written_total",
+                "Prediction records inserted from the queue.",
+            ),
+            spooled: counter(
+                "vatic_prediction_log_spooled_total",
+                "Prediction records appended to the spool file (database away or queue full).",
+            ),
+            replayed: counter(
+                "vatic_prediction_log_replayed_total",
+                "Prediction records inserted from the spool file.",
+            ),
+            rejected: counter(
+                "vatic_prediction_log_rejected_total",
+                "Prediction records the database refused for their content and that were set aside.",
+            ),
+            dropped: counter(
+                "vatic_prediction_log_dropped_total",
+                "Prediction records lost: the spool file could not be written. Should stay 0.",
+            ),
+            queued: gauge(
+                "vatic_prediction_log_queue_depth",
+                "Prediction records waiting in the queue for the writer.",
+            ),
+            spool_bytes: gauge(
+                "vatic_prediction_log_spool_bytes",
+                "Bytes in the spool file waiting to be replayed.",
+            ),
+        }
+    }
+}
+
+fn add(counter: &IntCounter, n: u64) {
+    counter.inc_by(n);
 }
 
 struct Shared {
@@ -144,7 +182,7 @@ impl PredictionLog {
                 "replaying the prediction spool an earlier run left"
             );
         }
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new());
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let writer = Writer::new(store, rx, spool.clone(), counters.clone(), &settings);
         let handle = runtime.spawn(writer.run());
@@ -171,15 +209,15 @@ impl PredictionLog {
             match tx.as_ref() {
                 Some(tx) => {
                     // Counted before sending so the writer never sees it below zero.
-                    add(&c.queued, 1);
+                    c.queued.inc();
                     match tx.try_send(record) {
                         Ok(()) => return,
                         Err(TrySendError::Full(r)) => {
-                            c.queued.fetch_sub(1, Ordering::Relaxed);
+                            c.queued.dec();
                             (r, false)
                         }
                         Err(TrySendError::Closed(r)) => {
-                            c.queued.fetch_sub(1, Ordering::Relaxed);
+                            c.queued.dec();
                             (r, true)
                         }
                     }
@@ -211,16 +249,34 @@ impl PredictionLog {
     /// The counters now.
     pub fn stats(&self) -> PredictionLogStats {
         let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.refresh_metrics();
         PredictionLogStats {
-            written: get(&c.written),
-            spooled: get(&c.spooled),
-            replayed: get(&c.replayed),
-            rejected: get(&c.rejected),
-            dropped: get(&c.dropped),
-            queue_depth: get(&c.queued),
-            spool_bytes: self.shared.spool.pending_bytes(),
+            written: c.written.get(),
+            spooled: c.spooled.get(),
+            replayed: c.replayed.get(),
+            rejected: c.rejected.get(),
+            dropped: c.dropped.get(),
+            queue_depth: c.queued.get().max(0) as u64,
+            spool_bytes: c.spool_bytes.get() as u64,
         }
+    }
+
+    /// Adds the counters to `registry`, as `vatic_prediction_log_*`.
+    pub fn register(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        let c = &self.shared.counters;
+        for counter in [&c.written, &c.spooled, &c.replayed, &c.rejected, &c.dropped] {
+            registry.register(Box::new(counter.clone()))?;
+        }
+        for gauge in [&c.queued, &c.spool_bytes] {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the spool size into its gauge, before a scrape.
+    pub fn refresh_metrics(&self) {
+        let bytes = self.shared.spool.pending_bytes();
+        self.shared.counters.spool_bytes.set(bytes as i64);
     }
 
     /// Stops accepting records into the queue (later ones go to the spool), writes what is

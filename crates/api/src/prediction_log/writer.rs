@@ -2,7 +2,6 @@
 
 use super::spool::{Chunk, Spool};
 use super::{add, Counters, PredictionLogSettings};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -104,9 +103,7 @@ impl Writer {
 
     /// Inserts a batch from the queue; spools what the database cannot take.
     async fn flush(&mut self, batch: Vec<PredictionRecord>) {
-        self.counters
-            .queued
-            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        self.counters.queued.sub(batch.len() as i64);
         if self.down && Instant::now() < self.next_replay {
             self.spool_batch(batch).await;
             return;

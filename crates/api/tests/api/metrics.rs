@@ -110,3 +110,70 @@ async fn metrics_count_requests_by_model_version_protocol_and_code() {
     );
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
+    for db in vatic_testkit::TestDb::both() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::helpers::registry_standalone_settings(
+            &db.url,
+            vatic_testkit::root().join("models"),
+            dir.path(),
+        );
+        settings.metrics_listen = Some("127.0.0.1:0".into());
+        settings.prediction_log.flush_interval_ms = 20;
+        let api = TestApi::start(settings, None).await;
+        let metrics = format!("http://{}/metrics", api.app.metrics_addr.unwrap());
+        let request = vatic_testkit::demo_reference().v2_request(0..1);
+        for _ in 0..5 {
+            let (status, body) = api
+                .post_json("/v2/models/breast_cancer/infer", &request)
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        // The demo model logs metadata for every request: five records reach the table.
+        let mut stats = serde_json::Value::Null;
+        for _ in 0..500 {
+            stats = api.get("/admin/v1/prediction-log").await.1;
+            if stats["written"] == 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats["written"], 5, "{}: {stats}", db.url);
+        let text = api
+            .client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+        };
+        for (metric_name, field) in [
+            ("vatic_prediction_log_written_total", "written"),
+            ("vatic_prediction_log_spooled_total", "spooled"),
+            ("vatic_prediction_log_replayed_total", "replayed"),
+            ("vatic_prediction_log_rejected_total", "rejected"),
+            ("vatic_prediction_log_dropped_total", "dropped"),
+            ("vatic_prediction_log_queue_depth", "queue_depth"),
+            ("vatic_prediction_log_spool_bytes", "spool_bytes"),
+        ] {
+            assert_eq!(
+                value(metric_name, &[]),
+                stats[field].as_f64().unwrap(),
+                "{}: {metric_name}",
+                db.url
+            );
+        }
+        let max = value("vatic_db_pool_max_connections", &[]);
+        assert!(max >= 1.0, "{text}");
+        let open = value("vatic_db_pool_connections", &[("state", "in_use")])
+            + value("vatic_db_pool_connections", &[("state", "idle")]);
+        assert!(open <= max, "{text}");
+        api.stop().await;
+    }
+}

@@ -56,6 +56,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
         let catalog = Arc::new(Catalog::default());
+        let metrics = metrics::ApiMetrics::default();
         let catalog_passes = Passes::default();
         let mut reconcile_passes = None;
         let mut reconcile = None;
@@ -94,6 +95,7 @@ impl Application {
                     &settings.workers,
                     Duration::from_millis(settings.health_interval_ms),
                     Duration::from_millis(settings.worker_timeout_ms),
+                    pool::UpstreamMetrics::register(metrics.registry())?,
                 )?,
                 catalog.clone(),
             ),
@@ -133,7 +135,7 @@ impl Application {
                 .into_iter()
                 .chain([catalog_passes])
                 .collect(),
-            metrics: metrics::ApiMetrics::default(),
+            metrics,
         });
         if let Some(log) = &state.prediction_log {
             log.register(state.metrics.registry())?;
@@ -156,9 +158,12 @@ impl Application {
                         metrics.refresh(store);
                     }
                     let mut registries = vec![state.metrics.registry(), &process];
-                    if let Backend::Local(engine) = &state.backend {
-                        engine.refresh_metrics();
-                        registries.push(engine.metrics().registry());
+                    match &state.backend {
+                        Backend::Local(engine) => {
+                            engine.refresh_metrics();
+                            registries.push(engine.metrics().registry());
+                        }
+                        Backend::Remote(pool, _) => pool.refresh_metrics(),
                     }
                     vatic_worker::metrics::render(&registries)
                 })?)

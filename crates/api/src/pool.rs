@@ -3,6 +3,7 @@
 //! a worker fails before answering (inference has no side effects, so a retry is safe).
 
 use bytes::Bytes;
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
@@ -73,6 +74,58 @@ pub struct WorkerPool {
     client: reqwest::Client,
     timeout: Duration,
     next: AtomicUsize,
+    metrics: UpstreamMetrics,
+}
+
+/// How the workers look from this api: up or not, requests in flight to each, retries and
+/// failed exchanges.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    up: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    retries: IntCounter,
+    errors: IntCounterVec,
+}
+
+impl UpstreamMetrics {
+    /// The families, registered in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<UpstreamMetrics> {
+        let up = IntGaugeVec::new(
+            Opts::new(
+                "vatic_upstream_worker_up",
+                "1 when this api routes to the worker (its health check passes), else 0.",
+            ),
+            &["worker"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "vatic_upstream_in_flight_requests",
+                "Requests this api has sent to the worker and not yet had answered.",
+            ),
+            &["worker"],
+        )?;
+        let retries = IntCounter::new(
+            "vatic_upstream_retries_total",
+            "Requests sent again to another worker after the first failed before answering.",
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "vatic_upstream_errors_total",
+                "Failed exchanges with workers, by kind: connect (failed before answering), timeout, no_worker (none could take the request).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(up.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(UpstreamMetrics {
+            up,
+            in_flight,
+            retries,
+            errors,
+        })
+    }
 }
 
 impl WorkerPool {
@@ -81,6 +134,7 @@ impl WorkerPool {
         urls: &[String],
         interval: Duration,
         timeout: Duration,
+        metrics: UpstreamMetrics,
     ) -> anyhow::Result<Arc<WorkerPool>> {
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
@@ -97,6 +151,7 @@ impl WorkerPool {
             client,
             timeout,
             next: AtomicUsize::new(0),
+            metrics,
         });
         let checker = Arc::downgrade(&pool);
         tokio::spawn(async move {
@@ -129,6 +184,23 @@ impl WorkerPool {
     /// The workers, for status pages and tests.
     pub fn nodes(&self) -> Vec<Arc<WorkerNode>> {
         self.nodes.read().expect("nodes lock").clone()
+    }
+
+    /// Reads each worker's state into the metrics, before a scrape; workers that left the
+    /// pool leave the metrics too.
+    pub fn refresh_metrics(&self) {
+        self.metrics.up.reset();
+        self.metrics.in_flight.reset();
+        for node in self.nodes() {
+            self.metrics
+                .up
+                .with_label_values(&[&node.url])
+                .set(i64::from(node.is_healthy()));
+            self.metrics
+                .in_flight
+                .with_label_values(&[&node.url])
+                .set(node.outstanding.load(Ordering::Relaxed) as i64);
+        }
     }
 
     /// Whether any worker is healthy.
@@ -219,6 +291,9 @@ impl WorkerPool {
             let Some(i) = self.pick(&nodes, &tried, target) else {
                 break;
             };
+            if !tried.is_empty() {
+                self.metrics.retries.inc();
+            }
             tried.push(i);
             let node = &nodes[i];
             node.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +309,7 @@ impl WorkerPool {
             {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_timeout() => {
+                    self.metrics.errors.with_label_values(&["timeout"]).inc();
                     return Err(HttpError::Upstream {
                         status: 503,
                         message: format!(
@@ -242,15 +318,17 @@ impl WorkerPool {
                             self.timeout.as_millis()
                         ),
                         retry_after: Some(1),
-                    })
+                    });
                 }
                 Err(e) => {
+                    self.metrics.errors.with_label_values(&["connect"]).inc();
                     node.healthy.store(false, Ordering::Relaxed);
                     tracing::warn!(worker = %node.url, error = %e, "worker failed before answering; trying another");
                     last_error = format!("worker {} failed: {e}", node.url);
                 }
             }
         }
+        self.metrics.errors.with_label_values(&["no_worker"]).inc();
         Err(HttpError::NoWorker(last_error))
     }
 

@@ -177,3 +177,101 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
         api.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
+    let scrape = |addr: std::net::SocketAddr| async move {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let request = vatic_testkit::demo_reference().v2_request(0..1);
+
+    // Two workers that refuse connections: the request is tried on both, then refused.
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("http://127.0.0.1:{port}")
+        })
+        .collect();
+    let mut settings = crate::helpers::cluster_settings(dead.clone());
+    settings.metrics_listen = Some("127.0.0.1:0".into());
+    let mut app = vatic_api::Application::build(&settings).await.unwrap();
+    let handle = app.spawn();
+    let client = reqwest::Client::new();
+    let (status, body) = crate::helpers::post_json(
+        &client,
+        &format!("http://{}", app.addr),
+        "/v2/models/breast_cancer/infer",
+        &request,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let text = scrape(app.metrics_addr.unwrap()).await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    assert_eq!(value("vatic_upstream_retries_total", &[]), 1.0);
+    assert_eq!(
+        value("vatic_upstream_errors_total", &[("kind", "connect")]),
+        2.0
+    );
+    assert_eq!(
+        value("vatic_upstream_errors_total", &[("kind", "no_worker")]),
+        1.0
+    );
+    for url in &dead {
+        assert_eq!(value("vatic_upstream_worker_up", &[("worker", url)]), 0.0);
+    }
+    assert_eq!(
+        value(
+            "vatic_requests_total",
+            &[
+                ("model", "breast_cancer"),
+                ("protocol", "v2"),
+                ("code", "5xx")
+            ]
+        ),
+        1.0
+    );
+    app.shutdown(&handle, std::time::Duration::ZERO).await;
+
+    // A live worker: requests go through and it is up.
+    let worker = crate::helpers::WorkerProcess::start();
+    let mut settings = crate::helpers::cluster_settings(vec![worker.url.clone()]);
+    settings.metrics_listen = Some("127.0.0.1:0".into());
+    let api = TestApi::start(settings, None).await;
+    for _ in 0..2 {
+        let (status, body) = api
+            .post_json("/v2/models/breast_cancer/infer", &request)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let text = scrape(api.app.metrics_addr.unwrap()).await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    let ok = [
+        ("model", "breast_cancer"),
+        ("version", "1"),
+        ("protocol", "v2"),
+        ("code", "2xx"),
+    ];
+    assert_eq!(value("vatic_requests_total", &ok), 2.0);
+    let worker_label = [("worker", worker.url.as_str())];
+    assert_eq!(value("vatic_upstream_worker_up", &worker_label), 1.0);
+    assert_eq!(
+        value("vatic_upstream_in_flight_requests", &worker_label),
+        0.0
+    );
+    // A cluster api runs no engine: the worker's families are on the worker's own endpoint.
+    assert!(!text.contains("vatic_worker_requests_total"), "{text}");
+    api.stop().await;
+}

@@ -8,7 +8,7 @@
 mod spool;
 mod writer;
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Gauge, IntCounter, IntGauge};
 use serde::{Deserialize, Serialize};
 use spool::Spool;
 use std::path::PathBuf;
@@ -104,6 +104,7 @@ struct Counters {
     dropped: IntCounter,
     queued: IntGauge,
     spool_bytes: IntGauge,
+    lag: Gauge,
 }
 
 impl Counters {
@@ -139,6 +140,11 @@ impl Counters {
                 "vatic_prediction_log_spool_bytes",
                 "Bytes in the spool file waiting to be replayed.",
             ),
+            lag: Gauge::new(
+                "vatic_prediction_log_lag_seconds",
+                "Age of the oldest record in the last batch written to the database; 0 when nothing waits.",
+            )
+            .expect("valid"),
         }
     }
 }
@@ -270,13 +276,18 @@ impl PredictionLog {
         for gauge in [&c.queued, &c.spool_bytes] {
             registry.register(Box::new(gauge.clone()))?;
         }
+        registry.register(Box::new(c.lag.clone()))?;
         Ok(())
     }
 
-    /// Reads the spool size into its gauge, before a scrape.
+    /// Reads the spool size into its gauge, before a scrape; with nothing waiting, the lag is 0.
     pub fn refresh_metrics(&self) {
+        let c = &self.shared.counters;
         let bytes = self.shared.spool.pending_bytes();
-        self.shared.counters.spool_bytes.set(bytes as i64);
+        c.spool_bytes.set(bytes as i64);
+        if bytes == 0 && c.queued.get() <= 0 {
+            c.lag.set(0.0);
+        }
     }
 
     /// Stops accepting records into the queue (later ones go to the spool), writes what is

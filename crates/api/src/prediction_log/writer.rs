@@ -108,8 +108,12 @@ impl Writer {
             self.spool_batch(batch).await;
             return;
         }
+        let oldest = oldest(&batch);
         let outcome = insert_isolating(&self.store, batch).await;
         add(&self.counters.written, outcome.inserted);
+        if outcome.error.is_none() {
+            self.record_lag(oldest);
+        }
         add(&self.counters.rejected, outcome.rejected);
         match outcome.error {
             None => self.up(),
@@ -117,6 +121,14 @@ impl Writer {
                 self.outage(&e);
                 self.spool_batch(outcome.unsent).await;
             }
+        }
+    }
+
+    /// Sets the lag from the oldest record of a batch just written.
+    fn record_lag(&self, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+        if let Some(at) = oldest {
+            let age = (chrono::Utc::now() - at).num_milliseconds().max(0);
+            self.counters.lag.set(age as f64 / 1000.0);
         }
     }
 
@@ -150,6 +162,7 @@ impl Writer {
                 return false;
             }
         };
+        let oldest = oldest(&chunk.records);
         let outcome = insert_isolating(&self.store, std::mem::take(&mut chunk.records)).await;
         // Rows are new only once, so they count even when the chunk is read again later.
         add(&self.counters.replayed, outcome.inserted);
@@ -157,6 +170,7 @@ impl Writer {
             self.outage(&e);
             return false;
         }
+        self.record_lag(oldest);
         // Rejections are counted only for a chunk that is done, so a retry does not count twice.
         add(&self.counters.rejected, outcome.rejected);
         self.up();
@@ -202,6 +216,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// What an insert did.
+/// When the oldest record of `records` arrived.
+fn oldest(records: &[PredictionRecord]) -> Option<chrono::DateTime<chrono::Utc>> {
+    records.iter().map(|r| r.at).min()
+}
+
 struct Outcome {
     /// New rows.
     inserted: u64,

@@ -169,6 +169,8 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
                 db.url
             );
         }
+        // Nothing waits, so there is no lag.
+        assert_eq!(value("vatic_prediction_log_lag_seconds", &[]), 0.0);
         let max = value("vatic_db_pool_max_connections", &[]);
         assert!(max >= 1.0, "{text}");
         let open = value("vatic_db_pool_connections", &[("state", "in_use")])

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite: every crate's unit and integration tests, then Triton's own Python
-# client against the api and a worker. Needs the Rust toolchain, python3 (with venv) and a
-# PostgreSQL server: $DATABASE_URL, else one on 127.0.0.1:5432, else a throwaway cluster from
-# the installed PostgreSQL binaries (see scripts/test-db.sh).
+# The whole test suite: the Prometheus config and alert rules (promtool), every crate's unit
+# and integration tests, then Triton's own Python client against the api and a worker. Needs
+# the Rust toolchain, python3 (with venv), promtool (installed from Debian's prometheus package
+# when missing) and a PostgreSQL server: $DATABASE_URL, else one on 127.0.0.1:5432, else a
+# throwaway cluster from the installed PostgreSQL binaries (see scripts/test-db.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATABASE_URL="$(scripts/test-db.sh)"
 export DATABASE_URL
 echo "tests use PostgreSQL at ${DATABASE_URL}"
+
+scripts/check-prometheus.sh
 
 cargo build --workspace --bins
 cargo test --workspace

@@ -424,8 +424,12 @@ impl Engine {
         for versions in self.models.read().expect("models lock").values() {
             for entry in versions.values() {
                 if let State::Ready(v) = &*entry.state.read().expect("state lock") {
-                    self.metrics
-                        .set_queue_depth(&v.name, &v.version, v.batcher.queued());
+                    self.metrics.set_queue_depth(
+                        &v.name,
+                        &v.version,
+                        v.batcher.queued(),
+                        v.batching.max_queue_size,
+                    );
                 }
             }
         }

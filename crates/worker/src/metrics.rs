@@ -28,6 +28,7 @@ pub struct EngineMetrics {
     compute: HistogramVec,
     batch_rows: HistogramVec,
     queue_depth: IntGaugeVec,
+    queue_capacity: IntGaugeVec,
     ready: IntGaugeVec,
     load: HistogramVec,
     in_flight: IntGauge,
@@ -91,6 +92,14 @@ impl Default for EngineMetrics {
             &mv,
         )
         .expect("valid");
+        let queue_capacity = IntGaugeVec::new(
+            Opts::new(
+                "vatic_queue_capacity",
+                "Requests a model version's queue holds before refusing more (max_queue_size).",
+            ),
+            &mv,
+        )
+        .expect("valid");
         let ready = IntGaugeVec::new(
             Opts::new(
                 "vatic_model_ready",
@@ -108,7 +117,7 @@ impl Default for EngineMetrics {
         for c in [&queue_wait, &compute, &batch_rows, &load] {
             register(&registry, c);
         }
-        for c in [&queue_depth, &ready] {
+        for c in [&queue_depth, &queue_capacity, &ready] {
             register(&registry, c);
         }
         register(&registry, &in_flight);
@@ -119,6 +128,7 @@ impl Default for EngineMetrics {
             compute,
             batch_rows,
             queue_depth,
+            queue_capacity,
             ready,
             load,
             in_flight,
@@ -248,10 +258,13 @@ impl EngineMetrics {
     }
 
     /// Sets the queue depth of a version (read when metrics are rendered).
-    pub fn set_queue_depth(&self, model: &str, version: &str, depth: usize) {
+    pub fn set_queue_depth(&self, model: &str, version: &str, depth: usize, capacity: usize) {
         self.queue_depth
             .with_label_values(&[model, version])
             .set(depth as i64);
+        self.queue_capacity
+            .with_label_values(&[model, version])
+            .set(capacity as i64);
     }
 
     /// Drops every series of a version that is no longer served.
@@ -261,6 +274,7 @@ impl EngineMetrics {
         let _ = self.compute.remove_label_values(&labels);
         let _ = self.batch_rows.remove_label_values(&labels);
         let _ = self.queue_depth.remove_label_values(&labels);
+        let _ = self.queue_capacity.remove_label_values(&labels);
         let _ = self.ready.remove_label_values(&labels);
         let _ = self.load.remove_label_values(&labels);
         for code in ["2xx", "4xx", "5xx", "other"] {

@@ -277,3 +277,87 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
     assert!(!text.contains("vatic_worker_requests_total"), "{text}");
     api.stop().await;
 }
+
+/// The metric families in an exposition, histograms under their family name.
+fn families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `vatic_*` metric names an expression file refers to, suffixes of histograms removed.
+fn referenced(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in text.match_indices("vatic_") {
+        if i > 0 {
+            let before = text.as_bytes()[i - 1];
+            if before.is_ascii_alphanumeric() || before == b'_' {
+                continue;
+            }
+        }
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        names.insert(family);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alert_rules_use_is_exported() {
+    let request = vatic_testkit::demo_reference().v2_request(0..1);
+    let mut exported = std::collections::BTreeSet::new();
+
+    // Standalone with a database: the api's, the engine's and the prediction log's families.
+    let db = vatic_testkit::TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::registry_standalone_settings(
+        &db.url,
+        vatic_testkit::root().join("models"),
+        dir.path(),
+    );
+    settings.metrics_listen = Some("127.0.0.1:0".into());
+    let api = TestApi::start(settings, None).await;
+    let (status, _) = api
+        .post_json("/v2/models/breast_cancer/infer", &request)
+        .await;
+    assert_eq!(status, 200);
+    let url = format!("http://{}/metrics", api.app.metrics_addr.unwrap());
+    exported.extend(families(
+        &reqwest::get(&url).await.unwrap().text().await.unwrap(),
+    ));
+    api.stop().await;
+
+    // A cluster api: the upstream families.
+    let worker = crate::helpers::WorkerProcess::start();
+    let mut settings = crate::helpers::cluster_settings(vec![worker.url.clone()]);
+    settings.metrics_listen = Some("127.0.0.1:0".into());
+    let api = TestApi::start(settings, None).await;
+    let (status, _) = api
+        .post_json("/v2/models/breast_cancer/infer", &request)
+        .await;
+    assert_eq!(status, 200);
+    let url = format!("http://{}/metrics", api.app.metrics_addr.unwrap());
+    exported.extend(families(
+        &reqwest::get(&url).await.unwrap().text().await.unwrap(),
+    ));
+    api.stop().await;
+
+    let rules =
+        std::fs::read_to_string(vatic_testkit::root().join("prometheus/alerts.yml")).unwrap();
+    let used = referenced(&rules);
+    assert!(used.len() >= 8, "{used:?}");
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "alert rules use metrics vatic does not export: {missing:?}\nexported: {exported:?}"
+    );
+}

@@ -68,6 +68,7 @@ async fn metrics_count_requests_and_agree_with_the_statistics() {
     assert_eq!(value("vatic_model_ready", &cnn), 1.0);
     assert_eq!(value("vatic_model_load_seconds_count", &cnn), 1.0);
     assert_eq!(value("vatic_queue_depth", &cnn), 0.0);
+    assert_eq!(value("vatic_queue_capacity", &cnn), 1024.0);
     assert_eq!(value("vatic_worker_in_flight_requests", &[]), 0.0);
     assert_eq!(value("vatic_build_info", &[("engine", "tract-onnx")]), 1.0);
     assert!(value("process_resident_memory_bytes", &[]) > 0.0);

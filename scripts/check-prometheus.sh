@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Checks prometheus/: the scrape config and alert rules with promtool, then the rules' unit
+# tests. Installs promtool (Debian's prometheus package) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo="sudo"
+    else
+      echo "promtool is missing: install the prometheus package (apt-get install prometheus)" >&2
+      exit 1
+    fi
+  fi
+  echo "installing promtool (Debian's prometheus package)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+  # The package starts a Prometheus server; the checks need only promtool.
+  $sudo systemctl stop prometheus >/dev/null 2>&1 || true
+fi
+
+promtool check config prometheus/prometheus.yml
+promtool check rules prometheus/alerts.yml
+promtool test rules prometheus/alerts_test.yml

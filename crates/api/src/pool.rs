@@ -119,6 +119,10 @@ impl UpstreamMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        // Every kind is exported from the start, so rates and alerts see 0, not nothing.
+        for kind in ["connect", "timeout", "no_worker"] {
+            errors.with_label_values(&[kind]);
+        }
         Ok(UpstreamMetrics {
             up,
             in_flight,

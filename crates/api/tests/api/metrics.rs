@@ -312,7 +312,7 @@ fn referenced(text: &str) -> std::collections::BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_the_alert_rules_use_is_exported() {
+async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
     let request = vatic_testkit::demo_reference().v2_request(0..1);
     let mut exported = std::collections::BTreeSet::new();
 
@@ -351,13 +351,23 @@ async fn every_metric_the_alert_rules_use_is_exported() {
     ));
     api.stop().await;
 
-    let rules =
-        std::fs::read_to_string(vatic_testkit::root().join("prometheus/alerts.yml")).unwrap();
-    let used = referenced(&rules);
-    assert!(used.len() >= 8, "{used:?}");
-    let missing: Vec<_> = used.difference(&exported).collect();
+    let root = vatic_testkit::root();
+    let mut files = vec![root.join("prometheus/alerts.yml")];
+    for entry in std::fs::read_dir(root.join("grafana/dashboards")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
     assert!(
-        missing.is_empty(),
-        "alert rules use metrics vatic does not export: {missing:?}\nexported: {exported:?}"
+        files.len() >= 4,
+        "the rules and three dashboards: {files:?}"
     );
+    for file in files {
+        let used = referenced(&std::fs::read_to_string(&file).unwrap());
+        assert!(!used.is_empty(), "{} uses no vatic metric", file.display());
+        let missing: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{} uses metrics vatic does not export: {missing:?}\nexported: {exported:?}",
+            file.display()
+        );
+    }
 }

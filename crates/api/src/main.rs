@@ -55,6 +55,6 @@ async fn main() -> anyhow::Result<()> {
         flags.mode = Some(Mode::Standalone);
     }
     let settings: ApiSettings = settings::load(&file, flags.config.is_some(), &flags)?;
-    telemetry::init(&settings.log);
+    let _log_files = telemetry::init(&settings.log, "vatic-api")?;
     vatic_api::run(settings).await
 }

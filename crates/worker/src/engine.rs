@@ -401,6 +401,8 @@ impl Engine {
         req: &InferRequest,
     ) -> Result<InferResponse, EngineError> {
         let v = self.resolve(name, version)?;
+        // The request's log lines name the version that answers, also when the path names none.
+        tracing::Span::current().record("version", v.version.as_str());
         // A guard, so a request dropped midway (its client went away) is not counted forever.
         let _in_flight = InFlight::enter(self.metrics.in_flight());
         let result = v.infer(req).await;

@@ -237,7 +237,16 @@ pub async fn request_id(
     let method = req.method().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "(unmatched)".into());
     let quiet = PROBES.contains(&route.as_str());
-    let span = tracing::info_span!("request", request_id = %id);
+    // The model and version the path names, so every line logged for the request carries them.
+    let mut path = actix_web::dev::Path::new(req.path().to_string());
+    actix_web::dev::ResourceDef::new(route.as_str()).capture_match_info(&mut path);
+    let model = path
+        .get("model")
+        .map(|m| m.split(':').next().unwrap_or(m).to_string());
+    let version = path
+        .get("version")
+        .map(|v| v.split(':').next().unwrap_or(v).to_string());
+    let span = tracing::info_span!("request", request_id = %id, model = model.as_deref(), version = version.as_deref());
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -246,8 +255,12 @@ pub async fn request_id(
     }
     let status = res.status().as_u16();
     if !quiet || status >= 400 {
+        let bytes = match res.response().body().size() {
+            actix_web::body::BodySize::Sized(n) => Some(n),
+            _ => None,
+        };
         span.in_scope(|| {
-            tracing::info!(method = %method, route = %route, status, micros = started.elapsed().as_micros() as u64, "request");
+            tracing::info!(method = %method, route = %route, status, bytes, micros = started.elapsed().as_micros() as u64, "request");
         });
     }
     Ok(res)

@@ -35,6 +35,6 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("config/worker.toml"));
     let settings: WorkerSettings = settings::load(&file, flags.config.is_some(), &flags)?;
-    telemetry::init(&settings.log);
+    let _log_files = telemetry::init(&settings.log, "vatic-worker")?;
     vatic_worker::http::run(settings).await
 }

@@ -1,16 +1,28 @@
-//! Logging: JSON lines (or text) on stdout through `tracing`.
+//! Logging through `tracing`: JSON lines (or text) on stdout, and optionally JSON lines in daily
+//! (or hourly) rolling files written by a non-blocking background writer.
 
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::EnvFilter;
+use std::path::PathBuf;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{Builder, Rotation};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How the process logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// `json` (one JSON object per line) or `text`.
+    /// `json` (one JSON object per line) or `text`, on stdout.
     pub format: String,
     /// A tracing filter such as `info` or `info,vatic_worker=debug`; `RUST_LOG` wins when set.
     pub level: String,
+    /// A folder for log files (JSON lines, whatever `format` says); none for stdout only.
+    pub dir: Option<PathBuf>,
+    /// When a new file starts: `daily`, `hourly` or `never`.
+    pub rotation: String,
+    /// Rotated files kept; older ones are deleted (0 keeps all).
+    pub max_files: usize,
 }
 
 impl Default for LogSettings {
@@ -18,25 +30,111 @@ impl Default for LogSettings {
         LogSettings {
             format: "json".into(),
             level: "info".into(),
+            dir: None,
+            rotation: "daily".into(),
+            max_files: 14,
         }
     }
 }
 
-/// Installs the global subscriber; a second call is ignored (tests start many servers).
-pub fn init(settings: &LogSettings) {
+impl LogSettings {
+    /// Refuses settings that cannot work, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.format.as_str(), "json" | "text") {
+            anyhow::bail!("log.format must be json or text, not '{}'", self.format);
+        }
+        self.rotation()?;
+        Ok(())
+    }
+
+    fn rotation(&self) -> anyhow::Result<Rotation> {
+        Ok(match self.rotation.as_str() {
+            "daily" => Rotation::DAILY,
+            "hourly" => Rotation::HOURLY,
+            "never" => Rotation::NEVER,
+            other => anyhow::bail!("log.rotation must be daily, hourly or never, not '{other}'"),
+        })
+    }
+}
+
+/// Installs the global subscriber. Files in `settings.dir` are named `<name>.<date>.log`. Keep
+/// the returned guard until the process ends: dropping it flushes the file writer. A second
+/// call is ignored (tests start many servers) and returns no guard.
+pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerGuard>> {
+    settings.validate()?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = if settings.format == "text" {
-        builder.try_init()
+    let stdout = if settings.format == "text" {
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
+        json_layer(std::io::stdout).boxed()
     };
+    let (file, guard) = match &settings.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
+            let mut builder = Builder::new()
+                .rotation(settings.rotation()?)
+                .filename_prefix(name)
+                .filename_suffix("log");
+            if settings.max_files > 0 {
+                builder = builder.max_log_files(settings.max_files);
+            }
+            let appender = builder
+                .build(dir)
+                .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            (Some(json_layer(writer).boxed()), Some(guard))
+        }
+        None => (None, None),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(stdout)
+        .with(file)
+        .try_init()
+        .is_ok();
+    Ok(guard.filter(|_| installed))
+}
+
+/// One JSON object per line: the event's fields at the top level, with the request span's
+/// fields (request id, model, version) under `span`.
+fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .with_writer(writer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        assert!(LogSettings::default().validate().is_ok());
+        let bad_format = LogSettings {
+            format: "xml".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad_format.validate().unwrap_err().to_string(),
+            "log.format must be json or text, not 'xml'"
+        );
+        let bad_rotation = LogSettings {
+            rotation: "weekly".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad_rotation.validate().unwrap_err().to_string(),
+            "log.rotation must be daily, hourly or never, not 'weekly'"
+        );
+    }
 }

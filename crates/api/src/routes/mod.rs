@@ -68,6 +68,10 @@ impl AppState {
         status: u16,
         arrived: std::time::Instant,
     ) {
+        if let Some(version) = version {
+            // The access log line names the version that answered.
+            tracing::Span::current().record("version", version);
+        }
         let known = status != 404 && self.backend.knows(model);
         let model = if known {
             model

@@ -1,12 +1,12 @@
 //! Cluster mode: the api in front of worker processes.
 
-use crate::helpers::{cluster_settings, post_json, TestApi, WorkerProcess};
+use crate::helpers::{cluster_settings, post_json, ServerProcess, TestApi};
 use serde_json::json;
 use std::sync::Arc;
 
 #[tokio::test]
 async fn api_forwards_to_a_worker_and_passes_errors_through() {
-    let worker = WorkerProcess::start();
+    let worker = ServerProcess::start();
     let api = TestApi::start(cluster_settings(vec![worker.url.clone()]), None).await;
     let reference = vatic_testkit::demo_reference();
     let (status, body) = api
@@ -117,8 +117,8 @@ async fn without_a_healthy_worker_the_api_is_not_ready_and_says_why() {
 
 #[tokio::test]
 async fn killing_a_worker_mid_load_fails_no_request() {
-    let first = WorkerProcess::start();
-    let mut second = WorkerProcess::start();
+    let first = ServerProcess::start();
+    let mut second = ServerProcess::start();
     let api = TestApi::start(
         cluster_settings(vec![first.url.clone(), second.url.clone()]),
         None,
@@ -176,7 +176,7 @@ async fn killing_a_worker_mid_load_fails_no_request() {
 
 #[tokio::test]
 async fn sigterm_makes_a_worker_not_ready_then_drain_then_exit() {
-    let mut worker = WorkerProcess::start_with_env(&[("VATIC_DRAIN_SECS", "2")]);
+    let mut worker = ServerProcess::start_with_env(&[("VATIC_DRAIN_SECS", "2")]);
     let client = reqwest::Client::new();
     vatic_testkit::wait_ok(&client, &format!("{}/v2/health/ready", worker.url)).await;
     let status = std::process::Command::new("kill")
@@ -223,7 +223,7 @@ async fn sigterm_makes_a_worker_not_ready_then_drain_then_exit() {
 #[tokio::test]
 async fn a_worker_slower_than_worker_timeout_gets_503() {
     let worker =
-        WorkerProcess::start_with_env(&[("VATIC_BATCHING__MAX_QUEUE_DELAY_US", "3000000")]);
+        ServerProcess::start_with_env(&[("VATIC_BATCHING__MAX_QUEUE_DELAY_US", "3000000")]);
     let mut settings = cluster_settings(vec![worker.url.clone()]);
     settings.worker_timeout_ms = 200;
     let api = TestApi::start(settings, None).await;

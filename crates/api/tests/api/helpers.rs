@@ -31,7 +31,7 @@ impl TestApi {
 
     pub async fn start(settings: ApiSettings, repo: Option<tempfile::TempDir>) -> TestApi {
         if std::env::var_os("TEST_LOG").is_some() {
-            vatic_worker::telemetry::init(&Default::default());
+            vatic_worker::telemetry::init(&Default::default(), "test").expect("logging");
         }
         let mut app = Application::build(&settings).await.expect("api builds");
         let handle = app.spawn();
@@ -236,13 +236,15 @@ pub fn cluster_settings(workers: Vec<String>) -> ApiSettings {
     }
 }
 
-/// A `vatic-worker` process on 127.0.0.1:0; killed when dropped.
-pub struct WorkerProcess {
+/// A vatic server process (a worker, or an api) on 127.0.0.1:0; killed when dropped.
+pub struct ServerProcess {
     pub child: Child,
     pub url: String,
+    /// Its log lines so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
 }
 
-impl Drop for WorkerProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -268,13 +270,13 @@ pub fn binary(name: &str, package: &str) -> PathBuf {
 /// A worker process that takes its models from the registry at `url`. On PostgreSQL polling is
 /// set to ten minutes, so anything it loads within a test's bounded wait came by notification;
 /// SQLite has no notifications, so there it polls every 200 ms.
-pub fn registry_worker(url: &str, cache: &Path) -> WorkerProcess {
+pub fn registry_worker(url: &str, cache: &Path) -> ServerProcess {
     let poll_ms = if url.starts_with("sqlite:") {
         "200"
     } else {
         "600000"
     };
-    WorkerProcess::start_with_env(&[
+    ServerProcess::start_with_env(&[
         ("VATIC_DATABASE__URL", url),
         ("VATIC_REGISTRY__CACHE_DIR", cache.to_str().unwrap()),
         ("VATIC_REGISTRY__POLL_MS", poll_ms),
@@ -282,42 +284,66 @@ pub fn registry_worker(url: &str, cache: &Path) -> WorkerProcess {
     ])
 }
 
-impl WorkerProcess {
+impl ServerProcess {
     /// Starts a worker on the repository's `models/` and waits for the address it logs.
-    pub fn start() -> WorkerProcess {
+    pub fn start() -> ServerProcess {
         Self::start_with_env(&[])
     }
 
     /// Starts a worker with extra environment variables.
-    pub fn start_with_env(env: &[(&str, &str)]) -> WorkerProcess {
-        let mut child = Command::new(binary("vatic-worker", "vatic-worker"))
-            .envs(env.iter().copied())
-            .current_dir(vatic_testkit::root())
+    pub fn start_with_env(env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(binary("vatic-worker", "vatic-worker"));
+        cmd.envs(env.iter().copied())
             .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
+            .env("VATIC_BATCHING__INSTANCES", "1");
+        Self::spawn(cmd, "worker listening")
+    }
+
+    /// Runs `cmd` (a vatic server) in the workspace root with JSON logs, and waits for the
+    /// `ready_message` line that names its address. Its log lines are kept in `logs`.
+    pub fn spawn(mut cmd: Command, ready_message: &str) -> ServerProcess {
+        let mut child = cmd
+            .current_dir(vatic_testkit::root())
             .env("VATIC_LOG__FORMAT", "json")
-            .env("VATIC_BATCHING__INSTANCES", "1")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting vatic-worker");
+            .expect("starting a vatic server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
             let line = lines
                 .next()
-                .expect("worker exited before listening")
-                .expect("reading worker log");
+                .expect("the server exited before listening")
+                .expect("reading the server log");
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if v["message"] == "worker listening" {
+            if v["message"] == ready_message {
                 break format!("http://{}", v["addr"].as_str().expect("addr"));
             }
         };
-        // Keep draining the log so the worker never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        WorkerProcess { child, url }
+        // Keep reading the log, so the server never blocks on a full pipe.
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        ServerProcess { child, url, logs }
+    }
+
+    /// The JSON log lines so far whose request id is `id`.
+    pub fn lines_of_request(&self, id: &str) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["span"]["request_id"] == id)
+            .collect()
     }
 }

@@ -4,6 +4,7 @@
 mod cluster;
 mod helpers;
 mod loading;
+mod logs;
 mod metrics;
 mod prediction_log;
 mod readme;

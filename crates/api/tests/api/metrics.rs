@@ -246,7 +246,7 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
     app.shutdown(&handle, std::time::Duration::ZERO).await;
 
     // A live worker: requests go through and it is up.
-    let worker = crate::helpers::WorkerProcess::start();
+    let worker = crate::helpers::ServerProcess::start();
     let mut settings = crate::helpers::cluster_settings(vec![worker.url.clone()]);
     settings.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
@@ -337,7 +337,7 @@ async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
     api.stop().await;
 
     // A cluster api: the upstream families.
-    let worker = crate::helpers::WorkerProcess::start();
+    let worker = crate::helpers::ServerProcess::start();
     let mut settings = crate::helpers::cluster_settings(vec![worker.url.clone()]);
     settings.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;

@@ -3,7 +3,7 @@
 
 use crate::helpers::{
     binary, migrated, registry_api, registry_standalone_settings, registry_worker, wait_post,
-    wait_status, TestApi, Traffic, WorkerProcess,
+    wait_status, ServerProcess, TestApi, Traffic,
 };
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
@@ -31,7 +31,7 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
     let db = TestDb::postgres();
     migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let workers: Vec<WorkerProcess> = (0..2)
+    let workers: Vec<ServerProcess> = (0..2)
         .map(|i| registry_worker(&db.url, &dir.path().join(format!("cache-{i}"))))
         .collect();
     let client = reqwest::Client::new();

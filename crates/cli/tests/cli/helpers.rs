@@ -57,7 +57,7 @@ fn start() -> TestApp {
                     ..Default::default()
                 };
                 if std::env::var_os("TEST_LOG").is_some() {
-                    vatic_worker::telemetry::init(&settings.log);
+                    vatic_worker::telemetry::init(&settings.log, "test").expect("logging");
                 }
                 let mut app = Application::build(&settings).await.expect("api builds");
                 let _handle = app.spawn();

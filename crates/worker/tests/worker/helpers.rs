@@ -19,7 +19,7 @@ pub struct TestWorker {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        vatic_worker::telemetry::init(&Default::default());
+        vatic_worker::telemetry::init(&Default::default(), "test").expect("logging");
     }
 }
 

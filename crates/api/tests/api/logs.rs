@@ -1,0 +1,93 @@
+//! Logs: one request id finds the request's lines on the api and on the worker, with the
+//! model, status, bytes and latency; the api also writes them to its log files.
+
+use crate::helpers::{binary, ServerProcess};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+/// Waits until `lines` yields the access line of a request, and returns it.
+fn access_line(label: &str, lines: impl Fn() -> Vec<Value>) -> Value {
+    for _ in 0..500 {
+        if let Some(line) = lines().into_iter().find(|l| l["message"] == "request") {
+            return line;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no access line on the {label}");
+}
+
+#[test]
+fn one_request_id_finds_the_request_on_the_api_and_the_worker() {
+    let worker = ServerProcess::start();
+    let log_dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary("vatic-api", "vatic-api"));
+    cmd.args(["--config", "config/api.toml", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--workers", &worker.url])
+        .env("VATIC_LOG__DIR", log_dir.path());
+    let api = ServerProcess::spawn(cmd, "api listening");
+
+    let id = "trace-4f2a9c";
+    let client = reqwest::blocking::Client::new();
+    let body = vatic_testkit::demo_reference().v2_request(0..1);
+    let mut ready = false;
+    for _ in 0..500 {
+        ready = client
+            .get(format!("{}/v2/health/ready", api.url))
+            .send()
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ready, "the api never became ready");
+    let r = client
+        .post(format!("{}/v2/models/breast_cancer/infer", api.url))
+        .header("X-Request-ID", id)
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], id);
+    let size = r.bytes().unwrap().len() as u64;
+
+    let on_api = access_line("api", || api.lines_of_request(id));
+    assert_eq!(on_api["status"], 200, "{on_api}");
+    assert_eq!(on_api["route"], "/v2/models/{model}/infer", "{on_api}");
+    assert_eq!(on_api["bytes"], size, "{on_api}");
+    assert!(on_api["micros"].as_u64().is_some(), "{on_api}");
+    assert_eq!(on_api["span"]["model"], "breast_cancer", "{on_api}");
+    assert_eq!(on_api["span"]["version"], "1", "{on_api}");
+    let on_worker = access_line("worker", || worker.lines_of_request(id));
+    assert_eq!(on_worker["status"], 200, "{on_worker}");
+    assert_eq!(on_worker["span"]["model"], "breast_cancer", "{on_worker}");
+    assert_eq!(on_worker["span"]["version"], "1", "{on_worker}");
+
+    // The api's file: vatic-api.<date>.log, JSON lines, written in the background.
+    let mut found = false;
+    for _ in 0..500 {
+        let files: Vec<_> = std::fs::read_dir(log_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        found = files.iter().any(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with("vatic-api.")
+                && name.ends_with(".log")
+                && std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                            v["span"]["request_id"] == id && v["message"] == "request"
+                        })
+                    })
+        });
+        if found {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(found, "the request's line is not in the api's log file");
+}

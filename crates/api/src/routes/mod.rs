@@ -6,7 +6,7 @@ pub mod tfserving;
 pub mod v2;
 
 use crate::backend::Backend;
-use actix_web::{HttpMessage, HttpRequest};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use std::sync::atomic::{AtomicBool, Ordering};
 use vatic_worker::http::RequestId;
 
@@ -58,16 +58,21 @@ impl AppState {
 }
 
 impl AppState {
-    /// Records one answered inference request in the metrics. `model` is labelled only when
-    /// this process knows it, and `version` is the version that answered, if one did.
+    /// Records one answered inference request in the metrics, from its handler's result: the
+    /// answer and the version that gave it, or the error. `model` is labelled only when this
+    /// process knows it.
     pub fn record_inference(
         &self,
         protocol: crate::metrics::Protocol,
         model: &str,
-        version: Option<&str>,
-        status: u16,
+        result: &Result<(HttpResponse, Option<String>), vatic_worker::http::HttpError>,
         arrived: std::time::Instant,
     ) {
+        use actix_web::ResponseError;
+        let (status, version) = match result {
+            Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
+            Err(e) => (e.status_code().as_u16(), None),
+        };
         if let Some(version) = version {
             // The access log line names the version that answered.
             tracing::Span::current().record("version", version);

@@ -3,7 +3,7 @@
 
 use super::{log_prediction, request_id, State};
 use crate::metrics::Protocol;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use vatic_schema::tfserving::{self, ModelStatus, PredictRequest, StatusCode, VersionStatus};
 use vatic_schema::SchemaError;
@@ -65,13 +65,9 @@ async fn post_verb(
     let arrived = (chrono::Utc::now(), std::time::Instant::now());
     let _in_flight = s.metrics.enter();
     let result = predict(&req, &s, &p, payload, arrived).await;
-    let (status, version) = match &result {
-        Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
-        Err(e) => (e.status_code().as_u16(), None),
-    };
     // The model name before any `:verb`, as far as the path can be read.
     let model = p.model.split(':').next().unwrap_or_default();
-    s.record_inference(Protocol::TfServing, model, version, status, arrived.1);
+    s.record_inference(Protocol::TfServing, model, &result, arrived.1);
     result.map(|(r, _)| r)
 }
 

@@ -2,7 +2,7 @@
 
 use super::{log_prediction, request_id, State};
 use crate::metrics::Protocol;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use vatic_schema::v2;
 use vatic_worker::http::{
     header_length, model_ready_response, model_route, read_body, until_client_gone, v2_response,
@@ -62,11 +62,7 @@ async fn post_infer(
     let arrived = (chrono::Utc::now(), std::time::Instant::now());
     let _in_flight = s.metrics.enter();
     let result = infer(&req, &s, &p, payload, arrived).await;
-    let (status, version) = match &result {
-        Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
-        Err(e) => (e.status_code().as_u16(), None),
-    };
-    s.record_inference(Protocol::V2, &p.model, version, status, arrived.1);
+    s.record_inference(Protocol::V2, &p.model, &result, arrived.1);
     result.map(|(r, _)| r)
 }
 

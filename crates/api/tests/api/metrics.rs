@@ -6,15 +6,27 @@ use crate::helpers::{standalone_settings, TestApi};
 use serde_json::json;
 use vatic_testkit::metric;
 
+/// The exposition of the metrics endpoint at `addr`.
+async fn scrape(addr: Option<std::net::SocketAddr>) -> String {
+    let addr = addr.expect("a metrics port");
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of a sample that must be in `text`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_model_version_protocol_and_code() {
     let mut settings = standalone_settings(vatic_testkit::root().join("models"));
     settings.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
-    let metrics = format!(
-        "http://{}/metrics",
-        api.app.metrics_addr.expect("metrics port")
-    );
     let reference = vatic_testkit::demo_reference();
 
     for _ in 0..3 {
@@ -47,20 +59,10 @@ async fn metrics_count_requests_by_model_version_protocol_and_code() {
         assert_eq!(status, 404);
     }
 
-    let text = api
-        .client
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-    };
+    let text = scrape(api.app.metrics_addr).await;
     let requests = |model, version, protocol, code| {
         value(
+            &text,
             "vatic_requests_total",
             &[
                 ("model", model),
@@ -83,9 +85,12 @@ async fn metrics_count_requests_by_model_version_protocol_and_code() {
         ("version", "1"),
         ("protocol", "v2"),
     ];
-    assert_eq!(value("vatic_request_duration_seconds_count", &v2), 3.0);
-    assert!(value("vatic_request_duration_seconds_sum", &v2) > 0.0);
-    assert_eq!(value("vatic_in_flight_requests", &[]), 0.0);
+    assert_eq!(
+        value(&text, "vatic_request_duration_seconds_count", &v2),
+        3.0
+    );
+    assert!(value(&text, "vatic_request_duration_seconds_sum", &v2) > 0.0);
+    assert_eq!(value(&text, "vatic_in_flight_requests", &[]), 0.0);
 
     // Standalone runs the engine in this process: its families are here too, once each.
     let engine = [("model", "breast_cancer"), ("version", "1")];
@@ -94,8 +99,8 @@ async fn metrics_count_requests_by_model_version_protocol_and_code() {
         ("version", "1"),
         ("code", "2xx"),
     ];
-    assert_eq!(value("vatic_worker_requests_total", &ok), 4.0);
-    assert_eq!(value("vatic_model_ready", &engine), 1.0);
+    assert_eq!(value(&text, "vatic_worker_requests_total", &ok), 4.0);
+    assert_eq!(value(&text, "vatic_model_ready", &engine), 1.0);
     assert_eq!(text.matches("# TYPE vatic_build_info gauge").count(), 1);
     assert_eq!(
         text.matches("# TYPE process_resident_memory_bytes").count(),
@@ -105,7 +110,7 @@ async fn metrics_count_requests_by_model_version_protocol_and_code() {
     let stats = &stats["model_stats"][0];
     assert_eq!(stats["inference_stats"]["success"]["count"], 4, "{stats}");
     assert_eq!(
-        value("vatic_queue_wait_seconds_count", &engine),
+        value(&text, "vatic_queue_wait_seconds_count", &engine),
         stats["inference_stats"]["queue"]["count"].as_f64().unwrap()
     );
     api.stop().await;
@@ -123,7 +128,6 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
         settings.metrics_listen = Some("127.0.0.1:0".into());
         settings.prediction_log.flush_interval_ms = 20;
         let api = TestApi::start(settings, None).await;
-        let metrics = format!("http://{}/metrics", api.app.metrics_addr.unwrap());
         let request = vatic_testkit::demo_reference().v2_request(0..1);
         for _ in 0..5 {
             let (status, body) = api
@@ -141,18 +145,7 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert_eq!(stats["written"], 5, "{}: {stats}", db.url);
-        let text = api
-            .client
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = |name: &str, labels: &[(&str, &str)]| {
-            metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-        };
+        let text = scrape(api.app.metrics_addr).await;
         for (metric_name, field) in [
             ("vatic_prediction_log_written_total", "written"),
             ("vatic_prediction_log_spooled_total", "spooled"),
@@ -163,18 +156,18 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
             ("vatic_prediction_log_spool_bytes", "spool_bytes"),
         ] {
             assert_eq!(
-                value(metric_name, &[]),
+                value(&text, metric_name, &[]),
                 stats[field].as_f64().unwrap(),
                 "{}: {metric_name}",
                 db.url
             );
         }
         // Nothing waits, so there is no lag.
-        assert_eq!(value("vatic_prediction_log_lag_seconds", &[]), 0.0);
-        let max = value("vatic_db_pool_max_connections", &[]);
+        assert_eq!(value(&text, "vatic_prediction_log_lag_seconds", &[]), 0.0);
+        let max = value(&text, "vatic_db_pool_max_connections", &[]);
         assert!(max >= 1.0, "{text}");
-        let open = value("vatic_db_pool_connections", &[("state", "in_use")])
-            + value("vatic_db_pool_connections", &[("state", "idle")]);
+        let open = value(&text, "vatic_db_pool_connections", &[("state", "in_use")])
+            + value(&text, "vatic_db_pool_connections", &[("state", "idle")]);
         assert!(open <= max, "{text}");
         api.stop().await;
     }
@@ -182,14 +175,6 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
 
 #[tokio::test]
 async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
-    let scrape = |addr: std::net::SocketAddr| async move {
-        reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let request = vatic_testkit::demo_reference().v2_request(0..1);
 
     // Two workers that refuse connections: the request is tried on both, then refused.
@@ -216,24 +201,29 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
     )
     .await;
     assert_eq!(status, 503, "{body}");
-    let text = scrape(app.metrics_addr.unwrap()).await;
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-    };
-    assert_eq!(value("vatic_upstream_retries_total", &[]), 1.0);
+    let text = scrape(app.metrics_addr).await;
+    assert_eq!(value(&text, "vatic_upstream_retries_total", &[]), 1.0);
     assert_eq!(
-        value("vatic_upstream_errors_total", &[("kind", "connect")]),
+        value(&text, "vatic_upstream_errors_total", &[("kind", "connect")]),
         2.0
     );
     assert_eq!(
-        value("vatic_upstream_errors_total", &[("kind", "no_worker")]),
+        value(
+            &text,
+            "vatic_upstream_errors_total",
+            &[("kind", "no_worker")]
+        ),
         1.0
     );
     for url in &dead {
-        assert_eq!(value("vatic_upstream_worker_up", &[("worker", url)]), 0.0);
+        assert_eq!(
+            value(&text, "vatic_upstream_worker_up", &[("worker", url)]),
+            0.0
+        );
     }
     assert_eq!(
         value(
+            &text,
             "vatic_requests_total",
             &[
                 ("model", "breast_cancer"),
@@ -256,21 +246,18 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let text = scrape(api.app.metrics_addr.unwrap()).await;
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-    };
+    let text = scrape(api.app.metrics_addr).await;
     let ok = [
         ("model", "breast_cancer"),
         ("version", "1"),
         ("protocol", "v2"),
         ("code", "2xx"),
     ];
-    assert_eq!(value("vatic_requests_total", &ok), 2.0);
+    assert_eq!(value(&text, "vatic_requests_total", &ok), 2.0);
     let worker_label = [("worker", worker.url.as_str())];
-    assert_eq!(value("vatic_upstream_worker_up", &worker_label), 1.0);
+    assert_eq!(value(&text, "vatic_upstream_worker_up", &worker_label), 1.0);
     assert_eq!(
-        value("vatic_upstream_in_flight_requests", &worker_label),
+        value(&text, "vatic_upstream_in_flight_requests", &worker_label),
         0.0
     );
     // A cluster api runs no engine: the worker's families are on the worker's own endpoint.
@@ -330,10 +317,7 @@ async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
         .post_json("/v2/models/breast_cancer/infer", &request)
         .await;
     assert_eq!(status, 200);
-    let url = format!("http://{}/metrics", api.app.metrics_addr.unwrap());
-    exported.extend(families(
-        &reqwest::get(&url).await.unwrap().text().await.unwrap(),
-    ));
+    exported.extend(families(&scrape(api.app.metrics_addr).await));
     api.stop().await;
 
     // A cluster api: the upstream families.
@@ -345,10 +329,7 @@ async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
         .post_json("/v2/models/breast_cancer/infer", &request)
         .await;
     assert_eq!(status, 200);
-    let url = format!("http://{}/metrics", api.app.metrics_addr.unwrap());
-    exported.extend(families(
-        &reqwest::get(&url).await.unwrap().text().await.unwrap(),
-    ));
+    exported.extend(families(&scrape(api.app.metrics_addr).await));
     api.stop().await;
 
     let root = vatic_testkit::root();

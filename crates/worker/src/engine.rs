@@ -407,7 +407,7 @@ impl Engine {
         let _in_flight = InFlight::enter(self.metrics.in_flight());
         let result = v.infer(req).await;
         let status = result.as_ref().map_or_else(EngineError::status, |_| 200);
-        self.metrics.answered(&v.name, &v.version, status);
+        v.stats.answered(status);
         result
     }
 

@@ -223,18 +223,15 @@ impl EngineMetrics {
     /// The handles of one version.
     pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
         let labels = [model, version];
+        let requests = |code| self.requests.with_label_values(&[model, version, code]);
         VersionMetrics {
             queue_wait: self.queue_wait.with_label_values(&labels),
             compute: self.compute.with_label_values(&labels),
             batch_rows: self.batch_rows.with_label_values(&labels),
+            answered_ok: requests("2xx"),
+            answered_client_error: requests("4xx"),
+            answered_server_error: requests("5xx"),
         }
-    }
-
-    /// A request to `model`/`version` was answered with `status`.
-    pub fn answered(&self, model: &str, version: &str, status: u16) {
-        self.requests
-            .with_label_values(&[model, version, code_class(status)])
-            .inc();
     }
 
     /// The gauge of requests in flight.
@@ -277,7 +274,7 @@ impl EngineMetrics {
         let _ = self.queue_capacity.remove_label_values(&labels);
         let _ = self.ready.remove_label_values(&labels);
         let _ = self.load.remove_label_values(&labels);
-        for code in ["2xx", "4xx", "5xx", "other"] {
+        for code in ["2xx", "4xx", "5xx"] {
             let _ = self.requests.remove_label_values(&[model, version, code]);
         }
     }
@@ -346,9 +343,24 @@ pub struct VersionMetrics {
     queue_wait: prometheus::Histogram,
     compute: prometheus::Histogram,
     batch_rows: prometheus::Histogram,
+    // Bound once: a request that ends after its version was unloaded counts into a series
+    // that is no longer exported, instead of bringing the series back.
+    answered_ok: prometheus::IntCounter,
+    answered_client_error: prometheus::IntCounter,
+    answered_server_error: prometheus::IntCounter,
 }
 
 impl VersionMetrics {
+    /// A request was answered with `status`.
+    pub fn answered(&self, status: u16) {
+        match code_class(status) {
+            "2xx" => &self.answered_ok,
+            "4xx" => &self.answered_client_error,
+            _ => &self.answered_server_error,
+        }
+        .inc();
+    }
+
     /// A request left the queue after `seconds`.
     pub fn dequeued(&self, seconds: f64) {
         self.queue_wait.observe(seconds);
@@ -358,5 +370,34 @@ impl VersionMetrics {
     pub fn executed(&self, rows: u64, seconds: f64) {
         self.compute.observe(seconds);
         self.batch_rows.observe(rows as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unloaded_version_leaves_the_metrics_even_when_a_late_request_ends() {
+        let metrics = EngineMetrics::default();
+        let version = metrics.version("iris", "1");
+        version.answered(200);
+        version.answered(400);
+        version.answered(503);
+        let text = render(&[metrics.registry()]);
+        for code in ["2xx", "4xx", "5xx"] {
+            assert!(
+                text.contains(&format!(
+                    "vatic_worker_requests_total{{code=\"{code}\",model=\"iris\",version=\"1\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+        metrics.forget("iris", "1");
+        // A request that was in flight when the version was unloaded.
+        version.answered(200);
+        version.dequeued(0.001);
+        let text = render(&[metrics.registry()]);
+        assert!(!text.contains("iris"), "{text}");
     }
 }

@@ -101,6 +101,11 @@ impl Stats {
         entry.ns += e.infer.as_nanos() as u64;
     }
 
+    /// A request to this version was answered with `status` (Prometheus only).
+    pub fn answered(&self, status: u16) {
+        self.metrics.answered(status);
+    }
+
     /// A request was answered after `total` since it was queued.
     pub fn succeeded(&self, total: Duration) {
         self.success.add(1, total);

@@ -298,39 +298,37 @@ fn referenced(text: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
+/// The families an api started with `settings` exports after one successful request.
+async fn families_after_one_request(
+    mut settings: vatic_api::settings::ApiSettings,
+) -> std::collections::BTreeSet<String> {
+    settings.metrics_listen = Some("127.0.0.1:0".into());
+    let api = TestApi::start(settings, None).await;
+    let request = vatic_testkit::demo_reference().v2_request(0..1);
+    let (status, body) = api
+        .post_json("/v2/models/breast_cancer/infer", &request)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let exported = families(&scrape(api.app.metrics_addr).await);
+    api.stop().await;
+    exported
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
-    let request = vatic_testkit::demo_reference().v2_request(0..1);
-    let mut exported = std::collections::BTreeSet::new();
-
     // Standalone with a database: the api's, the engine's and the prediction log's families.
     let db = vatic_testkit::TestDb::sqlite();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = crate::helpers::registry_standalone_settings(
+    let standalone = crate::helpers::registry_standalone_settings(
         &db.url,
         vatic_testkit::root().join("models"),
         dir.path(),
     );
-    settings.metrics_listen = Some("127.0.0.1:0".into());
-    let api = TestApi::start(settings, None).await;
-    let (status, _) = api
-        .post_json("/v2/models/breast_cancer/infer", &request)
-        .await;
-    assert_eq!(status, 200);
-    exported.extend(families(&scrape(api.app.metrics_addr).await));
-    api.stop().await;
-
+    let mut exported = families_after_one_request(standalone).await;
     // A cluster api: the upstream families.
     let worker = crate::helpers::ServerProcess::start();
-    let mut settings = crate::helpers::cluster_settings(vec![worker.url.clone()]);
-    settings.metrics_listen = Some("127.0.0.1:0".into());
-    let api = TestApi::start(settings, None).await;
-    let (status, _) = api
-        .post_json("/v2/models/breast_cancer/infer", &request)
-        .await;
-    assert_eq!(status, 200);
-    exported.extend(families(&scrape(api.app.metrics_addr).await));
-    api.stop().await;
+    let cluster = crate::helpers::cluster_settings(vec![worker.url.clone()]);
+    exported.extend(families_after_one_request(cluster).await);
 
     let root = vatic_testkit::root();
     let mut files = vec![root.join("prometheus/alerts.yml")];

@@ -563,13 +563,7 @@ fn advertised(settings: &WorkerSettings, addr: SocketAddr) -> String {
         return a.trim_end_matches('/').to_string();
     }
     if addr.ip().is_unspecified() {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
-        format!("http://{host}:{}", addr.port())
+        format!("http://{}:{}", crate::telemetry::host_name(), addr.port())
     } else {
         format!("http://{addr}")
     }

@@ -57,7 +57,9 @@ impl LogSettings {
     }
 }
 
-/// Installs the global subscriber. Files in `settings.dir` are named `<name>.<date>.log`. Keep
+/// Installs the global subscriber. Files in `settings.dir` are named `<name>.<host>.<date>.log`,
+/// so replicas that share a log folder (a volume under docker compose) each write, rotate and
+/// prune files of their own. Keep
 /// the returned guard until the process ends: dropping it flushes the file writer. A second
 /// call is ignored (tests start many servers) and returns no guard.
 pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerGuard>> {
@@ -75,7 +77,7 @@ pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerG
                 .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
             let mut builder = Builder::new()
                 .rotation(settings.rotation()?)
-                .filename_prefix(name)
+                .filename_prefix(format!("{name}.{}", file_safe(&host_name())))
                 .filename_suffix("log");
             if settings.max_files > 0 {
                 builder = builder.max_log_files(settings.max_files);
@@ -95,6 +97,30 @@ pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerG
         .try_init()
         .is_ok();
     Ok(guard.filter(|_| installed))
+}
+
+/// This machine's (or container's) host name: `$HOSTNAME`, else `/etc/hostname`, else
+/// `localhost`.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `name` with every character that does not belong in a file name replaced by `_`.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// One JSON object per line: the event's fields at the top level, with the request span's
@@ -136,5 +162,13 @@ mod tests {
             bad_rotation.validate().unwrap_err().to_string(),
             "log.rotation must be daily, hourly or never, not 'weekly'"
         );
+    }
+
+    #[test]
+    fn host_names_become_safe_file_name_parts() {
+        assert_eq!(file_safe("a1b2c3d4e5f6"), "a1b2c3d4e5f6");
+        assert_eq!(file_safe("node-1.example.com"), "node-1.example.com");
+        assert_eq!(file_safe("bad/name with space"), "bad_name_with_space");
+        assert!(!host_name().is_empty());
     }
 }

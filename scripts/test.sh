@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: the Prometheus config and alert rules (promtool), every crate's unit
-# and integration tests, then Triton's own Python client against the api and a worker. Needs
-# the Rust toolchain, python3 (with venv), promtool (installed from Debian's prometheus package
+# The whole test suite: the Prometheus config and alert rules (promtool), docker-compose.yml and
+# elk/ (docker-compose config), every crate's unit and integration tests, then Triton's own
+# Python client against the api and a worker. Needs the Rust toolchain, python3 (with venv),
+# promtool and docker-compose (installed from Debian's prometheus and docker-compose packages
 # when missing) and a PostgreSQL server: $DATABASE_URL, else one on 127.0.0.1:5432, else a
 # throwaway cluster from the installed PostgreSQL binaries (see scripts/test-db.sh).
 set -euo pipefail
@@ -12,6 +13,7 @@ export DATABASE_URL
 echo "tests use PostgreSQL at ${DATABASE_URL}"
 
 scripts/check-prometheus.sh
+scripts/check-compose.sh
 
 cargo build --workspace --bins
 cargo test --workspace

@@ -302,9 +302,14 @@ impl ServerProcess {
 
     /// Runs `cmd` (a vatic server) in the workspace root with JSON logs, and waits for the
     /// `ready_message` line that names its address. Its log lines are kept in `logs`.
-    pub fn spawn(mut cmd: Command, ready_message: &str) -> ServerProcess {
+    pub fn spawn(cmd: Command, ready_message: &str) -> ServerProcess {
+        Self::spawn_in(cmd, &vatic_testkit::root(), ready_message)
+    }
+
+    /// [`ServerProcess::spawn`] with `dir` as the working directory.
+    pub fn spawn_in(mut cmd: Command, dir: &Path, ready_message: &str) -> ServerProcess {
         let mut child = cmd
-            .current_dir(vatic_testkit::root())
+            .current_dir(dir)
             .env("VATIC_LOG__FORMAT", "json")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 //! worker processes.
 
 mod cluster;
+mod elk;
 mod helpers;
 mod loading;
 mod logs;

@@ -8,20 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v docker-compose >/dev/null 2>&1; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-      sudo="sudo"
-    else
-      echo "docker-compose is missing: install the docker-compose package" >&2
-      exit 1
-    fi
-  fi
-  echo "installing docker-compose (Debian's package)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-compose >/dev/null
-fi
+scripts/need.sh docker-compose docker-compose
 
 export POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check
 docker-compose config -q

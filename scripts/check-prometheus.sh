@@ -5,20 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v promtool >/dev/null 2>&1; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-      sudo="sudo"
-    else
-      echo "promtool is missing: install the prometheus package (apt-get install prometheus)" >&2
-      exit 1
-    fi
-  fi
-  echo "installing promtool (Debian's prometheus package)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+  scripts/need.sh promtool prometheus
   # The package starts a Prometheus server; the checks need only promtool.
-  $sudo systemctl stop prometheus >/dev/null 2>&1 || true
+  systemctl stop prometheus >/dev/null 2>&1 || sudo systemctl stop prometheus >/dev/null 2>&1 || true
 fi
 
 promtool check config prometheus/prometheus.yml

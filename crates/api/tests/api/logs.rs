@@ -64,7 +64,7 @@ fn one_request_id_finds_the_request_on_the_api_and_the_worker() {
     assert_eq!(on_worker["span"]["model"], "breast_cancer", "{on_worker}");
     assert_eq!(on_worker["span"]["version"], "1", "{on_worker}");
 
-    // The api's file: vatic-api.<date>.log, JSON lines, written in the background.
+    // The api's file: vatic-api.<host>.<date>.log, JSON lines, written in the background.
     let mut found = false;
     for _ in 0..500 {
         let files: Vec<_> = std::fs::read_dir(log_dir.path())

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 pub mod infer;
 pub mod migrate;
@@ -100,6 +101,20 @@ pub enum Command {
     ///   vaticctl audit --limit 20
     #[command(verbatim_doc_comment)]
     Audit(admin::AuditArgs),
+    /// Measure a served model under load: throughput, latency percentiles, errors
+    ///
+    /// Sends one request, built from the model's metadata with random data (or read from
+    /// --data), over keep-alive HTTP/1.1 connections: closed loop at each --concurrency level,
+    /// or open loop at each --rate. Each level warms up, then is measured for --duration or
+    /// --requests. Latency is from an HDR histogram; errors are counted by HTTP status. Exits
+    /// with status 1 when any measured request failed.
+    ///
+    /// Examples:
+    ///   vaticctl bench breast_cancer -c 1,8,64 -d 30s
+    ///   vaticctl bench breast_cancer --protocol v2-binary --rows 16 -n 10000
+    ///   vaticctl bench breast_cancer --rate 500,1000,2000 -d 20s --output json
+    #[command(verbatim_doc_comment)]
+    Bench(bench::BenchArgs),
     /// Bring the registry database's schema up to this build's version
     ///
     /// Talks to the database directly, not to the API server. Applies the migrations the
@@ -121,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers => admin::run_workers(&cli.global),
         Command::Retention(args) => admin::run_retention(&cli.global, &args),
         Command::Audit(args) => admin::run_audit(&cli.global, &args),
+        Command::Bench(args) => bench::run(&cli.global, &args),
         Command::Migrate(args) => migrate::run(&cli.global, &args),
     }
 }

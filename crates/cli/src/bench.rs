@@ -1,0 +1,213 @@
+//! `vaticctl bench`: a load generator for a served model. It builds one request from the
+//! model's metadata (or a V2 request file), then for each concurrency level or rate warms up
+//! and measures: throughput, latency percentiles from an HDR histogram, and errors by status.
+
+mod body;
+mod load;
+mod report;
+
+pub use body::Protocol;
+pub use report::{Latency, LevelReport};
+
+use crate::client::{Client, ModelRef};
+use crate::infer::RequestFile;
+use crate::GlobalArgs;
+use anyhow::{bail, Context};
+use clap::Args;
+use load::{Pace, Pool, Progress, Stop, Target};
+use reqwest::Url;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `vaticctl bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model name
+    pub model: String,
+    /// Model version [default: the server's choice, the stable version]
+    #[arg(long, value_name = "V")]
+    pub model_version: Option<String>,
+    /// Closed loop: requests kept in flight, one connection each; each level runs in turn
+    #[arg(
+        short = 'c',
+        long,
+        value_delimiter = ',',
+        default_value = "1",
+        value_name = "N,..."
+    )]
+    pub concurrency: Vec<usize>,
+    /// Open loop: requests a second, sent on schedule whatever the answers' pace; latency
+    /// counts from when each request was due. Each rate runs in turn (instead of -c)
+    #[arg(long, value_delimiter = ',', value_name = "R,...")]
+    pub rate: Vec<f64>,
+    /// Open loop: connections at most, so requests in flight at most
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub connections: usize,
+    /// How long each level is measured, e.g. 30s, 500ms, 2m [default: 10s]
+    #[arg(short = 'd', long, value_parser = humantime::parse_duration, value_name = "TIME")]
+    pub duration: Option<Duration>,
+    /// Requests measured at each level (instead of --duration)
+    #[arg(short = 'n', long, conflicts_with = "duration", value_name = "N")]
+    pub requests: Option<u64>,
+    /// Warm-up before each level, at the same load, not measured
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s", value_name = "TIME")]
+    pub warmup: Duration,
+    /// The requests' wire form
+    #[arg(long, value_enum, default_value_t = Protocol::V2Json)]
+    pub protocol: Protocol,
+    /// Batch rows per request, of random data
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rows: u64,
+    /// A V2 JSON request to send instead of random data
+    #[arg(long, value_name = "FILE", conflicts_with = "rows")]
+    pub data: Option<PathBuf>,
+    /// Seed of the random data
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
+    /// Longest wait for one answer; a request still waiting then counts as a `timeout` error
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s", value_name = "TIME")]
+    pub timeout: Duration,
+    /// Threads the load runs on; keep it low when the server shares the machine
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+}
+
+impl BenchArgs {
+    /// The levels to run, refusing values that cannot be run.
+    fn paces(&self) -> anyhow::Result<Vec<Pace>> {
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        if self.rows == 0 {
+            bail!("--rows must be at least 1");
+        }
+        if self.requests == Some(0) || self.duration == Some(Duration::ZERO) {
+            bail!("--requests and --duration must be more than 0");
+        }
+        if !self.rate.is_empty() {
+            if self.connections == 0 {
+                bail!("--connections must be at least 1");
+            }
+            if let Some(r) = self.rate.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
+                bail!("--rate {r}: a rate is a number of requests a second, more than 0");
+            }
+            return Ok(self
+                .rate
+                .iter()
+                .map(|&rate| Pace::Open {
+                    rate,
+                    connections: self.connections,
+                })
+                .collect());
+        }
+        if self.concurrency.contains(&0) {
+            bail!("--concurrency levels must be at least 1");
+        }
+        Ok(self
+            .concurrency
+            .iter()
+            .map(|&concurrency| Pace::Closed { concurrency })
+            .collect())
+    }
+}
+
+/// The server's socket address and `Host` header, from `--server`.
+fn server_address(server: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    let url = Url::parse(server).with_context(|| format!("--server '{server}' is not a URL"))?;
+    if url.scheme() != "http" {
+        bail!("vaticctl bench speaks plain HTTP/1.1; --server '{server}' must be an http:// URL");
+    }
+    let host = url
+        .host_str()
+        .with_context(|| format!("--server '{server}' names no host"))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    Ok((addr, format!("{host}:{port}")))
+}
+
+/// Runs `vaticctl bench`.
+pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
+    let paces = args.paces()?;
+    let (addr, authority) = server_address(&global.server)?;
+    let model = ModelRef {
+        name: &args.model,
+        version: args.model_version.as_deref(),
+    };
+    let metadata = Client::new(&global.server)?.model_metadata(model)?;
+    let file = args.data.as_deref().map(RequestFile::read).transpose()?;
+    let request = match &file {
+        Some(f) => body::file_request(f)?,
+        None => body::random_request(&metadata, args.rows, args.seed)?,
+    };
+    let body = body::encode(
+        &request,
+        file.as_ref(),
+        args.protocol,
+        body::path(args.protocol, model),
+    )?;
+    let rows = body.rows;
+    let target = Arc::new(Target {
+        addr,
+        authority,
+        body,
+        timeout: args.timeout,
+    });
+    let stop = match (args.requests, args.duration) {
+        (Some(n), _) => Stop::Requests(n),
+        (None, d) => Stop::Duration(d.unwrap_or(Duration::from_secs(10))),
+    };
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    }
+    .enable_all()
+    .build()
+    .context("cannot start the load generator's runtime")?;
+    let reports = runtime.block_on(async {
+        let mut reports = Vec::new();
+        for pace in paces {
+            let (label, shown) = match pace {
+                Pace::Closed { concurrency } => {
+                    (format!("c={concurrency}"), (Some(concurrency), None))
+                }
+                Pace::Open { rate, .. } => (format!("rate={rate}/s"), (None, Some(rate))),
+            };
+            let mut pool = Pool::new(pace);
+            let warmup = if args.warmup.is_zero() {
+                0
+            } else {
+                pool.run(&target, pace, Stop::Duration(args.warmup), Arc::default())
+                    .await
+                    .requests
+            };
+            let progress = Arc::new(Progress::default());
+            let shown_progress = report::show_progress(label, progress.clone());
+            let measured = pool.run(&target, pace, stop, progress).await;
+            report::end_progress(shown_progress);
+            reports.push(LevelReport::new(
+                shown,
+                args.protocol.name(),
+                rows,
+                warmup,
+                &measured,
+            ));
+        }
+        reports
+    });
+    report::print(&reports, global.output, &mut std::io::stdout().lock())?;
+    let failed: u64 = reports.iter().map(LevelReport::failed).sum();
+    if failed > 0 {
+        let total: u64 = reports.iter().map(|r| r.requests).sum();
+        bail!("{failed} of {total} requests failed (see errors above)");
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod onnx;
 pub mod passes;
+pub mod profile;
 pub mod reconcile;
 pub mod settings;
 pub mod stats;

@@ -25,11 +25,24 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Measure a model with the raw tract engine on this machine, for a grid of batch sizes and
+    /// instance counts, and print the batching settings that serve it fastest
+    Profile(vatic_worker::profile::ProfileArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Some(Command::Profile(args)) = &flags.command {
+        return vatic_worker::profile::run_cli(args);
+    }
     let file = flags
         .config
         .clone()

@@ -253,6 +253,28 @@ impl OnnxModel {
         Ok(OnnxModel { plan, signature })
     }
 
+    /// Inputs of `rows` batch rows (for a batched model; else the declared shape), all zeros,
+    /// with every other dynamic dimension 1: for warm-up and profiling runs.
+    pub fn sample_inputs(&self, rows: usize) -> anyhow::Result<TVec<TValue>> {
+        let sig = &self.signature;
+        sig.inputs
+            .iter()
+            .map(|m| {
+                let shape: Vec<usize> = m
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, d)| match *d {
+                        -1 if axis == 0 && sig.batched => rows,
+                        -1 => 1,
+                        d => d as usize,
+                    })
+                    .collect();
+                Ok(Tensor::zero_dt(datum_type(m.datatype), &shape)?.into())
+            })
+            .collect()
+    }
+
     /// Runs the model on inputs in signature order; returns outputs in signature order, each
     /// converted to its declared datatype.
     pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<Vec<Tensor>> {

@@ -4,14 +4,13 @@
 use crate::batcher::{Batcher, Job, JobOutputs};
 use crate::config::{BatchingConfig, ModelToml};
 use crate::metrics::VersionMetrics;
-use crate::onnx::{datum_type, OnnxModel};
+use crate::onnx::OnnxModel;
 use crate::stats::Stats;
 use crate::EngineError;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tract_onnx::prelude::{TValue, TVec, Tensor as TractTensor};
 use vatic_schema::{
     ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, ModelConfig,
     Parameters, QueuePolicy, Tensor, TensorMetadata,
@@ -305,23 +304,7 @@ fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
         sizes.dedup();
     }
     for rows in sizes {
-        let inputs: TVec<TValue> = sig
-            .inputs
-            .iter()
-            .map(|m| {
-                let shape: Vec<usize> = m
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .map(|(axis, d)| match *d {
-                        -1 if axis == 0 && sig.batched => rows,
-                        -1 => 1,
-                        d => d as usize,
-                    })
-                    .collect();
-                Ok(TractTensor::zero_dt(datum_type(m.datatype), &shape)?.into())
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let inputs = model.sample_inputs(rows)?;
         model
             .run(inputs)
             .map_err(|e| e.context(format!("warm-up run with {rows} row(s)")))?;

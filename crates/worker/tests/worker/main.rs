@@ -6,3 +6,4 @@ mod helpers;
 mod lifecycle;
 mod metrics;
 mod models;
+mod profile;

@@ -1,0 +1,299 @@
+//! The model profiler: runs a loaded model with the raw tract engine, on this machine, for a grid
+//! of batch sizes and instance counts (threads running the model side by side), and recommends
+//! the batching settings that give the most samples a second. Batching is chosen by measurement:
+//! on a CPU, a convolutional network can be slower per sample at batch 32 than at batch 1.
+
+use crate::config::BatchingConfig;
+use crate::onnx::OnnxModel;
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Batch sizes in rows; a model without a batch dimension runs its declared shape only.
+    pub batch_sizes: Vec<usize>,
+    /// Instance counts.
+    pub instances: Vec<usize>,
+    /// How long each cell runs, after one warm-up run per instance.
+    pub duration: Duration,
+    /// Model runs each cell makes at least, however long they take.
+    pub min_runs: u64,
+}
+
+impl Grid {
+    /// Batch sizes 1, 2, 4, ... up to `max_batch`, and 1 to `cores` instances (capped at 8).
+    pub fn standard(max_batch: usize, duration: Duration) -> Grid {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let batch_sizes = std::iter::successors(Some(1usize), |b| Some(b * 2))
+            .take_while(|b| *b <= max_batch.max(1))
+            .collect();
+        Grid {
+            batch_sizes,
+            instances: (1..=cores.min(8)).collect(),
+            duration,
+            min_runs: 3,
+        }
+    }
+}
+
+/// One cell of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cell {
+    /// Rows per model run.
+    pub batch_size: usize,
+    /// Threads running the model at once.
+    pub instances: usize,
+    /// Model runs made, all instances together.
+    pub runs: u64,
+    /// Rows (samples) a second, all instances together.
+    pub samples_per_second: f64,
+    /// Time of one model run, in microseconds: median.
+    pub run_p50_us: f64,
+    /// Time of one model run, in microseconds: 99th percentile.
+    pub run_p99_us: f64,
+}
+
+/// The settings a profile recommends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    /// `max_batch_size` for `[batching]`: 1 when batching does not pay on this machine.
+    pub max_batch_size: usize,
+    /// `instances` for `[batching]`.
+    pub instances: usize,
+    /// The samples a second of the cell it comes from.
+    pub samples_per_second: f64,
+    /// The best samples a second of the grid.
+    pub best_samples_per_second: f64,
+}
+
+impl Recommendation {
+    /// `defaults` with the recommended batch size and instances.
+    pub fn apply(&self, defaults: &BatchingConfig) -> BatchingConfig {
+        BatchingConfig {
+            max_batch_size: self.max_batch_size,
+            instances: self.instances,
+            preferred_batch_sizes: defaults
+                .preferred_batch_sizes
+                .iter()
+                .copied()
+                .filter(|p| *p <= self.max_batch_size)
+                .collect(),
+            ..defaults.clone()
+        }
+    }
+}
+
+/// A whole profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    /// Whether the model has a batch dimension (else only its declared shape was run).
+    pub batched: bool,
+    /// Every cell, by instances then batch size.
+    pub cells: Vec<Cell>,
+    /// What to configure.
+    pub recommended: Recommendation,
+}
+
+/// Cells within this share of the best throughput count as good as the best; among them the
+/// smallest batch, then the fewest instances, wins (less latency and memory for the same work).
+const GOOD_ENOUGH: f64 = 0.95;
+
+/// Runs `model` over `grid`.
+pub fn profile(model: &OnnxModel, grid: &Grid) -> anyhow::Result<Profile> {
+    let batched = model.signature.batched;
+    let batch_sizes = if batched {
+        grid.batch_sizes.clone()
+    } else {
+        vec![1]
+    };
+    anyhow::ensure!(
+        !batch_sizes.is_empty() && !grid.instances.is_empty(),
+        "a profile needs at least one batch size and one instance count"
+    );
+    let mut cells = Vec::new();
+    for &instances in &grid.instances {
+        for &batch_size in &batch_sizes {
+            cells.push(measure(model, batch_size, instances, grid)?);
+        }
+    }
+    let best = cells
+        .iter()
+        .map(|c| c.samples_per_second)
+        .fold(0.0, f64::max);
+    let chosen = cells
+        .iter()
+        .filter(|c| c.samples_per_second >= GOOD_ENOUGH * best)
+        .min_by_key(|c| (c.batch_size, c.instances))
+        .expect("the best cell is good enough");
+    let recommended = Recommendation {
+        max_batch_size: chosen.batch_size,
+        instances: chosen.instances,
+        samples_per_second: chosen.samples_per_second,
+        best_samples_per_second: best,
+    };
+    Ok(Profile {
+        batched,
+        cells,
+        recommended,
+    })
+}
+
+/// One cell: `instances` threads each run batches of `rows` until the cell's time is up.
+fn measure(model: &OnnxModel, rows: usize, instances: usize, grid: &Grid) -> anyhow::Result<Cell> {
+    let inputs = model.sample_inputs(rows)?;
+    let context = || format!("profiling run with {rows} row(s) on {instances} instance(s)");
+    // Warm-up: the first run at a shape pays for lazy initialisation.
+    model.run(inputs.clone()).with_context(context)?;
+    let started = Instant::now();
+    let deadline = started + grid.duration;
+    let per_thread: Vec<anyhow::Result<Histogram<u64>>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..instances)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<Histogram<u64>> {
+                    let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+                    let mut runs = 0u64;
+                    while runs < grid.min_runs.div_ceil(instances as u64)
+                        || Instant::now() < deadline
+                    {
+                        let t = Instant::now();
+                        model.run(inputs.clone())?;
+                        h.record(t.elapsed().as_nanos().max(1) as u64)?;
+                        runs += 1;
+                    }
+                    Ok(h)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a profiling thread panicked"))
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut all = Histogram::<u64>::new(3).expect("valid histogram");
+    for h in per_thread {
+        all.add(h.with_context(context)?)?;
+    }
+    let runs = all.len();
+    Ok(Cell {
+        batch_size: rows,
+        instances,
+        runs,
+        samples_per_second: (runs * rows as u64) as f64 / elapsed,
+        run_p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
+        run_p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// Arguments of `vatic-worker profile`.
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// The ONNX model file
+    pub model: std::path::PathBuf,
+    /// A model.toml with signature overrides (its [batching] section is ignored here)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Batch sizes to run [default: 1, 2, 4, ... up to --max-batch]
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub batch_sizes: Vec<usize>,
+    /// The largest batch size of the default grid
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_batch: usize,
+    /// Instance counts to run [default: 1 to the number of cores, at most 8]
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub instances: Vec<usize>,
+    /// How long each cell of the grid runs
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", value_name = "TIME")]
+    pub duration: Duration,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `vatic-worker profile`: loads the model as the worker would, profiles it and prints
+/// each cell and the recommended `[batching]` settings.
+pub fn run_cli(args: &ProfileArgs) -> anyhow::Result<()> {
+    let mut grid = Grid::standard(args.max_batch, args.duration);
+    if !args.batch_sizes.is_empty() {
+        grid.batch_sizes = args.batch_sizes.clone();
+    }
+    if !args.instances.is_empty() {
+        grid.instances = args.instances.clone();
+    }
+    if grid.batch_sizes.contains(&0) || grid.instances.contains(&0) || args.max_batch == 0 {
+        anyhow::bail!("batch sizes and instance counts must be at least 1");
+    }
+    if args.duration.is_zero() {
+        anyhow::bail!("--duration must be more than 0");
+    }
+    let overrides = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            crate::config::ModelToml::parse(&text, &path.display().to_string())?
+        }
+        None => None,
+    };
+    let model = OnnxModel::load(&args.model, overrides.as_ref())?;
+    let profile = profile(&model, &grid)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &profile)?;
+        writeln!(out)?;
+    } else {
+        print_table(&args.model, &profile, &mut out)?;
+    }
+    Ok(())
+}
+
+fn print_table(model: &std::path::Path, p: &Profile, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{} on {} core(s), raw tract engine",
+        model.display(),
+        cores()
+    )?;
+    if !p.batched {
+        writeln!(
+            out,
+            "the model has no batch dimension: each run takes its declared shape"
+        )?;
+    }
+    writeln!(
+        out,
+        "{:>9} {:>9} {:>8} {:>12} {:>12} {:>12} {:>12}",
+        "instances", "batch", "runs", "samples/s", "run p50 ms", "run p99 ms", "us/sample"
+    )?;
+    for c in &p.cells {
+        writeln!(
+            out,
+            "{:>9} {:>9} {:>8} {:>12.1} {:>12.3} {:>12.3} {:>12.1}",
+            c.instances,
+            c.batch_size,
+            c.runs,
+            c.samples_per_second,
+            c.run_p50_us / 1000.0,
+            c.run_p99_us / 1000.0,
+            1e6 / c.samples_per_second.max(f64::MIN_POSITIVE),
+        )?;
+    }
+    let r = &p.recommended;
+    writeln!(
+        out,
+        "\nrecommended ({:.1} samples/s; the best cell does {:.1}):\n\n[batching]\nmax_batch_size = {}\ninstances = {}",
+        r.samples_per_second, r.best_samples_per_second, r.max_batch_size, r.instances
+    )?;
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,129 @@
+//! The model profiler on real models run by tract: every cell of the grid is measured, the
+//! recommendation is the smallest good-enough cell, and `vatic-worker profile` prints it.
+
+use std::process::Command;
+use std::time::Duration;
+use vatic_worker::config::BatchingConfig;
+use vatic_worker::onnx::OnnxModel;
+use vatic_worker::profile::{profile, Grid};
+
+fn grid(batch_sizes: &[usize], instances: &[usize]) -> Grid {
+    Grid {
+        batch_sizes: batch_sizes.to_vec(),
+        instances: instances.to_vec(),
+        duration: Duration::from_millis(30),
+        min_runs: 3,
+    }
+}
+
+fn model(name: &str) -> OnnxModel {
+    OnnxModel::load(&vatic_testkit::model_dir(name).join("1/model.onnx"), None).unwrap()
+}
+
+#[test]
+fn every_cell_is_measured_and_the_recommendation_is_good_enough() {
+    let p = profile(&model("breast_cancer"), &grid(&[1, 4, 16], &[1, 2])).unwrap();
+    assert!(p.batched);
+    let cells: Vec<(usize, usize)> = p
+        .cells
+        .iter()
+        .map(|c| (c.instances, c.batch_size))
+        .collect();
+    assert_eq!(cells, [(1, 1), (1, 4), (1, 16), (2, 1), (2, 4), (2, 16)]);
+    for c in &p.cells {
+        assert!(c.runs >= 3, "{c:?}");
+        assert!(c.samples_per_second > 0.0, "{c:?}");
+        assert!(c.run_p50_us > 0.0 && c.run_p50_us <= c.run_p99_us, "{c:?}");
+    }
+    let best = p
+        .cells
+        .iter()
+        .map(|c| c.samples_per_second)
+        .fold(0.0, f64::max);
+    let r = &p.recommended;
+    assert_eq!(r.best_samples_per_second, best);
+    assert!(r.samples_per_second >= 0.95 * best, "{r:?}");
+    // No smaller batch (or as small with fewer instances) is as good.
+    assert!(!p.cells.iter().any(|c| c.samples_per_second >= 0.95 * best
+        && (c.batch_size, c.instances) < (r.max_batch_size, r.instances)));
+
+    let applied = r.apply(&BatchingConfig {
+        preferred_batch_sizes: vec![2, 64],
+        ..BatchingConfig::default()
+    });
+    assert_eq!(applied.max_batch_size, r.max_batch_size);
+    assert_eq!(applied.instances, r.instances);
+    assert!(applied
+        .preferred_batch_sizes
+        .iter()
+        .all(|p| *p <= r.max_batch_size));
+    applied.validate("profile").unwrap();
+}
+
+#[test]
+fn a_model_without_a_batch_dimension_runs_its_own_shape_only() {
+    let p = profile(&model("fixed_batch"), &grid(&[1, 8], &[1, 2])).unwrap();
+    assert!(!p.batched);
+    assert_eq!(p.cells.len(), 2, "{:?}", p.cells);
+    assert!(p.cells.iter().all(|c| c.batch_size == 1));
+    assert_eq!(p.recommended.max_batch_size, 1);
+}
+
+fn worker(args: &[&str]) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("vatic-worker");
+    Command::new(bin)
+        .current_dir(vatic_testkit::root())
+        .arg("profile")
+        .args(args)
+        .output()
+        .expect("running vatic-worker profile")
+}
+
+#[test]
+fn the_profile_command_prints_cells_and_the_batching_section() {
+    let model = "models/breast_cancer/1/model.onnx";
+    let out = worker(&[
+        model,
+        "--batch-sizes",
+        "1,8",
+        "--instances",
+        "1",
+        "--duration",
+        "50ms",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cells"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["recommended"]["max_batch_size"].as_u64().is_some(), "{v}");
+
+    let out = worker(&[
+        model,
+        "--max-batch",
+        "4",
+        "--instances",
+        "1",
+        "--duration",
+        "50ms",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("1 "))
+            .count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("[batching]\nmax_batch_size = "), "{text}");
+
+    let out = worker(&["testdata/models/nope.onnx"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("nope.onnx"), "{err}");
+    let out = worker(&[model, "--instances", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("must be at least 1"), "{err}");
+}

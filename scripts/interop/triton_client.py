@@ -79,7 +79,8 @@ def check(url, reference, results):
 
     def config():
         cfg = client.get_model_config(MODEL)
-        assert cfg["max_batch_size"] == 32, cfg
+        # Chosen by the load-time profile, within the worker's max_batch_size of 32.
+        assert 1 <= cfg["max_batch_size"] <= 32, cfg
         assert cfg["input"][0] == {"name": "input", "data_type": "TYPE_FP32", "dims": [30]}, cfg
         assert {o["name"] for o in cfg["output"]} == {"probabilities", "label"}, cfg
 

@@ -3,6 +3,7 @@
 use crate::prediction_log::PredictionLogSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use vatic_worker::profile::ProfileSettings;
 use vatic_worker::reconcile::ReconcileSettings;
 use vatic_worker::settings::DatabaseSettings;
 use vatic_worker::telemetry::LogSettings;
@@ -32,8 +33,10 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Standalone: the model repository folder.
     pub models_dir: PathBuf,
-    /// Standalone: batching defaults.
+    /// Standalone: batching defaults (the bounds of load-time profiling).
     pub batching: BatchingConfig,
+    /// Standalone: load-time profiling of model versions without a `[batching]` of their own.
+    pub profile: ProfileSettings,
     /// Cluster: worker base URLs, e.g. `["http://worker-1:8081"]`.
     pub workers: Vec<String>,
     /// Cluster: milliseconds between active health checks of each worker.
@@ -76,6 +79,7 @@ impl Default for ApiSettings {
             max_body_bytes: 64 * 1024 * 1024,
             models_dir: engine.models_dir,
             batching: engine.batching,
+            profile: engine.profile,
             workers: Vec::new(),
             health_interval_ms: 1000,
             worker_timeout_ms: 60_000,
@@ -104,7 +108,10 @@ impl ApiSettings {
             anyhow::bail!("import_models: needs database.url (the registry to import into)");
         }
         match self.mode {
-            Mode::Standalone => self.batching.validate("batching"),
+            Mode::Standalone => {
+                self.batching.validate("batching")?;
+                self.profile.validate()
+            }
             Mode::Cluster => {
                 if self.workers.is_empty() && self.database.url.is_none() {
                     anyhow::bail!("workers: cluster mode needs at least one worker URL or database.url to find workers in the fleet table (or run with --standalone)");
@@ -127,6 +134,7 @@ impl ApiSettings {
         EngineSettings {
             models_dir: self.models_dir.clone(),
             batching: self.batching.clone(),
+            profile: self.profile.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::config::BatchingConfig;
 use crate::metrics::{EngineMetrics, InFlight};
+use crate::profile::ProfileSettings;
 use crate::version::{LoadedVersion, PLATFORM};
 use crate::EngineError;
 use serde::{Deserialize, Serialize};
@@ -27,8 +28,11 @@ pub struct EngineSettings {
     /// The repository folder, when models come from a folder:
     /// `<models_dir>/<model>/<version>/model.onnx`.
     pub models_dir: PathBuf,
-    /// Batching defaults for every model version.
+    /// Batching defaults for every model version; with load-time profiling, the bounds the
+    /// profile chooses within.
     pub batching: BatchingConfig,
+    /// Load-time profiling of versions without a `[batching]` of their own.
+    pub profile: ProfileSettings,
 }
 
 impl Default for EngineSettings {
@@ -36,6 +40,7 @@ impl Default for EngineSettings {
         EngineSettings {
             models_dir: PathBuf::from("models"),
             batching: BatchingConfig::default(),
+            profile: ProfileSettings::default(),
         }
     }
 }
@@ -91,6 +96,7 @@ type Models = BTreeMap<String, BTreeMap<u64, Arc<Entry>>>;
 /// The model versions a worker serves.
 pub struct Engine {
     batching: BatchingConfig,
+    profile: ProfileSettings,
     models: RwLock<Models>,
     /// The version of each model that answers requests naming none.
     defaults: RwLock<BTreeMap<String, u64>>,
@@ -107,6 +113,7 @@ impl Engine {
     pub fn new(settings: &EngineSettings) -> Engine {
         Engine {
             batching: settings.batching.clone(),
+            profile: settings.profile.clone(),
             models: RwLock::default(),
             defaults: RwLock::default(),
             synced: AtomicBool::new(false),
@@ -243,17 +250,16 @@ impl Engine {
         let started = Instant::now();
         let version = spec.version.to_string();
         let state = match LoadedVersion::start(
-            &spec.model,
-            spec.version,
-            &spec.file,
-            &spec.config,
-            &spec.origin,
+            spec,
             &self.batching,
+            &self.profile,
             self.metrics.version(&spec.model, &version),
         ) {
             Ok(v) => {
                 tracing::info!(model = %spec.model, version = spec.version, batched = v.model.signature.batched,
-                    ms = started.elapsed().as_millis() as u64, "model version ready");
+                    max_batch_size = v.batching.max_batch_size, instances = v.batching.instances,
+                    profiled = v.profiled.is_some(), ms = started.elapsed().as_millis() as u64,
+                    "model version ready");
                 State::Ready(Arc::new(v))
             }
             Err(e) => {

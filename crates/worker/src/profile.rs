@@ -7,9 +7,58 @@ use crate::config::BatchingConfig;
 use crate::onnx::OnnxModel;
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::time::{Duration, Instant};
+
+/// Load-time profiling: a version whose `model.toml` has no `[batching]` is profiled when it
+/// loads, before it reports ready, and serves with the recommended batch size and instances.
+/// The worker's `[batching]` settings bound the grid (`max_batch_size`, `instances`) and give
+/// every other batching value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileSettings {
+    /// Profile at load.
+    pub at_load: bool,
+    /// How long each cell of the grid runs, in milliseconds.
+    pub cell_ms: u64,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            at_load: true,
+            cell_ms: 25,
+        }
+    }
+}
+
+impl ProfileSettings {
+    /// Refuses settings that cannot work, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.cell_ms == 0 {
+            anyhow::bail!("profile.cell_ms must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The load-time grid: batch sizes 1, 2, 4, ... up to `bounds.max_batch_size` (and it),
+    /// 1 to `bounds.instances` instances.
+    pub fn grid(&self, bounds: &BatchingConfig) -> Grid {
+        let mut batch_sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
+            .take_while(|b| *b <= bounds.max_batch_size)
+            .collect();
+        if batch_sizes.last() != Some(&bounds.max_batch_size) {
+            batch_sizes.push(bounds.max_batch_size);
+        }
+        Grid {
+            batch_sizes,
+            instances: (1..=bounds.instances).collect(),
+            duration: Duration::from_millis(self.cell_ms),
+            min_runs: 3,
+        }
+    }
+}
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,6 +3,7 @@
 
 use crate::config::BatchingConfig;
 use crate::engine::EngineSettings;
+use crate::profile::ProfileSettings;
 use crate::reconcile::ReconcileSettings;
 use crate::telemetry::LogSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -23,8 +24,10 @@ pub struct WorkerSettings {
     pub max_body_bytes: usize,
     /// The model repository folder.
     pub models_dir: PathBuf,
-    /// Batching defaults for every model version.
+    /// Batching defaults for every model version (the bounds of load-time profiling).
     pub batching: BatchingConfig,
+    /// Load-time profiling of model versions without a `[batching]` of their own.
+    pub profile: ProfileSettings,
     /// The registry database; when its URL is set, models come from the registry instead of
     /// `models_dir`.
     pub database: DatabaseSettings,
@@ -100,6 +103,7 @@ impl Default for WorkerSettings {
             max_body_bytes: 64 * 1024 * 1024,
             models_dir: engine.models_dir,
             batching: engine.batching,
+            profile: engine.profile,
             database: DatabaseSettings::default(),
             registry: ReconcileSettings::default(),
             advertise: None,
@@ -115,12 +119,14 @@ impl WorkerSettings {
         EngineSettings {
             models_dir: self.models_dir.clone(),
             batching: self.batching.clone(),
+            profile: self.profile.clone(),
         }
     }
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.batching.validate("batching")?;
+        self.profile.validate()?;
         if self.registry.poll_ms == 0 || self.registry.heartbeat_ms == 0 {
             anyhow::bail!("registry.poll_ms and registry.heartbeat_ms must be at least 1");
         }

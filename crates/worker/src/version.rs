@@ -3,8 +3,10 @@
 
 use crate::batcher::{Batcher, Job, JobOutputs};
 use crate::config::{BatchingConfig, ModelToml};
+use crate::engine::VersionSpec;
 use crate::metrics::VersionMetrics;
 use crate::onnx::OnnxModel;
+use crate::profile::{self, ProfileSettings, Recommendation};
 use crate::stats::Stats;
 use crate::EngineError;
 use std::path::Path;
@@ -29,6 +31,8 @@ pub struct LoadedVersion {
     pub model: Arc<OnnxModel>,
     /// Its batching settings.
     pub batching: BatchingConfig,
+    /// What the load-time profile recommended, when one ran.
+    pub profiled: Option<Recommendation>,
     pub(crate) batcher: Batcher,
     pub(crate) stats: Arc<Stats>,
 }
@@ -42,40 +46,64 @@ pub fn check_model(
     origin: &str,
     defaults: &BatchingConfig,
 ) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig)> {
+    let (model, batching, _) = load(file, config, origin, defaults, None)?;
+    Ok((model, batching))
+}
+
+/// [`check_model`], and with `profile` (when it is on and `config` has no `[batching]` of its
+/// own) the batch size and instances measured best on this machine, within `defaults`.
+fn load(
+    file: &Path,
+    config: &str,
+    origin: &str,
+    defaults: &BatchingConfig,
+    profile: Option<&ProfileSettings>,
+) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig, Option<Recommendation>)> {
     let overrides = ModelToml::parse(config, origin)?;
-    let batching = match &overrides {
+    let explicit = overrides.as_ref().is_some_and(|t| t.batching.is_some());
+    let mut batching = match &overrides {
         Some(t) => t.batching(defaults, origin)?,
         None => defaults.clone(),
     };
     let model = Arc::new(OnnxModel::load(file, overrides.as_ref())?);
+    let mut profiled = None;
+    if let Some(settings) = profile.filter(|p| p.at_load && !explicit) {
+        let recommended = profile::profile(&model, &settings.grid(defaults))?.recommended;
+        batching = recommended.apply(defaults);
+        profiled = Some(recommended);
+    }
     warm_up(&model, &batching)?;
-    Ok((model, batching))
+    Ok((model, batching, profiled))
 }
 
 impl LoadedVersion {
-    /// Loads, warms and starts a version's runner threads.
+    /// Loads, profiles (see [`ProfileSettings`]), warms and starts a version's runner threads.
     pub(crate) fn start(
-        name: &str,
-        version: u64,
-        file: &Path,
-        config: &str,
-        origin: &str,
+        spec: &VersionSpec,
         defaults: &BatchingConfig,
+        profile: &ProfileSettings,
         metrics: VersionMetrics,
     ) -> anyhow::Result<LoadedVersion> {
-        let (model, batching) = check_model(file, config, origin, defaults)?;
+        let (model, batching, profiled) = load(
+            &spec.file,
+            &spec.config,
+            &spec.origin,
+            defaults,
+            Some(profile),
+        )?;
         let stats = Arc::new(Stats::new(metrics));
         let batcher = Batcher::start(
-            format!("{name}:{version}"),
+            format!("{}:{}", spec.model, spec.version),
             model.clone(),
             batching.clone(),
             stats.clone(),
         );
         Ok(LoadedVersion {
-            name: name.to_string(),
-            version: version.to_string(),
+            name: spec.model.clone(),
+            version: spec.version.to_string(),
             model,
             batching,
+            profiled,
             batcher,
             stats,
         })

@@ -142,6 +142,8 @@ pub async fn post_json(
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// Standalone on `models_dir` with one instance per version and no load-time profiling, so
+/// tests see the batching settings they set.
 pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {
     let mut s = ApiSettings {
         mode: Mode::Standalone,
@@ -150,6 +152,7 @@ pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {
         ..Default::default()
     };
     s.batching.instances = 1;
+    s.profile.at_load = false;
     s
 }
 
@@ -296,7 +299,8 @@ impl ServerProcess {
         cmd.envs(env.iter().copied())
             .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
-            .env("VATIC_BATCHING__INSTANCES", "1");
+            .env("VATIC_BATCHING__INSTANCES", "1")
+            .env("VATIC_PROFILE__AT_LOAD", "false");
         Self::spawn(cmd, "worker listening")
     }
 

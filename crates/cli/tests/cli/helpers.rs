@@ -50,12 +50,13 @@ fn start() -> TestApp {
                 .build()
                 .expect("tokio runtime");
             runtime.block_on(async move {
-                let settings = ApiSettings {
+                let mut settings = ApiSettings {
                     mode: Mode::Standalone,
                     listen: "127.0.0.1:0".into(),
                     models_dir: vatic_testkit::root().join("models"),
                     ..Default::default()
                 };
+                settings.profile.at_load = false;
                 if std::env::var_os("TEST_LOG").is_some() {
                     vatic_worker::telemetry::init(&settings.log, "test").expect("logging");
                 }
@@ -102,6 +103,10 @@ impl RegistryApp {
             mode: Mode::Standalone,
             listen: "127.0.0.1:0".into(),
             models_dir: vatic_testkit::root().join("models"),
+            profile: vatic_worker::profile::ProfileSettings {
+                at_load: false,
+                ..Default::default()
+            },
             import_models: true,
             upload_dir: dir.path().join("uploads"),
             fleet_refresh_ms: 200,

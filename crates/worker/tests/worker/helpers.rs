@@ -43,6 +43,7 @@ impl TestWorker {
             ..Default::default()
         };
         settings.batching.instances = 1;
+        settings.profile.at_load = false;
         adjust(&mut settings);
         let mut worker = Worker::start(&settings).await.expect("worker starts");
         let handle = worker.spawn();

@@ -1,8 +1,10 @@
 //! The model profiler on real models run by tract: every cell of the grid is measured, the
 //! recommendation is the smallest good-enough cell, and `vatic-worker profile` prints it.
 
+use crate::helpers::TestWorker;
 use std::process::Command;
 use std::time::Duration;
+use vatic_testkit::RepoModel;
 use vatic_worker::config::BatchingConfig;
 use vatic_worker::onnx::OnnxModel;
 use vatic_worker::profile::{profile, Grid};
@@ -126,4 +128,51 @@ fn the_profile_command_prints_cells_and_the_batching_section() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("must be at least 1"), "{err}");
+}
+
+#[tokio::test]
+async fn versions_without_batching_of_their_own_are_profiled_at_load_within_the_bounds() {
+    let repo = vatic_testkit::repo(&[
+        RepoModel {
+            name: "measured",
+            source: "breast_cancer",
+            model_toml: None,
+        },
+        RepoModel {
+            name: "configured",
+            source: "breast_cancer",
+            model_toml: Some("[batching]\nmax_batch_size = 4\n"),
+        },
+    ]);
+    let dir = repo.path().to_path_buf();
+    let worker = TestWorker::start_with(
+        dir,
+        Some(repo),
+        |s| {
+            s.profile.at_load = true;
+            s.batching.max_batch_size = 8;
+            s.batching.instances = 2;
+        },
+        true,
+    )
+    .await;
+    let (status, measured) = worker.get("/v2/models/measured/config").await;
+    assert_eq!(status, 200, "{measured}");
+    let batch = measured["max_batch_size"].as_u64().unwrap();
+    assert!([1, 2, 4, 8].contains(&batch), "{measured}");
+    let instances = measured["instance_group"][0]["count"].as_u64().unwrap();
+    assert!((1..=2).contains(&instances), "{measured}");
+
+    // A [batching] of its own is kept as written, over the worker's defaults.
+    let (_, configured) = worker.get("/v2/models/configured/config").await;
+    assert_eq!(configured["max_batch_size"], 4, "{configured}");
+    assert_eq!(configured["instance_group"][0]["count"], 2, "{configured}");
+
+    // The profiled version serves, with its answers unchanged.
+    let reference = vatic_testkit::demo_reference();
+    let (status, body) = worker
+        .post_json("/v2/models/measured/infer", &reference.v2_request(0..3))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    reference.check_response(&body, 0..3);
 }

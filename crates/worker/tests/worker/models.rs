@@ -7,7 +7,7 @@ use vatic_schema::v2;
 
 #[tokio::test]
 async fn fixtures_match_onnxruntime() {
-    let repo = vatic_testkit::repo(&["cnn", "fixed_batch", "two_io", "int64"].map(|n| {
+    let repo = vatic_testkit::repo(&["cnn", "fixed_batch", "two_io", "int64", "resnet"].map(|n| {
         vatic_testkit::RepoModel {
             name: n,
             source: n,
@@ -15,7 +15,7 @@ async fn fixtures_match_onnxruntime() {
         }
     }));
     let w = TestWorker::start(repo).await;
-    for name in ["cnn", "fixed_batch", "two_io", "int64"] {
+    for name in ["cnn", "fixed_batch", "two_io", "int64", "resnet"] {
         let fixture = vatic_testkit::fixture(name);
         let (status, body) = w
             .post_json(&format!("/v2/models/{name}/infer"), &fixture.v2_request())

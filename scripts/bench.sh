@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Measures vatic on this machine and writes docs/PERFORMANCE.md: raw tract (the profiler) beside
+# the served models (vaticctl bench) at concurrency 1, 8 and 64, JSON and binary, standalone and
+# through a separate api and worker; the prediction log off and on (full payloads, PostgreSQL);
+# the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline (benches/baseline); start to
+# ready; worker memory under load. Takes about 15 minutes on 2 cores.
+#
+# Needs what scripts/test.sh needs (Rust, python3 with venv, a PostgreSQL server: see
+# scripts/test-db.sh) and psql. Settings: RUNS (3), DURATION (5s), WARMUP (1s), SOAK seconds
+# (300; 0 skips the memory run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --workspace --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
+
+admin_url="$(scripts/test-db.sh)"
+database_url="${admin_url%/*}/vatic_bench"
+command -v psql >/dev/null || scripts/need.sh psql postgresql-client
+psql -q "$admin_url" -c "DROP DATABASE IF EXISTS vatic_bench" -c "CREATE DATABASE vatic_bench"
+
+venv="${VATIC_BENCH_VENV:-$HOME/.cache/vatic/bench-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r benches/baseline/requirements.txt
+
+python3 scripts/bench/run.py --bin "$bin" --database-url "$database_url" \
+  --baseline-python "$venv/bin/python" --runs "${RUNS:-3}" --duration "${DURATION:-5s}" \
+  --warmup "${WARMUP:-1s}" --soak "${SOAK:-300}" \
+  --command "scripts/bench.sh${RUNS:+ (RUNS=$RUNS)}" --json "${BENCH_JSON:-/tmp/vatic-bench.json}"

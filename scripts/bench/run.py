@@ -1,0 +1,308 @@
+"""Measures vatic on this machine and writes docs/PERFORMANCE.md: the raw tract engine (the
+profiler) beside the served model (vaticctl bench) in the same run, standalone and through a
+separate api and worker, with the prediction log off and on (full payloads, PostgreSQL), a
+FastAPI + onnxruntime baseline, start-to-ready time and worker memory under load.
+
+scripts/bench.sh builds the release binaries and the baseline's virtualenv, finds PostgreSQL,
+then runs this with the paths it prepared. Standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = "breast_cancer"
+CNN = "resnet"
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+class Server:
+    """A process started for the benchmark, stopped (SIGTERM, then SIGKILL) at the end."""
+
+    def __init__(self, name, args, env, cwd, ready_url, log_dir, timeout=300):
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            args, env={**os.environ, **env}, cwd=cwd,
+            stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
+        )
+        deadline = self.started + timeout
+        while http_status(ready_url) != 200:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{name} exited: see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name} not ready after {timeout} s: see {self.log_path}")
+            time.sleep(0.005)
+        self.ready_after = time.monotonic() - self.started
+
+    def rss_kib(self):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.bin = Path(args.bin)
+        self.work = Path(tempfile.mkdtemp(prefix="vatic-bench-"))
+        self.servers = []
+        self.results = {}
+
+    def start(self, *args, **kwargs):
+        s = Server(*args, **kwargs, log_dir=self.work)
+        self.servers.append(s)
+        return s
+
+    def stop(self, server):
+        server.stop()
+        self.servers.remove(server)
+
+    def ctl(self, server, *args, check=True):
+        cmd = [str(self.bin / "vaticctl"), "--server", server, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if check and r.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
+        return r
+
+    def load(self, server, model, levels, protocol, duration=None):
+        """vaticctl bench, RUNS times; per level the median of each figure."""
+        runs = []
+        for _ in range(self.a.runs):
+            r = self.ctl(server, "bench", model, "-c", ",".join(map(str, levels)),
+                         "--protocol", protocol, "-d", duration or self.a.duration,
+                         "--warmup", self.a.warmup, "-o", "json", check=False)
+            if not r.stdout.strip():
+                raise SystemExit(f"vaticctl bench {model} failed: {r.stderr}")
+            runs.append(json.loads(r.stdout))
+        out = {}
+        for i, level in enumerate(levels):
+            of = [run[i] for run in runs]
+            med = lambda f: statistics.median(f(x) for x in of)
+            out[level] = {
+                "throughput": med(lambda x: x["throughput"]),
+                "p50": med(lambda x: (x["latency_us"] or {}).get("p50", float("nan"))),
+                "p99": med(lambda x: (x["latency_us"] or {}).get("p99", float("nan"))),
+                "errors": sum(sum(x["errors"].values()) for x in of),
+            }
+            log(f"  {model} {protocol} c={level}: {out[level]}")
+        return out
+
+    def profile(self, model_file, *extra):
+        r = subprocess.run([str(self.bin / "vatic-worker"), "profile", str(model_file), "--json", *extra],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+        return json.loads(r.stdout)
+
+    def repo(self):
+        repo = self.work / "models"
+        for name, src in [(DEMO, ROOT / "models" / DEMO / "1/model.onnx"),
+                          (CNN, ROOT / "testdata/models" / CNN / "1/model.onnx")]:
+            (repo / name / "1").mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, repo / name / "1/model.onnx")
+        return repo
+
+    # --- the measurements -------------------------------------------------------------------
+
+    def raw(self, repo):
+        log("raw tract engine (vatic-worker profile)")
+        p50s = [self.profile(repo / DEMO / "1/model.onnx", "--batch-sizes", "1", "--instances", "1",
+                             "--duration", self.a.duration)["cells"][0]["run_p50_us"]
+                for _ in range(self.a.runs)]
+        self.results["raw_demo_p50_us"] = statistics.median(p50s)
+        cnn = self.profile(repo / CNN / "1/model.onnx", "--duration", "2s")
+        self.results["raw_cnn"] = cnn
+        log(f"  demo p50 {self.results['raw_demo_p50_us']} us; cnn best "
+            f"{cnn['recommended']['best_samples_per_second']:.1f} samples/s")
+
+    def standalone(self, repo):
+        log("standalone on PostgreSQL")
+        port = 18480
+        env = {
+            "VATIC_DATABASE__URL": self.a.database_url,
+            "VATIC_DATABASE__MIGRATE": "true",
+            "VATIC_MODELS_DIR": str(repo),
+            "VATIC_LISTEN": f"127.0.0.1:{port}",
+            "VATIC_METRICS_LISTEN": "127.0.0.1:0",
+            "VATIC_LOG__FORMAT": "json",
+        }
+        url = f"http://127.0.0.1:{port}"
+        s = self.start("standalone", [str(self.bin / "vatic-api"), "--standalone", "--config",
+                                      str(ROOT / "config/standalone.toml")],
+                       env, self.work, f"{url}/v2/health/ready")
+        for m in (DEMO, CNN):
+            self.ctl(url, "models", "log", m, "--mode", "off")
+        r = self.results
+        r["served_demo_json"] = self.load(url, DEMO, [1, 8, 64], "v2-json")
+        r["served_demo_binary"] = self.load(url, DEMO, [1, 8, 64], "v2-binary")
+        r["served_cnn_binary"] = self.load(url, CNN, [1, 16], "v2-binary")
+        r["cnn_config"] = json.loads(urllib.request.urlopen(f"{url}/v2/models/{CNN}/config").read())
+        log("prediction log: full payloads")
+        self.ctl(url, "models", "log", DEMO, "--mode", "full", "--sample-rate", "1")
+        r["logged_demo_json"] = self.load(url, DEMO, [64], "v2-json")
+        r["logged_demo_binary"] = self.load(url, DEMO, [64], "v2-binary")
+        self.stop(s)
+
+    def cluster(self, repo):
+        log("separate worker and api processes")
+        wport, aport = 18481, 18482
+        w = self.start("worker", [str(self.bin / "vatic-worker"), "--config", str(ROOT / "config/worker.toml"),
+                                  "--listen", f"127.0.0.1:{wport}", "--metrics-listen", "127.0.0.1:0",
+                                  "--models-dir", str(repo)],
+                       {}, self.work, f"http://127.0.0.1:{wport}/v2/health/ready")
+        api = f"http://127.0.0.1:{aport}"
+        a = self.start("api", [str(self.bin / "vatic-api"), "--config", str(ROOT / "config/api.toml"),
+                               "--listen", f"127.0.0.1:{aport}", "--metrics-listen", "127.0.0.1:0",
+                               "--workers", f"http://127.0.0.1:{wport}"],
+                       {}, self.work, f"{api}/v2/health/ready")
+        self.results["cluster_demo_json"] = self.load(api, DEMO, [1], "v2-json")
+        self.results["cluster_demo_binary"] = self.load(api, DEMO, [1], "v2-binary")
+        if self.a.soak > 0:
+            self.soak(w, api)
+        self.stop(a)
+        self.stop(w)
+
+    def soak(self, worker, api):
+        log(f"worker memory under {self.a.soak} s of load")
+        load = subprocess.Popen([str(self.bin / "vaticctl"), "--server", api, "bench", DEMO, "-c", "8",
+                                 "-d", f"{self.a.soak}s", "--warmup", "0s", "-o", "json"],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        samples = []
+        start = time.monotonic()
+        while load.poll() is None:
+            samples.append((time.monotonic() - start, worker.rss_kib()))
+            time.sleep(5)
+        out, _ = load.communicate()
+        level = json.loads(out)[0]
+        self.results["soak"] = {"samples": samples, "requests": level["requests"],
+                                "errors": sum(level["errors"].values())}
+
+    def baseline(self, repo):
+        log("FastAPI + onnxruntime baseline")
+        port = 18483
+        url = f"http://127.0.0.1:{port}"
+        # One uvicorn process, as a tutorial runs it; onnxruntime's own threads use every core.
+        # (With --workers 2 every request took 44 ms on this machine, a delay, not work.)
+        s = self.start("baseline", [str(Path(self.a.baseline_python).parent / "uvicorn"), "app:app",
+                                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                       {"MODEL_DIR": str(repo)}, ROOT / "benches/baseline", f"{url}/v2/models/{DEMO}")
+        self.results["baseline_demo_json"] = self.load(url, DEMO, [1, 8, 64], "v2-json")
+        self.stop(s)
+
+    def start_to_ready(self):
+        log("start to ready (standalone, SQLite, the demo model)")
+        first, again = [], []
+        for i in range(self.a.runs):
+            d = self.work / f"start{i}"
+            d.mkdir()
+            args = [str(self.bin / "vatic-api"), "--standalone", "--config", str(ROOT / "config/standalone.toml"),
+                    "--models-dir", str(ROOT / "models"), "--listen", "127.0.0.1:18484",
+                    "--metrics-listen", "127.0.0.1:0"]
+            for times in (first, again):
+                s = self.start(f"start{i}", args, {}, d, "http://127.0.0.1:18484/v2/health/ready")
+                times.append(s.ready_after)
+                self.stop(s)
+        self.results["start_first_s"] = statistics.median(first)
+        self.results["start_again_s"] = statistics.median(again)
+
+    def run(self):
+        repo = self.repo()
+        try:
+            self.raw(repo)
+            self.standalone(repo)
+            self.cluster(repo)
+            self.baseline(repo)
+            self.start_to_ready()
+        finally:
+            for s in list(self.servers):
+                s.stop()
+        self.results["model_bytes"] = sum(f.stat().st_size for f in repo.glob("*/1/model.onnx"))
+        return self.results
+
+
+def machine():
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+               if l.startswith("MemTotal"))
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB, Linux {platform.release()}, "
+            f"{rustc}; load generator, servers and database on the same machine")
+
+
+def load_results(path):
+    """Results saved with --json; JSON made the concurrency levels strings again."""
+    results = json.loads(Path(path).read_text())
+    for key, value in results.items():
+        if key.startswith(("served_", "logged_", "cluster_", "baseline_")):
+            results[key] = {int(level): v for level, v in value.items()}
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin")
+    p.add_argument("--database-url")
+    p.add_argument("--baseline-python")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--duration", default="5s")
+    p.add_argument("--warmup", default="1s")
+    p.add_argument("--soak", type=int, default=300)
+    p.add_argument("--command", default="scripts/bench.sh")
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--render", help="only write docs/PERFORMANCE.md from results saved by --json")
+    a = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    import report
+    if a.render:
+        (ROOT / "docs/PERFORMANCE.md").write_text(report.render(load_results(a.render)))
+        return
+    results = Bench(a).run()
+    results["machine"] = machine()
+    results["date"] = datetime.date.today().isoformat()
+    results["command"] = a.command
+    results["settings"] = {"runs": a.runs, "duration": a.duration, "warmup": a.warmup, "soak_s": a.soak}
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    (ROOT / "docs/PERFORMANCE.md").write_text(report.render(results))
+    log("wrote docs/PERFORMANCE.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,13 +7,13 @@ use vatic_schema::v2;
 
 #[tokio::test]
 async fn fixtures_match_onnxruntime() {
-    let repo = vatic_testkit::repo(&["cnn", "fixed_batch", "two_io", "int64", "resnet"].map(|n| {
-        vatic_testkit::RepoModel {
+    let repo = vatic_testkit::repo(
+        &["cnn", "fixed_batch", "two_io", "int64", "resnet"].map(|n| vatic_testkit::RepoModel {
             name: n,
             source: n,
             model_toml: None,
-        }
-    }));
+        }),
+    );
     let w = TestWorker::start(repo).await;
     for name in ["cnn", "fixed_batch", "two_io", "int64", "resnet"] {
         let fixture = vatic_testkit::fixture(name);

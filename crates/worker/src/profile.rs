@@ -346,3 +346,34 @@ fn cores() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_time_grid_stays_within_the_batching_bounds() {
+        let bounds = BatchingConfig {
+            max_batch_size: 12,
+            instances: 3,
+            ..BatchingConfig::default()
+        };
+        let grid = ProfileSettings::default().grid(&bounds);
+        assert_eq!(grid.batch_sizes, [1, 2, 4, 8, 12]);
+        assert_eq!(grid.instances, [1, 2, 3]);
+        assert_eq!(grid.duration, Duration::from_millis(25));
+    }
+
+    #[test]
+    fn a_zero_cell_time_is_refused_by_name() {
+        let bad = ProfileSettings {
+            cell_ms: 0,
+            ..ProfileSettings::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "profile.cell_ms must be at least 1"
+        );
+        assert!(ProfileSettings::default().validate().is_ok());
+    }
+}

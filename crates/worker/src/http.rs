@@ -238,14 +238,7 @@ pub async fn request_id(
     let route = req.match_pattern().unwrap_or_else(|| "(unmatched)".into());
     let quiet = PROBES.contains(&route.as_str());
     // The model and version the path names, so every line logged for the request carries them.
-    let mut path = actix_web::dev::Path::new(req.path().to_string());
-    actix_web::dev::ResourceDef::new(route.as_str()).capture_match_info(&mut path);
-    let model = path
-        .get("model")
-        .map(|m| m.split(':').next().unwrap_or(m).to_string());
-    let version = path
-        .get("version")
-        .map(|v| v.split(':').next().unwrap_or(v).to_string());
+    let (model, version) = model_and_version(&route, req.path());
     let span = tracing::info_span!("request", request_id = %id, model = model.as_deref(), version = version.as_deref());
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
@@ -264,6 +257,37 @@ pub async fn request_id(
         });
     }
     Ok(res)
+}
+
+thread_local! {
+    /// The route patterns `model_and_version` has compiled on this thread.
+    static ROUTE_DEFS: std::cell::RefCell<std::collections::HashMap<String, actix_web::dev::ResourceDef>> =
+        Default::default();
+}
+
+/// The `{model}` and `{version}` segments `path` fills in the route pattern `route`, each cut at
+/// the first `:` (TF-Serving's `:predict` suffix).
+///
+/// The routing has not run yet where the request span is made, so the pattern is matched here.
+/// Each pattern is compiled once per thread: the patterns are the app's routes, a bounded set,
+/// and actix-router leaks a little memory (the capture names) for every `ResourceDef` built.
+fn model_and_version(route: &str, path: &str) -> (Option<String>, Option<String>) {
+    if !route.contains("{model}") {
+        return (None, None);
+    }
+    let mut path = actix_web::dev::Path::new(path.to_string());
+    ROUTE_DEFS.with(|routes| {
+        let mut routes = routes.borrow_mut();
+        if !routes.contains_key(route) {
+            routes.insert(route.to_string(), actix_web::dev::ResourceDef::new(route));
+        }
+        routes[route].capture_match_info(&mut path);
+    });
+    let segment = |name| {
+        path.get(name)
+            .map(|v: &str| v.split(':').next().unwrap_or(v).to_string())
+    };
+    (segment("model"), segment("version"))
 }
 
 /// `{model}` and optional `{version}` of a model route.
@@ -603,4 +627,58 @@ pub async fn drain_and_stop(engine: &Arc<Engine>, handle: &ServerHandle, drain_f
 /// Runs the worker binary.
 pub async fn run(settings: WorkerSettings) -> anyhow::Result<()> {
     Worker::start(&settings).await?.run_until_signal().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_and_version_come_from_the_route_pattern() {
+        let of = |route, path| model_and_version(route, path);
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            of("/v2/models/{model}/infer", "/v2/models/iris/infer"),
+            (some("iris"), None)
+        );
+        assert_eq!(
+            of(
+                "/v2/models/{model}/versions/{version}/infer",
+                "/v2/models/iris/versions/3/infer"
+            ),
+            (some("iris"), some("3"))
+        );
+        assert_eq!(
+            of("/v1/models/{model}", "/v1/models/iris:predict"),
+            (some("iris"), None)
+        );
+        assert_eq!(
+            of(
+                "/v1/models/{model}/versions/{version}",
+                "/v1/models/iris/versions/2:classify"
+            ),
+            (some("iris"), some("2"))
+        );
+        assert_eq!(of("/v2/health/ready", "/v2/health/ready"), (None, None));
+        assert_eq!(of("(unmatched)", "/nowhere"), (None, None));
+    }
+
+    #[test]
+    fn each_route_pattern_is_compiled_once_per_thread() {
+        std::thread::spawn(|| {
+            for i in 0..1000 {
+                model_and_version(
+                    "/v2/models/{model}/ready",
+                    &format!("/v2/models/m{i}/ready"),
+                );
+                model_and_version(
+                    "/v2/models/{model}/infer",
+                    &format!("/v2/models/m{i}/infer"),
+                );
+            }
+            assert_eq!(ROUTE_DEFS.with(|r| r.borrow().len()), 2);
+        })
+        .join()
+        .unwrap();
+    }
 }

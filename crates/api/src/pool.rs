@@ -71,7 +71,10 @@ pub struct Answer {
 /// The worker fleet of this api replica.
 pub struct WorkerPool {
     nodes: RwLock<Vec<Arc<WorkerNode>>>,
-    client: reqwest::Client,
+    /// One HTTP client, with its own connection pool, per thread that sends: a connection's
+    /// I/O task runs on the runtime that opened it, so a connection shared between actix's
+    /// threads (or with the health checks' runtime) would cost thread hand-offs per request.
+    clients: thread_local::ThreadLocal<reqwest::Client>,
     timeout: Duration,
     next: AtomicUsize,
     metrics: UpstreamMetrics,
@@ -140,19 +143,15 @@ impl WorkerPool {
         timeout: Duration,
         metrics: UpstreamMetrics,
     ) -> anyhow::Result<Arc<WorkerPool>> {
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
+        // Fails here, once, rather than on a request thread.
+        Self::client_builder().build()?;
         let nodes = urls
             .iter()
             .map(|u| Arc::new(WorkerNode::new(u, None)))
             .collect();
         let pool = Arc::new(WorkerPool {
             nodes: RwLock::new(nodes),
-            client,
+            clients: thread_local::ThreadLocal::new(),
             timeout,
             next: AtomicUsize::new(0),
             metrics,
@@ -172,11 +171,28 @@ impl WorkerPool {
         Ok(pool)
     }
 
+    fn client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+    }
+
+    /// This thread's client.
+    fn client(&self) -> &reqwest::Client {
+        self.clients.get_or(|| {
+            Self::client_builder()
+                .build()
+                .expect("the same settings built a client at start")
+        })
+    }
+
     async fn check_all(&self, timeout: Duration) {
         let nodes = self.nodes();
         let checks = nodes.iter().map(|node| async move {
             let url = format!("{}/v2/health/ready", node.url);
-            let ok = matches!(self.client.get(&url).timeout(timeout).send().await, Ok(r) if r.status() == 200);
+            let ok = matches!(self.client().get(&url).timeout(timeout).send().await, Ok(r) if r.status() == 200);
             if ok != node.is_healthy() {
                 tracing::info!(worker = %node.url, healthy = ok, "worker health changed");
             }
@@ -349,7 +365,7 @@ impl WorkerPool {
             headers.insert(REQUEST_ID, id);
         }
         let mut req = self
-            .client
+            .client()
             .request(method, format!("{}{path}", node.url))
             .timeout(self.timeout);
         if let Some((bytes, header_length)) = body {

@@ -101,7 +101,9 @@ impl Batcher {
         }
         q.jobs.push_back(job);
         drop(q);
-        self.shared.wake.notify_all();
+        // One runner is enough for one job; a runner that leaves jobs behind wakes the next.
+        // Waking every runner would make all but one of them go back to sleep for nothing.
+        self.shared.wake.notify_one();
         Ok(())
     }
 

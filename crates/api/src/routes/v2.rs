@@ -11,13 +11,14 @@ use vatic_worker::http::{
 
 /// Registers the V2 model routes, with and without `/versions/{version}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Inference first: actix tries the route patterns in order, by regex.
+    model_route(cfg, "/infer", || web::post().to(post_infer));
     cfg.route("/v2/models/stats", web::get().to(get_all_stats))
         .route("/v2/repository/index", web::post().to(post_index));
     model_route(cfg, "", || web::get().to(get_metadata));
     model_route(cfg, "/ready", || web::get().to(get_model_ready));
     model_route(cfg, "/config", || web::get().to(get_config));
     model_route(cfg, "/stats", || web::get().to(get_stats));
-    model_route(cfg, "/infer", || web::post().to(post_infer));
 }
 
 async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {

@@ -143,15 +143,16 @@ impl WorkerPool {
         timeout: Duration,
         metrics: UpstreamMetrics,
     ) -> anyhow::Result<Arc<WorkerPool>> {
-        // Fails here, once, rather than on a request thread.
-        Self::client_builder().build()?;
+        // A client that cannot be built fails here, once, rather than on a request thread.
+        let clients = thread_local::ThreadLocal::new();
+        clients.get_or_try(|| Self::client_builder().build())?;
         let nodes = urls
             .iter()
             .map(|u| Arc::new(WorkerNode::new(u, None)))
             .collect();
         let pool = Arc::new(WorkerPool {
             nodes: RwLock::new(nodes),
-            clients: thread_local::ThreadLocal::new(),
+            clients,
             timeout,
             next: AtomicUsize::new(0),
             metrics,

@@ -1,5 +1,10 @@
 //! The dynamic batcher of one model version: a bounded queue and `instances` runner threads that
 //! combine the rows of waiting requests into one model run and split the outputs back.
+//!
+//! At most `instances` model runs go on at once. A cheap model's request that is the only one
+//! its version has in flight runs at once on the thread that submits it: that is what a runner
+//! would do with it, without the two thread wake-ups of the hand-off. Under load, requests
+//! overlap and go through the queue, where they batch.
 
 use crate::config::BatchingConfig;
 use crate::onnx::{rows, stack, OnnxModel};
@@ -7,6 +12,7 @@ use crate::stats::{Execution, Stats};
 use crate::EngineError;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,12 +42,18 @@ pub struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Model runs going on now, on runners and on submitting threads.
+    running: usize,
 }
 
 struct Shared {
     label: String,
     model: Arc<OnnxModel>,
     config: BatchingConfig,
+    /// Whether a job may run on the thread that submits it.
+    inline: bool,
+    /// Requests between [`Batcher::enter`] and the end of their guard.
+    in_flight: AtomicUsize,
     stats: Arc<Stats>,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -54,25 +66,43 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts `config.instances` runner threads for `model`.
+    /// Starts `config.instances` runner threads for `model`. `inline` lets a job run on the
+    /// thread that submits it when the queue is empty and an instance is free; give it only
+    /// with `max_queue_delay_us = 0`, where a runner would run such a job at once too.
     pub fn start(
         label: String,
         model: Arc<OnnxModel>,
         config: BatchingConfig,
+        inline: bool,
         stats: Arc<Stats>,
+    ) -> Batcher {
+        let runners = config.instances;
+        Batcher::with_runners(label, model, config, inline, stats, runners)
+    }
+
+    fn with_runners(
+        label: String,
+        model: Arc<OnnxModel>,
+        config: BatchingConfig,
+        inline: bool,
+        stats: Arc<Stats>,
+        runners: usize,
     ) -> Batcher {
         let shared = Arc::new(Shared {
             label,
             model,
             config,
+            inline,
+            in_flight: AtomicUsize::new(0),
             stats,
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
+                running: 0,
             }),
             wake: Condvar::new(),
         });
-        let runners = (0..shared.config.instances)
+        let runners = (0..runners)
             .map(|i| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
@@ -87,11 +117,38 @@ impl Batcher {
         }
     }
 
-    /// Queues a job, or refuses it when the queue is full or closed.
+    /// Counts a request in flight until the guard is dropped: from before its job is made
+    /// until its answer has been taken.
+    pub fn enter(&self) -> Caller<'_> {
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        Caller(&self.shared.in_flight)
+    }
+
+    /// Queues a job, or refuses it when the queue is full or closed. With `inline` on, the job
+    /// of the only request in flight (see [`Batcher::enter`]) runs here and now if nothing is
+    /// queued or running, and its answer is in its reply channel when this returns.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
         let mut q = self.shared.queue.lock().expect("queue lock");
         if q.closed {
             return Err(EngineError::ShuttingDown);
+        }
+        if self.shared.inline
+            && q.jobs.is_empty()
+            && q.running == 0
+            && self.shared.in_flight.load(Ordering::SeqCst) <= 1
+        {
+            q.running += 1;
+            drop(q);
+            self.shared.execute(vec![job]);
+            let mut q = self.shared.queue.lock().expect("queue lock");
+            q.running -= 1;
+            let waiting = !q.jobs.is_empty();
+            drop(q);
+            if waiting {
+                // Jobs queued while this one ran may have found every instance taken.
+                self.shared.wake.notify_one();
+            }
+            return Ok(());
         }
         if q.jobs.len() >= self.shared.config.max_queue_size {
             return Err(EngineError::QueueFull {
@@ -127,10 +184,21 @@ impl Batcher {
     }
 }
 
+/// A request in flight; see [`Batcher::enter`].
+pub struct Caller<'a>(&'a AtomicUsize);
+
+impl Drop for Caller<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Shared {
     fn run(&self) {
         while let Some(batch) = self.next_batch() {
             self.execute(batch);
+            // No wake-up needed: this runner looks at the queue again itself.
+            self.queue.lock().expect("queue lock").running -= 1;
         }
     }
 
@@ -193,6 +261,12 @@ impl Shared {
                 q = self.wake.wait(q).expect("queue lock");
                 continue;
             }
+            if q.running >= self.config.instances {
+                // Every instance is running (some on submitting threads); the first to finish
+                // takes these jobs.
+                q = self.wake.wait(q).expect("queue lock");
+                continue;
+            }
             let (picked, total) = self.select(&q.jobs);
             let due = q.jobs[0].enqueued + Duration::from_micros(self.config.max_queue_delay_us);
             let now = Instant::now();
@@ -210,7 +284,8 @@ impl Shared {
                 batch.push(q.jobs.remove(*i).expect("picked from the queue"));
             }
             batch.reverse();
-            let more = !q.jobs.is_empty();
+            q.running += 1;
+            let more = !q.jobs.is_empty() && q.running < self.config.instances;
             drop(q);
             if more {
                 self.wake.notify_one();
@@ -306,5 +381,127 @@ impl Shared {
                 output: t3 - t2,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::EngineMetrics;
+    use vatic_schema::DataType;
+
+    /// A batcher of the demo model with `instances` instances and `runners` runner threads.
+    fn batcher(inline: bool, instances: usize, runners: usize) -> Batcher {
+        let file = vatic_testkit::root().join("models/breast_cancer/1/model.onnx");
+        let model = Arc::new(OnnxModel::load(&file, None).unwrap());
+        let config = BatchingConfig {
+            instances,
+            ..BatchingConfig::default()
+        };
+        let stats = Arc::new(Stats::new(EngineMetrics::default().version("m", "1")));
+        Batcher::with_runners("m:1".into(), model, config, inline, stats, runners)
+    }
+
+    fn job() -> (Job, oneshot::Receiver<Result<JobOutputs, EngineError>>) {
+        let values: Vec<f32> = (0..30).map(|i| i as f32 * 0.5).collect();
+        let input = Tensor::new(
+            "input",
+            DataType::Fp32,
+            vec![1, 30],
+            TensorData::from_values(&values),
+        )
+        .unwrap();
+        let (reply, answer) = oneshot::channel();
+        let now = Instant::now();
+        let job = Job {
+            inputs: vec![input],
+            rows: 1,
+            key: vec![vec![30]],
+            enqueued: now,
+            deadline: now + Duration::from_secs(30),
+            reply,
+        };
+        (job, answer)
+    }
+
+    fn running(b: &Batcher, n: usize) {
+        b.shared.queue.lock().unwrap().running = n;
+        b.shared.wake.notify_all();
+    }
+
+    fn stop(b: &Batcher) {
+        b.close();
+        b.join();
+    }
+
+    #[test]
+    fn the_only_request_in_flight_is_answered_before_submit_returns() {
+        // No runner threads at all: only the submitting thread can answer.
+        let b = batcher(true, 1, 0);
+        let _caller = b.enter();
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        let outputs = answer.try_recv().expect("answered on this thread").unwrap();
+        assert_eq!(outputs[0].0, [1, 2]);
+        assert_eq!(b.shared.queue.lock().unwrap().running, 0);
+        assert_eq!(b.queued(), 0);
+        stop(&b);
+    }
+
+    #[test]
+    fn overlapping_requests_go_through_the_queue() {
+        let b = batcher(true, 2, 0);
+        // Another request in flight: this one queues, where it can batch with the other.
+        let first = b.enter();
+        let _second = b.enter();
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        assert!(answer.try_recv().is_err(), "ran on the submitting thread");
+        assert_eq!(b.queued(), 1);
+        // Alone again, but a job is waiting: no jumping the queue.
+        drop(first);
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        assert!(answer.try_recv().is_err(), "jumped the queue");
+        assert_eq!(b.queued(), 2);
+    }
+
+    #[test]
+    fn a_request_does_not_run_beside_a_running_batch() {
+        let b = batcher(true, 2, 0);
+        let _caller = b.enter();
+        running(&b, 1);
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        assert!(answer.try_recv().is_err(), "ran on the submitting thread");
+        assert_eq!(b.queued(), 1);
+    }
+
+    #[test]
+    fn without_inline_a_runner_answers() {
+        let b = batcher(false, 1, 1);
+        let _caller = b.enter();
+        let (j, answer) = job();
+        b.submit(j).unwrap();
+        let outputs = answer.blocking_recv().unwrap().unwrap();
+        assert_eq!(outputs[0].0, [1, 2]);
+        stop(&b);
+    }
+
+    #[test]
+    fn runners_wait_while_every_instance_is_running() {
+        let b = batcher(true, 2, 2);
+        // Both instances taken (on submitting threads, say): the runners may not start more.
+        running(&b, 2);
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(answer.try_recv().is_err(), "ran beyond the instance count");
+        assert_eq!(b.queued(), 1);
+        // An instance frees up: a runner takes the job.
+        running(&b, 1);
+        answer.blocking_recv().unwrap().unwrap();
+        assert_eq!(b.queued(), 0);
+        stop(&b);
     }
 }

@@ -19,8 +19,13 @@ pub struct BatchingConfig {
     pub max_queue_size: usize,
     /// How long a request may wait for its answer, in milliseconds.
     pub timeout_ms: u64,
-    /// Runner threads for this version, each with its own copy of the model state.
+    /// Runner threads for this version: at most this many model runs at once.
     pub instances: usize,
+    /// A model whose one-row run took at most this long at load, in microseconds, runs a
+    /// request on the HTTP thread that received it when it is the version's only request in
+    /// flight, instead of handing it to a runner thread (with `max_queue_delay_us = 0` only).
+    /// 0 turns this off.
+    pub inline_max_us: u64,
 }
 
 impl Default for BatchingConfig {
@@ -35,6 +40,7 @@ impl Default for BatchingConfig {
             max_queue_size: 1024,
             timeout_ms: 30_000,
             instances: cores.min(4),
+            inline_max_us: 100,
         }
     }
 }

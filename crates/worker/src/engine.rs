@@ -258,7 +258,8 @@ impl Engine {
             Ok(v) => {
                 tracing::info!(model = %spec.model, version = spec.version, batched = v.model.signature.batched,
                     max_batch_size = v.batching.max_batch_size, instances = v.batching.instances,
-                    profiled = v.profiled.is_some(), ms = started.elapsed().as_millis() as u64,
+                    profiled = v.profiled.is_some(), one_row_us = v.one_row_run.as_micros() as u64,
+                    inline = v.inline, ms = started.elapsed().as_millis() as u64,
                     "model version ready");
                 State::Ready(Arc::new(v))
             }

@@ -9,6 +9,7 @@ use crate::onnx::OnnxModel;
 use crate::profile::{self, ProfileSettings, Recommendation};
 use crate::stats::Stats;
 use crate::EngineError;
+use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,11 @@ pub struct LoadedVersion {
     pub batching: BatchingConfig,
     /// What the load-time profile recommended, when one ran.
     pub profiled: Option<Recommendation>,
+    /// How long one run with one row took after warm-up (the median of three).
+    pub one_row_run: Duration,
+    /// Whether requests may run on the thread that received them (see
+    /// [`BatchingConfig::inline_max_us`]).
+    pub inline: bool,
     pub(crate) batcher: Batcher,
     pub(crate) stats: Arc<Stats>,
 }
@@ -46,19 +52,26 @@ pub fn check_model(
     origin: &str,
     defaults: &BatchingConfig,
 ) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig)> {
-    let (model, batching, _) = load(file, config, origin, defaults, None)?;
+    let (model, batching, _, _) = load(file, config, origin, defaults, None)?;
     Ok((model, batching))
 }
 
 /// [`check_model`], and with `profile` (when it is on and `config` has no `[batching]` of its
-/// own) the batch size and instances measured best on this machine, within `defaults`.
+/// own) the batch size and instances measured best on this machine, within `defaults`; and
+/// how long a one-row run takes once warm.
+#[allow(clippy::type_complexity)]
 fn load(
     file: &Path,
     config: &str,
     origin: &str,
     defaults: &BatchingConfig,
     profile: Option<&ProfileSettings>,
-) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig, Option<Recommendation>)> {
+) -> anyhow::Result<(
+    Arc<OnnxModel>,
+    BatchingConfig,
+    Option<Recommendation>,
+    Duration,
+)> {
     let overrides = ModelToml::parse(config, origin)?;
     let explicit = overrides.as_ref().is_some_and(|t| t.batching.is_some());
     let mut batching = match &overrides {
@@ -72,8 +85,8 @@ fn load(
         batching = recommended.apply(defaults);
         profiled = Some(recommended);
     }
-    warm_up(&model, &batching)?;
-    Ok((model, batching, profiled))
+    let one_row_run = warm_up(&model, &batching)?;
+    Ok((model, batching, profiled, one_row_run))
 }
 
 impl LoadedVersion {
@@ -84,18 +97,21 @@ impl LoadedVersion {
         profile: &ProfileSettings,
         metrics: VersionMetrics,
     ) -> anyhow::Result<LoadedVersion> {
-        let (model, batching, profiled) = load(
+        let (model, batching, profiled, one_row_run) = load(
             &spec.file,
             &spec.config,
             &spec.origin,
             defaults,
             Some(profile),
         )?;
+        let inline = batching.max_queue_delay_us == 0
+            && one_row_run <= Duration::from_micros(batching.inline_max_us);
         let stats = Arc::new(Stats::new(metrics));
         let batcher = Batcher::start(
             format!("{}:{}", spec.model, spec.version),
             model.clone(),
             batching.clone(),
+            inline,
             stats.clone(),
         );
         Ok(LoadedVersion {
@@ -104,6 +120,8 @@ impl LoadedVersion {
             model,
             batching,
             profiled,
+            one_row_run,
+            inline,
             batcher,
             stats,
         })
@@ -111,6 +129,7 @@ impl LoadedVersion {
 
     /// Checks a request against the signature and runs it through the batcher.
     pub async fn infer(&self, req: &InferRequest) -> Result<InferResponse, EngineError> {
+        let _caller = self.batcher.enter();
         let (inputs, rows, key, selected) = self.prepare(req)?;
         let (reply, answer) = oneshot::channel();
         let now = Instant::now();
@@ -322,7 +341,7 @@ impl LoadedVersion {
 
 /// Runs the model once per batch size it will see first (1, the preferred sizes and the
 /// largest), so the first real requests do not pay for lazy initialisation.
-fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
+fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<Duration> {
     let sig = &model.signature;
     let mut sizes = vec![1];
     if sig.batched {
@@ -337,5 +356,13 @@ fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
             .run(inputs)
             .map_err(|e| e.context(format!("warm-up run with {rows} row(s)")))?;
     }
-    Ok(())
+    let mut times = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let inputs = model.sample_inputs(1)?;
+        let started = Instant::now();
+        model.run(inputs).context("timed one-row run")?;
+        times.push(started.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times[1])
 }

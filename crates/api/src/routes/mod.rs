@@ -114,12 +114,11 @@ pub fn log_prediction(
     if mode == LogMode::Off {
         return;
     }
-    let id = uuid::Uuid::new_v4();
-    // The id's random bits double as the sampling draw.
-    let draw = (id.as_u128() >> 64) as u64 as f64 / u64::MAX as f64;
-    if rate < 1.0 && draw >= rate {
+    if rate < 1.0 && rand::random::<f64>() >= rate {
         return;
     }
+    // Time-ordered: the log's primary key grows at its end instead of at random places.
+    let id = uuid::Uuid::now_v7();
     let json = |body: Vec<u8>| String::from_utf8(body).ok();
     let (status, version, response) = match answer {
         Ok(r) => (

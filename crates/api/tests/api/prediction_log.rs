@@ -306,7 +306,7 @@ async fn shutdown_without_a_database_keeps_everything_in_the_spool() {
 #[tokio::test]
 async fn a_record_the_database_refuses_is_set_aside_and_the_rest_written() {
     init_tracing();
-    // PostgreSQL stores payloads as JSONB and refuses text that is not JSON.
+    // PostgreSQL stores payloads as JSON and refuses text that is not JSON.
     let db = TestDb::postgres();
     let store = open_store(&db.url).await;
     let spool = tempfile::tempdir().unwrap();

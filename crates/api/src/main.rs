@@ -6,6 +6,13 @@ use std::path::PathBuf;
 use vatic_api::settings::{ApiSettings, Mode};
 use vatic_worker::{settings, telemetry};
 
+// jemalloc, as Triton's documentation advises for model servers: glibc's malloc keeps what a
+// thread freed (the load-time profile's large batches, say) in that thread's arena for good,
+// where jemalloc hands unused pages back to the system within seconds
+// (`vatic_worker::memory`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The vatic prediction API (KServe V2 and TF-Serving REST).
 #[derive(Parser, Serialize)]
 #[command(version)]
@@ -56,5 +63,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let settings: ApiSettings = settings::load(&file, flags.config.is_some(), &flags)?;
     let _log_files = telemetry::init(&settings.log, "vatic-api")?;
+    vatic_worker::memory::purge_in_background();
     vatic_api::run(settings).await
 }

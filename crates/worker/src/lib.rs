@@ -9,6 +9,7 @@ pub mod engine;
 mod error;
 pub mod folder;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod onnx;
 pub mod passes;

@@ -5,6 +5,13 @@ use serde::Serialize;
 use std::path::PathBuf;
 use vatic_worker::{settings, telemetry, WorkerSettings};
 
+// jemalloc, as Triton's documentation advises for model servers: glibc's malloc keeps what a
+// thread freed (the load-time profile's large batches, say) in that thread's arena for good,
+// where jemalloc hands unused pages back to the system within seconds
+// (`vatic_worker::memory`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Serves the ONNX models of a repository folder over the KServe V2 protocol.
 #[derive(Parser, Serialize)]
 #[command(version)]
@@ -49,5 +56,6 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("config/worker.toml"));
     let settings: WorkerSettings = settings::load(&file, flags.config.is_some(), &flags)?;
     let _log_files = telemetry::init(&settings.log, "vatic-worker")?;
+    vatic_worker::memory::purge_in_background();
     vatic_worker::http::run(settings).await
 }

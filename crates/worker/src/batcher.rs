@@ -3,8 +3,9 @@
 //!
 //! At most `instances` model runs go on at once. A cheap model's request that is the only one
 //! its version has in flight runs at once on the thread that submits it: that is what a runner
-//! would do with it, without the two thread wake-ups of the hand-off. Under load, requests
-//! overlap and go through the queue, where they batch.
+//! would do with it, without the two thread wake-ups of the hand-off. Once requests overlap,
+//! they go through the queue, where they batch and where the model runs beside the HTTP
+//! threads, until none has overlapped for [`QUIET`].
 
 use crate::config::BatchingConfig;
 use crate::onnx::{rows, stack, OnnxModel};
@@ -44,7 +45,14 @@ struct Queue {
     closed: bool,
     /// Model runs going on now, on runners and on submitting threads.
     running: usize,
+    /// When a request last found another in flight, queued or running.
+    overlapped: Option<Instant>,
 }
+
+/// How long requests go through the queue after two overlapped, before a lone request runs on
+/// the thread that submits it again. Under load requests overlap all the time, and the queue,
+/// with runners beside the HTTP threads, serves more of them.
+pub const QUIET: Duration = Duration::from_millis(10);
 
 struct Shared {
     label: String,
@@ -54,6 +62,8 @@ struct Shared {
     inline: bool,
     /// Requests between [`Batcher::enter`] and the end of their guard.
     in_flight: AtomicUsize,
+    /// [`QUIET`], but for tests.
+    quiet: Duration,
     stats: Arc<Stats>,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -77,7 +87,7 @@ impl Batcher {
         stats: Arc<Stats>,
     ) -> Batcher {
         let runners = config.instances;
-        Batcher::with_runners(label, model, config, inline, stats, runners)
+        Batcher::with_runners(label, model, config, inline, QUIET, stats, runners)
     }
 
     fn with_runners(
@@ -85,6 +95,7 @@ impl Batcher {
         model: Arc<OnnxModel>,
         config: BatchingConfig,
         inline: bool,
+        quiet: Duration,
         stats: Arc<Stats>,
         runners: usize,
     ) -> Batcher {
@@ -94,11 +105,13 @@ impl Batcher {
             config,
             inline,
             in_flight: AtomicUsize::new(0),
+            quiet,
             stats,
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
                 running: 0,
+                overlapped: None,
             }),
             wake: Condvar::new(),
         });
@@ -126,17 +139,14 @@ impl Batcher {
 
     /// Queues a job, or refuses it when the queue is full or closed. With `inline` on, the job
     /// of the only request in flight (see [`Batcher::enter`]) runs here and now if nothing is
-    /// queued or running, and its answer is in its reply channel when this returns.
+    /// queued or running and no requests overlapped for [`QUIET`]; its answer is then in its
+    /// reply channel when this returns.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
         let mut q = self.shared.queue.lock().expect("queue lock");
         if q.closed {
             return Err(EngineError::ShuttingDown);
         }
-        if self.shared.inline
-            && q.jobs.is_empty()
-            && q.running == 0
-            && self.shared.in_flight.load(Ordering::SeqCst) <= 1
-        {
+        if self.shared.inline && self.alone(&mut q) {
             q.running += 1;
             drop(q);
             self.shared.execute(vec![job]);
@@ -162,6 +172,21 @@ impl Batcher {
         // Waking every runner would make all but one of them go back to sleep for nothing.
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether this request is alone: no other in flight, queued or running, and none that
+    /// overlapped for the quiet period. Notes an overlap when there is one.
+    fn alone(&self, q: &mut Queue) -> bool {
+        let now = Instant::now();
+        let lone = q.jobs.is_empty()
+            && q.running == 0
+            && self.shared.in_flight.load(Ordering::SeqCst) <= 1;
+        if !lone {
+            q.overlapped = Some(now);
+            return false;
+        }
+        q.overlapped
+            .is_none_or(|at| now.duration_since(at) >= self.shared.quiet)
     }
 
     /// Requests waiting in the queue.
@@ -390,8 +415,13 @@ mod tests {
     use crate::metrics::EngineMetrics;
     use vatic_schema::DataType;
 
-    /// A batcher of the demo model with `instances` instances and `runners` runner threads.
+    /// A batcher of the demo model with `instances` instances and `runners` runner threads;
+    /// requests that overlapped keep the next ones off the submitting thread for an hour.
     fn batcher(inline: bool, instances: usize, runners: usize) -> Batcher {
+        quiet_for(Duration::from_secs(3600), inline, instances, runners)
+    }
+
+    fn quiet_for(quiet: Duration, inline: bool, instances: usize, runners: usize) -> Batcher {
         let file = vatic_testkit::root().join("models/breast_cancer/1/model.onnx");
         let model = Arc::new(OnnxModel::load(&file, None).unwrap());
         let config = BatchingConfig {
@@ -399,7 +429,7 @@ mod tests {
             ..BatchingConfig::default()
         };
         let stats = Arc::new(Stats::new(EngineMetrics::default().version("m", "1")));
-        Batcher::with_runners("m:1".into(), model, config, inline, stats, runners)
+        Batcher::with_runners("m:1".into(), model, config, inline, quiet, stats, runners)
     }
 
     fn job() -> (Job, oneshot::Receiver<Result<JobOutputs, EngineError>>) {
@@ -464,6 +494,28 @@ mod tests {
         b.submit(j).unwrap();
         assert!(answer.try_recv().is_err(), "jumped the queue");
         assert_eq!(b.queued(), 2);
+        // Alone with nothing waiting, but within the quiet period after an overlap.
+        b.shared.queue.lock().unwrap().jobs.clear();
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        assert!(answer.try_recv().is_err(), "ran inside the quiet period");
+        assert_eq!(b.queued(), 1);
+    }
+
+    #[test]
+    fn after_the_quiet_period_a_lone_request_runs_on_the_submitting_thread_again() {
+        let b = quiet_for(Duration::ZERO, true, 2, 0);
+        let first = b.enter();
+        let _second = b.enter();
+        let (j, _answer) = job();
+        b.submit(j).unwrap();
+        assert_eq!(b.queued(), 1, "overlapping requests queue");
+        assert!(b.shared.queue.lock().unwrap().overlapped.is_some());
+        b.shared.queue.lock().unwrap().jobs.clear();
+        drop(first);
+        let (j, mut answer) = job();
+        b.submit(j).unwrap();
+        answer.try_recv().expect("answered on this thread").unwrap();
     }
 
     #[test]

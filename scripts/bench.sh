@@ -6,7 +6,7 @@
 # ready; worker memory under load. Takes about 15 minutes on 2 cores.
 #
 # Needs what scripts/test.sh needs (Rust, python3 with venv, a PostgreSQL server: see
-# scripts/test-db.sh) and psql. Settings: RUNS (3), DURATION (5s), WARMUP (1s), SOAK seconds
+# scripts/test-db.sh), psql and wrk (installed when missing). Settings: RUNS (3), DURATION (5s), WARMUP (1s), SOAK seconds
 # (300; 0 skips the memory run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 admin_url="$(scripts/test-db.sh)"
 database_url="${admin_url%/*}/vatic_bench"
 command -v psql >/dev/null || scripts/need.sh psql postgresql-client
+scripts/need.sh wrk wrk
 psql -q "$admin_url" -c "DROP DATABASE IF EXISTS vatic_bench" -c "CREATE DATABASE vatic_bench"
 
 venv="${VATIC_BENCH_VENV:-$HOME/.cache/vatic/bench-venv}"

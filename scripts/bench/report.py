@@ -106,6 +106,17 @@ def render(r):
         "",
         f"Raw tract, one run of one row on one thread: p50 {fmt(raw)} us.",
         "",
+    ]
+    floor = r.get("http_floor")
+    if floor:
+        out += [
+            f"A bare HTTP exchange with the standalone server, no model (`GET /v2/health/live`, "
+            f"`wrk -t1 -c1`): p50 {fmt(floor['p50'])} us, p99 {fmt(floor['p99'])} us. This is the "
+            "floor under every served figure on this machine: the loopback round trip and the "
+            "two thread wake-ups it takes.",
+            "",
+        ]
+    out += [
         "| server | protocol | concurrency | req/s | p50 us | p99 us | errors |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -26,6 +26,18 @@ DEMO = "breast_cancer"
 CNN = "resnet"
 
 
+def wrk_us(out, percentile):
+    """A latency percentile of wrk --latency output, in microseconds."""
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == percentile:
+            value = parts[1]
+            for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+                if value.endswith(unit):
+                    return float(value[: -len(unit)]) * scale
+    raise SystemExit(f"no {percentile} latency in wrk's output:\n{out}")
+
+
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
@@ -122,6 +134,18 @@ class Bench:
             log(f"  {model} {protocol} c={level}: {out[level]}")
         return out
 
+    def http_floor(self, url):
+        """A bare HTTP exchange with the server, no model: wrk -t1 -c1, RUNS times; medians."""
+        runs = []
+        for _ in range(self.a.runs):
+            out = subprocess.run(["wrk", "-t1", "-c1", "-d", self.a.duration, "--latency", url],
+                                 capture_output=True, text=True, check=True).stdout
+            runs.append({p: wrk_us(out, p) for p in ("50%", "99%")})
+        floor = {"p50": statistics.median(x["50%"] for x in runs),
+                 "p99": statistics.median(x["99%"] for x in runs)}
+        log(f"  bare HTTP exchange (wrk -c1 {url}): {floor}")
+        return floor
+
     def profile(self, model_file, *extra):
         r = subprocess.run([str(self.bin / "vatic-worker"), "profile", str(model_file), "--json", *extra],
                            capture_output=True, text=True, check=True, cwd=ROOT)
@@ -166,6 +190,7 @@ class Bench:
         for m in (DEMO, CNN):
             self.ctl(url, "models", "log", m, "--mode", "off")
         r = self.results
+        r["http_floor"] = self.http_floor(f"{url}/v2/health/live")
         r["served_demo_json"] = self.load(url, DEMO, [1, 8, 64], "v2-json")
         r["served_demo_binary"] = self.load(url, DEMO, [1, 8, 64], "v2-binary")
         r["served_cnn_binary"] = self.load(url, CNN, [1, 16], "v2-binary")

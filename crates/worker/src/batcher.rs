@@ -76,9 +76,9 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts `config.instances` runner threads for `model`. `inline` lets a job run on the
-    /// thread that submits it when the queue is empty and an instance is free; give it only
-    /// with `max_queue_delay_us = 0`, where a runner would run such a job at once too.
+    /// Starts `config.instances` runner threads for `model`. `inline` lets the job of a lone
+    /// request run on the thread that submits it (see [`Batcher::submit`]); give it only with
+    /// `max_queue_delay_us = 0`, where a runner would run such a job at once too.
     pub fn start(
         label: String,
         model: Arc<OnnxModel>,

@@ -9,8 +9,9 @@ TARGET_NOTES = """\
 - **Raw tract** is `vatic-worker profile`: the optimised model run in-process on one thread, no
   HTTP, no queue. **Served** is `vaticctl bench` against the running server over keep-alive
   HTTP/1.1 on loopback, from the first byte sent to the last byte received. The difference at
-  concurrency 1 is what serving costs: HTTP parsing, JSON or binary decoding, the batcher's
-  queue hand-off, encoding and the access log line.
+  concurrency 1 is what serving costs: HTTP parsing, JSON or binary decoding, the batcher
+  (a queue hand-off, or, for a cheap model's lone request, a run on the HTTP thread),
+  encoding and the access log line.
 - The load generator runs on the same 2 cores as the server, so at high concurrency both
   compete for the CPU; every figure is measured that way, the baseline's included.
 - The FastAPI baseline (`benches/baseline/app.py`) runs as a tutorial runs it: one uvicorn

@@ -310,3 +310,75 @@ async fn a_day_dropped_by_another_handle_is_made_again() {
         assert_eq!(writer.prediction_count(None).await.unwrap(), 2, "{b}");
     }
 }
+
+#[tokio::test]
+async fn payloads_logged_as_jsonb_survive_the_move_to_json() {
+    let db = TestDb::postgres();
+    // The schema as it was before migration 0004: the committed migrations before it.
+    let old = tempfile::tempdir().unwrap();
+    let dir = vatic_testkit::root().join("migrations/postgres");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let kind = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT data_type::text FROM information_schema.columns \
+             WHERE table_name = 'predictions' AND column_name = 'request'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(kind(pool.clone()).await, "jsonb");
+    let at: DateTime<Utc> = "2026-01-15T10:00:00Z".parse().unwrap();
+    sqlx::query(
+        "CREATE TABLE predictions_p20260115 PARTITION OF predictions \
+         FOR VALUES FROM ('2026-01-15 00:00:00+00') TO ('2026-01-16 00:00:00+00')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO predictions VALUES ($1, $2, 'req-old', 'iris', '1', NULL, 200, 7, \
+         '{\"inputs\":[{\"name\":\"x\",\"data\":[1.5]}]}', NULL)",
+    )
+    .bind(id)
+    .bind(at)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let store = migrated(&db).await;
+    assert_eq!(kind(pool.clone()).await, "json");
+    let got = store.recent_predictions("iris", 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+    // jsonb kept the document in its own normal form; json keeps that text from now on.
+    assert_eq!(
+        got[0].request.as_deref(),
+        Some(r#"{"inputs": [{"data": [1.5], "name": "x"}]}"#)
+    );
+    // New records keep the text they were written with.
+    let fresh = record("iris", now());
+    assert_eq!(
+        store
+            .insert_predictions(std::slice::from_ref(&fresh))
+            .await
+            .unwrap(),
+        1
+    );
+    let got = store.recent_predictions("iris", 1).await.unwrap();
+    assert_same(&got[0], &fresh, "postgres");
+}

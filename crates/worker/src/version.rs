@@ -104,7 +104,8 @@ impl LoadedVersion {
             defaults,
             Some(profile),
         )?;
-        let inline = batching.max_queue_delay_us == 0
+        let inline = batching.inline_max_us > 0
+            && batching.max_queue_delay_us == 0
             && one_row_run <= Duration::from_micros(batching.inline_max_us);
         let stats = Arc::new(Stats::new(metrics));
         let batcher = Batcher::start(

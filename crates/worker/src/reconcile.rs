@@ -150,89 +150,100 @@ impl Reconciler {
         }
     }
 
-    async fn heartbeat(&self) {
-        let Some(identity) = &self.identity else {
-            return;
-        };
-        let beat = Heartbeat {
-            id: identity.id.clone(),
-            address: identity.address.clone(),
-            started_at: identity.started_at,
-            loaded: self.engine.status(),
-        };
-        if let Err(e) = self.store.heartbeat(&beat).await {
-            tracing::warn!(error = %e, "heartbeat not written");
-        }
-    }
-
     /// Runs passes and heartbeats until `stop` turns true, then removes the heartbeat row.
+    /// Heartbeats have a task of their own: a long pass (a large artifact being fetched) must
+    /// not make the worker look gone to the api replicas while it serves its other versions.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_ms);
-        let beat_every = Duration::from_millis(self.settings.heartbeat_ms);
-        let mut changes = self.engine.subscribe();
+        let beats = self.identity.clone().map(|identity| {
+            tokio::spawn(beat(
+                identity,
+                self.store.clone(),
+                self.engine.clone(),
+                Duration::from_millis(self.settings.heartbeat_ms),
+                stop.clone(),
+            ))
+        });
         let mut listener: Option<Listener> = None;
         let mut failing = false;
-        let mut need_sync = true;
-        let mut next_poll = tokio::time::Instant::now();
-        let mut next_beat = tokio::time::Instant::now();
+        // Every turn of the loop is one pass: each wake-up below is a reason for one.
         loop {
             if listener.is_none() && self.store.backend() == vatic_store::Backend::Postgres {
                 match self.store.listen().await {
-                    Ok(l) => {
-                        listener = l;
-                        // Changes made while not listening are caught by this pass.
-                        need_sync = true;
-                    }
+                    // Changes made while not listening are caught by this turn's pass.
+                    Ok(l) => listener = l,
                     Err(e) if !failing => {
                         tracing::warn!(error = %e, "registry notifications unavailable; polling")
                     }
                     Err(_) => {}
                 }
             }
-            if need_sync {
-                need_sync = false;
-                next_poll = tokio::time::Instant::now() + poll;
-                let pass = self.passes.begin();
-                let result = self.sync().await;
-                self.passes.finish(pass);
-                match result {
-                    Ok(_) => {
-                        if failing {
-                            tracing::info!("registry reachable again");
-                        }
-                        failing = false;
+            let next_poll = tokio::time::Instant::now() + poll;
+            let pass = self.passes.begin();
+            let result = self.sync().await;
+            self.passes.finish(pass);
+            match result {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("registry reachable again");
                     }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %format!("{e:#}"), "registry pass failed; serving what is loaded and retrying");
-                        }
-                        failing = true;
-                        listener = None;
-                    }
+                    failing = false;
                 }
-            }
-            if tokio::time::Instant::now() >= next_beat {
-                self.heartbeat().await;
-                next_beat = tokio::time::Instant::now() + beat_every;
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %format!("{e:#}"), "registry pass failed; serving what is loaded and retrying");
+                    }
+                    failing = true;
+                    listener = None;
+                }
             }
             tokio::select! {
                 n = recv(&mut listener) => {
                     if n.is_err() {
                         listener = None;
                     }
-                    need_sync = true;
                 }
-                _ = self.passes.requested() => need_sync = true,
-                _ = tokio::time::sleep_until(next_poll) => need_sync = true,
-                _ = tokio::time::sleep_until(next_beat) => {}
-                _ = changes.changed() => next_beat = tokio::time::Instant::now(),
+                _ = self.passes.requested() => {}
+                _ = tokio::time::sleep_until(next_poll) => {}
                 _ = stop.changed() => break,
             }
+        }
+        if let Some(beats) = beats {
+            // It stops on the same signal; its last write must not follow the removal.
+            let _ = beats.await;
         }
         if let Some(identity) = &self.identity {
             if let Err(e) = self.store.remove_worker(&identity.id).await {
                 tracing::warn!(error = %e, "could not remove this worker's heartbeat row");
             }
+        }
+    }
+}
+
+/// Writes the worker's heartbeat every `every`, and at once when its loaded versions change,
+/// until `stop` turns true.
+async fn beat(
+    identity: Identity,
+    store: Store,
+    engine: Arc<Engine>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = engine.subscribe();
+    while !*stop.borrow() {
+        let beat = Heartbeat {
+            id: identity.id.clone(),
+            address: identity.address.clone(),
+            started_at: identity.started_at,
+            loaded: engine.status(),
+        };
+        if let Err(e) = store.heartbeat(&beat).await {
+            tracing::warn!(error = %e, "heartbeat not written");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = changes.changed() => {}
+            r = stop.changed() => if r.is_err() { break },
         }
     }
 }

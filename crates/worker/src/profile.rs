@@ -2,6 +2,8 @@
 //! of batch sizes and instance counts (threads running the model side by side), and recommends
 //! the batching settings that give the most samples a second. Batching is chosen by measurement:
 //! on a CPU, a convolutional network can be slower per sample at batch 32 than at batch 1.
+//! Instances are chosen for serving: a model whose batch runs are cheaper than waking a thread
+//! gets one instance, since a second one would only add threads beside the HTTP threads.
 
 use crate::config::BatchingConfig;
 use crate::onnx::OnnxModel;
@@ -56,6 +58,7 @@ impl ProfileSettings {
             instances: (1..=bounds.instances).collect(),
             duration: Duration::from_millis(self.cell_ms),
             min_runs: 3,
+            one_instance_us: bounds.inline_max_us,
         }
     }
 }
@@ -71,6 +74,12 @@ pub struct Grid {
     pub duration: Duration,
     /// Model runs each cell makes at least, however long they take.
     pub min_runs: u64,
+    /// A batch size whose one-instance runs take at most this long (median, in µs) is
+    /// recommended with one instance: a request then waits less for the run in progress than
+    /// a second runner thread takes to wake, and the cores stay with the HTTP threads. The
+    /// same bound as [`BatchingConfig::inline_max_us`]; 0 leaves the instances to throughput
+    /// alone.
+    pub one_instance_us: u64,
 }
 
 impl Grid {
@@ -87,6 +96,7 @@ impl Grid {
             instances: (1..=cores.min(8)).collect(),
             duration,
             min_runs: 3,
+            one_instance_us: BatchingConfig::default().inline_max_us,
         }
     }
 }
@@ -119,6 +129,9 @@ pub struct Recommendation {
     pub samples_per_second: f64,
     /// The best samples a second of the grid.
     pub best_samples_per_second: f64,
+    /// Whether the instances are one because the runs are cheap (see
+    /// [`Grid::one_instance_us`]), where throughput alone asked for more.
+    pub cheap_runs: bool,
 }
 
 impl Recommendation {
@@ -153,6 +166,33 @@ pub struct Profile {
 /// smallest batch, then the fewest instances, wins (less latency and memory for the same work).
 const GOOD_ENOUGH: f64 = 0.95;
 
+/// The recommendation from measured cells: the smallest batch, then the fewest instances,
+/// within [`GOOD_ENOUGH`] of the best throughput; then one instance at that batch size if its
+/// runs take at most `one_instance_us` (see [`Grid::one_instance_us`]).
+fn recommend(cells: &[Cell], one_instance_us: u64) -> Option<Recommendation> {
+    let best = cells
+        .iter()
+        .map(|c| c.samples_per_second)
+        .fold(0.0, f64::max);
+    let fastest = cells
+        .iter()
+        .filter(|c| c.samples_per_second >= GOOD_ENOUGH * best)
+        .min_by_key(|c| (c.batch_size, c.instances))?;
+    let cheap = cells.iter().find(|c| {
+        c.instances == 1
+            && c.batch_size == fastest.batch_size
+            && c.run_p50_us <= one_instance_us as f64
+    });
+    let chosen = cheap.unwrap_or(fastest);
+    Some(Recommendation {
+        max_batch_size: chosen.batch_size,
+        instances: chosen.instances,
+        samples_per_second: chosen.samples_per_second,
+        best_samples_per_second: best,
+        cheap_runs: chosen.instances < fastest.instances,
+    })
+}
+
 /// Runs `model` over `grid`.
 pub fn profile(model: &OnnxModel, grid: &Grid) -> anyhow::Result<Profile> {
     let batched = model.signature.batched;
@@ -171,21 +211,8 @@ pub fn profile(model: &OnnxModel, grid: &Grid) -> anyhow::Result<Profile> {
             cells.push(measure(model, batch_size, instances, grid)?);
         }
     }
-    let best = cells
-        .iter()
-        .map(|c| c.samples_per_second)
-        .fold(0.0, f64::max);
-    let chosen = cells
-        .iter()
-        .filter(|c| c.samples_per_second >= GOOD_ENOUGH * best)
-        .min_by_key(|c| (c.batch_size, c.instances))
-        .expect("the best cell is good enough");
-    let recommended = Recommendation {
-        max_batch_size: chosen.batch_size,
-        instances: chosen.instances,
-        samples_per_second: chosen.samples_per_second,
-        best_samples_per_second: best,
-    };
+    let recommended =
+        recommend(&cells, grid.one_instance_us).expect("the best cell is good enough");
     Ok(Profile {
         batched,
         cells,
@@ -296,12 +323,17 @@ pub fn run_cli(args: &ProfileArgs) -> anyhow::Result<()> {
         serde_json::to_writer_pretty(&mut out, &profile)?;
         writeln!(out)?;
     } else {
-        print_table(&args.model, &profile, &mut out)?;
+        print_table(&args.model, &profile, grid.one_instance_us, &mut out)?;
     }
     Ok(())
 }
 
-fn print_table(model: &std::path::Path, p: &Profile, out: &mut impl Write) -> anyhow::Result<()> {
+fn print_table(
+    model: &std::path::Path,
+    p: &Profile,
+    one_instance_us: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     writeln!(
         out,
         "{} on {} core(s), raw tract engine",
@@ -335,8 +367,21 @@ fn print_table(model: &std::path::Path, p: &Profile, out: &mut impl Write) -> an
     let r = &p.recommended;
     writeln!(
         out,
-        "\nrecommended ({:.1} samples/s; the best cell does {:.1}):\n\n[batching]\nmax_batch_size = {}\ninstances = {}",
-        r.samples_per_second, r.best_samples_per_second, r.max_batch_size, r.instances
+        "\nrecommended ({:.1} samples/s; the best cell does {:.1}):",
+        r.samples_per_second, r.best_samples_per_second
+    )?;
+    if r.cheap_runs {
+        writeln!(
+            out,
+            "one instance: at batch {} a run takes at most {} us, less than waking a second runner \
+             (docs/batching.md)",
+            r.max_batch_size, one_instance_us
+        )?;
+    }
+    writeln!(
+        out,
+        "\n[batching]\nmax_batch_size = {}\ninstances = {}",
+        r.max_batch_size, r.instances
     )?;
     Ok(())
 }
@@ -362,6 +407,92 @@ mod tests {
         assert_eq!(grid.batch_sizes, [1, 2, 4, 8, 12]);
         assert_eq!(grid.instances, [1, 2, 3]);
         assert_eq!(grid.duration, Duration::from_millis(25));
+        assert_eq!(grid.one_instance_us, bounds.inline_max_us);
+    }
+
+    fn cell(instances: usize, batch_size: usize, samples_per_second: f64, run_p50_us: f64) -> Cell {
+        Cell {
+            batch_size,
+            instances,
+            runs: 100,
+            samples_per_second,
+            run_p50_us,
+            run_p99_us: run_p50_us * 2.0,
+        }
+    }
+
+    /// A small model: runs of tens of microseconds, twice the throughput on two instances.
+    fn cheap() -> Vec<Cell> {
+        vec![
+            cell(1, 1, 150_000.0, 6.0),
+            cell(1, 32, 900_000.0, 35.0),
+            cell(2, 1, 290_000.0, 7.0),
+            cell(2, 32, 1_750_000.0, 36.0),
+        ]
+    }
+
+    #[test]
+    fn a_model_whose_runs_are_cheaper_than_a_wake_up_gets_one_instance() {
+        let r = recommend(&cheap(), 100).unwrap();
+        assert_eq!((r.max_batch_size, r.instances), (32, 1), "{r:?}");
+        assert_eq!(r.samples_per_second, 900_000.0);
+        assert_eq!(r.best_samples_per_second, 1_750_000.0);
+        assert!(r.cheap_runs);
+    }
+
+    #[test]
+    fn without_the_one_instance_bound_throughput_alone_decides() {
+        let r = recommend(&cheap(), 0).unwrap();
+        assert_eq!((r.max_batch_size, r.instances), (32, 2), "{r:?}");
+        assert!(!r.cheap_runs);
+        // Runs longer than the bound keep the instances throughput asks for.
+        let r = recommend(&cheap(), 30).unwrap();
+        assert_eq!((r.max_batch_size, r.instances), (32, 2), "{r:?}");
+    }
+
+    #[test]
+    fn a_compute_heavy_model_keeps_its_instances() {
+        // A convolutional network: 10 ms a run, slower per sample in larger batches.
+        let cells = [
+            cell(1, 1, 105.0, 9_400.0),
+            cell(1, 8, 65.0, 123_000.0),
+            cell(2, 1, 189.0, 10_000.0),
+            cell(2, 8, 110.0, 145_000.0),
+        ];
+        let r = recommend(&cells, 100).unwrap();
+        assert_eq!((r.max_batch_size, r.instances), (1, 2), "{r:?}");
+        assert_eq!(r.samples_per_second, 189.0);
+    }
+
+    #[test]
+    fn the_table_says_when_cheap_runs_chose_one_instance() {
+        let table = |bound: u64| {
+            let p = Profile {
+                batched: true,
+                cells: cheap(),
+                recommended: recommend(&cheap(), bound).unwrap(),
+            };
+            let mut out = Vec::new();
+            print_table(std::path::Path::new("m.onnx"), &p, bound, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let cheap_text = table(100);
+        assert!(
+            cheap_text.contains("one instance: at batch 32 a run takes at most 100 us"),
+            "{cheap_text}"
+        );
+        assert!(
+            cheap_text.ends_with("max_batch_size = 32\ninstances = 1\n"),
+            "{cheap_text}"
+        );
+        let plain = table(0);
+        assert!(!plain.contains("one instance:"), "{plain}");
+        assert!(plain.ends_with("instances = 2\n"), "{plain}");
+    }
+
+    #[test]
+    fn no_cells_make_no_recommendation() {
+        assert!(recommend(&[], 100).is_none());
     }
 
     #[test]

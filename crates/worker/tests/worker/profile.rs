@@ -15,6 +15,7 @@ fn grid(batch_sizes: &[usize], instances: &[usize]) -> Grid {
         instances: instances.to_vec(),
         duration: Duration::from_millis(30),
         min_runs: 3,
+        one_instance_us: 0,
     }
 }
 
@@ -60,6 +61,24 @@ fn every_cell_is_measured_and_the_recommendation_is_good_enough() {
         .iter()
         .all(|p| *p <= r.max_batch_size));
     applied.validate("profile").unwrap();
+}
+
+#[test]
+fn runs_within_the_one_instance_bound_are_recommended_one_instance() {
+    // Every run of the demo model is far below a bound of 10 s, even unoptimised.
+    let g = Grid {
+        one_instance_us: 10_000_000,
+        ..grid(&[1, 4, 16], &[1, 2])
+    };
+    let p = profile(&model("breast_cancer"), &g).unwrap();
+    let r = &p.recommended;
+    assert_eq!(r.instances, 1, "{r:?}");
+    let cell = p
+        .cells
+        .iter()
+        .find(|c| c.instances == 1 && c.batch_size == r.max_batch_size)
+        .unwrap();
+    assert_eq!(r.samples_per_second, cell.samples_per_second);
 }
 
 #[test]

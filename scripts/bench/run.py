@@ -288,7 +288,21 @@ def machine():
                if l.startswith("MemTotal"))
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB, Linux {platform.release()}, "
-            f"{rustc}; load generator, servers and database on the same machine")
+            f"{rustc}, {idle_states()}; load generator, servers and database on the same machine")
+
+
+def idle_states():
+    """How an idle CPU waits: the cpuidle driver and, under the haltpoll driver of a KVM guest,
+    how long it polls before it halts. Wake-ups from a halt dominate latency at low load."""
+    base = Path("/sys/devices/system/cpu/cpuidle")
+    try:
+        driver = (base / "current_driver").read_text().strip()
+    except OSError:
+        return "cpuidle driver unknown"
+    poll = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if driver == "haltpoll" and poll.exists():
+        return f"cpuidle driver haltpoll with guest_halt_poll_ns={poll.read_text().strip()}"
+    return f"cpuidle driver {driver}"
 
 
 def load_results(path):

@@ -206,7 +206,11 @@ impl Engine {
         }
         self.changed();
         if added.is_empty() {
-            self.synced.store(true, Ordering::SeqCst);
+            // A pass with nothing new while the first list is still loading does not make the
+            // worker ready: the loader does when it finishes.
+            if self.loads_running.load(Ordering::SeqCst) == 0 {
+                self.synced.store(true, Ordering::SeqCst);
+            }
             return None;
         }
         self.loads_running.fetch_add(1, Ordering::SeqCst);

@@ -181,3 +181,39 @@ async fn a_cluster_worker_serves_other_versions_while_a_large_model_loads() {
     assert_eq!(status, 404, "{body}");
     api.stop().await;
 }
+
+/// A standalone server reports ready only once the models it found at start are loaded:
+/// registry passes that come while a slow model is still loading do not make it ready early,
+/// where a load balancer would send it requests its models cannot answer yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_is_ready_only_once_every_model_found_at_start_is() {
+    let db = TestDb::sqlite();
+    let models = tempfile::tempdir().unwrap();
+    let demo = models.path().join("breast_cancer/1");
+    std::fs::create_dir_all(&demo).unwrap();
+    std::fs::copy(
+        vatic_testkit::root().join("models/breast_cancer/1/model.onnx"),
+        demo.join("model.onnx"),
+    )
+    .unwrap();
+    let large = models.path().join("large/1");
+    std::fs::create_dir_all(&large).unwrap();
+    let file = large.join("model.onnx");
+    tokio::task::spawn_blocking(move || {
+        vatic_testkit::onnx::write_dense_chain(&file, WIDTH, LAYERS)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings =
+        registry_standalone_settings(&db.url, models.path().to_path_buf(), dir.path());
+    // Many registry passes while the large model loads.
+    settings.registry.poll_ms = 20;
+    let api = TestApi::start(settings, None).await;
+    for model in ["breast_cancer", "large"] {
+        let (status, body) = api.get(&format!("/v2/models/{model}/ready")).await;
+        assert_eq!(status, 200, "ready before {model} was: {body}");
+    }
+    api.stop().await;
+}

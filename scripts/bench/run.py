@@ -338,9 +338,8 @@ def idle_states():
         driver = (base / "current_driver").read_text().strip()
     except OSError:
         return "cpuidle driver unknown"
-    poll = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
-    if driver == "haltpoll" and poll.exists():
-        return f"cpuidle driver haltpoll with guest_halt_poll_ns={poll.read_text().strip()}"
+    if driver == "haltpoll" and HALT_POLL.exists():
+        return f"cpuidle driver haltpoll with guest_halt_poll_ns={HALT_POLL.read_text().strip()}"
     return f"cpuidle driver {driver}"
 
 

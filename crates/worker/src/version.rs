@@ -52,26 +52,19 @@ pub fn check_model(
     origin: &str,
     defaults: &BatchingConfig,
 ) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig)> {
-    let (model, batching, _, _) = load(file, config, origin, defaults, None)?;
+    let (model, batching, _) = load(file, config, origin, defaults, None)?;
     Ok((model, batching))
 }
 
 /// [`check_model`], and with `profile` (when it is on and `config` has no `[batching]` of its
-/// own) the batch size and instances measured best on this machine, within `defaults`; and
-/// how long a one-row run takes once warm.
-#[allow(clippy::type_complexity)]
+/// own) the batch size and instances measured best on this machine, within `defaults`.
 fn load(
     file: &Path,
     config: &str,
     origin: &str,
     defaults: &BatchingConfig,
     profile: Option<&ProfileSettings>,
-) -> anyhow::Result<(
-    Arc<OnnxModel>,
-    BatchingConfig,
-    Option<Recommendation>,
-    Duration,
-)> {
+) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig, Option<Recommendation>)> {
     let overrides = ModelToml::parse(config, origin)?;
     let explicit = overrides.as_ref().is_some_and(|t| t.batching.is_some());
     let mut batching = match &overrides {
@@ -85,8 +78,8 @@ fn load(
         batching = recommended.apply(defaults);
         profiled = Some(recommended);
     }
-    let one_row_run = warm_up(&model, &batching)?;
-    Ok((model, batching, profiled, one_row_run))
+    warm_up(&model, &batching)?;
+    Ok((model, batching, profiled))
 }
 
 impl LoadedVersion {
@@ -97,13 +90,14 @@ impl LoadedVersion {
         profile: &ProfileSettings,
         metrics: VersionMetrics,
     ) -> anyhow::Result<LoadedVersion> {
-        let (model, batching, profiled, one_row_run) = load(
+        let (model, batching, profiled) = load(
             &spec.file,
             &spec.config,
             &spec.origin,
             defaults,
             Some(profile),
         )?;
+        let one_row_run = one_row_run(&model)?;
         let inline = batching.inline_max_us > 0
             && batching.max_queue_delay_us == 0
             && one_row_run <= Duration::from_micros(batching.inline_max_us);
@@ -342,7 +336,7 @@ impl LoadedVersion {
 
 /// Runs the model once per batch size it will see first (1, the preferred sizes and the
 /// largest), so the first real requests do not pay for lazy initialisation.
-fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<Duration> {
+fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<()> {
     let sig = &model.signature;
     let mut sizes = vec![1];
     if sig.batched {
@@ -357,6 +351,12 @@ fn warm_up(model: &OnnxModel, batching: &BatchingConfig) -> anyhow::Result<Durat
             .run(inputs)
             .map_err(|e| e.context(format!("warm-up run with {rows} row(s)")))?;
     }
+    Ok(())
+}
+
+/// How long one run with one row takes once warm: the median of three. Served versions only;
+/// checking a pushed file does not need it.
+fn one_row_run(model: &OnnxModel) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(3);
     for _ in 0..3 {
         let inputs = model.sample_inputs(1)?;

@@ -3,7 +3,7 @@
 //! retention.
 
 use crate::{on_pool, Pool, Result, Store, StoreError};
-use chrono::{DateTime, Days, NaiveDate, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, Days, NaiveDate, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -49,27 +49,61 @@ fn partition_name(day: NaiveDate) -> String {
     format!("predictions_p{}", day.format("%Y%m%d"))
 }
 
-/// Escapes a value for COPY's text format. The runs between special characters (all of them
-/// ASCII, so never inside a UTF-8 sequence) are copied whole.
-fn copy_text(out: &mut String, value: Option<&str>) {
-    let Some(value) = value else {
-        out.push_str("\\N");
-        return;
-    };
-    let mut start = 0;
-    for (i, b) in value.bytes().enumerate() {
-        let escaped = match b {
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            _ => continue,
-        };
-        out.push_str(&value[start..i]);
-        out.push_str(escaped);
-        start = i + 1;
+/// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 00:00:00 UTC.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// Encodes records as the data of `COPY predictions (COLUMNS) FROM STDIN (FORMAT binary)`: the
+/// signature, each row as its field count and each field's length (-1 for NULL) and bytes, then
+/// -1. Each field is in the column type's binary form: uuid as its 16 bytes, timestamptz as
+/// microseconds since 2000-01-01 UTC (finer digits dropped), smallint and bigint big-endian,
+/// text and json as their UTF-8 text. The database reads this without parsing numbers, dates
+/// or ids from text, and nothing needs escaping.
+fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        match value {
+            Some(bytes) => {
+                let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
     }
-    out.push_str(&value[start..]);
+    let size: usize = records
+        .iter()
+        .map(|r| {
+            100 + r.request_id.len()
+                + r.model.len()
+                + r.version.len()
+                + r.api_key.as_ref().map_or(0, String::len)
+                + r.request.as_ref().map_or(0, String::len)
+                + r.response.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    let mut out = Vec::with_capacity(21 + size);
+    // Signature, flags (no OIDs), header extension length.
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    for r in records {
+        out.extend_from_slice(&10i16.to_be_bytes());
+        let at = r.at.timestamp_micros() - PG_EPOCH_US;
+        // HTTP statuses are three digits; a latency past i64 would be 292,000 years.
+        let status = i16::try_from(r.status).unwrap_or(i16::MAX);
+        let latency = i64::try_from(r.latency_us).unwrap_or(i64::MAX);
+        field(&mut out, Some(r.id.as_bytes()));
+        field(&mut out, Some(&at.to_be_bytes()));
+        field(&mut out, Some(r.request_id.as_bytes()));
+        field(&mut out, Some(r.model.as_bytes()));
+        field(&mut out, Some(r.version.as_bytes()));
+        field(&mut out, r.api_key.as_deref().map(str::as_bytes));
+        field(&mut out, Some(&status.to_be_bytes()));
+        field(&mut out, Some(&latency.to_be_bytes()));
+        field(&mut out, r.request.as_deref().map(str::as_bytes));
+        field(&mut out, r.response.as_deref().map(str::as_bytes));
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
 /// SQLSTATE of a row no partition accepts (a check violation; the table has no other checks).
@@ -81,18 +115,20 @@ fn has_code(e: &StoreError, code: &str) -> bool {
     matches!(e, StoreError::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some(code))
 }
 
-/// Copies COPY text rows straight into the log; fails as a whole with [`DUPLICATE`] when any
+/// Copies binary COPY rows ([`copy_binary`]) straight into the log; fails as a whole with [`DUPLICATE`] when any
 /// of them is stored already. Returns how many were stored.
 async fn copy_direct(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     let mut conn = pool.acquire().await?;
     let mut copy = conn
-        .copy_in_raw(&format!("COPY predictions ({COLUMNS}) FROM STDIN"))
+        .copy_in_raw(&format!(
+            "COPY predictions ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
     copy.send(data).await?;
     Ok(copy.finish().await?)
 }
 
-/// Stores COPY text rows, skipping the ones stored already; returns how many were new. Records
+/// Stores binary COPY rows, skipping the ones stored already; returns how many were new. Records
 /// are new but for a replay (a batch written again after its answer was lost), so the rows go
 /// straight in first; only when that meets a duplicate do they go through a staging table and
 /// an `INSERT ... ON CONFLICT DO NOTHING`, which costs the database about twice the work.
@@ -103,7 +139,7 @@ async fn copy_insert(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     }
 }
 
-/// Copies COPY text rows into a staging table and moves the ones not stored yet into the log,
+/// Copies binary COPY rows into a staging table and moves the ones not stored yet into the log,
 /// in one transaction; returns how many were new.
 async fn copy_staged(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     let mut tx = pool.begin().await?;
@@ -111,7 +147,9 @@ async fn copy_staged(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
         .execute(&mut *tx)
         .await?;
     let mut copy = tx
-        .copy_in_raw(&format!("COPY predictions_in ({COLUMNS}) FROM STDIN"))
+        .copy_in_raw(&format!(
+            "COPY predictions_in ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
     copy.send(data).await?;
     copy.finish().await?;
@@ -135,35 +173,14 @@ impl Store {
         match &self.pool {
             Pool::Postgres(pool) => {
                 self.ensure_partitions(records).await?;
-                let mut data = String::with_capacity(records.len() * 160);
-                for r in records {
-                    let fields = [
-                        Some(r.id.to_string()),
-                        Some(r.at.to_rfc3339_opts(SecondsFormat::Micros, true)),
-                        Some(r.request_id.clone()),
-                        Some(r.model.clone()),
-                        Some(r.version.clone()),
-                        r.api_key.clone(),
-                        Some(r.status.to_string()),
-                        Some(r.latency_us.to_string()),
-                        r.request.clone(),
-                        r.response.clone(),
-                    ];
-                    for (i, f) in fields.iter().enumerate() {
-                        if i > 0 {
-                            data.push('\t');
-                        }
-                        copy_text(&mut data, f.as_deref());
-                    }
-                    data.push('\n');
-                }
-                match copy_insert(pool, data.as_bytes()).await {
+                let data = copy_binary(records);
+                match copy_insert(pool, &data).await {
                     // No partition for a row: another process (retention) dropped a day this
                     // handle remembers making. Make the days again and retry once.
                     Err(e) if has_code(&e, NO_PARTITION) => {
                         self.forget_partitions(records);
                         self.ensure_partitions(records).await?;
-                        copy_insert(pool, data.as_bytes()).await
+                        copy_insert(pool, &data).await
                     }
                     result => result,
                 }
@@ -338,14 +355,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_text_escapes_what_copy_reads_specially() {
-        let mut out = String::new();
-        copy_text(&mut out, Some("a\tb\nc\\d\re"));
-        out.push('|');
-        copy_text(&mut out, None);
-        assert_eq!(out, "a\\tb\\nc\\\\d\\re|\\N");
-        let mut out = String::new();
-        copy_text(&mut out, Some("naïve\t日本語 🎉\\"));
-        assert_eq!(out, "naïve\\t日本語 🎉\\\\");
+    fn copy_binary_lays_out_the_header_rows_and_trailer() {
+        let record = PredictionRecord {
+            id: uuid::Uuid::from_u128(0x0102030405060708090a0b0c0d0e0f10),
+            // One second and 7.5 microseconds after PostgreSQL's epoch.
+            at: DateTime::from_timestamp(946_684_801, 7_500).unwrap(),
+            request_id: "r\t".into(),
+            model: "m".into(),
+            version: "1".into(),
+            api_key: None,
+            status: 503,
+            latency_us: 70_000,
+            request: Some("{}".into()),
+            response: None,
+        };
+        let data = copy_binary(std::slice::from_ref(&record));
+        let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
+        want.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend([0, 10]);
+        want.extend([0, 0, 0, 16]);
+        want.extend(1..=16u8);
+        want.extend([0, 0, 0, 8]);
+        want.extend(1_000_007i64.to_be_bytes());
+        want.extend([0, 0, 0, 2]);
+        want.extend(b"r\t");
+        want.extend([0, 0, 0, 1, b'm']);
+        want.extend([0, 0, 0, 1, b'1']);
+        want.extend((-1i32).to_be_bytes());
+        want.extend([0, 0, 0, 2]);
+        want.extend(503i16.to_be_bytes());
+        want.extend([0, 0, 0, 8]);
+        want.extend(70_000i64.to_be_bytes());
+        want.extend([0, 0, 0, 2, b'{', b'}']);
+        want.extend((-1i32).to_be_bytes());
+        want.extend((-1i16).to_be_bytes());
+        assert_eq!(data, want);
+        // No rows: the header and the trailer.
+        assert_eq!(copy_binary(&[]).len(), 19 + 2);
+    }
+
+    #[test]
+    fn copy_binary_counts_time_from_2000_and_drops_nanoseconds() {
+        let at = |secs, nanos| {
+            let r = PredictionRecord {
+                at: DateTime::from_timestamp(secs, nanos).unwrap(),
+                id: uuid::Uuid::nil(),
+                request_id: String::new(),
+                model: String::new(),
+                version: String::new(),
+                api_key: None,
+                status: 200,
+                latency_us: 0,
+                request: None,
+                response: None,
+            };
+            let data = copy_binary(&[r]);
+            // Header, field count, the id's length and bytes, the time's length.
+            let start = 19 + 2 + 4 + 16 + 4;
+            i64::from_be_bytes(data[start..start + 8].try_into().unwrap())
+        };
+        assert_eq!(at(946_684_800, 0), 0);
+        assert_eq!(at(946_684_800, 999), 0);
+        assert_eq!(at(946_684_799, 999_999_999), -1);
+        // Before 1970 too, whole microseconds rounded down: -0.4999995 s is -500,000 µs.
+        assert_eq!(at(-1, 500_000_500), -946_684_800_500_000);
     }
 }

@@ -1,6 +1,6 @@
 //! The prediction log: idempotent batches, exact payloads, newest-first reads and retention.
 
-use crate::helpers::{backend, migrated};
+use crate::helpers::{backend, migrated, Raw};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -152,6 +152,57 @@ async fn payloads_round_trip_exactly() {
         assert_eq!(got.len(), 3, "{b}");
         for (got, want) in got.iter().zip(&records) {
             assert_same(got, want, b);
+        }
+    }
+}
+
+#[tokio::test]
+async fn times_keep_their_microseconds_on_both_sides_of_both_epochs() {
+    // PostgreSQL counts time from 2000-01-01 and Unix from 1970-01-01: one instant on each side
+    // of each, to the microsecond, plus one with nanoseconds the log does not keep.
+    let times = [
+        (
+            "1969-12-31 23:59:59.499999+00",
+            "1969-12-31T23:59:59.4999995Z",
+        ),
+        (
+            "1970-01-01 00:00:00.000001+00",
+            "1970-01-01T00:00:00.000001Z",
+        ),
+        (
+            "1999-12-31 23:59:59.999999+00",
+            "1999-12-31T23:59:59.999999Z",
+        ),
+        ("2000-01-01 00:00:00+00", "2000-01-01T00:00:00Z"),
+        (
+            "2026-12-01 18:27:37.123456+00",
+            "2026-12-01T18:27:37.123456789Z",
+        ),
+    ];
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        let records: Vec<PredictionRecord> = times
+            .iter()
+            .map(|(_, at)| record("iris", at.parse().unwrap()))
+            .collect();
+        assert_eq!(store.insert_predictions(&records).await.unwrap(), 5, "{b}");
+        let got = store.recent_predictions("iris", 10).await.unwrap();
+        assert_eq!(got.len(), 5, "{b}");
+        for (got, want) in got.iter().rev().zip(&records) {
+            assert_eq!(got.id, want.id, "{b}");
+            assert_eq!(got.at, want.at.trunc_subsecs(6), "{b}");
+        }
+        if db.is_postgres() {
+            let mut raw = Raw::connect(&db).await;
+            for (sql_time, _) in times {
+                let sql = format!("SELECT COUNT(*) FROM predictions WHERE at = '{sql_time}'");
+                assert_eq!(raw.count(&sql).await, 1, "{sql}");
+            }
+            // The payloads are json the database reads, not just text.
+            let sql = "SELECT COUNT(*) FROM predictions WHERE request->'inputs'->0->>'name' = 'x' \
+                       AND (response->'outputs'->0->'data'->>0)::int = 1";
+            assert_eq!(raw.count(sql).await, 5, "{sql}");
         }
     }
 }

@@ -96,52 +96,80 @@ impl AppState {
 /// Shared state as handlers receive it.
 pub type State = actix_web::web::Data<AppState>;
 
+/// One answered inference request, as the prediction log takes it.
+pub struct Answered<'a> {
+    /// The model asked for.
+    pub model: &'a str,
+    /// The version asked for, if the path named one.
+    pub version: Option<&'a str>,
+    /// The request id the middleware assigned.
+    pub request_id: Option<&'a str>,
+    /// When the request arrived, by the clock and for its latency.
+    pub arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
+    /// The request as decoded.
+    pub request: &'a vatic_schema::InferRequest,
+    /// The request's body when the client sent it as V2 JSON (no binary part): logged as it
+    /// came instead of encoded again.
+    pub request_json: Option<&'a [u8]>,
+    /// The answer, or the error that took its place.
+    pub answer: Result<&'a vatic_schema::InferResponse, &'a vatic_worker::http::HttpError>,
+    /// The response's body when it is V2 JSON with every output inline, as the client gets
+    /// it: logged as it is instead of encoded again.
+    pub response_json: Option<&'a [u8]>,
+}
+
 /// Hands one answered inference request to the prediction log, per the model's log mode and
-/// sample rate. Never waits for the database.
-pub fn log_prediction(
-    s: &AppState,
-    model: &str,
-    request_id: Option<&str>,
-    arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
-    request: Option<&vatic_schema::InferRequest>,
-    answer: Result<&vatic_schema::InferResponse, &vatic_worker::http::HttpError>,
-    version: Option<&str>,
-) {
+/// sample rate. Never waits for the database. In `full` mode the payloads are V2 JSON: the
+/// bodies the client sent and got when they are that already, else encoded from the request
+/// and the answer (a binary or TF-Serving client).
+pub fn log_prediction(s: &AppState, a: Answered<'_>) {
     use actix_web::ResponseError;
     use vatic_schema::admin::LogMode;
     let Some(log) = &s.prediction_log else { return };
-    let (mode, rate) = s.catalog.log_settings(model);
+    let (mode, rate) = s.catalog.log_settings(a.model);
     if mode == LogMode::Off {
         return;
     }
     if rate < 1.0 && rand::random::<f64>() >= rate {
         return;
     }
+    let full = mode == LogMode::Full;
     // Time-ordered: the log's primary key grows at its end instead of at random places.
     let id = uuid::Uuid::now_v7();
-    let json = |body: Vec<u8>| String::from_utf8(body).ok();
-    let (status, version, response) = match answer {
+    let text = |body: &[u8]| std::str::from_utf8(body).ok().map(str::to_string);
+    let (status, version, response) = match a.answer {
         Ok(r) => (
             200,
-            r.model_version.clone().or(version.map(str::to_string)),
-            (mode == LogMode::Full)
-                .then(|| json(vatic_schema::v2::encode_response(r, |_| false).body))
-                .flatten(),
+            r.model_version.clone().or(a.version.map(str::to_string)),
+            full.then(|| match a.response_json {
+                Some(body) => text(body),
+                None => {
+                    String::from_utf8(vatic_schema::v2::encode_response(r, |_| false).body).ok()
+                }
+            })
+            .flatten(),
         ),
-        Err(e) => (e.status_code().as_u16(), version.map(str::to_string), None),
+        Err(e) => (
+            e.status_code().as_u16(),
+            a.version.map(str::to_string),
+            None,
+        ),
     };
-    let request = request
-        .filter(|_| mode == LogMode::Full)
-        .and_then(|r| json(vatic_schema::v2::encode_request(r, false).body));
+    let request = full
+        .then(|| match a.request_json {
+            Some(body) => text(body),
+            None => String::from_utf8(vatic_schema::v2::encode_request(a.request, false).body).ok(),
+        })
+        .flatten();
     log.log(vatic_store::PredictionRecord {
         id,
-        at: arrived.0,
-        request_id: request_id.unwrap_or_default().to_string(),
-        model: model.to_string(),
+        at: a.arrived.0,
+        request_id: a.request_id.unwrap_or_default().to_string(),
+        model: a.model.to_string(),
         version: version.unwrap_or_default(),
         api_key: None,
         status,
-        latency_us: arrived.1.elapsed().as_micros() as u64,
+        latency_us: a.arrived.1.elapsed().as_micros() as u64,
         request,
         response,
     });

@@ -1,7 +1,7 @@
 //! TF-Serving's REST API: `POST /v1/models/{m}[/versions/{v}]:predict` (row and columnar forms),
 //! `GET /v1/models/{m}[/versions/{v}]` (status) and `.../metadata`.
 
-use super::{log_prediction, request_id, State};
+use super::{log_prediction, request_id, Answered, State};
 use crate::metrics::Protocol;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -97,12 +97,16 @@ async fn predict(
     .await;
     log_prediction(
         s,
-        &model,
-        id.as_deref(),
-        arrived,
-        Some(&request),
-        answer.as_ref(),
-        version.as_deref(),
+        Answered {
+            model: &model,
+            version: version.as_deref(),
+            request_id: id.as_deref(),
+            arrived,
+            request: &request,
+            request_json: None,
+            answer: answer.as_ref(),
+            response_json: None,
+        },
     );
     let response = answer?;
     let answer = HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?);

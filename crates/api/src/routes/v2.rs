@@ -1,6 +1,6 @@
 //! The KServe V2 model routes: metadata, ready, Triton's config and statistics, infer.
 
-use super::{log_prediction, request_id, State};
+use super::{log_prediction, request_id, Answered, State};
 use crate::metrics::Protocol;
 use actix_web::{web, HttpRequest, HttpResponse};
 use vatic_schema::v2;
@@ -76,7 +76,8 @@ async fn infer(
     arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
 ) -> Result<(HttpResponse, Option<String>), HttpError> {
     let body = read_body(req, payload, s.max_body_bytes).await?;
-    let request = v2::decode_request(&body, header_length(req)?)?;
+    let binary_request = header_length(req)?;
+    let request = v2::decode_request(&body, binary_request)?;
     let id = request_id(req);
     let answer = until_client_gone(
         req,
@@ -84,18 +85,29 @@ async fn infer(
             .infer(&p.model, p.version.as_deref(), &request, id.as_deref()),
     )
     .await;
+    // Encoded once, for the client and, when it is all JSON, for the log.
+    let answer = answer.map(|r| {
+        let encoded = v2::encode_response(&r, |t| request.wants_binary(&t.name));
+        (r, encoded)
+    });
     log_prediction(
         s,
-        &p.model,
-        id.as_deref(),
-        arrived,
-        Some(&request),
-        answer.as_ref(),
-        p.version.as_deref(),
+        Answered {
+            model: &p.model,
+            version: p.version.as_deref(),
+            request_id: id.as_deref(),
+            arrived,
+            request: &request,
+            request_json: binary_request.is_none().then_some(&body[..]),
+            answer: answer.as_ref().map(|(r, _)| r),
+            response_json: answer
+                .as_ref()
+                .ok()
+                .filter(|(_, e)| e.header_length.is_none())
+                .map(|(_, e)| &e.body[..]),
+        },
     );
-    let response = answer?;
-    let answer = v2_response(v2::encode_response(&response, |t| {
-        request.wants_binary(&t.name)
-    }));
+    let (response, encoded) = answer?;
+    let answer = v2_response(encoded);
     Ok((answer, response.model_version))
 }

@@ -5,6 +5,7 @@ mod cluster;
 mod elk;
 mod helpers;
 mod loading;
+mod logged;
 mod logs;
 mod metrics;
 mod prediction_log;

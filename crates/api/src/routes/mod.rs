@@ -141,11 +141,10 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
         Ok(r) => (
             200,
             r.model_version.clone().or(a.version.map(str::to_string)),
-            full.then(|| match a.response_json {
-                Some(body) => text(body),
-                None => {
+            full.then(|| {
+                a.response_json.and_then(text).or_else(|| {
                     String::from_utf8(vatic_schema::v2::encode_response(r, |_| false).body).ok()
-                }
+                })
             })
             .flatten(),
         ),
@@ -156,9 +155,10 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
         ),
     };
     let request = full
-        .then(|| match a.request_json {
-            Some(body) => text(body),
-            None => String::from_utf8(vatic_schema::v2::encode_request(a.request, false).body).ok(),
+        .then(|| {
+            a.request_json.and_then(text).or_else(|| {
+                String::from_utf8(vatic_schema::v2::encode_request(a.request, false).body).ok()
+            })
         })
         .flatten();
     log.log(vatic_store::PredictionRecord {

@@ -62,7 +62,11 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
         match value {
             Some(bytes) => {
+                // PostgreSQL takes no value over 1 GiB, and requests are far smaller. One over
+                // 2 GiB would be cut at its length here, and the database would refuse its row
+                // (the writer sets such a record aside).
                 let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+                let bytes = &bytes[..len as usize];
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(bytes);
             }
@@ -115,8 +119,8 @@ fn has_code(e: &StoreError, code: &str) -> bool {
     matches!(e, StoreError::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some(code))
 }
 
-/// Copies binary COPY rows ([`copy_binary`]) straight into the log; fails as a whole with [`DUPLICATE`] when any
-/// of them is stored already. Returns how many were stored.
+/// Copies binary COPY rows ([`copy_binary`]) straight into the log; fails as a whole with
+/// [`DUPLICATE`] when any of them is stored already. Returns how many were stored.
 async fn copy_direct(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     let mut conn = pool.acquire().await?;
     let mut copy = conn

@@ -142,6 +142,20 @@ pub async fn post_json(
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// A POST of a V2 request with the binary tensor extension, its header length set.
+pub fn binary_post(
+    client: &reqwest::Client,
+    url: &str,
+    request: vatic_schema::v2::Encoded,
+) -> reqwest::RequestBuilder {
+    let json_length = request.header_length.expect("a request with a binary part");
+    client
+        .post(url)
+        .header("Inference-Header-Content-Length", json_length.to_string())
+        .header("Content-Type", "application/octet-stream")
+        .body(request.body)
+}
+
 /// Standalone on `models_dir` with one instance per version and no load-time profiling, so
 /// tests see the batching settings they set.
 pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {

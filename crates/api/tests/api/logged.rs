@@ -1,6 +1,6 @@
 //! What the prediction log keeps of requests answered over HTTP, per protocol, in `full` mode.
 
-use crate::helpers::{migrated, registry_standalone_settings, TestApi};
+use crate::helpers::{binary_post, migrated, registry_standalone_settings, TestApi};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -91,19 +91,15 @@ async fn full_mode_keeps_each_protocols_request_and_answer_as_v2_json() {
     req.parameters
         .insert("binary_data_output".into(), json!(true));
     let enc = v2::encode_request(&req, true);
-    let r = api
-        .client
-        .post(url("/v2/models/breast_cancer/versions/1/infer"))
-        .header("X-Request-ID", "binary")
-        .header(
-            "Inference-Header-Content-Length",
-            enc.header_length.unwrap().to_string(),
-        )
-        .header("Content-Type", "application/octet-stream")
-        .body(enc.body)
-        .send()
-        .await
-        .unwrap();
+    let r = binary_post(
+        &api.client,
+        &url("/v2/models/breast_cancer/versions/1/infer"),
+        enc,
+    )
+    .header("X-Request-ID", "binary")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("inference-header-content-length"));
 

@@ -1,6 +1,6 @@
 //! Standalone mode: the api with its in-process worker.
 
-use crate::helpers::TestApi;
+use crate::helpers::{binary_post, TestApi};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use vatic_schema::v2;
@@ -27,21 +27,14 @@ async fn v2_json_and_binary_inference_match_the_reference() {
     req.parameters
         .insert("binary_data_output".into(), json!(true));
     let enc = v2::encode_request(&req, true);
-    let r = api
-        .client
-        .post(format!(
-            "{}/v2/models/breast_cancer/versions/1/infer",
-            api.base
-        ))
-        .header(
-            "Inference-Header-Content-Length",
-            enc.header_length.unwrap().to_string(),
-        )
-        .header("Content-Type", "application/octet-stream")
-        .body(enc.body)
-        .send()
-        .await
-        .unwrap();
+    let r = binary_post(
+        &api.client,
+        &format!("{}/v2/models/breast_cancer/versions/1/infer", api.base),
+        enc,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let hl = r.headers()["inference-header-content-length"]
         .to_str()

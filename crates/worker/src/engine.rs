@@ -205,9 +205,10 @@ impl Engine {
                 .expect("spawning the unloader thread");
         }
         self.changed();
+        // Synced once a pass finds no load running: a pass with nothing new while the first
+        // list still loads, or a second loader that finishes first, leaves that to the last
+        // loader.
         if added.is_empty() {
-            // A pass with nothing new while the first list is still loading does not make the
-            // worker ready: the loader does when it finishes.
             if self.loads_running.load(Ordering::SeqCst) == 0 {
                 self.synced.store(true, Ordering::SeqCst);
             }
@@ -220,8 +221,9 @@ impl Engine {
                 .name("model-loader".into())
                 .spawn(move || {
                     engine.load(&added);
-                    engine.loads_running.fetch_sub(1, Ordering::SeqCst);
-                    engine.synced.store(true, Ordering::SeqCst);
+                    if engine.loads_running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        engine.synced.store(true, Ordering::SeqCst);
+                    }
                     engine.changed();
                 })
                 .expect("spawning the loader thread"),

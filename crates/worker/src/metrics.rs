@@ -3,8 +3,8 @@
 //! set when they are unloaded), never request ids or keys.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets for request phases, in seconds: 100 µs to 10 s.
@@ -156,7 +156,33 @@ pub fn process_registry() -> Registry {
     info.with_label_values(&[env!("CARGO_PKG_VERSION"), "tract-onnx"])
         .set(1);
     register(&registry, &info);
+    let dropped = IntCounter::new(
+        "vatic_log_lines_dropped_total",
+        "Log lines dropped because the log writer's queue was full (stdout or the log folder too slow).",
+    )
+    .expect("valid");
     registry
+        .register(Box::new(LogLinesDropped(dropped)))
+        .expect("metric names are unique");
+    registry
+}
+
+/// `vatic_log_lines_dropped_total`, read from the log writers at scrape time.
+struct LogLinesDropped(IntCounter);
+
+impl prometheus::core::Collector for LogLinesDropped {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let seen = self.0.get();
+        let now = crate::telemetry::dropped_lines();
+        if now > seen {
+            self.0.inc_by(now - seen);
+        }
+        self.0.collect()
+    }
 }
 
 /// Serves `GET /metrics` on `listen` (its own port, kept off the public network), answering

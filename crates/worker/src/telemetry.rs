@@ -1,9 +1,12 @@
 //! Logging through `tracing`: JSON lines (or text) on stdout, and optionally JSON lines in daily
-//! (or hourly) rolling files written by a non-blocking background writer.
+//! (or hourly) rolling files. Background threads do the writing: a request only formats its
+//! lines and queues them.
 
 use serde::{Deserialize, Serialize};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use tracing_appender::non_blocking::WorkerGuard;
+use std::sync::Mutex;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{Builder, Rotation};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -57,21 +60,69 @@ impl LogSettings {
     }
 }
 
+/// Lines queued for a log writer, at most; past that, new lines are dropped and counted
+/// (`dropped_lines`) rather than make requests wait for a stalled disk or pipe.
+const QUEUED_LINES: usize = 128_000;
+
+/// The drop counters of the installed writers.
+static DROPPED: Mutex<Vec<ErrorCounter>> = Mutex::new(Vec::new());
+
+/// Keeps the background log writers running. Dropping it writes out what they hold and stops
+/// them, so keep it until the process ends.
+pub struct LogGuard {
+    _writers: Vec<WorkerGuard>,
+}
+
+impl LogGuard {
+    /// Leaves the writers running until the process exits, for a process that never gets to
+    /// drop the guard (a test binary). Lines are written as they come, not only when the guard
+    /// drops; what is still queued at exit is lost.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+/// Log lines dropped so far because a writer's queue was full.
+pub fn dropped_lines() -> u64 {
+    let counters = DROPPED.lock().unwrap_or_else(|e| e.into_inner());
+    counters.iter().map(|c| c.dropped_lines() as u64).sum()
+}
+
+/// A writer whose lines a thread named `thread` writes to `out`: each time it wakes, it takes
+/// every line queued and writes them in one go, then flushes. Lines from all threads keep the
+/// order they were logged in.
+fn background<W: Write + Send + 'static>(
+    out: W,
+    thread: &str,
+    queued_lines: usize,
+) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .buffered_lines_limit(queued_lines)
+        .lossy(true)
+        .thread_name(thread)
+        .finish(BufWriter::with_capacity(64 * 1024, out))
+}
+
 /// Installs the global subscriber. Files in `settings.dir` are named `<name>.<host>.<date>.log`,
 /// so replicas that share a log folder (a volume under docker compose) each write, rotate and
-/// prune files of their own. Keep
-/// the returned guard until the process ends: dropping it flushes the file writer. A second
-/// call is ignored (tests start many servers) and returns no guard.
-pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerGuard>> {
+/// prune files of their own. Keep the returned guard until the process ends (see [`LogGuard`]).
+/// A second call is ignored (tests start many servers) and returns no guard.
+pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<LogGuard>> {
     settings.validate()?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    let (out, out_guard) = background(std::io::stdout(), "log-stdout", QUEUED_LINES);
+    let mut counters = vec![out.error_counter()];
+    let mut guards = vec![out_guard];
     let stdout = if settings.format == "text" {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(out)
+            .boxed()
     } else {
-        json_layer(std::io::stdout).boxed()
+        json_layer(out).boxed()
     };
-    let (file, guard) = match &settings.dir {
+    let file = match &settings.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
@@ -85,10 +136,12 @@ pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerG
             let appender = builder
                 .build(dir)
                 .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
-            let (writer, guard) = tracing_appender::non_blocking(appender);
-            (Some(json_layer(writer).boxed()), Some(guard))
+            let (writer, guard) = background(appender, "log-file", QUEUED_LINES);
+            counters.push(writer.error_counter());
+            guards.push(guard);
+            Some(json_layer(writer).boxed())
         }
-        None => (None, None),
+        None => None,
     };
     let installed = tracing_subscriber::registry()
         .with(filter)
@@ -96,7 +149,14 @@ pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<WorkerG
         .with(file)
         .try_init()
         .is_ok();
-    Ok(guard.filter(|_| installed))
+    if !installed {
+        return Ok(None);
+    }
+    DROPPED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(counters);
+    Ok(Some(LogGuard { _writers: guards }))
 }
 
 /// This machine's (or container's) host name: `$HOSTNAME`, else `/etc/hostname`, else
@@ -162,6 +222,57 @@ mod tests {
             bad_rotation.validate().unwrap_err().to_string(),
             "log.rotation must be daily, hourly or never, not 'weekly'"
         );
+    }
+
+    /// A sink that takes nothing until it is released, and tells when a write first reaches it.
+    #[derive(Clone, Default)]
+    struct Stalled {
+        state: std::sync::Arc<(Mutex<(bool, bool, Vec<u8>)>, std::sync::Condvar)>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (lock, changed) = &*self.state;
+            let mut s = lock.lock().unwrap();
+            s.0 = true;
+            changed.notify_all();
+            while !s.1 {
+                s = changed.wait(s).unwrap();
+            }
+            s.2.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_sink_never_holds_up_the_logger_and_lost_lines_are_counted() {
+        let sink = Stalled::default();
+        let (mut log, guard) = background(sink.clone(), "log-test", 4);
+        let (lock, changed) = &*sink.state;
+        log.write_all(b"line 0\n").unwrap();
+        // Wait until the writer is stuck in the sink with line 0.
+        let mut s = lock.lock().unwrap();
+        while !s.0 {
+            s = changed.wait(s).unwrap();
+        }
+        drop(s);
+        for i in 1..=100 {
+            log.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(
+            log.error_counter().dropped_lines(),
+            96,
+            "4 queued, 96 dropped"
+        );
+        lock.lock().unwrap().1 = true;
+        changed.notify_all();
+        drop(guard);
+        let written = String::from_utf8(lock.lock().unwrap().2.clone()).unwrap();
+        assert_eq!(written, "line 0\nline 1\nline 2\nline 3\nline 4\n");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 use actix_web::dev::ServerHandle;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,11 @@ impl TestApi {
 
     pub async fn start(settings: ApiSettings, repo: Option<tempfile::TempDir>) -> TestApi {
         if std::env::var_os("TEST_LOG").is_some() {
-            vatic_worker::telemetry::init(&Default::default(), "test").expect("logging");
+            if let Some(log) =
+                vatic_worker::telemetry::init(&Default::default(), "test").expect("logging")
+            {
+                log.keep();
+            }
         }
         let mut app = Application::build(&settings).await.expect("api builds");
         let handle = app.spawn();
@@ -268,6 +272,39 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Runs `cmd` (a vatic server) in `dir` with JSON logs, and reads its stdout up to the
+/// `ready_message` line that names its address. Returns the process, that address, and the rest
+/// of its log, not read yet.
+pub fn start_until_ready(
+    mut cmd: Command,
+    dir: &Path,
+    ready_message: &str,
+) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd
+        .current_dir(dir)
+        .env("VATIC_LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting a vatic server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .expect("reading the server log");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if v["message"] == ready_message {
+            break format!("http://{}", v["addr"].as_str().expect("addr"));
+        }
+    };
+    (child, url, lines)
+}
+
 /// A binary of the workspace beside this test binary, built first if needed.
 pub fn binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -309,13 +346,19 @@ impl ServerProcess {
 
     /// Starts a worker with extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> ServerProcess {
+        Self::spawn(Self::worker_command(env), "worker listening")
+    }
+
+    /// The command that starts a worker on the repository's `models/`, with extra environment
+    /// variables.
+    pub fn worker_command(env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(binary("vatic-worker", "vatic-worker"));
         cmd.envs(env.iter().copied())
             .args(["--config", "config/worker.toml", "--listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
             .env("VATIC_BATCHING__INSTANCES", "1")
             .env("VATIC_PROFILE__AT_LOAD", "false");
-        Self::spawn(cmd, "worker listening")
+        cmd
     }
 
     /// Runs `cmd` (a vatic server) in the workspace root with JSON logs, and waits for the
@@ -325,29 +368,8 @@ impl ServerProcess {
     }
 
     /// [`ServerProcess::spawn`] with `dir` as the working directory.
-    pub fn spawn_in(mut cmd: Command, dir: &Path, ready_message: &str) -> ServerProcess {
-        let mut child = cmd
-            .current_dir(dir)
-            .env("VATIC_LOG__FORMAT", "json")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting a vatic server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .expect("reading the server log");
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["message"] == ready_message {
-                break format!("http://{}", v["addr"].as_str().expect("addr"));
-            }
-        };
+    pub fn spawn_in(cmd: Command, dir: &Path, ready_message: &str) -> ServerProcess {
+        let (child, url, lines) = start_until_ready(cmd, dir, ready_message);
         // Keep reading the log, so the server never blocks on a full pipe.
         let logs = Arc::new(Mutex::new(Vec::new()));
         let kept = logs.clone();

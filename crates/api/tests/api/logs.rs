@@ -1,7 +1,7 @@
 //! Logs: one request id finds the request's lines on the api and on the worker, with the
 //! model, status, bytes and latency; the api also writes them to its log files.
 
-use crate::helpers::{binary, ServerProcess};
+use crate::helpers::{binary, start_until_ready, ServerProcess};
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
@@ -90,4 +90,67 @@ fn one_request_id_finds_the_request_on_the_api_and_the_worker() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(found, "the request's line is not in the api's log file");
+}
+
+#[test]
+fn a_server_whose_log_nobody_reads_keeps_answering_and_loses_no_line() {
+    let (child, url, mut lines) = start_until_ready(
+        ServerProcess::worker_command(&[]),
+        &vatic_testkit::root(),
+        "worker listening",
+    );
+    let _worker = ServerProcess {
+        child,
+        url: url.clone(),
+        logs: Default::default(),
+    };
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..500 {
+        ready = client
+            .get(format!("{url}/v2/models/breast_cancer/ready"))
+            .send()
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ready, "the model never became ready");
+    // Nothing reads the server's stdout from here on: its pipe (64 KiB) fills after a few
+    // hundred access lines, and the server must keep answering.
+    let body = vatic_testkit::demo_reference().v2_request(0..1);
+    let requests = 1500;
+    for i in 0..requests {
+        let r = client
+            .post(format!("{url}/v2/models/breast_cancer/infer"))
+            .header("X-Request-ID", format!("unread-{i}"))
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("request {i} while the log was unread: {e}"));
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    // Read now: every access line comes out, in order, the last one included.
+    let (found, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut next = 0;
+        for line in lines.by_ref().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "request" && v["route"] == "/v2/models/{model}/infer" {
+                assert_eq!(v["span"]["request_id"], format!("unread-{next}"), "{v}");
+                next += 1;
+                if next == requests {
+                    let _ = found.send(());
+                    return;
+                }
+            }
+        }
+    });
+    seen.recv_timeout(Duration::from_secs(60))
+        .expect("every access line, in order, once the log is read");
 }

@@ -12,7 +12,11 @@ use vatic_testkit::{TcpProxy, TestDb};
 
 fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
-        vatic_worker::telemetry::init(&Default::default(), "test").expect("logging");
+        if let Some(log) =
+            vatic_worker::telemetry::init(&Default::default(), "test").expect("logging")
+        {
+            log.keep();
+        }
     }
 }
 

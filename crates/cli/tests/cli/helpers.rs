@@ -58,7 +58,11 @@ fn start() -> TestApp {
                 };
                 settings.profile.at_load = false;
                 if std::env::var_os("TEST_LOG").is_some() {
-                    vatic_worker::telemetry::init(&settings.log, "test").expect("logging");
+                    if let Some(log) =
+                        vatic_worker::telemetry::init(&settings.log, "test").expect("logging")
+                    {
+                        log.keep();
+                    }
                 }
                 let mut app = Application::build(&settings).await.expect("api builds");
                 let _handle = app.spawn();

@@ -19,7 +19,11 @@ pub struct TestWorker {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        vatic_worker::telemetry::init(&Default::default(), "test").expect("logging");
+        if let Some(log) =
+            vatic_worker::telemetry::init(&Default::default(), "test").expect("logging")
+        {
+            log.keep();
+        }
     }
 }
 

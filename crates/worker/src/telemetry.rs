@@ -224,22 +224,30 @@ mod tests {
         );
     }
 
+    /// What the stalled sink has seen.
+    #[derive(Default)]
+    struct Sink {
+        entered: bool,
+        released: bool,
+        written: Vec<u8>,
+    }
+
     /// A sink that takes nothing until it is released, and tells when a write first reaches it.
     #[derive(Clone, Default)]
     struct Stalled {
-        state: std::sync::Arc<(Mutex<(bool, bool, Vec<u8>)>, std::sync::Condvar)>,
+        state: std::sync::Arc<(Mutex<Sink>, std::sync::Condvar)>,
     }
 
     impl Write for Stalled {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let (lock, changed) = &*self.state;
             let mut s = lock.lock().unwrap();
-            s.0 = true;
+            s.entered = true;
             changed.notify_all();
-            while !s.1 {
+            while !s.released {
                 s = changed.wait(s).unwrap();
             }
-            s.2.extend_from_slice(buf);
+            s.written.extend_from_slice(buf);
             Ok(buf.len())
         }
 
@@ -256,7 +264,7 @@ mod tests {
         log.write_all(b"line 0\n").unwrap();
         // Wait until the writer is stuck in the sink with line 0.
         let mut s = lock.lock().unwrap();
-        while !s.0 {
+        while !s.entered {
             s = changed.wait(s).unwrap();
         }
         drop(s);
@@ -268,10 +276,10 @@ mod tests {
             96,
             "4 queued, 96 dropped"
         );
-        lock.lock().unwrap().1 = true;
+        lock.lock().unwrap().released = true;
         changed.notify_all();
         drop(guard);
-        let written = String::from_utf8(lock.lock().unwrap().2.clone()).unwrap();
+        let written = String::from_utf8(lock.lock().unwrap().written.clone()).unwrap();
         assert_eq!(written, "line 0\nline 1\nline 2\nline 3\nline 4\n");
     }
 

@@ -17,6 +17,17 @@ fn access_line(label: &str, lines: impl Fn() -> Vec<Value>) -> Value {
     panic!("no access line on the {label}");
 }
 
+/// Waits (10 s at most) until `url` answers 200.
+fn wait_ok(client: &reqwest::blocking::Client, url: &str) {
+    for _ in 0..500 {
+        if client.get(url).send().is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{url} never answered 200");
+}
+
 #[test]
 fn one_request_id_finds_the_request_on_the_api_and_the_worker() {
     let worker = ServerProcess::start();
@@ -30,18 +41,7 @@ fn one_request_id_finds_the_request_on_the_api_and_the_worker() {
     let id = "trace-4f2a9c";
     let client = reqwest::blocking::Client::new();
     let body = vatic_testkit::demo_reference().v2_request(0..1);
-    let mut ready = false;
-    for _ in 0..500 {
-        ready = client
-            .get(format!("{}/v2/health/ready", api.url))
-            .send()
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(ready, "the api never became ready");
+    wait_ok(&client, &format!("{}/v2/health/ready", api.url));
     let r = client
         .post(format!("{}/v2/models/breast_cancer/infer", api.url))
         .header("X-Request-ID", id)
@@ -108,18 +108,7 @@ fn a_server_whose_log_nobody_reads_keeps_answering_and_loses_no_line() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let mut ready = false;
-    for _ in 0..500 {
-        ready = client
-            .get(format!("{url}/v2/models/breast_cancer/ready"))
-            .send()
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(ready, "the model never became ready");
+    wait_ok(&client, &format!("{url}/v2/models/breast_cancer/ready"));
     // Nothing reads the server's stdout from here on: its pipe (64 KiB) fills after a few
     // hundred access lines, and the server must keep answering.
     let body = vatic_testkit::demo_reference().v2_request(0..1);

@@ -132,3 +132,46 @@ async fn model_toml_naming_a_missing_tensor_fails_that_model_with_the_reason() {
     );
     w.stop().await;
 }
+
+/// Two loads at once: the first list's slow model, then a pass that adds a quick one. The quick
+/// load ends first, and the engine stays not ready until the slow one has loaded too.
+#[test]
+fn the_engine_is_ready_only_when_its_last_load_ends() {
+    use std::sync::Arc;
+    use vatic_worker::{Engine, EngineSettings, VersionSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.onnx");
+    vatic_testkit::onnx::write_dense_chain(&slow, 64, 1500).unwrap();
+    let spec = |model: &str, file: std::path::PathBuf| VersionSpec {
+        model: model.into(),
+        version: 1,
+        file,
+        config: String::new(),
+        origin: format!("{model} (test)"),
+        default: true,
+    };
+    let slow_spec = spec("slow", slow);
+    let quick_spec = spec(
+        "breast_cancer",
+        vatic_testkit::root().join("models/breast_cancer/1/model.onnx"),
+    );
+    let mut settings = EngineSettings::default();
+    settings.profile.at_load = false;
+    let engine = Arc::new(Engine::new(&settings));
+    let first = engine.apply(vec![slow_spec.clone()]).expect("loads slow");
+    let second = engine
+        .apply(vec![slow_spec, quick_spec])
+        .expect("loads the quick model");
+    second.join().unwrap();
+    assert_eq!(engine.model_ready("breast_cancer", None), Ok(true));
+    assert_eq!(
+        engine.model_ready("slow", None),
+        Ok(false),
+        "the slow model loads for seconds, longer than the quick one"
+    );
+    assert!(!engine.is_ready(), "ready while the first load still runs");
+    first.join().unwrap();
+    assert_eq!(engine.model_ready("slow", None), Ok(true));
+    assert!(engine.is_ready());
+    engine.shutdown();
+}

@@ -109,6 +109,9 @@ fn background<W: Write + Send + 'static>(
 /// A second call is ignored (tests start many servers) and returns no guard.
 pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<LogGuard>> {
     settings.validate()?;
+    if tracing::dispatcher::has_been_set() {
+        return Ok(None);
+    }
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let (out, out_guard) = background(std::io::stdout(), "log-stdout", QUEUED_LINES);

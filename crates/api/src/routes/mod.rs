@@ -136,17 +136,22 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
     let full = mode == LogMode::Full;
     // Time-ordered: the log's primary key grows at its end instead of at random places.
     let id = uuid::Uuid::now_v7();
-    let text = |body: &[u8]| std::str::from_utf8(body).ok().map(str::to_string);
+    // A payload: the body as the client sent or got it when that is V2 JSON, else encoded.
+    let payload = |as_sent: Option<&[u8]>, encode: &dyn Fn() -> Vec<u8>| -> Option<String> {
+        if !full {
+            return None;
+        }
+        as_sent
+            .and_then(|body| std::str::from_utf8(body).ok().map(str::to_string))
+            .or_else(|| String::from_utf8(encode()).ok())
+    };
     let (status, version, response) = match a.answer {
         Ok(r) => (
             200,
             r.model_version.clone().or(a.version.map(str::to_string)),
-            full.then(|| {
-                a.response_json.and_then(text).or_else(|| {
-                    String::from_utf8(vatic_schema::v2::encode_response(r, |_| false).body).ok()
-                })
-            })
-            .flatten(),
+            payload(a.response_json, &|| {
+                vatic_schema::v2::encode_response(r, |_| false).body
+            }),
         ),
         Err(e) => (
             e.status_code().as_u16(),
@@ -154,13 +159,9 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
             None,
         ),
     };
-    let request = full
-        .then(|| {
-            a.request_json.and_then(text).or_else(|| {
-                String::from_utf8(vatic_schema::v2::encode_request(a.request, false).body).ok()
-            })
-        })
-        .flatten();
+    let request = payload(a.request_json, &|| {
+        vatic_schema::v2::encode_request(a.request, false).body
+    });
     log.log(vatic_store::PredictionRecord {
         id,
         at: a.arrived.0,

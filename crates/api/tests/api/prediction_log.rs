@@ -310,7 +310,7 @@ async fn shutdown_without_a_database_keeps_everything_in_the_spool() {
 #[tokio::test]
 async fn a_record_the_database_refuses_is_set_aside_and_the_rest_written() {
     init_tracing();
-    // PostgreSQL stores payloads as JSON and refuses text that is not JSON.
+    // PostgreSQL's text cannot hold a NUL byte, and refuses a value with one.
     let db = TestDb::postgres();
     let store = open_store(&db.url).await;
     let spool = tempfile::tempdir().unwrap();
@@ -318,7 +318,7 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_rest_written() {
     for i in 0..120 {
         let mut r = record(i);
         if i == 77 {
-            r.request = Some("{not json".into());
+            r.request = Some("{\"x\": \"\0\"}".into());
         }
         log.log(r);
     }

@@ -1,16 +1,19 @@
 //! Logging through `tracing`: JSON lines (or text) on stdout, and optionally JSON lines in daily
 //! (or hourly) rolling files. Background threads do the writing: a request only formats its
-//! lines and queues them.
+//! lines and leaves them in memory.
+
+mod writer;
 
 use serde::{Deserialize, Serialize};
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tracing_appender::rolling::{Builder, Rotation};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+use writer::WriterGuard;
 
 /// How the process logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,47 +63,36 @@ impl LogSettings {
     }
 }
 
-/// Lines queued for a log writer, at most; past that, new lines are dropped and counted
-/// (`dropped_lines`) rather than make requests wait for a stalled disk or pipe.
-const QUEUED_LINES: usize = 128_000;
+/// Bytes of lines held for a log writer, at most (about 80,000 access lines); past that, new
+/// lines are dropped and counted (`dropped_lines`) rather than make requests wait for a stalled
+/// disk or pipe.
+const HELD_BYTES: usize = 32 << 20;
+
+/// How long a log writer lets lines gather before it writes them out.
+const WRITE_PERIOD: Duration = Duration::from_millis(10);
 
 /// The drop counters of the installed writers.
-static DROPPED: Mutex<Vec<ErrorCounter>> = Mutex::new(Vec::new());
+static DROPPED: Mutex<Vec<Arc<AtomicU64>>> = Mutex::new(Vec::new());
 
 /// Keeps the background log writers running. Dropping it writes out what they hold and stops
 /// them, so keep it until the process ends.
 pub struct LogGuard {
-    _writers: Vec<WorkerGuard>,
+    _writers: Vec<WriterGuard>,
 }
 
 impl LogGuard {
     /// Leaves the writers running until the process exits, for a process that never gets to
     /// drop the guard (a test binary). Lines are written as they come, not only when the guard
-    /// drops; what is still queued at exit is lost.
+    /// drops; what is still held at exit is lost.
     pub fn keep(self) {
         std::mem::forget(self);
     }
 }
 
-/// Log lines dropped so far because a writer's queue was full.
+/// Log lines dropped so far because a writer already held as much as it may.
 pub fn dropped_lines() -> u64 {
     let counters = DROPPED.lock().unwrap_or_else(|e| e.into_inner());
-    counters.iter().map(|c| c.dropped_lines() as u64).sum()
-}
-
-/// A writer whose lines a thread named `thread` writes to `out`: each time it wakes, it takes
-/// every line queued and writes them in one go, then flushes. Lines from all threads keep the
-/// order they were logged in.
-fn background<W: Write + Send + 'static>(
-    out: W,
-    thread: &str,
-    queued_lines: usize,
-) -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
-        .buffered_lines_limit(queued_lines)
-        .lossy(true)
-        .thread_name(thread)
-        .finish(BufWriter::with_capacity(64 * 1024, out))
+    counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
 }
 
 /// Installs the global subscriber. Files in `settings.dir` are named `<name>.<host>.<date>.log`,
@@ -114,8 +106,9 @@ pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<LogGuar
     }
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let (out, out_guard) = background(std::io::stdout(), "log-stdout", QUEUED_LINES);
-    let mut counters = vec![out.error_counter()];
+    let (out, out_guard) =
+        writer::spawn(std::io::stdout(), "log-stdout", HELD_BYTES, WRITE_PERIOD)?;
+    let mut counters = vec![out.dropped()];
     let mut guards = vec![out_guard];
     let stdout = if settings.format == "text" {
         tracing_subscriber::fmt::layer()
@@ -139,8 +132,8 @@ pub fn init(settings: &LogSettings, name: &str) -> anyhow::Result<Option<LogGuar
             let appender = builder
                 .build(dir)
                 .map_err(|e| anyhow::anyhow!("log.dir {}: {e}", dir.display()))?;
-            let (writer, guard) = background(appender, "log-file", QUEUED_LINES);
-            counters.push(writer.error_counter());
+            let (writer, guard) = writer::spawn(appender, "log-file", HELD_BYTES, WRITE_PERIOD)?;
+            counters.push(writer.dropped());
             guards.push(guard);
             Some(json_layer(writer).boxed())
         }
@@ -225,65 +218,6 @@ mod tests {
             bad_rotation.validate().unwrap_err().to_string(),
             "log.rotation must be daily, hourly or never, not 'weekly'"
         );
-    }
-
-    /// What the stalled sink has seen.
-    #[derive(Default)]
-    struct Sink {
-        entered: bool,
-        released: bool,
-        written: Vec<u8>,
-    }
-
-    /// A sink that takes nothing until it is released, and tells when a write first reaches it.
-    #[derive(Clone, Default)]
-    struct Stalled {
-        state: std::sync::Arc<(Mutex<Sink>, std::sync::Condvar)>,
-    }
-
-    impl Write for Stalled {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let (lock, changed) = &*self.state;
-            let mut s = lock.lock().unwrap();
-            s.entered = true;
-            changed.notify_all();
-            while !s.released {
-                s = changed.wait(s).unwrap();
-            }
-            s.written.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_stalled_sink_never_holds_up_the_logger_and_lost_lines_are_counted() {
-        let sink = Stalled::default();
-        let (mut log, guard) = background(sink.clone(), "log-test", 4);
-        let (lock, changed) = &*sink.state;
-        log.write_all(b"line 0\n").unwrap();
-        // Wait until the writer is stuck in the sink with line 0.
-        let mut s = lock.lock().unwrap();
-        while !s.entered {
-            s = changed.wait(s).unwrap();
-        }
-        drop(s);
-        for i in 1..=100 {
-            log.write_all(format!("line {i}\n").as_bytes()).unwrap();
-        }
-        assert_eq!(
-            log.error_counter().dropped_lines(),
-            96,
-            "4 queued, 96 dropped"
-        );
-        lock.lock().unwrap().released = true;
-        changed.notify_all();
-        drop(guard);
-        let written = String::from_utf8(lock.lock().unwrap().written.clone()).unwrap();
-        assert_eq!(written, "line 0\nline 1\nline 2\nline 3\nline 4\n");
     }
 
     #[test]

@@ -279,6 +279,41 @@ mod tests {
         assert_eq!(writer.dropped().load(Ordering::Relaxed), 0);
     }
 
+    /// A sink that refuses its first write, then records the rest like `Pieces`.
+    #[derive(Clone, Default)]
+    struct FailsOnce {
+        failed: Arc<std::sync::atomic::AtomicBool>,
+        pieces: Pieces,
+    }
+
+    impl Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.failed.swap(true, Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.pieces.write(buf)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_loses_its_batch_and_the_writer_goes_on() {
+        let sink = FailsOnce::default();
+        let (writer, guard) = spawn(sink.clone(), "log-test", 1 << 20, Duration::ZERO).unwrap();
+        log(&writer, "lost\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sink.failed.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        log(&writer, "kept\n");
+        drop(guard);
+        assert_eq!(*sink.pieces.0.lock().unwrap(), ["kept\n"]);
+    }
+
     #[test]
     fn lines_are_written_a_period_after_they_arrive_without_a_stop() {
         let sink = Pieces::default();

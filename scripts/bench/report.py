@@ -16,8 +16,10 @@ TARGET_NOTES = """\
   compete for the CPU; every figure is measured that way, the baseline's included.
 - The FastAPI baseline (`benches/baseline/app.py`) runs as a tutorial runs it: one uvicorn
   process, onnxruntime's default session (its thread pool uses every core). With
-  `--workers 2` every request took a constant 44 ms on this machine (a delay, not work: the same
-  at concurrency 1 and 8), so that setting would flatter vatic and is not used.
+  `--workers 2` every request took a constant 44 ms, on this machine as on the ones before (a
+  delay, not work: the same at concurrency 1 and 8; `uvicorn app:app --workers 2` in
+  benches/baseline, then `vaticctl bench breast_cancer -c 1,8,64 -d 4s --protocol v2-json`), and
+  1,344 req/s at concurrency 64, so that setting would flatter vatic and is not used.
 - Each figure is the median of the runs; latency percentiles are vaticctl's HDR histograms.
 """
 

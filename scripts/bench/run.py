@@ -279,7 +279,7 @@ class Bench:
         port = 18483
         url = f"http://127.0.0.1:{port}"
         # One uvicorn process, as a tutorial runs it; onnxruntime's own threads use every core.
-        # (With --workers 2 every request took 44 ms on this machine, a delay, not work.)
+        # (With --workers 2 every request takes 44 ms, a delay, not work: see report.py.)
         s = self.start("baseline", [str(Path(self.a.baseline_python).parent / "uvicorn"), "app:app",
                                     "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                        {"MODEL_DIR": str(repo)}, ROOT / "benches/baseline", f"{url}/v2/models/{DEMO}")

@@ -5,9 +5,9 @@
 # the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline (benches/baseline); start to
 # ready; worker memory under load. Takes about 15 minutes on 2 cores.
 #
-# On a KVM guest whose idle CPUs halt without polling (guest_halt_poll_ns=0), and when run as
-# root, it also measures concurrency 1 with the kernel's default polling, and sets 0 back
-# after each of those runs (docs/deployment.md).
+# Concurrency 1 is measured twice: with the load generator sleeping until each answer comes,
+# as the other levels are, and with it polling for them (`vaticctl bench --busy-poll`), so that
+# its own wake-up is not counted as the server's latency.
 #
 # Needs what scripts/test.sh needs (Rust, python3 with venv, a PostgreSQL server: see
 # scripts/test-db.sh), psql and wrk (installed when missing). Settings: RUNS (3), DURATION (5s), WARMUP (1s), SOAK seconds

@@ -34,25 +34,6 @@ def verdict(ok):
     return "met" if ok else "**not met**"
 
 
-def polling_section(r, polling):
-    """Concurrency 1 again with guest halt polling, beside the figures of the machine as it is."""
-    raw = r["raw_demo_p50_us"]
-    out = ["", f"This machine's idle CPUs halt without polling first (guest_halt_poll_ns=0), so "
-           "every wake-up at concurrency 1 is an exit to the hypervisor and an interrupt back. The "
-           f"script measured concurrency 1 again with the kernel's default, guest_halt_poll_ns="
-           f"{polling['ns']}, then set 0 back (the setting is explained in docs/deployment.md):", "",
-           "| figure | p50 us, as the machine is | p50 us, with polling | overhead over raw, with polling |",
-           "|---|---|---|---|",
-           f"| bare HTTP exchange | {fmt(r['http_floor']['p50'])} | {fmt(polling['http_floor']['p50'])} | - |"]
-    for label, key in (("standalone, V2 JSON", "served_demo_json"),
-                       ("standalone, V2 binary", "served_demo_binary"),
-                       ("api + worker, V2 binary", "cluster_demo_binary")):
-        if key in polling:
-            before, after = r[key][1]["p50"], polling[key][1]["p50"]
-            out.append(f"| {label} | {fmt(before)} | {fmt(after)} | {fmt(after - raw)} |")
-    return out
-
-
 def render(r):
     raw = r["raw_demo_p50_us"]
     sj, sb = r["served_demo_json"], r["served_demo_binary"]
@@ -63,33 +44,32 @@ def render(r):
     log_json = r["logged_demo_json"][64]["throughput"]
     log_bin = r["logged_demo_binary"][64]["throughput"]
 
-    over_bin = sb[1]["p50"] - raw
-    over_json = sj[1]["p50"] - raw
-    over_cluster = cb[1]["p50"] - raw
+    pj, pb, pcb = r["polled_demo_json"], r["polled_demo_binary"], r["cluster_polled_demo_binary"]
+    over_bin = pb[1]["p50"] - raw
+    over_json = pj[1]["p50"] - raw
+    over_cluster = pcb[1]["p50"] - raw
     ratio64 = sj[64]["throughput"] / base[64]["throughput"]
     best64 = max(sj[64]["throughput"], sb[64]["throughput"])
     cnn_share = cnn16 / cnn_raw
     log_cost_json = 1 - log_json / sj[64]["throughput"]
     log_cost_bin = 1 - log_bin / sb[64]["throughput"]
     soak = r.get("soak")
-    polling = r.get("polling")
 
-    def polled(key):
-        """The c=1 overhead measured with guest halt polling, as a suffix to a figure."""
-        if not polling or key not in polling:
-            return ""
-        return f"; {fmt(polling[key][1]['p50'] - raw)} us with guest halt polling"
+    def sleeping(levels):
+        """The c=1 overhead with the load generator sleeping for its answers."""
+        return f"; {fmt(levels[1]['p50'] - raw)} us with it sleeping"
 
     rows = [
         ("Serving overhead, V2 binary, c=1 (standalone)", "<= 75 us",
-         f"{fmt(over_bin)} us ({fmt(sb[1]['p50'])} served - {fmt(raw)} raw){polled('served_demo_binary')}",
+         f"{fmt(over_bin)} us ({fmt(pb[1]['p50'])} served - {fmt(raw)} raw), load generator "
+         f"polling{sleeping(sb)}",
          over_bin <= 75),
         ("Serving overhead, V2 JSON, c=1 (standalone)", "<= 150 us",
-         f"{fmt(over_json)} us ({fmt(sj[1]['p50'])} - {fmt(raw)}){polled('served_demo_json')}",
+         f"{fmt(over_json)} us ({fmt(pj[1]['p50'])} - {fmt(raw)}), polling{sleeping(sj)}",
          over_json <= 150),
         ("Serving overhead, separate api + worker, c=1 (binary)", "<= 250 us",
-         f"{fmt(over_cluster)} us ({fmt(cb[1]['p50'])} - {fmt(raw)}; JSON {fmt(cj[1]['p50'] - raw)} us)"
-         f"{polled('cluster_demo_binary')}",
+         f"{fmt(over_cluster)} us ({fmt(pcb[1]['p50'])} - {fmt(raw)}), polling{sleeping(cb)}; "
+         f"JSON {fmt(cj[1]['p50'] - raw)} us sleeping",
          over_cluster <= 250),
         ("Throughput vs FastAPI + onnxruntime, demo, c=64 (JSON)", ">= 6x",
          f"{fmt(ratio64, 2)}x ({fmt(sj[64]['throughput'])} vs {fmt(base[64]['throughput'])} req/s)",
@@ -144,8 +124,8 @@ def render(r):
         out += [
             f"A bare HTTP exchange with the standalone server, no model (`GET /v2/health/live`, "
             f"`wrk -t1 -c1`): p50 {fmt(floor['p50'])} us, p99 {fmt(floor['p99'])} us. This is the "
-            "floor under every served figure on this machine: the loopback round trip and the "
-            "two thread wake-ups it takes.",
+            "floor under every served figure on this machine with the load generator sleeping: "
+            "the loopback round trip and the two thread wake-ups it takes.",
             "",
         ]
     out += [
@@ -159,8 +139,21 @@ def render(r):
         for c, v in sorted(levels.items(), key=lambda kv: int(kv[0])):
             out.append(f"| {server} | {protocol} | {c} | {fmt(v['throughput'])} | {fmt(v['p50'])} | "
                        f"{fmt(v['p99'])} | {v['errors']} |")
-    if polling:
-        out += polling_section(r, polling)
+    out += [
+        "",
+        "Concurrency 1 again with the load generator polling for its answers instead of sleeping "
+        "(`vaticctl bench --busy-poll`), so that its own wake-up is not counted; the servers poll "
+        "between requests that come this close together in both (`busy_poll_us`, "
+        "docs/deployment.md):",
+        "",
+        "| server | protocol | p50 us, load generator sleeping | p50 us, polling | p99 us, polling | overhead over raw, polling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for server, protocol, asleep, polled in (("standalone", "v2-json", sj, pj),
+                                             ("standalone", "v2-binary", sb, pb),
+                                             ("api + worker", "v2-binary", cb, pcb)):
+        out.append(f"| {server} | {protocol} | {fmt(asleep[1]['p50'])} | {fmt(polled[1]['p50'])} | "
+                   f"{fmt(polled[1]['p99'])} | {fmt(polled[1]['p50'] - raw)} |")
     out += [
         "",
         "With the prediction log writing every request's inputs and outputs to PostgreSQL (full "

@@ -8,7 +8,6 @@ then runs this with the paths it prepared. Standard library only.
 """
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -44,31 +43,6 @@ def log(*args):
 
 
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
-# The kernel's default guest_halt_poll_ns (Documentation/virt/guest-halt-polling.rst).
-HALT_POLL_NS = 200000
-
-
-@contextlib.contextmanager
-def halt_polling():
-    """On a KVM guest whose idle CPUs halt without polling (guest_halt_poll_ns=0), sets the
-    kernel's default polling for the block and restores 0 after it. Yields whether it did: not
-    on other machines, nor without the right to write the setting."""
-    try:
-        before = HALT_POLL.read_text().strip()
-    except OSError:
-        before = None
-    if before != "0":
-        yield False
-        return
-    try:
-        HALT_POLL.write_text(str(HALT_POLL_NS))
-    except OSError:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        HALT_POLL.write_text(before)
 
 
 def http_status(url):
@@ -140,13 +114,15 @@ class Bench:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
         return r
 
-    def load(self, server, model, levels, protocol, duration=None):
-        """vaticctl bench, RUNS times; per level the median of each figure."""
+    def load(self, server, model, levels, protocol, duration=None, busy_poll=False):
+        """vaticctl bench, RUNS times; per level the median of each figure. With busy_poll the
+        load generator polls for its answers instead of sleeping (`--busy-poll`)."""
         runs = []
         for _ in range(self.a.runs):
             r = self.ctl(server, "bench", model, "-c", ",".join(map(str, levels)),
                          "--protocol", protocol, "-d", duration or self.a.duration,
-                         "--warmup", self.a.warmup, "-o", "json", check=False)
+                         "--warmup", self.a.warmup, "-o", "json",
+                         *(["--busy-poll"] if busy_poll else []), check=False)
             if not r.stdout.strip():
                 raise SystemExit(f"vaticctl bench {model} failed: {r.stderr}")
             runs.append(json.loads(r.stdout))
@@ -160,7 +136,7 @@ class Bench:
                 "p99": med(lambda x: (x["latency_us"] or {}).get("p99", float("nan"))),
                 "errors": sum(sum(x["errors"].values()) for x in of),
             }
-            log(f"  {model} {protocol} c={level}: {out[level]}")
+            log(f"  {model} {protocol} c={level}{' polling' if busy_poll else ''}: {out[level]}")
         return out
 
     def http_floor(self, url):
@@ -222,12 +198,8 @@ class Bench:
         r["http_floor"] = self.http_floor(f"{url}/v2/health/live")
         r["served_demo_json"] = self.load(url, DEMO, [1, 8, 64], "v2-json")
         r["served_demo_binary"] = self.load(url, DEMO, [1, 8, 64], "v2-binary")
-        with halt_polling() as polling:
-            if polling:
-                log(f"concurrency 1 with guest_halt_poll_ns={HALT_POLL_NS}")
-                r["polling"] = {"ns": HALT_POLL_NS, "http_floor": self.http_floor(f"{url}/v2/health/live"),
-                                "served_demo_json": self.load(url, DEMO, [1], "v2-json"),
-                                "served_demo_binary": self.load(url, DEMO, [1], "v2-binary")}
+        r["polled_demo_json"] = self.load(url, DEMO, [1], "v2-json", busy_poll=True)
+        r["polled_demo_binary"] = self.load(url, DEMO, [1], "v2-binary", busy_poll=True)
         r["served_cnn_binary"] = self.load(url, CNN, [1, 16], "v2-binary")
         r["cnn_config"] = json.loads(urllib.request.urlopen(f"{url}/v2/models/{CNN}/config").read())
         log("prediction log: full payloads")
@@ -250,10 +222,7 @@ class Bench:
                        {}, self.work, f"{api}/v2/health/ready")
         self.results["cluster_demo_json"] = self.load(api, DEMO, [1], "v2-json")
         self.results["cluster_demo_binary"] = self.load(api, DEMO, [1], "v2-binary")
-        with halt_polling() as polling:
-            if polling and "polling" in self.results:
-                log(f"api + worker at concurrency 1 with guest_halt_poll_ns={HALT_POLL_NS}")
-                self.results["polling"]["cluster_demo_binary"] = self.load(api, DEMO, [1], "v2-binary")
+        self.results["cluster_polled_demo_binary"] = self.load(api, DEMO, [1], "v2-binary", busy_poll=True)
         if self.a.soak > 0:
             self.soak(w, api)
         self.stop(a)
@@ -346,10 +315,9 @@ def idle_states():
 def load_results(path):
     """Results saved with --json; JSON made the concurrency levels strings again."""
     results = json.loads(Path(path).read_text())
-    for figures in (results, results.get("polling", {})):
-        for key, value in figures.items():
-            if key.startswith(("served_", "logged_", "cluster_", "baseline_")):
-                figures[key] = {int(level): v for level, v in value.items()}
+    for key, value in results.items():
+        if key.startswith(("served_", "polled_", "logged_", "cluster_", "baseline_")):
+            results[key] = {int(level): v for level, v in value.items()}
     return results
 
 

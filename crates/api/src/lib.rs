@@ -171,7 +171,9 @@ impl Application {
             None => None,
         };
         let app_state = state.clone();
+        let busy_poll = Duration::from_micros(settings.busy_poll_us);
         let server = HttpServer::new(move || {
+            vatic_worker::busy_poll::start(busy_poll);
             App::new()
                 .app_data(app_state.clone())
                 .wrap(Compress::default())

@@ -72,6 +72,11 @@ pub struct BenchArgs {
     /// Threads the load runs on; keep it low when the server shares the machine
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+    /// Poll for answers instead of sleeping until they arrive: each load thread takes a CPU to
+    /// itself, and the latency measured no longer includes waking it. For low concurrency on a
+    /// machine with CPUs to spare; it takes CPU from a server on the same machine
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 impl BenchArgs {
@@ -181,7 +186,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
                 }
                 Pace::Open { rate, .. } => (format!("rate={rate}/s"), (None, Some(rate))),
             };
-            let mut pool = Pool::new(pace);
+            let mut pool = Pool::new(pace, args.busy_poll.then_some(args.threads));
             let warmup = if args.warmup.is_zero() {
                 0
             } else {

@@ -241,7 +241,10 @@ pub async fn request_id(
     let (model, version) = model_and_version(&route, req.path());
     let span = tracing::info_span!("request", request_id = %id, model = model.as_deref(), version = version.as_deref());
     let started = Instant::now();
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    crate::busy_poll::arrived();
+    let res = next.call(req).instrument(span.clone()).await;
+    crate::busy_poll::answered();
+    let mut res = res?;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), v);
@@ -468,7 +471,9 @@ impl Worker {
             engine: engine.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
+        let busy_poll = Duration::from_micros(settings.busy_poll_us);
         let server = HttpServer::new(move || {
+            crate::busy_poll::start(busy_poll);
             let engine = state.engine.clone();
             App::new()
                 .app_data(state.clone())

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batcher;
+pub mod busy_poll;
 pub mod config;
 pub mod engine;
 mod error;

@@ -22,6 +22,11 @@ pub struct WorkerSettings {
     pub drain_secs: u64,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Longest time, in microseconds, an HTTP thread keeps polling its connections after a
+    /// request instead of sleeping, when its requests come that close together (0: never).
+    /// Saves a wake-up per request at low load, for CPU time; see docs/deployment.md, "Busy
+    /// polling".
+    pub busy_poll_us: u64,
     /// The model repository folder.
     pub models_dir: PathBuf,
     /// Batching defaults for every model version (the bounds of load-time profiling).
@@ -101,6 +106,7 @@ impl Default for WorkerSettings {
             listen: "127.0.0.1:8081".into(),
             drain_secs: 5,
             max_body_bytes: 64 * 1024 * 1024,
+            busy_poll_us: 200,
             models_dir: engine.models_dir,
             batching: engine.batching,
             profile: engine.profile,

@@ -13,7 +13,7 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -198,17 +198,31 @@ async fn drive(phase: Arc<Phase>, mut connection: Connection) -> (Connection, Hi
 /// The connections of a level, kept from its warm-up to its measurement.
 pub struct Pool {
     connections: Vec<Connection>,
+    /// Tasks that keep the load's threads polling while a phase runs, one per thread.
+    pollers: Option<usize>,
+}
+
+/// Keeps its thread from sleeping until `done`: it gives the thread back to the runtime at
+/// once each time, which then checks its sockets without waiting, and lets any other thread
+/// of the CPU run first.
+async fn poll_until(done: Arc<AtomicBool>) {
+    while !done.load(Ordering::Relaxed) {
+        std::thread::yield_now();
+        tokio::task::yield_now().await;
+    }
 }
 
 impl Pool {
-    /// Connections for `pace`, opened as they are first used.
-    pub fn new(pace: Pace) -> Pool {
+    /// Connections for `pace`, opened as they are first used; with `pollers`, that many tasks
+    /// poll instead of letting the load's threads sleep (`--busy-poll`).
+    pub fn new(pace: Pace, pollers: Option<usize>) -> Pool {
         let n = match pace {
             Pace::Closed { concurrency } => concurrency,
             Pace::Open { connections, .. } => connections,
         };
         Pool {
             connections: (0..n).map(|_| Connection { sender: None }).collect(),
+            pollers,
         }
     }
 
@@ -229,6 +243,10 @@ impl Pool {
             progress,
             errors: Mutex::new(BTreeMap::new()),
         });
+        let done = Arc::new(AtomicBool::new(false));
+        let pollers: Vec<_> = (0..self.pollers.unwrap_or(0))
+            .map(|_| tokio::spawn(poll_until(done.clone())))
+            .collect();
         let tasks: Vec<_> = self
             .connections
             .drain(..)
@@ -239,6 +257,10 @@ impl Pool {
             let (connection, h) = task.await.expect("a load task panicked");
             latency.add(h).expect("histograms of the same bounds");
             self.connections.push(connection);
+        }
+        done.store(true, Ordering::Relaxed);
+        for poller in pollers {
+            poller.await.expect("a polling task panicked");
         }
         let elapsed = phase.start.elapsed();
         let errors = std::mem::take(&mut *phase.errors.lock().unwrap());

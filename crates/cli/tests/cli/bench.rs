@@ -112,6 +112,22 @@ fn the_open_loop_sends_exactly_rate_times_duration() {
 }
 
 #[test]
+fn a_polling_load_generator_sends_and_counts_the_same() {
+    for threads in [1, 2] {
+        let run = bench(&format!(
+            "breast_cancer -c 1,3 -n 40 --busy-poll --threads {threads} --warmup 100ms -o json"
+        ));
+        let both = levels(&run);
+        assert_eq!(both.len(), 2, "{}", run.stdout);
+        for level in &both {
+            check_level(level, 40, 1);
+        }
+    }
+    let run = bench("breast_cancer --rate 200 -d 500ms --busy-poll --warmup 0s -o json");
+    check_level(&levels(&run)[0], 100, 1);
+}
+
+#[test]
 fn the_table_has_a_row_per_level() {
     let run = bench("breast_cancer -c 1,2 -n 20 --warmup 0s");
     run.assert_ok();

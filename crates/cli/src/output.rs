@@ -62,7 +62,7 @@ pub fn print(
 ) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => {
-            writeln!(out, "{}", vatic_schema::v2::response_json_pretty(response))?;
+            writeln!(out, "{}", vatic_schema::v2::response_json(response, true))?;
         }
         OutputFormat::Table => {
             for (title, table) in response_tables(response) {

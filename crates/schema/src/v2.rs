@@ -281,17 +281,32 @@ pub fn encode_response(resp: &InferResponse, binary: impl Fn(&Tensor) -> bool) -
     finish(&wire, &blobs)
 }
 
-/// A response as indented JSON with every output in JSON form, for people to read.
-pub fn response_json_pretty(resp: &InferResponse) -> String {
-    let mut blobs = Vec::new();
+/// A request as JSON with every input in JSON form: what [`encode_request`] writes without
+/// `binary`, as text.
+pub fn request_json(req: &InferRequest) -> String {
+    let wire = WireRequestOut {
+        id: req.id.as_deref(),
+        parameters: &req.parameters,
+        inputs: wire_tensors(&req.inputs, |_| false, &mut Vec::new()),
+        outputs: &req.outputs,
+    };
+    serde_json::to_string(&wire).expect("serializing to memory does not fail")
+}
+
+/// A response as JSON with every output in JSON form; `pretty` indents it for people to read.
+pub fn response_json(resp: &InferResponse, pretty: bool) -> String {
     let wire = WireResponseOut {
         model_name: &resp.model_name,
         model_version: resp.model_version.as_deref(),
         id: resp.id.as_deref(),
         parameters: &resp.parameters,
-        outputs: wire_tensors(&resp.outputs, |_| false, &mut blobs),
+        outputs: wire_tensors(&resp.outputs, |_| false, &mut Vec::new()),
     };
-    serde_json::to_string_pretty(&wire).expect("serializing to memory does not fail")
+    match pretty {
+        true => serde_json::to_string_pretty(&wire),
+        false => serde_json::to_string(&wire),
+    }
+    .expect("serializing to memory does not fail")
 }
 
 fn split_body(body: &Bytes, header_length: Option<usize>) -> Result<(Bytes, Bytes), SchemaError> {

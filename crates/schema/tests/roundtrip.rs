@@ -88,6 +88,9 @@ proptest! {
         };
         let enc = v2::encode_request(&req, false);
         prop_assert_eq!(enc.header_length, None);
+        // The text form is the same JSON.
+        let text = v2::request_json(&req);
+        prop_assert_eq!(text.as_bytes(), &enc.body[..]);
         let back = v2::decode_request(&Bytes::from(enc.body), enc.header_length).unwrap();
         prop_assert_eq!(back, req);
     }
@@ -112,7 +115,14 @@ proptest! {
         };
         let enc = v2::encode_response(&resp, |t| if t.name == "a" { a_binary } else { b_binary });
         let back = v2::decode_response(&Bytes::from(enc.body), enc.header_length).unwrap();
-        prop_assert_eq!(back, resp);
+        prop_assert_eq!(&back, &resp);
+        // The text forms, every output in JSON, plain and indented, decode to the same.
+        for pretty in [false, true] {
+            let text = v2::response_json(&resp, pretty);
+            prop_assert_eq!(v2::decode_response(&Bytes::from(text), None).unwrap(), resp.clone());
+        }
+        let text = v2::response_json(&resp, false);
+        prop_assert_eq!(text.as_bytes(), &v2::encode_response(&resp, |_| false).body[..]);
     }
 
     #[test]

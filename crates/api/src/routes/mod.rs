@@ -137,20 +137,19 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
     // Time-ordered: the log's primary key grows at its end instead of at random places.
     let id = uuid::Uuid::now_v7();
     // A payload: the body as the client sent or got it when that is V2 JSON, else encoded.
-    let payload = |as_sent: Option<&[u8]>, encode: &dyn Fn() -> Vec<u8>| -> Option<String> {
+    let payload = |as_sent: Option<&[u8]>, encode: &dyn Fn() -> String| -> Option<String> {
         if !full {
             return None;
         }
-        as_sent
-            .and_then(|body| std::str::from_utf8(body).ok().map(str::to_string))
-            .or_else(|| String::from_utf8(encode()).ok())
+        let as_sent = as_sent.and_then(|body| std::str::from_utf8(body).ok());
+        Some(as_sent.map_or_else(encode, str::to_string))
     };
     let (status, version, response) = match a.answer {
         Ok(r) => (
             200,
             r.model_version.clone().or(a.version.map(str::to_string)),
             payload(a.response_json, &|| {
-                vatic_schema::v2::encode_response(r, |_| false).body
+                vatic_schema::v2::response_json(r, false)
             }),
         ),
         Err(e) => (
@@ -160,7 +159,7 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
         ),
     };
     let request = payload(a.request_json, &|| {
-        vatic_schema::v2::encode_request(a.request, false).body
+        vatic_schema::v2::request_json(a.request)
     });
     log.log(vatic_store::PredictionRecord {
         id,

@@ -12,12 +12,17 @@ TARGET_NOTES = """\
   concurrency 1 is what serving costs: HTTP parsing, JSON or binary decoding, the batcher
   (a queue hand-off, or, for a cheap model's lone request, a run on the HTTP thread),
   encoding and the access log line.
+- The servers run with their default settings, busy polling included (`busy_poll_us = 200`:
+  an HTTP thread whose requests come that close together polls for the next instead of
+  sleeping). The concurrency-1 targets are read with the load generator polling too
+  (`vaticctl bench --busy-poll`), so that its own wake-up, which is not the server's doing, is
+  not counted; the figures with it sleeping are beside them.
 - The load generator runs on the same 2 cores as the server, so at high concurrency both
   compete for the CPU; every figure is measured that way, the baseline's included.
 - The FastAPI baseline (`benches/baseline/app.py`) runs as a tutorial runs it: one uvicorn
   process, onnxruntime's default session (its thread pool uses every core). With
-  `--workers 2` every request took a constant 44 ms, on this machine as on the ones before (a
-  delay, not work: the same at concurrency 1 and 8; `uvicorn app:app --workers 2` in
+  `--workers 2` every request took a constant 44 ms, on each of the machines before this one
+  (a delay, not work: the same at concurrency 1 and 8; `uvicorn app:app --workers 2` in
   benches/baseline, then `vaticctl bench breast_cancer -c 1,8,64 -d 4s --protocol v2-json`), and
   1,344 req/s at concurrency 64, so that setting would flatter vatic and is not used.
 - Each figure is the median of the runs; latency percentiles are vaticctl's HDR histograms.

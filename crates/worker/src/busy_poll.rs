@@ -47,7 +47,7 @@ thread_local! {
 }
 
 /// Starts the polling task on this thread's runtime (an actix-web worker thread: call it from
-/// the `HttpServer::new` factory, which runs on each). Once per thread; a zero `window` starts
+/// the `HttpServer::new` factory, which runs on each). Once per thread; a zero `max` starts
 /// nothing.
 pub fn start(max: Duration) {
     if max.is_zero() {
@@ -93,8 +93,11 @@ fn mark(arrival: bool) {
             }
             p.last.set(now);
             p.until.set(now + p.window.get());
-            if let Some(waker) = p.sleeping.borrow_mut().take() {
-                waker.wake();
+            // A closed window leaves the task asleep.
+            if !p.window.get().is_zero() {
+                if let Some(waker) = p.sleeping.borrow_mut().take() {
+                    waker.wake();
+                }
             }
         }
     });
@@ -171,6 +174,14 @@ mod tests {
             polling.sleeping.borrow().is_some(),
             "asleep after the window"
         );
+        // A request after longer than `max` with nothing to do closes the window and leaves
+        // the task asleep.
+        if let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(61)) {
+            polling.last.set(long_ago);
+            arrived();
+            assert_eq!(polling.window.get(), Duration::ZERO);
+            assert!(polling.sleeping.borrow().is_some(), "left asleep");
+        }
     }
 
     #[test]

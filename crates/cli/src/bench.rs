@@ -186,7 +186,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
                 }
                 Pace::Open { rate, .. } => (format!("rate={rate}/s"), (None, Some(rate))),
             };
-            let mut pool = Pool::new(pace, args.busy_poll.then_some(args.threads));
+            let mut pool = Pool::new(pace, if args.busy_poll { args.threads } else { 0 });
             let warmup = if args.warmup.is_zero() {
                 0
             } else {

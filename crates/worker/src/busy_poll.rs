@@ -71,22 +71,21 @@ pub fn start(max: Duration) {
     });
 }
 
-/// A request arrived on this thread: adapts the window to how long the thread had nothing to
-/// do, and marks the thread busy for the window from now. Does nothing on a thread without a
-/// polling task.
-pub fn arrived() {
-    mark(true);
+/// A request arrived on this thread `now`: adapts the window to how long the thread had nothing
+/// to do, and marks the thread busy for the window from then. Does nothing on a thread without
+/// a polling task.
+pub fn arrived(now: Instant) {
+    mark(now, true);
 }
 
-/// A request was answered on this thread: marks it busy for the window from now.
-pub fn answered() {
-    mark(false);
+/// A request was answered on this thread `now`: marks it busy for the window from then.
+pub fn answered(now: Instant) {
+    mark(now, false);
 }
 
-fn mark(arrival: bool) {
+fn mark(now: Instant, arrival: bool) {
     POLLING.with(|p| {
         if let Some(p) = &*p.borrow() {
-            let now = Instant::now();
             if arrival {
                 let idle = now.saturating_duration_since(p.last.get());
                 p.window.set(adapt(p.window.get(), idle, p.max));
@@ -157,7 +156,7 @@ mod tests {
             "asleep before any request"
         );
         // A request within a minute of the last opens the window.
-        arrived();
+        arrived(Instant::now());
         assert!(polling.window.get() >= GROW_START);
         assert!(polling.sleeping.borrow().is_none(), "woken by a request");
         // However slowly this test runs, the window holds.
@@ -178,7 +177,7 @@ mod tests {
         // the task asleep.
         if let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(61)) {
             polling.last.set(long_ago);
-            arrived();
+            arrived(Instant::now());
             assert_eq!(polling.window.get(), Duration::ZERO);
             assert!(polling.sleeping.borrow().is_some(), "left asleep");
         }
@@ -208,7 +207,7 @@ mod tests {
         start(Duration::ZERO);
         assert!(POLLING.with(|p| p.borrow().is_none()));
         // Without a task, requests change nothing.
-        arrived();
-        answered();
+        arrived(Instant::now());
+        answered(Instant::now());
     }
 }

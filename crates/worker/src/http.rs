@@ -241,9 +241,10 @@ pub async fn request_id(
     let (model, version) = model_and_version(&route, req.path());
     let span = tracing::info_span!("request", request_id = %id, model = model.as_deref(), version = version.as_deref());
     let started = Instant::now();
-    crate::busy_poll::arrived();
+    crate::busy_poll::arrived(started);
     let res = next.call(req).instrument(span.clone()).await;
-    crate::busy_poll::answered();
+    let answered = Instant::now();
+    crate::busy_poll::answered(answered);
     let mut res = res?;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut()
@@ -256,7 +257,7 @@ pub async fn request_id(
             _ => None,
         };
         span.in_scope(|| {
-            tracing::info!(method = %method, route = %route, status, bytes, micros = started.elapsed().as_micros() as u64, "request");
+            tracing::info!(method = %method, route = %route, status, bytes, micros = (answered - started).as_micros() as u64, "request");
         });
     }
     Ok(res)

@@ -198,8 +198,8 @@ async fn drive(phase: Arc<Phase>, mut connection: Connection) -> (Connection, Hi
 /// The connections of a level, kept from its warm-up to its measurement.
 pub struct Pool {
     connections: Vec<Connection>,
-    /// Tasks that keep the load's threads polling while a phase runs, one per thread.
-    pollers: Option<usize>,
+    /// Tasks that keep the load's threads polling while a phase runs, one per thread (0: none).
+    pollers: usize,
 }
 
 /// Keeps its thread from sleeping until `done`: it gives the thread back to the runtime at
@@ -213,9 +213,9 @@ async fn poll_until(done: Arc<AtomicBool>) {
 }
 
 impl Pool {
-    /// Connections for `pace`, opened as they are first used; with `pollers`, that many tasks
-    /// poll instead of letting the load's threads sleep (`--busy-poll`).
-    pub fn new(pace: Pace, pollers: Option<usize>) -> Pool {
+    /// Connections for `pace`, opened as they are first used; `pollers` tasks poll instead of
+    /// letting the load's threads sleep (`--busy-poll`: one per thread).
+    pub fn new(pace: Pace, pollers: usize) -> Pool {
         let n = match pace {
             Pace::Closed { concurrency } => concurrency,
             Pace::Open { connections, .. } => connections,
@@ -244,7 +244,7 @@ impl Pool {
             errors: Mutex::new(BTreeMap::new()),
         });
         let done = Arc::new(AtomicBool::new(false));
-        let pollers: Vec<_> = (0..self.pollers.unwrap_or(0))
+        let pollers: Vec<_> = (0..self.pollers)
             .map(|_| tokio::spawn(poll_until(done.clone())))
             .collect();
         let tasks: Vec<_> = self

@@ -18,7 +18,7 @@ pub use artifacts::{fetch_artifact_to, sha256_file};
 pub use error::{Result, StoreError};
 pub use fleet::Heartbeat;
 pub use notify::{Listener, REGISTRY_CHANNEL};
-pub use predictions::{PredictionRecord, RetentionReport};
+pub use predictions::{Delivery, PredictionRecord, RetentionReport};
 pub use registry::{AuditRecord, NewVersion};
 
 use sqlx::migrate::Migrator;

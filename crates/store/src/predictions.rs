@@ -1,5 +1,5 @@
-//! The prediction log table: batched, idempotent inserts (on PostgreSQL a COPY, through a
-//! staging table when some records may be stored already), day partitions on PostgreSQL, and
+//! The prediction log table: batched inserts (on PostgreSQL a COPY, through a staging table that
+//! skips the records stored already when a batch is replayed), day partitions on PostgreSQL, and
 //! retention.
 
 use crate::{on_pool, Pool, Result, Store, StoreError};
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// One logged prediction. `id` is made when the prediction is accepted into the log, so a
-/// record written twice (a replay after an answer was lost) is stored once.
+/// record written twice (a replay after an answer was lost) is recognised and stored once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionRecord {
     /// Unique id of this record.
@@ -112,15 +112,12 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
 
 /// SQLSTATE of a row no partition accepts (a check violation; the table has no other checks).
 const NO_PARTITION: &str = "23514";
-/// SQLSTATE of a duplicate key: a record stored already.
-const DUPLICATE: &str = "23505";
 
 fn has_code(e: &StoreError, code: &str) -> bool {
     matches!(e, StoreError::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some(code))
 }
 
-/// Copies binary COPY rows ([`copy_binary`]) straight into the log; fails as a whole with
-/// [`DUPLICATE`] when any of them is stored already. Returns how many were stored.
+/// Copies binary COPY rows ([`copy_binary`]) straight into the log; returns how many were stored.
 async fn copy_direct(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     let mut conn = pool.acquire().await?;
     let mut copy = conn
@@ -132,20 +129,22 @@ async fn copy_direct(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     Ok(copy.finish().await?)
 }
 
-/// Stores binary COPY rows, skipping the ones stored already; returns how many were new. Records
-/// are new but for a replay (a batch written again after its answer was lost), so the rows go
-/// straight in first; only when that meets a duplicate do they go through a staging table and
-/// an `INSERT ... ON CONFLICT DO NOTHING`, which costs the database about twice the work.
-async fn copy_insert(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
-    match copy_direct(pool, data).await {
-        Err(e) if has_code(&e, DUPLICATE) => copy_staged(pool, data).await,
-        result => result,
-    }
-}
-
-/// Copies binary COPY rows into a staging table and moves the ones not stored yet into the log,
-/// in one transaction; returns how many were new.
-async fn copy_staged(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
+/// Stores binary COPY rows of `records`, skipping the ones stored already (same id and time) and
+/// repeats within them; returns how many were new. The rows go to a staging table first, and
+/// only those not found in the log move on, in one transaction. The log has no index on ids: the
+/// lookup reads the pages the BRIN index on `at` gives for the records' time range, which is
+/// short for a batch, since records are written in the order they arrive.
+async fn copy_staged(
+    pool: &sqlx::PgPool,
+    records: &[PredictionRecord],
+    data: &[u8],
+) -> Result<u64> {
+    let (Some(from), Some(to)) = (
+        records.iter().map(|r| r.at).min(),
+        records.iter().map(|r| r.at).max(),
+    ) else {
+        return Ok(0);
+    };
     let mut tx = pool.begin().await?;
     sqlx::query("CREATE TEMP TABLE predictions_in (LIKE predictions) ON COMMIT DROP")
         .execute(&mut *tx)
@@ -157,9 +156,14 @@ async fn copy_staged(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
         .await?;
     copy.send(data).await?;
     copy.finish().await?;
+    // The bounds are whole microseconds around the stored times (which drop finer digits).
     let new = sqlx::query(&format!(
-        "INSERT INTO predictions ({COLUMNS}) SELECT {COLUMNS} FROM predictions_in ON CONFLICT DO NOTHING"
+        "INSERT INTO predictions ({COLUMNS}) SELECT DISTINCT ON (id, at) {COLUMNS} FROM predictions_in s \
+         WHERE NOT EXISTS (SELECT 1 FROM predictions p \
+         WHERE p.at >= $1 AND p.at <= $2 AND p.id = s.id AND p.at = s.at)"
     ))
+    .bind(from.trunc_subsecs(6))
+    .bind(to.trunc_subsecs(6))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -167,10 +171,26 @@ async fn copy_staged(pool: &sqlx::PgPool, data: &[u8]) -> Result<u64> {
     Ok(new)
 }
 
+/// Whether a batch's records may be in the log already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Records never handed to the database before: stored as they are, without looking for
+    /// copies (on PostgreSQL a plain COPY, the cheapest write there is).
+    First,
+    /// Records handed over before without a known outcome (a replay from the spool after an
+    /// error, when the batch may have been committed all the same): those stored already are
+    /// skipped, so a record is stored once however often it is replayed.
+    Retry,
+}
+
 impl Store {
-    /// Inserts records, skipping any already stored (same id); returns how many were new.
-    /// All or nothing: on error none of them is stored.
-    pub async fn insert_predictions(&self, records: &[PredictionRecord]) -> Result<u64> {
+    /// Inserts records; with [`Delivery::Retry`], skipping any already stored (same id and time).
+    /// Returns how many were new. All or nothing: on error none of them is stored.
+    pub async fn insert_predictions(
+        &self,
+        records: &[PredictionRecord],
+        delivery: Delivery,
+    ) -> Result<u64> {
         if records.is_empty() {
             return Ok(0);
         }
@@ -178,17 +198,24 @@ impl Store {
             Pool::Postgres(pool) => {
                 self.ensure_partitions(records).await?;
                 let data = copy_binary(records);
-                match copy_insert(pool, &data).await {
+                let copy = || async {
+                    match delivery {
+                        Delivery::First => copy_direct(pool, &data).await,
+                        Delivery::Retry => copy_staged(pool, records, &data).await,
+                    }
+                };
+                match copy().await {
                     // No partition for a row: another process (retention) dropped a day this
                     // handle remembers making. Make the days again and retry once.
                     Err(e) if has_code(&e, NO_PARTITION) => {
                         self.forget_partitions(records);
                         self.ensure_partitions(records).await?;
-                        copy_insert(pool, &data).await
+                        copy().await
                     }
                     result => result,
                 }
             }
+            // SQLite keys the table by id, which skips a copy whatever the delivery.
             Pool::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 let mut new = 0;

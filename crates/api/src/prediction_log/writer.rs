@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use vatic_store::{PredictionRecord, Store, StoreError};
+use vatic_store::{Delivery, PredictionRecord, Store, StoreError};
 
 /// How many times per flush interval a filling batch takes what has been queued.
 const FILL_POLLS: u32 = 8;
@@ -121,7 +121,7 @@ impl Writer {
             return;
         }
         let oldest = oldest(&batch);
-        let outcome = insert_isolating(&self.store, batch).await;
+        let outcome = insert_isolating(&self.store, batch, Delivery::First).await;
         add(&self.counters.written, outcome.inserted);
         if outcome.error.is_none() {
             self.record_lag(oldest);
@@ -175,7 +175,9 @@ impl Writer {
             }
         };
         let oldest = oldest(&chunk.records);
-        let outcome = insert_isolating(&self.store, std::mem::take(&mut chunk.records)).await;
+        // Spooled records may be stored already: the batch that failed may have been committed.
+        let records = std::mem::take(&mut chunk.records);
+        let outcome = insert_isolating(&self.store, records, Delivery::Retry).await;
         // Rows are new only once, so they count even when the chunk is read again later.
         add(&self.counters.replayed, outcome.inserted);
         if let Some(e) = outcome.error {
@@ -227,12 +229,12 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
-/// What an insert did.
 /// When the oldest record of `records` arrived.
 fn oldest(records: &[PredictionRecord]) -> Option<chrono::DateTime<chrono::Utc>> {
     records.iter().map(|r| r.at).min()
 }
 
+/// What an insert did.
 struct Outcome {
     /// New rows.
     inserted: u64,
@@ -247,7 +249,11 @@ struct Outcome {
 /// Inserts records. When the database refuses a batch for its content, the batch is split until
 /// the records at fault stand alone; those are logged and left out, so one bad record cannot
 /// hold the log up. Any other error stops at once, returning what was not inserted.
-async fn insert_isolating(store: &Store, records: Vec<PredictionRecord>) -> Outcome {
+async fn insert_isolating(
+    store: &Store,
+    records: Vec<PredictionRecord>,
+    delivery: Delivery,
+) -> Outcome {
     let mut outcome = Outcome {
         inserted: 0,
         rejected: 0,
@@ -261,7 +267,10 @@ async fn insert_isolating(store: &Store, records: Vec<PredictionRecord>) -> Outc
         if range.is_empty() {
             continue;
         }
-        match store.insert_predictions(&records[range.clone()]).await {
+        match store
+            .insert_predictions(&records[range.clone()], delivery)
+            .await
+        {
             Ok(n) => outcome.inserted += n,
             Err(e) if is_rejection(&e) && range.len() == 1 => {
                 let r = &records[range.start];

@@ -134,7 +134,7 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
         return;
     }
     let full = mode == LogMode::Full;
-    // Time-ordered: the log's primary key grows at its end instead of at random places.
+    // Time-ordered, as the log stores its records.
     let id = uuid::Uuid::now_v7();
     // A payload: the body as the client sent or got it when that is V2 JSON, else encoded.
     let payload = |as_sent: Option<&[u8]>, encode: &dyn Fn() -> String| -> Option<String> {

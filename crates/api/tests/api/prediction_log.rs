@@ -7,7 +7,7 @@ use std::time::Duration;
 use vatic_api::prediction_log::{
     PredictionLog, PredictionLogSettings, PredictionLogStats, SPOOL_FILE, SPOOL_REPLAYING_FILE,
 };
-use vatic_store::{ConnectOptions, PredictionRecord, Store};
+use vatic_store::{ConnectOptions, Delivery, PredictionRecord, Store};
 use vatic_testkit::{TcpProxy, TestDb};
 
 fn init_tracing() {
@@ -233,7 +233,10 @@ async fn a_spool_left_by_a_crash_is_replayed_at_start() {
         };
         // The crash came in the middle of a replay (its first 20 records were in) and in the
         // middle of an append to the new spool file.
-        store.insert_predictions(&records[..20]).await.unwrap();
+        store
+            .insert_predictions(&records[..20], Delivery::First)
+            .await
+            .unwrap();
         std::fs::write(
             spool.path().join(SPOOL_REPLAYING_FILE),
             lines(&records[..60]),

@@ -1,10 +1,10 @@
-//! The prediction log: idempotent batches, exact payloads, newest-first reads and retention.
+//! The prediction log: replays stored once, exact payloads, newest-first reads and retention.
 
 use crate::helpers::{backend, migrated, Raw};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use std::collections::BTreeSet;
 use uuid::Uuid;
-use vatic_store::{PredictionRecord, Store};
+use vatic_store::{Delivery, PredictionRecord, Store};
 use vatic_testkit::TestDb;
 
 /// Now, to the microsecond both backends keep.
@@ -37,6 +37,11 @@ fn assert_same(got: &PredictionRecord, want: &PredictionRecord, b: &str) {
     assert_eq!(got, want, "{b}");
 }
 
+/// Inserts records, panicking on an error; how many were new.
+async fn insert(store: &Store, records: &[PredictionRecord], delivery: Delivery) -> u64 {
+    store.insert_predictions(records, delivery).await.unwrap()
+}
+
 async fn ids(store: &Store, model: &str) -> BTreeSet<Uuid> {
     store
         .recent_predictions(model, 1000)
@@ -48,12 +53,12 @@ async fn ids(store: &Store, model: &str) -> BTreeSet<Uuid> {
 }
 
 #[tokio::test]
-async fn inserts_are_idempotent_by_id() {
+async fn a_replay_stores_only_the_records_not_stored_yet() {
     for db in TestDb::both() {
         let b = backend(&db);
         let store = migrated(&db).await;
         assert_eq!(
-            store.insert_predictions(&[]).await.unwrap(),
+            insert(&store, &[], Delivery::First).await,
             0,
             "{b}: empty batch"
         );
@@ -66,7 +71,7 @@ async fn inserts_are_idempotent_by_id() {
                 )
             })
             .collect();
-        assert_eq!(store.insert_predictions(&batch).await.unwrap(), 50, "{b}");
+        assert_eq!(insert(&store, &batch, Delivery::First).await, 50, "{b}");
         assert_eq!(store.prediction_count(None).await.unwrap(), 50, "{b}");
         assert_eq!(
             store.prediction_count(Some("iris")).await.unwrap(),
@@ -85,7 +90,7 @@ async fn inserts_are_idempotent_by_id() {
         );
 
         assert_eq!(
-            store.insert_predictions(&batch).await.unwrap(),
+            insert(&store, &batch, Delivery::Retry).await,
             0,
             "{b}: a replay adds nothing"
         );
@@ -96,8 +101,27 @@ async fn inserts_are_idempotent_by_id() {
         let mut mixed = batch[10..20].to_vec();
         mixed.push(fresh.clone());
         mixed.push(fresh.clone());
-        assert_eq!(store.insert_predictions(&mixed).await.unwrap(), 1, "{b}");
+        assert_eq!(insert(&store, &mixed, Delivery::Retry).await, 1, "{b}");
         assert_eq!(store.prediction_count(None).await.unwrap(), 51, "{b}");
+
+        // A replay over two days, one record stored already on each, the rest new.
+        let yesterday = record("iris", at - Duration::days(1));
+        let stored = [yesterday.clone(), record("iris", at + Duration::seconds(1))];
+        assert_eq!(insert(&store, &stored, Delivery::First).await, 2, "{b}");
+        let mut replay = stored.to_vec();
+        replay.push(record(
+            "iris",
+            at - Duration::days(1) + Duration::seconds(1),
+        ));
+        replay.push(record("wine", at + Duration::seconds(2)));
+        assert_eq!(insert(&store, &replay, Delivery::Retry).await, 2, "{b}");
+        assert_eq!(store.prediction_count(None).await.unwrap(), 55, "{b}");
+        let got = store.recent_predictions("iris", 1000).await.unwrap();
+        assert_eq!(
+            got.iter().filter(|r| r.id == yesterday.id).count(),
+            1,
+            "{b}"
+        );
     }
 }
 
@@ -147,7 +171,7 @@ async fn payloads_round_trip_exactly() {
                 ..record("iris", at - Duration::microseconds(1500))
             },
         ];
-        assert_eq!(store.insert_predictions(&records).await.unwrap(), 3, "{b}");
+        assert_eq!(insert(&store, &records, Delivery::First).await, 3, "{b}");
         let got = store.recent_predictions("iris", 10).await.unwrap();
         assert_eq!(got.len(), 3, "{b}");
         for (got, want) in got.iter().zip(&records) {
@@ -186,7 +210,7 @@ async fn times_keep_their_microseconds_on_both_sides_of_both_epochs() {
             .iter()
             .map(|(_, at)| record("iris", at.parse().unwrap()))
             .collect();
-        assert_eq!(store.insert_predictions(&records).await.unwrap(), 5, "{b}");
+        assert_eq!(insert(&store, &records, Delivery::First).await, 5, "{b}");
         let got = store.recent_predictions("iris", 10).await.unwrap();
         assert_eq!(got.len(), 5, "{b}");
         for (got, want) in got.iter().rev().zip(&records) {
@@ -225,11 +249,8 @@ async fn recent_predictions_are_newest_first_and_limited() {
         let mut shuffled = records.clone();
         shuffled.swap(0, 4);
         shuffled.swap(1, 5);
-        store.insert_predictions(&shuffled).await.unwrap();
-        store
-            .insert_predictions(&[record("wine", at)])
-            .await
-            .unwrap();
+        insert(&store, &shuffled, Delivery::First).await;
+        insert(&store, &[record("wine", at)], Delivery::First).await;
 
         let got = store.recent_predictions("iris", 4).await.unwrap();
         assert_eq!(got.len(), 4, "{b}: limit");
@@ -262,7 +283,7 @@ async fn retention_removes_old_days_and_keeps_recent_ones() {
             .collect();
         let mut batch = old.clone();
         batch.extend(recent.iter().cloned());
-        assert_eq!(store.insert_predictions(&batch).await.unwrap(), 7, "{b}");
+        assert_eq!(insert(&store, &batch, Delivery::First).await, 7, "{b}");
 
         let report = store.apply_retention(7, "ops").await.unwrap();
         if db.is_postgres() {
@@ -293,10 +314,7 @@ async fn retention_removes_old_days_and_keeps_recent_ones() {
         // A late record for a dropped day is still accepted: its day is made again.
         let late = record("iris", old_day);
         assert_eq!(
-            store
-                .insert_predictions(std::slice::from_ref(&late))
-                .await
-                .unwrap(),
+            insert(&store, std::slice::from_ref(&late), Delivery::First).await,
             1,
             "{b}"
         );
@@ -318,18 +336,12 @@ async fn times_are_kept_to_the_microsecond_on_both_backends() {
         );
         let r = record("iris", fine);
         assert_eq!(
-            store
-                .insert_predictions(std::slice::from_ref(&r))
-                .await
-                .unwrap(),
+            insert(&store, std::slice::from_ref(&r), Delivery::First).await,
             1,
             "{b}"
         );
         assert_eq!(
-            store
-                .insert_predictions(std::slice::from_ref(&r))
-                .await
-                .unwrap(),
+            insert(&store, std::slice::from_ref(&r), Delivery::Retry).await,
             0,
             "{b}: replay"
         );
@@ -347,7 +359,7 @@ async fn a_day_dropped_by_another_handle_is_made_again() {
         let retention = migrated(&db).await;
         let old_day = now() - Duration::days(10);
         let first = record("iris", old_day);
-        assert_eq!(writer.insert_predictions(&[first]).await.unwrap(), 1, "{b}");
+        assert_eq!(insert(&writer, &[first], Delivery::First).await, 1, "{b}");
         retention.apply_retention(7, "ops").await.unwrap();
         assert_eq!(writer.prediction_count(None).await.unwrap(), 0, "{b}");
 
@@ -355,7 +367,7 @@ async fn a_day_dropped_by_another_handle_is_made_again() {
         let late = record("iris", old_day - Duration::seconds(1));
         let today = record("iris", now());
         let stored = writer
-            .insert_predictions(&[late, today])
+            .insert_predictions(&[late, today], Delivery::First)
             .await
             .unwrap_or_else(|e| panic!("{b}: insert after another handle's retention: {e}"));
         assert_eq!(stored, 2, "{b}");
@@ -425,12 +437,35 @@ async fn payloads_logged_as_jsonb_survive_the_moves_to_json_and_text() {
     // New records keep the text they were written with.
     let fresh = record("iris", now());
     assert_eq!(
-        store
-            .insert_predictions(std::slice::from_ref(&fresh))
-            .await
-            .unwrap(),
+        insert(&store, std::slice::from_ref(&fresh), Delivery::First).await,
         1
     );
     let got = store.recent_predictions("iris", 1).await.unwrap();
     assert_same(&got[0], &fresh, "postgres");
+    // A replay still finds both, the one from before the migrations too.
+    let old = PredictionRecord {
+        id,
+        ..record("iris", at)
+    };
+    assert_eq!(insert(&store, &[old, fresh], Delivery::Retry).await, 0);
+    assert_eq!(store.prediction_count(None).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn the_log_on_postgres_has_one_brin_index_on_time() {
+    let db = TestDb::postgres();
+    let store = migrated(&db).await;
+    let at: DateTime<Utc> = "2026-03-02T08:00:00Z".parse().unwrap();
+    insert(&store, &[record("iris", at)], Delivery::First).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE tablename IN ('predictions', 'predictions_p20260302') ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    for def in &indexes {
+        assert!(def.contains("USING brin (at)"), "{indexes:?}");
+    }
 }

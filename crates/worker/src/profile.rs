@@ -220,18 +220,24 @@ pub fn profile(model: &OnnxModel, grid: &Grid) -> anyhow::Result<Profile> {
     })
 }
 
-/// One cell: `instances` threads each run batches of `rows` until the cell's time is up.
+/// One cell: `instances` threads each run batches of `rows` until the cell's time is up. Each
+/// thread makes one run first, untimed: the first run at a shape, and the first on a thread, pay
+/// for lazy initialisation, which would count against small batches (whose cells hold few
+/// runs) and make large ones look better than they are. The clock starts when every thread is
+/// warm.
 fn measure(model: &OnnxModel, rows: usize, instances: usize, grid: &Grid) -> anyhow::Result<Cell> {
     let inputs = model.sample_inputs(rows)?;
     let context = || format!("profiling run with {rows} row(s) on {instances} instance(s)");
-    // Warm-up: the first run at a shape pays for lazy initialisation.
-    model.run(inputs.clone()).with_context(context)?;
-    let started = Instant::now();
-    let deadline = started + grid.duration;
-    let per_thread: Vec<anyhow::Result<Histogram<u64>>> = std::thread::scope(|s| {
+    let warm = std::sync::Barrier::new(instances + 1);
+    let (started, per_thread) = std::thread::scope(|s| {
         let threads: Vec<_> = (0..instances)
             .map(|_| {
                 s.spawn(|| -> anyhow::Result<Histogram<u64>> {
+                    let warm_up = model.run(inputs.clone());
+                    // Every thread reaches the barrier, whatever its warm-up did.
+                    warm.wait();
+                    warm_up?;
+                    let deadline = Instant::now() + grid.duration;
                     let mut h = Histogram::<u64>::new(3).expect("valid histogram");
                     let mut runs = 0u64;
                     while runs < grid.min_runs.div_ceil(instances as u64)
@@ -246,10 +252,13 @@ fn measure(model: &OnnxModel, rows: usize, instances: usize, grid: &Grid) -> any
                 })
             })
             .collect();
-        threads
+        warm.wait();
+        let started = Instant::now();
+        let per_thread: Vec<anyhow::Result<Histogram<u64>>> = threads
             .into_iter()
             .map(|t| t.join().expect("a profiling thread panicked"))
-            .collect()
+            .collect();
+        (started, per_thread)
     });
     let elapsed = started.elapsed().as_secs_f64();
     let mut all = Histogram::<u64>::new(3).expect("valid histogram");

@@ -41,7 +41,7 @@ impl Default for PredictionLogSettings {
     fn default() -> Self {
         PredictionLogSettings {
             queue_capacity: 10_000,
-            batch_size: 500,
+            batch_size: 2000,
             flush_interval_ms: 200,
             spool_dir: PathBuf::from("data/spool"),
             retry_interval_ms: 1000,

@@ -1,6 +1,6 @@
 -- The prediction log is written on every request and read rarely, by time range: its two b-tree
--- indexes, the primary key (id, at) and (model, at), took more than half of the database's work
--- per logged prediction. They give way to one BRIN index on `at`, which costs next to nothing to
+-- indexes, the primary key (id, at) and (model, at), took about half of the database's work per
+-- logged prediction. They give way to one BRIN index on `at`, which costs next to nothing to
 -- keep (a summary per 128 pages) and finds a time range's pages: rows are appended in time order.
 -- Ids stay unique without the key: each is made once, and a replay from the spool (a batch whose
 -- commit answer was lost) skips the records already stored by looking them up by time and id.

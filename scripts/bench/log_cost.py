@@ -11,13 +11,26 @@ primary key (id, at) and a B-tree on (model, at)).
     python3 scripts/bench/log_cost.py --bin target/release \\
         --database-url postgres://postgres@127.0.0.1:5432/postgres --protocol v2-json --rounds 3
 
+`--copy N` measures the database alone instead, without a server: N records shaped like the
+demo model's (about 680 bytes of JSON each) copied into an empty day partition by binary COPY
+from psql, in transactions of `--batch` records, for each index set of `--indexes` (here also
+`pkey`, the primary key alone, and `none`); it prints the CPU time of the backend that took the
+COPY per record.
+
+    python3 scripts/bench/log_cost.py --bin target/release \\
+        --database-url postgres://postgres@127.0.0.1:5432/postgres --copy 100000 --batch 500 \\
+        --indexes brin,btree,pkey,none --rounds 3
+
 Standard library only; psql on the PATH. Creates and drops the database `vatic_log_cost`.
 """
 
 import argparse
+import datetime
 import json
 import os
+import random
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,7 +50,14 @@ INDEXES = {
         "ALTER TABLE predictions ADD PRIMARY KEY (id, at)",
         "CREATE INDEX predictions_model_at ON predictions (model, at)",
     ],
+    "pkey": [
+        "DROP INDEX IF EXISTS predictions_at",
+        "ALTER TABLE predictions ADD PRIMARY KEY (id, at)",
+    ],
+    "none": ["DROP INDEX IF EXISTS predictions_at"],
 }
+# The day partition --copy writes into.
+DAY = datetime.datetime(2026, 1, 15, tzinfo=datetime.timezone.utc)
 DATABASE = "vatic_log_cost"
 
 
@@ -57,6 +77,72 @@ def postgres_ticks():
     return total
 
 
+def copy_data(records, batch):
+    """Binary COPY data (the format vatic-store writes) for `records` demo-shaped records, one
+    bytes object per `batch` of them."""
+    rng = random.Random(1)
+    epoch = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    start = int((DAY - epoch).total_seconds() * 1e6)
+    response = json.dumps({"model_name": DEMO, "model_version": "1", "outputs": [
+        {"name": "label", "datatype": "INT64", "shape": [1], "data": [1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 0.9]}]},
+        separators=(",", ":")).encode()
+    field = lambda b: struct.pack(">i", len(b)) + b
+    out = []
+    for first in range(0, records, batch):
+        data = bytearray(b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0))
+        for i in range(first, min(first + batch, records)):
+            request = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30],
+                                              "data": [rng.random() * 100 for _ in range(30)]}]},
+                                 separators=(",", ":")).encode()
+            data += struct.pack(">h", 10)
+            data += field(rng.randbytes(16)) + field(struct.pack(">q", start + i * 30))
+            data += field(f"req-{i}".encode()) + field(DEMO.encode()) + field(b"1")
+            data += struct.pack(">i", -1)  # api_key
+            data += field(struct.pack(">h", 200)) + field(struct.pack(">q", 250))
+            data += field(request) + field(response)
+        data += struct.pack(">h", -1)
+        out.append(bytes(data))
+    return out
+
+
+def copy_rounds(a, url, psql, work):
+    """`--copy`: the backend's CPU per record for each index set, `--rounds` times."""
+    files = []
+    for n, data in enumerate(copy_data(a.copy, a.batch)):
+        files.append(work / f"batch{n}.copy")
+        files[-1].write_bytes(data)
+    day, next_day = DAY.date(), (DAY + datetime.timedelta(days=1)).date()
+    print(f"{'round':>5} {'indexes':8} {'backend us/record':>18}")
+    for round_ in range(a.rounds):
+        for setting in a.indexes.split(","):
+            psql(url, "DROP TABLE IF EXISTS predictions_copy_day",
+                 f"CREATE TABLE predictions_copy_day PARTITION OF predictions "
+                 f"FOR VALUES FROM ('{day}') TO ('{next_day}')",
+                 *INDEXES["brin"], *INDEXES[setting], "CHECKPOINT")
+            session = subprocess.Popen(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", url], text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+            def ask(line):
+                session.stdin.write(line + "\n")
+                session.stdin.flush()
+                return session.stdout.readline().strip()
+
+            pid = ask("SELECT pg_backend_pid();")
+            before = cpu_ticks(pid)
+            for f in files:
+                session.stdin.write(f"\\copy predictions FROM '{f}' (FORMAT binary)\n")
+            stored = ask("SELECT count(*) FROM predictions_copy_day;")
+            after = cpu_ticks(pid)
+            if stored != str(a.copy):
+                raise SystemExit(f"psql: {stored or 'no'} records stored of {a.copy}")
+            session.stdin.close()
+            if session.wait() != 0:
+                raise SystemExit("psql failed")
+            per_record = (after - before) / os.sysconf("SC_CLK_TCK") * 1e6 / a.copy
+            print(f"{round_:>5} {setting:8} {per_record:18.2f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bin", required=True, help="folder of the release binaries")
@@ -64,11 +150,17 @@ def main():
     p.add_argument("--protocol", default="v2-json", choices=["v2-json", "v2-binary"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5, help="length of each run, after 1 s of warm-up")
-    p.add_argument("--indexes", default="brin", help="index sets to compare: brin, btree or both")
+    p.add_argument("--indexes", default="brin",
+                   help="index sets to compare, by comma: brin, btree (and pkey, none with --copy)")
+    p.add_argument("--copy", type=int, metavar="N", help="measure a COPY of N records, no server")
+    p.add_argument("--batch", type=int, default=500, help="records per transaction with --copy")
     a = p.parse_args()
+    allowed = INDEXES if a.copy else ["brin", "btree"]
     for name in a.indexes.split(","):
-        if name not in INDEXES:
-            raise SystemExit(f"--indexes: unknown index set {name!r} (brin, btree)")
+        if name not in allowed:
+            raise SystemExit(f"--indexes: unknown index set {name!r} ({', '.join(allowed)})")
+    if a.batch < 1 or (a.copy is not None and a.copy < 1):
+        raise SystemExit("--copy and --batch take a whole number of records, at least 1")
     binary = Path(a.bin)
     admin_url = a.database_url
     url = admin_url.rsplit("/", 1)[0] + "/" + DATABASE
@@ -80,6 +172,15 @@ def main():
 
     psql(admin_url, f"DROP DATABASE IF EXISTS {DATABASE}", f"CREATE DATABASE {DATABASE}")
     work = Path(tempfile.mkdtemp(prefix="vatic-log-cost-"))
+    if a.copy:
+        try:
+            subprocess.run([str(binary / "vaticctl"), "migrate", "--database-url", url],
+                           check=True, stdout=subprocess.DEVNULL)
+            copy_rounds(a, url, psql, work)
+        finally:
+            shutil.rmtree(work)
+            psql(admin_url, f"DROP DATABASE IF EXISTS {DATABASE}")
+        return
     (work / "models" / DEMO / "1").mkdir(parents=True)
     shutil.copy(ROOT / "models" / DEMO / "1/model.onnx", work / "models" / DEMO / "1/model.onnx")
     port = 18490

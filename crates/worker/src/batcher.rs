@@ -14,7 +14,7 @@ use crate::EngineError;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -47,6 +47,9 @@ struct Queue {
     running: usize,
     /// When a request last found another in flight, queued or running.
     overlapped: Option<Instant>,
+    /// Runners waiting on `wake`. A notification is a system call even with nobody waiting,
+    /// and under load a runner mostly finds the next jobs queued without one.
+    idle: usize,
 }
 
 /// How long requests go through the queue after two overlapped, before a lone request runs on
@@ -112,6 +115,7 @@ impl Batcher {
                 closed: false,
                 running: 0,
                 overlapped: None,
+                idle: 0,
             }),
             wake: Condvar::new(),
         });
@@ -152,12 +156,9 @@ impl Batcher {
             self.shared.execute(vec![job]);
             let mut q = self.shared.queue.lock().expect("queue lock");
             q.running -= 1;
+            // Jobs queued while this one ran may have found every instance taken.
             let waiting = !q.jobs.is_empty();
-            drop(q);
-            if waiting {
-                // Jobs queued while this one ran may have found every instance taken.
-                self.shared.wake.notify_one();
-            }
+            self.shared.wake_one(q, waiting);
             return Ok(());
         }
         if q.jobs.len() >= self.shared.config.max_queue_size {
@@ -167,10 +168,9 @@ impl Batcher {
             });
         }
         q.jobs.push_back(job);
-        drop(q);
         // One runner is enough for one job; a runner that leaves jobs behind wakes the next.
         // Waking every runner would make all but one of them go back to sleep for nothing.
-        self.shared.wake.notify_one();
+        self.shared.wake_one(q, true);
         Ok(())
     }
 
@@ -219,6 +219,30 @@ impl Drop for Caller<'_> {
 }
 
 impl Shared {
+    /// Releases the queue, then wakes one idle runner if `needed` and there is one.
+    fn wake_one(&self, q: MutexGuard<'_, Queue>, needed: bool) {
+        let wake = needed && q.idle > 0;
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits on `wake`, at most `timeout`, counted among the idle runners meanwhile.
+    fn sleep<'a>(
+        &self,
+        mut q: MutexGuard<'a, Queue>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Queue> {
+        q.idle += 1;
+        let mut q = match timeout {
+            None => self.wake.wait(q).expect("queue lock"),
+            Some(t) => self.wake.wait_timeout(q, t).expect("queue lock").0,
+        };
+        q.idle -= 1;
+        q
+    }
+
     fn run(&self) {
         while let Some(batch) = self.next_batch() {
             self.execute(batch);
@@ -283,13 +307,13 @@ impl Shared {
                 if q.closed {
                     return None;
                 }
-                q = self.wake.wait(q).expect("queue lock");
+                q = self.sleep(q, None);
                 continue;
             }
             if q.running >= self.config.instances {
                 // Every instance is running (some on submitting threads); the first to finish
                 // takes these jobs.
-                q = self.wake.wait(q).expect("queue lock");
+                q = self.sleep(q, None);
                 continue;
             }
             let (picked, total) = self.select(&q.jobs);
@@ -301,7 +325,7 @@ impl Shared {
                 || now >= due
                 || q.closed;
             if !ready {
-                q = self.wake.wait_timeout(q, due - now).expect("queue lock").0;
+                q = self.sleep(q, Some(due - now));
                 continue;
             }
             let mut batch = Vec::with_capacity(picked.len());
@@ -311,10 +335,7 @@ impl Shared {
             batch.reverse();
             q.running += 1;
             let more = !q.jobs.is_empty() && q.running < self.config.instances;
-            drop(q);
-            if more {
-                self.wake.notify_one();
-            }
+            self.wake_one(q, more);
             return Some(batch);
         }
     }
@@ -537,6 +558,73 @@ mod tests {
         b.submit(j).unwrap();
         let outputs = answer.blocking_recv().unwrap().unwrap();
         assert_eq!(outputs[0].0, [1, 2]);
+        stop(&b);
+    }
+
+    /// Waits, at most ten seconds, until `done` holds for the queue.
+    fn until(b: &Batcher, what: &str, done: impl Fn(&Queue) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&b.shared.queue.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "still not {what} after 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn idle_runners_are_counted_and_woken_by_a_submit() {
+        let b = batcher(false, 2, 2);
+        until(&b, "both runners idle", |q| q.idle == 2);
+        let _caller = b.enter();
+        let (j, answer) = job();
+        b.submit(j).unwrap();
+        answer.blocking_recv().unwrap().unwrap();
+        until(&b, "both runners idle again", |q| {
+            q.idle == 2 && q.running == 0
+        });
+        stop(&b);
+        assert_eq!(b.shared.queue.lock().unwrap().idle, 0);
+    }
+
+    #[test]
+    fn jobs_submitted_from_many_threads_are_all_answered() {
+        let b = Arc::new(batcher(false, 2, 2));
+        let submitters: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let mut answers = Vec::new();
+                    for _ in 0..250 {
+                        let (j, answer) = job();
+                        b.submit(j).unwrap();
+                        answers.push(answer);
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let answers: Vec<_> = submitters
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for mut answer in answers {
+            loop {
+                match answer.try_recv() {
+                    Ok(outputs) => {
+                        assert_eq!(outputs.unwrap()[0].0, [1, 2]);
+                        break;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "a job still unanswered after 10 s"
+                        );
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("the job was dropped: {e}"),
+                }
+            }
+        }
         stop(&b);
     }
 

@@ -114,30 +114,45 @@ class Bench:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
         return r
 
+    def bench(self, server, model, levels, protocol, duration=None, busy_poll=False):
+        """One vaticctl bench run: its JSON, a figure set per level. With busy_poll the load
+        generator polls for its answers instead of sleeping (`--busy-poll`)."""
+        r = self.ctl(server, "bench", model, "-c", ",".join(map(str, levels)),
+                     "--protocol", protocol, "-d", duration or self.a.duration,
+                     "--warmup", self.a.warmup, "-o", "json",
+                     *(["--busy-poll"] if busy_poll else []), check=False)
+        if not r.stdout.strip():
+            raise SystemExit(f"vaticctl bench {model} failed: {r.stderr}")
+        return json.loads(r.stdout)
+
     def load(self, server, model, levels, protocol, duration=None, busy_poll=False):
-        """vaticctl bench, RUNS times; per level the median of each figure. With busy_poll the
-        load generator polls for its answers instead of sleeping (`--busy-poll`)."""
-        runs = []
+        """vaticctl bench, RUNS times; per level the median of each figure."""
+        runs = [self.bench(server, model, levels, protocol, duration, busy_poll)
+                for _ in range(self.a.runs)]
+        return medians(runs, levels, f"{model} {protocol}{' polling' if busy_poll else ''}")
+
+    def log_cost(self, server, protocol):
+        """The demo at concurrency 64 with the log off and with full payloads, in alternating
+        runs, RUNS of each, so that a machine slower in one part of the script slows both."""
+        off, full = [], []
         for _ in range(self.a.runs):
-            r = self.ctl(server, "bench", model, "-c", ",".join(map(str, levels)),
-                         "--protocol", protocol, "-d", duration or self.a.duration,
-                         "--warmup", self.a.warmup, "-o", "json",
-                         *(["--busy-poll"] if busy_poll else []), check=False)
-            if not r.stdout.strip():
-                raise SystemExit(f"vaticctl bench {model} failed: {r.stderr}")
-            runs.append(json.loads(r.stdout))
-        out = {}
-        for i, level in enumerate(levels):
-            of = [run[i] for run in runs]
-            med = lambda f: statistics.median(f(x) for x in of)
-            out[level] = {
-                "throughput": med(lambda x: x["throughput"]),
-                "p50": med(lambda x: (x["latency_us"] or {}).get("p50", float("nan"))),
-                "p99": med(lambda x: (x["latency_us"] or {}).get("p99", float("nan"))),
-                "errors": sum(sum(x["errors"].values()) for x in of),
-            }
-            log(f"  {model} {protocol} c={level}{' polling' if busy_poll else ''}: {out[level]}")
-        return out
+            for mode, runs in (("off", off), ("full", full)):
+                self.ctl(server, "models", "log", DEMO, "--mode", mode, "--sample-rate", "1")
+                runs.append(self.bench(server, DEMO, [64], protocol))
+        return (medians(off, [64], f"{DEMO} {protocol} log off"),
+                medians(full, [64], f"{DEMO} {protocol} log full"))
+
+    def log_steady_state(self, server):
+        """Brings PostgreSQL to the state of a server that has been taking the log for a while:
+        a logged JSON run of 20 s at concurrency 64, then a CHECKPOINT; returns that run's
+        figures. A checkpoint keeps the WAL files it no longer needs for reuse, about as many
+        as its cycle wrote; until then a cluster makes each new 16 MiB WAL file and fills it
+        with zeros first (see scripts/bench/notes.md)."""
+        self.ctl(server, "models", "log", DEMO, "--mode", "full", "--sample-rate", "1")
+        run = self.bench(server, DEMO, [64], "v2-json", duration="20s")
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.a.database_url, "-c", "CHECKPOINT"],
+                       check=True, stdout=subprocess.DEVNULL)
+        return medians([run], [64], f"{DEMO} v2-json log full, first 20 s")
 
     def http_floor(self, url):
         """A bare HTTP exchange with the server, no model: wrk -t1 -c1, RUNS times; medians."""
@@ -202,10 +217,10 @@ class Bench:
         r["polled_demo_binary"] = self.load(url, DEMO, [1], "v2-binary", busy_poll=True)
         r["served_cnn_binary"] = self.load(url, CNN, [1, 16], "v2-binary")
         r["cnn_config"] = json.loads(urllib.request.urlopen(f"{url}/v2/models/{CNN}/config").read())
-        log("prediction log: full payloads")
-        self.ctl(url, "models", "log", DEMO, "--mode", "full", "--sample-rate", "1")
-        r["logged_demo_json"] = self.load(url, DEMO, [64], "v2-json")
-        r["logged_demo_binary"] = self.load(url, DEMO, [64], "v2-binary")
+        log("prediction log: full payloads, alternating with the log off")
+        r["log_warmup_demo_json"] = self.log_steady_state(url)
+        r["unlogged_demo_json"], r["logged_demo_json"] = self.log_cost(url, "v2-json")
+        r["unlogged_demo_binary"], r["logged_demo_binary"] = self.log_cost(url, "v2-binary")
         self.stop(s)
 
     def cluster(self, repo):
@@ -286,6 +301,22 @@ class Bench:
         return self.results
 
 
+def medians(runs, levels, label):
+    """Per level, the median of each figure over vaticctl bench runs."""
+    out = {}
+    for i, level in enumerate(levels):
+        of = [run[i] for run in runs]
+        med = lambda f: statistics.median(f(x) for x in of)
+        out[level] = {
+            "throughput": med(lambda x: x["throughput"]),
+            "p50": med(lambda x: (x["latency_us"] or {}).get("p50", float("nan"))),
+            "p99": med(lambda x: (x["latency_us"] or {}).get("p99", float("nan"))),
+            "errors": sum(sum(x["errors"].values()) for x in of),
+        }
+        log(f"  {label} c={level}: {out[level]}")
+    return out
+
+
 def machine():
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -316,7 +347,7 @@ def load_results(path):
     """Results saved with --json; JSON made the concurrency levels strings again."""
     results = json.loads(Path(path).read_text())
     for key, value in results.items():
-        if key.startswith(("served_", "polled_", "logged_", "cluster_", "baseline_")):
+        if key.startswith(("served_", "polled_", "logged_", "unlogged_", "log_warmup_", "cluster_", "baseline_")):
             results[key] = {int(level): v for level, v in value.items()}
     return results
 

@@ -47,9 +47,12 @@ struct Queue {
     running: usize,
     /// When a request last found another in flight, queued or running.
     overlapped: Option<Instant>,
-    /// Runners waiting on `wake`. A notification is a system call even with nobody waiting,
-    /// and under load a runner mostly finds the next jobs queued without one.
+    /// Runners waiting on `wake` that no notification has gone to yet. A notification is a
+    /// system call even with nobody waiting, and under load a runner mostly finds the next
+    /// jobs queued without one.
     idle: usize,
+    /// Runners notified that have not woken up yet: they will see what is queued by then.
+    waking: usize,
 }
 
 /// How long requests go through the queue after two overlapped, before a lone request runs on
@@ -116,6 +119,7 @@ impl Batcher {
                 running: 0,
                 overlapped: None,
                 idle: 0,
+                waking: 0,
             }),
             wake: Condvar::new(),
         });
@@ -219,9 +223,14 @@ impl Drop for Caller<'_> {
 }
 
 impl Shared {
-    /// Releases the queue, then wakes one idle runner if `needed` and there is one.
-    fn wake_one(&self, q: MutexGuard<'_, Queue>, needed: bool) {
+    /// Releases the queue, then wakes one idle runner if `needed` and there is one not woken
+    /// already.
+    fn wake_one(&self, mut q: MutexGuard<'_, Queue>, needed: bool) {
         let wake = needed && q.idle > 0;
+        if wake {
+            q.idle -= 1;
+            q.waking += 1;
+        }
         drop(q);
         if wake {
             self.wake.notify_one();
@@ -239,7 +248,13 @@ impl Shared {
             None => self.wake.wait(q).expect("queue lock"),
             Some(t) => self.wake.wait_timeout(q, t).expect("queue lock").0,
         };
-        q.idle -= 1;
+        // Whichever runner returns first takes a pending notification's place: the counts
+        // stay right whether this one was notified, timed out or woke spuriously.
+        if q.waking > 0 {
+            q.waking -= 1;
+        } else {
+            q.idle -= 1;
+        }
         q
     }
 
@@ -579,10 +594,33 @@ mod tests {
         b.submit(j).unwrap();
         answer.blocking_recv().unwrap().unwrap();
         until(&b, "both runners idle again", |q| {
-            q.idle == 2 && q.running == 0
+            q.idle == 2 && q.waking == 0 && q.running == 0
         });
         stop(&b);
-        assert_eq!(b.shared.queue.lock().unwrap().idle, 0);
+        let q = b.shared.queue.lock().unwrap();
+        assert_eq!((q.idle, q.waking), (0, 0));
+    }
+
+    #[test]
+    fn a_runner_being_woken_is_not_notified_again() {
+        // No runner threads: the counts stand for a runner that is asleep.
+        let b = batcher(false, 1, 0);
+        b.shared.queue.lock().unwrap().idle = 1;
+        let (j, _first) = job();
+        b.submit(j).unwrap();
+        let counts = |b: &Batcher| {
+            let q = b.shared.queue.lock().unwrap();
+            (q.idle, q.waking)
+        };
+        assert_eq!(counts(&b), (0, 1), "the first job wakes the runner");
+        let (j, _second) = job();
+        b.submit(j).unwrap();
+        assert_eq!(
+            counts(&b),
+            (0, 1),
+            "the runner on its way finds the second job too"
+        );
+        assert_eq!(b.queued(), 2);
     }
 
     #[test]

@@ -98,13 +98,21 @@ impl Backend {
                     )
                     .await?;
                 answer.ok()?;
-                v2::decode_response(&answer.body, answer.header_length).map_err(|e| {
-                    HttpError::Upstream {
-                        status: 502,
-                        message: format!("a worker sent an unreadable inference response: {e}"),
-                        retry_after: None,
-                    }
-                })
+                let response =
+                    v2::decode_response(&answer.body, answer.header_length).map_err(|e| {
+                        HttpError::Upstream {
+                            status: 502,
+                            message: format!("a worker sent an unreadable inference response: {e}"),
+                            retry_after: None,
+                        }
+                    })?;
+                // The request's log lines name the version that answered, as the engine's do
+                // in standalone mode. (Each `record` makes the JSON log layer parse and write
+                // the span's fields again, so it is done once per request.)
+                if let Some(version) = &response.model_version {
+                    tracing::Span::current().record("version", version.as_str());
+                }
+                Ok(response)
             }
         }
     }

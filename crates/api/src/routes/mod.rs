@@ -73,10 +73,6 @@ impl AppState {
             Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
             Err(e) => (e.status_code().as_u16(), None),
         };
-        if let Some(version) = version {
-            // The access log line names the version that answered.
-            tracing::Span::current().record("version", version);
-        }
         let known = status != 404 && self.backend.knows(model);
         let model = if known {
             model

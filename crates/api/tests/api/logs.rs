@@ -143,3 +143,31 @@ fn a_server_whose_log_nobody_reads_keeps_answering_and_loses_no_line() {
     seen.recv_timeout(Duration::from_secs(60))
         .expect("every access line, in order, once the log is read");
 }
+
+#[test]
+fn a_standalone_access_line_names_the_version_that_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary("vatic-api", "vatic-api"));
+    cmd.args(["--standalone", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--models-dir"])
+        .arg(vatic_testkit::root().join("models"));
+    let api = ServerProcess::spawn_in(cmd, dir.path(), "api listening");
+    let client = reqwest::blocking::Client::new();
+    wait_ok(
+        &client,
+        &format!("{}/v2/models/breast_cancer/ready", api.url),
+    );
+    let id = "standalone-7c1e";
+    // The path names no version: the line names the one that answered.
+    let r = client
+        .post(format!("{}/v2/models/breast_cancer/infer", api.url))
+        .header("X-Request-ID", id)
+        .json(&vatic_testkit::demo_reference().v2_request(0..1))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let line = access_line("api", || api.lines_of_request(id));
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["span"]["model"], "breast_cancer", "{line}");
+    assert_eq!(line["span"]["version"], "1", "{line}");
+}

@@ -2,7 +2,8 @@
 //! Both answer with the same types, so routes do not care which.
 
 use crate::catalog::Catalog;
-use crate::pool::WorkerPool;
+use crate::error::ApiError;
+use crate::pool::{Target, WorkerPool};
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::Value;
@@ -12,13 +13,12 @@ use vatic_schema::{
     InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStats, ModelStatsResponse,
     RepositoryModel,
 };
-use vatic_worker::http::HttpError;
-use vatic_worker::Engine;
+use vatic_worker::host::EngineHost;
 
 /// The inference backend of an api process.
 pub enum Backend {
     /// Standalone: models run in this process.
-    Local(Arc<Engine>),
+    Local(EngineHost),
     /// Cluster: models run in worker processes, routed by the registry's view.
     Remote(Arc<WorkerPool>, Arc<Catalog>),
 }
@@ -30,9 +30,13 @@ fn model_path(model: &str, version: Option<&str>, suffix: &str) -> String {
     }
 }
 
-/// Where a cluster request goes: the version to put in the worker's path, and the model and
-/// version number a worker must report ready.
-type Route<'a> = (Option<String>, Option<(&'a str, u64)>);
+/// Where a cluster request goes.
+struct Route<'a> {
+    /// The version to put in the worker's path: the one named, else the registry's default.
+    version: Option<String>,
+    /// The version a worker must report ready, when the registry names one.
+    target: Option<Target<'a>>,
+}
 
 /// The version a cluster request goes to: the one named, else the registry's default, so the
 /// pool can pick a worker that has it ready. Unknown models and versions are refused here.
@@ -40,12 +44,14 @@ fn resolve<'a>(
     catalog: &Catalog,
     model: &'a str,
     version: Option<&str>,
-) -> Result<Route<'a>, HttpError> {
+) -> Result<Route<'a>, ApiError> {
     let number = catalog.resolve(model, version)?;
-    let version = version
-        .map(str::to_string)
-        .or_else(|| number.map(|n| n.to_string()));
-    Ok((version, number.map(|n| (model, n))))
+    Ok(Route {
+        version: version
+            .map(str::to_string)
+            .or_else(|| number.map(|n| n.to_string())),
+        target: number.map(|version| Target { model, version }),
+    })
 }
 
 impl Backend {
@@ -53,7 +59,7 @@ impl Backend {
     /// api that has not read a registry takes every name on trust.
     pub fn knows(&self, model: &str) -> bool {
         match self {
-            Backend::Local(engine) => engine.has_model(model),
+            Backend::Local(host) => host.engine.has_model(model),
             Backend::Remote(_, catalog) => catalog.knows(model),
         }
     }
@@ -61,7 +67,7 @@ impl Backend {
     /// Whether requests can be served now.
     pub fn is_ready(&self) -> bool {
         match self {
-            Backend::Local(engine) => engine.is_ready(),
+            Backend::Local(host) => host.engine.is_ready(),
             Backend::Remote(pool, _) => pool.any_healthy(),
         }
     }
@@ -73,12 +79,11 @@ impl Backend {
         version: Option<&str>,
         req: &InferRequest,
         request_id: Option<&str>,
-    ) -> Result<InferResponse, HttpError> {
+    ) -> Result<InferResponse, ApiError> {
         match self {
-            Backend::Local(engine) => Ok(engine.infer(model, version, req).await?),
+            Backend::Local(host) => Ok(host.engine.infer(model, version, req).await?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version)?;
-                let version = version.as_deref();
+                let route = resolve(catalog, model, version)?;
                 let mut forwarded = req.clone();
                 forwarded
                     .parameters
@@ -91,24 +96,21 @@ impl Backend {
                 let answer = pool
                     .send(
                         Method::POST,
-                        &model_path(model, version, "/infer"),
+                        &model_path(model, route.version.as_deref(), "/infer"),
                         body,
                         request_id,
-                        target,
+                        route.target,
                     )
                     .await?;
                 answer.ok()?;
                 let response =
                     v2::decode_response(&answer.body, answer.header_length).map_err(|e| {
-                        HttpError::Upstream {
-                            status: 502,
-                            message: format!("a worker sent an unreadable inference response: {e}"),
-                            retry_after: None,
-                        }
+                        ApiError::BadGateway(format!(
+                            "a worker sent an unreadable inference response: {e}"
+                        ))
                     })?;
                 // The request's log lines name the version that answered, as the engine's do
-                // in standalone mode. (Each `record` makes the JSON log layer parse and write
-                // the span's fields again, so it is done once per request.)
+                // in standalone mode.
                 if let Some(version) = &response.model_version {
                     tracing::Span::current().record("version", version.as_str());
                 }
@@ -122,15 +124,15 @@ impl Backend {
         &self,
         model: &str,
         version: Option<&str>,
-    ) -> Result<ModelMetadata, HttpError> {
+    ) -> Result<ModelMetadata, ApiError> {
         match self {
-            Backend::Local(engine) => Ok(engine.metadata(model, version)?),
+            Backend::Local(host) => Ok(host.engine.metadata(model, version)?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version)?;
+                let route = resolve(catalog, model, version)?;
                 pool.json(
                     Method::GET,
-                    &model_path(model, version.as_deref(), ""),
-                    target,
+                    &model_path(model, route.version.as_deref(), ""),
+                    route.target,
                 )
                 .await
             }
@@ -138,18 +140,18 @@ impl Backend {
     }
 
     /// Whether a version can serve; `Err` when it does not exist.
-    pub async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool, HttpError> {
+    pub async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool, ApiError> {
         match self {
-            Backend::Local(engine) => Ok(engine.model_ready(model, version)?),
+            Backend::Local(host) => Ok(host.engine.model_ready(model, version)?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version)?;
+                let route = resolve(catalog, model, version)?;
                 let answer = pool
                     .send(
                         Method::GET,
-                        &model_path(model, version.as_deref(), "/ready"),
+                        &model_path(model, route.version.as_deref(), "/ready"),
                         None,
                         None,
-                        target,
+                        route.target,
                     )
                     .await?;
                 match answer.status {
@@ -166,15 +168,15 @@ impl Backend {
         &self,
         model: &str,
         version: Option<&str>,
-    ) -> Result<ModelConfig, HttpError> {
+    ) -> Result<ModelConfig, ApiError> {
         match self {
-            Backend::Local(engine) => Ok(engine.config(model, version)?),
+            Backend::Local(host) => Ok(host.engine.config(model, version)?),
             Backend::Remote(pool, catalog) => {
-                let (version, target) = resolve(catalog, model, version)?;
+                let route = resolve(catalog, model, version)?;
                 pool.json(
                     Method::GET,
-                    &model_path(model, version.as_deref(), "/config"),
-                    target,
+                    &model_path(model, route.version.as_deref(), "/config"),
+                    route.target,
                 )
                 .await
             }
@@ -186,9 +188,9 @@ impl Backend {
         &self,
         model: Option<&str>,
         version: Option<&str>,
-    ) -> Result<ModelStatsResponse, HttpError> {
+    ) -> Result<ModelStatsResponse, ApiError> {
         match self {
-            Backend::Local(engine) => Ok(engine.stats(model, version)?),
+            Backend::Local(host) => Ok(host.engine.stats(model, version)?),
             Backend::Remote(pool, _) => {
                 let path = match model {
                     Some(m) => model_path(m, version, "/stats"),
@@ -215,9 +217,9 @@ impl Backend {
     }
 
     /// Every model version and its state.
-    pub async fn index(&self) -> Result<Vec<RepositoryModel>, HttpError> {
+    pub async fn index(&self) -> Result<Vec<RepositoryModel>, ApiError> {
         match self {
-            Backend::Local(engine) => Ok(engine.index()),
+            Backend::Local(host) => Ok(host.engine.index()),
             Backend::Remote(pool, _) => pool.json(Method::POST, "/v2/repository/index", None).await,
         }
     }
@@ -262,5 +264,86 @@ fn merge_stats(into: &mut Vec<ModelStats>, from: Vec<ModelStats>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vatic_schema::{BatchStats, InferenceStats, StatDuration};
+
+    fn took(count: u64, ns: u64) -> StatDuration {
+        StatDuration { count, ns }
+    }
+
+    /// One worker's statistics of `name` version 1: `n` requests of one row, run in batches of
+    /// the sizes `batches` gives (size, executions), each phase `n` times `ns`.
+    fn stats(name: &str, last: u64, n: u64, ns: u64, batches: &[(u64, u64)]) -> ModelStats {
+        ModelStats {
+            name: name.into(),
+            version: "1".into(),
+            last_inference: last,
+            inference_count: n,
+            execution_count: batches.iter().map(|b| b.1).sum(),
+            inference_stats: InferenceStats {
+                success: took(n, n * ns),
+                fail: took(1, ns),
+                cancel: took(0, 0),
+                queue: took(n, n * ns / 2),
+                compute_input: took(n, n),
+                compute_infer: took(n, n * ns),
+                compute_output: took(n, n),
+            },
+            batch_stats: batches
+                .iter()
+                .map(|(size, runs)| BatchStats {
+                    batch_size: *size,
+                    compute_infer: took(*runs, runs * ns),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_statistics_of_several_workers_add_up_per_version() {
+        let mut merged = Vec::new();
+        merge_stats(
+            &mut merged,
+            vec![stats("iris", 100, 4, 10, &[(1, 2), (2, 1)])],
+        );
+        merge_stats(
+            &mut merged,
+            vec![
+                stats("iris", 90, 6, 20, &[(2, 1), (4, 1)]),
+                stats("cnn", 50, 1, 5, &[(1, 1)]),
+            ],
+        );
+        assert_eq!(merged.len(), 2);
+        let iris = &merged[0];
+        assert_eq!(iris.last_inference, 100, "the later of the two");
+        assert_eq!((iris.inference_count, iris.execution_count), (10, 5));
+        let s = &iris.inference_stats;
+        assert_eq!(s.success, took(10, 40 + 120));
+        assert_eq!(s.fail, took(2, 30));
+        assert_eq!(s.queue, took(10, 20 + 60));
+        assert_eq!(s.compute_infer, took(10, 160));
+        assert_eq!(
+            (s.compute_input, s.compute_output),
+            (took(10, 10), took(10, 10))
+        );
+        let batches: Vec<(u64, StatDuration)> = iris
+            .batch_stats
+            .iter()
+            .map(|b| (b.batch_size, b.compute_infer))
+            .collect();
+        assert_eq!(
+            batches,
+            [(1, took(2, 20)), (2, took(2, 30)), (4, took(1, 20))]
+        );
+        assert_eq!(
+            merged[1],
+            stats("cnn", 50, 1, 5, &[(1, 1)]),
+            "a version of one worker"
+        );
     }
 }

@@ -3,14 +3,14 @@
 //! notification and every `refresh` otherwise; in a cluster the same loop feeds the worker pool
 //! from the fleet table.
 
+use crate::error::ApiError;
 use crate::pool::WorkerPool;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vatic_schema::admin::{LogMode, ModelInfo};
+use vatic_server::Passes;
 use vatic_store::Store;
-use vatic_worker::passes::Passes;
-use vatic_worker::EngineError;
 
 /// What this replica knows of each model; empty until the first read of the registry.
 #[derive(Default)]
@@ -38,24 +38,24 @@ impl Catalog {
     /// Once the registry has been read, a model or version it does not serve is refused here
     /// with 404; before that (or with no registry) the request passes on as it is, and a
     /// version that is not a number resolves to none.
-    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Option<u64>, EngineError> {
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
         let named = version.and_then(|v| v.parse::<u64>().ok());
         let view = self.models.read().expect("catalog lock");
         let Some(models) = view.as_ref() else {
             return Ok(named);
         };
         let Some(info) = models.get(model) else {
-            return Err(EngineError::ModelNotFound(model.to_string()));
+            return Err(ApiError::ModelNotFound(model.to_string()));
         };
         let served = || info.versions.iter().filter(|v| v.state.is_served());
         match version {
             None => info
                 .default_version()
                 .map(|v| Some(v.version))
-                .ok_or_else(|| EngineError::ModelNotFound(model.to_string())),
+                .ok_or_else(|| ApiError::ModelNotFound(model.to_string())),
             Some(asked) => match named.filter(|n| served().any(|v| v.version == *n)) {
                 Some(n) => Ok(Some(n)),
-                None => Err(EngineError::VersionNotFound {
+                None => Err(ApiError::VersionNotFound {
                     model: model.to_string(),
                     version: asked.to_string(),
                     available: served()

@@ -1,253 +1,189 @@
 //! The vatic public API: KServe V2 and TF-Serving REST over actix-web, served by an in-process
-//! worker (standalone mode) or by a pool of worker processes (cluster mode).
+//! engine (standalone mode) or by a pool of worker processes (cluster mode), with the model
+//! registry's admin API and the prediction log.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod catalog;
+pub mod error;
 pub mod metrics;
 pub mod pool;
 pub mod prediction_log;
 pub mod registry;
 pub mod routes;
 pub mod settings;
+pub mod state;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::{from_fn, Compress};
-use actix_web::{web, App, HttpServer};
 use backend::Backend;
 use catalog::Catalog;
+use metrics::ApiMetrics;
 use prediction_log::PredictionLog;
-use routes::AppState;
 use settings::{ApiSettings, Mode};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
+use state::AppState;
 use std::sync::Arc;
 use std::time::Duration;
-use vatic_worker::http::{drain, on_connect, request_id, shutdown_signal};
-use vatic_worker::passes::Passes;
-use vatic_worker::reconcile::Reconciler;
-use vatic_worker::Engine;
+use vatic_server::{Listener, Passes, Server};
+use vatic_store::Store;
+use vatic_worker::host::{EngineHost, ModelSource};
 
-/// A built api server, listening but not yet serving.
+/// A built api process, listening.
 pub struct Application {
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    /// Shared state, for tests.
-    pub state: web::Data<AppState>,
-    /// The address of its metrics endpoint, when it has one.
-    pub metrics_addr: Option<SocketAddr>,
-    metrics: Option<ServerHandle>,
-    server: Option<Server>,
-    drain: Duration,
-    reconcile: Option<(
-        tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
-    )>,
+    /// The server: its addresses, its state (`server.service`) and its shutdown.
+    pub server: Server<AppState>,
 }
 
 impl Application {
-    /// Binds and builds the server. In standalone mode, models start loading in the background:
-    /// the server is live at once and ready when the first set of models is loaded and warmed.
+    /// Builds the api and binds its port. In standalone mode, models start loading in the
+    /// background: the server is live at once and ready when the first set of models is loaded
+    /// and warmed.
     pub async fn build(settings: &ApiSettings) -> anyhow::Result<Application> {
         settings.validate()?;
-        let store = settings.database.open().await?;
-        let listener = TcpListener::bind(&settings.listen)
-            .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
-        let addr = listener.local_addr()?;
+        let store = settings.server.database.open().await?;
+        let listener = Listener::bind(&settings.server)?;
+        let metrics = ApiMetrics::default();
         let catalog = Arc::new(Catalog::default());
-        let metrics = metrics::ApiMetrics::default();
-        let catalog_passes = Passes::default();
-        let mut reconcile_passes = None;
-        let mut reconcile = None;
-        let backend = match settings.mode {
-            Mode::Standalone => {
-                let engine = Arc::new(Engine::new(&settings.engine()));
-                match &store {
-                    Some(store) => {
-                        if settings.import_models {
-                            let added = registry::import_folder(
-                                store,
-                                &settings.models_dir,
-                                &settings.batching,
-                            )
-                            .await?;
-                            tracing::info!(added, models_dir = %settings.models_dir.display(), "models folder imported into the registry");
-                        }
-                        let reconciler = Reconciler::new(
-                            engine.clone(),
-                            store.clone(),
-                            settings.registry.clone(),
-                            None,
-                        );
-                        reconcile_passes = Some(reconciler.passes());
-                        let (stop, stopped) = tokio::sync::watch::channel(false);
-                        reconcile = Some((stop, tokio::spawn(reconciler.run(stopped))));
-                    }
-                    None => {
-                        engine.apply(vatic_worker::folder::scan(&settings.models_dir)?);
-                    }
-                }
-                Backend::Local(engine)
-            }
-            Mode::Cluster => Backend::Remote(
-                pool::WorkerPool::start(
-                    &settings.workers,
-                    Duration::from_millis(settings.health_interval_ms),
-                    Duration::from_millis(settings.worker_timeout_ms),
-                    pool::UpstreamMetrics::register(metrics.registry())?,
-                )?,
-                catalog.clone(),
-            ),
-        };
-        let mut prediction_log = None;
-        if let Some(store) = &store {
-            let pool = match &backend {
-                Backend::Remote(pool, _) => Some(pool.clone()),
-                Backend::Local(_) => None,
-            };
-            catalog::watch(
-                store.clone(),
-                catalog.clone(),
-                pool,
-                Duration::from_millis(settings.fleet_refresh_ms),
-                Duration::from_millis(settings.heartbeat_timeout_ms),
-                catalog_passes.clone(),
-            );
-            prediction_log = Some(PredictionLog::start(
-                store.clone(),
-                settings.prediction_log.clone(),
-            )?);
-        }
-        let state = web::Data::new(AppState {
+        let backend = start_backend(settings, store.as_ref(), &catalog, &metrics).await?;
+        let catalog_passes = follow_registry(settings, store.as_ref(), &catalog, &backend);
+        let prediction_log = start_prediction_log(settings, store.as_ref(), &metrics)?;
+        let state = AppState {
+            registry_passes: registry_passes(&backend, catalog_passes),
             backend,
-            accepting: true.into(),
-            max_body_bytes: settings.max_body_bytes,
+            max_body_bytes: settings.server.max_body_bytes,
             store,
             uploads: routes::admin::Uploads {
                 dir: settings.upload_dir.clone(),
                 max_model_bytes: settings.max_model_bytes,
             },
-            batching: settings.batching.clone(),
+            batching: settings.engine.batching.clone(),
             prediction_log,
             catalog,
-            registry_passes: reconcile_passes
-                .into_iter()
-                .chain([catalog_passes])
-                .collect(),
             metrics,
-        });
-        if let Some(log) = &state.prediction_log {
-            log.register(state.metrics.registry())?;
-        }
-        let pool_metrics = match &state.store {
-            Some(_) => Some(vatic_worker::metrics::PoolMetrics::register(
-                state.metrics.registry(),
-            )?),
-            None => None,
         };
-        let metrics_server = match &settings.metrics_listen {
-            Some(listen) => {
-                let state = state.clone();
-                let process = vatic_worker::metrics::process_registry();
-                Some(vatic_worker::metrics::serve(listen, move || {
-                    if let Some(log) = &state.prediction_log {
-                        log.refresh_metrics();
-                    }
-                    if let (Some(metrics), Some(store)) = (&pool_metrics, &state.store) {
-                        metrics.refresh(store);
-                    }
-                    let mut registries = vec![state.metrics.registry(), &process];
-                    match &state.backend {
-                        Backend::Local(engine) => {
-                            engine.refresh_metrics();
-                            registries.push(engine.metrics().registry());
-                        }
-                        Backend::Remote(pool, _) => pool.refresh_metrics(),
-                    }
-                    vatic_worker::metrics::render(&registries)
-                })?)
-            }
-            None => None,
-        };
-        let app_state = state.clone();
-        let busy_poll = Duration::from_micros(settings.busy_poll_us);
-        let server = HttpServer::new(move || {
-            vatic_worker::busy_poll::start(busy_poll);
-            App::new()
-                .app_data(app_state.clone())
-                .wrap(Compress::default())
-                .wrap(from_fn(request_id))
-                .configure(|cfg| routes::health::configure(cfg, app_state.clone()))
-                .configure(routes::v2::configure)
-                .configure(routes::tfserving::configure)
-                .configure(routes::admin::configure)
-        })
-        .on_connect(on_connect)
-        .disable_signals()
-        .shutdown_timeout(60)
-        .listen(listener)?
-        .run();
-        tracing::info!(addr = %addr, mode = ?settings.mode, "api listening");
-        Ok(Application {
-            addr,
-            metrics_addr: metrics_server.as_ref().map(|m| m.0),
-            metrics: metrics_server.map(|m| m.1),
-            state,
-            server: Some(server),
-            drain: Duration::from_secs(settings.drain_secs),
-            reconcile,
-        })
+        let server = Server::start(listener, &settings.server, state)?;
+        tracing::info!(addr = %server.addr, mode = ?settings.mode, "api listening");
+        Ok(Application { server })
     }
 
-    /// Spawns the server on the current runtime and returns a handle to stop it.
-    pub fn spawn(&mut self) -> ServerHandle {
-        let server = self.server.take().expect("built");
-        let handle = server.handle();
-        tokio::spawn(server);
-        handle
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.server.service
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then: not ready, drain, finish in-flight and queued work.
-    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
-        let server = self.server.take().expect("built");
-        let handle = server.handle();
-        let serving = tokio::spawn(server);
-        shutdown_signal().await;
-        self.shutdown(&handle, self.drain).await;
-        serving.await??;
-        Ok(())
+    /// Serves on the current runtime in the background (for tests).
+    pub fn spawn(&self) {
+        self.server.spawn();
     }
 
-    /// The shutdown sequence, for `run_until_signal` and tests.
-    pub async fn shutdown(&mut self, handle: &ServerHandle, drain_for: Duration) {
-        let state = self.state.clone();
-        drain(handle, drain_for, || {
-            state.accepting.store(false, Ordering::SeqCst);
-            if let Backend::Local(engine) = &state.backend {
-                engine.begin_shutdown();
-            }
-        })
-        .await;
-        if let Some((stop, task)) = self.reconcile.take() {
-            let _ = stop.send(true);
-            let _ = task.await;
-        }
-        if let Backend::Local(engine) = &self.state.backend {
-            let engine = engine.clone();
-            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-        }
-        if let Some(log) = &self.state.prediction_log {
-            log.shutdown().await;
-        }
-        if let Some(metrics) = self.metrics.take() {
-            metrics.stop(true).await;
-        }
-        tracing::info!("stopped");
+    /// Serves until SIGTERM or Ctrl-C, then: not ready, drain, finish in-flight and queued
+    /// work, write out the prediction log.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        self.server.run_until_signal().await
+    }
+
+    /// The shutdown sequence SIGTERM starts, with a drain of `drain_for`.
+    pub async fn shutdown(&self, drain_for: Duration) {
+        self.server.shutdown(drain_for).await;
     }
 }
 
-/// Runs the api binary.
+/// Where inference runs: an engine in this process serving the registry (after importing
+/// `models_dir` into it when asked) or `models_dir`, or the workers of the static list and the
+/// fleet table.
+async fn start_backend(
+    settings: &ApiSettings,
+    store: Option<&Store>,
+    catalog: &Arc<Catalog>,
+    metrics: &ApiMetrics,
+) -> anyhow::Result<Backend> {
+    match settings.mode {
+        Mode::Standalone => {
+            let source = match store {
+                Some(store) => {
+                    if settings.import_models {
+                        import_models(settings, store).await?;
+                    }
+                    ModelSource::Registry {
+                        store: store.clone(),
+                        settings: settings.registry.clone(),
+                        identity: None,
+                    }
+                }
+                None => ModelSource::Folder,
+            };
+            Ok(Backend::Local(EngineHost::start(&settings.engine, source)?))
+        }
+        Mode::Cluster => Ok(Backend::Remote(
+            pool::WorkerPool::start(
+                &settings.workers,
+                Duration::from_millis(settings.health_interval_ms),
+                Duration::from_millis(settings.worker_timeout_ms),
+                pool::UpstreamMetrics::register(metrics.registry())?,
+            )?,
+            catalog.clone(),
+        )),
+    }
+}
+
+/// Imports `models_dir` into the registry.
+async fn import_models(settings: &ApiSettings, store: &Store) -> anyhow::Result<()> {
+    let dir = &settings.engine.models_dir;
+    let added = registry::import_folder(store, dir, &settings.engine.batching).await?;
+    tracing::info!(added, models_dir = %dir.display(), "models folder imported into the registry");
+    Ok(())
+}
+
+/// Keeps the catalog (and in a cluster the worker pool's fleet) in step with the registry;
+/// returns the passes that bring it up to date at once. None without a database.
+fn follow_registry(
+    settings: &ApiSettings,
+    store: Option<&Store>,
+    catalog: &Arc<Catalog>,
+    backend: &Backend,
+) -> Option<Passes> {
+    let store = store?;
+    let pool = match backend {
+        Backend::Remote(pool, _) => Some(pool.clone()),
+        Backend::Local(_) => None,
+    };
+    let passes = Passes::default();
+    catalog::watch(
+        store.clone(),
+        catalog.clone(),
+        pool,
+        Duration::from_millis(settings.fleet_refresh_ms),
+        Duration::from_millis(settings.heartbeat_timeout_ms),
+        passes.clone(),
+    );
+    Some(passes)
+}
+
+/// The loops a registry change made here waits for: the standalone engine's reconcile loop,
+/// then the catalog's.
+fn registry_passes(backend: &Backend, catalog: Option<Passes>) -> Vec<Passes> {
+    let engine = match backend {
+        Backend::Local(host) => host.passes(),
+        Backend::Remote(..) => None,
+    };
+    engine.into_iter().chain(catalog).collect()
+}
+
+/// Starts the prediction log writer, its metrics in the api's registry; none without a
+/// database.
+fn start_prediction_log(
+    settings: &ApiSettings,
+    store: Option<&Store>,
+    metrics: &ApiMetrics,
+) -> anyhow::Result<Option<PredictionLog>> {
+    let Some(store) = store else {
+        return Ok(None);
+    };
+    let log = PredictionLog::start(store.clone(), settings.prediction_log.clone())?;
+    log.register(metrics.registry())?;
+    Ok(Some(log))
+}
+
+/// Runs the api binary until SIGTERM.
 pub async fn run(settings: ApiSettings) -> anyhow::Result<()> {
     Application::build(&settings)
         .await?

@@ -4,7 +4,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::time::Duration;
-use vatic_worker::metrics::{code_class, InFlight};
+use vatic_server::metrics::{code_class, InFlight};
 
 /// The label of requests for models this process does not know: client-chosen names must not
 /// grow the label set.

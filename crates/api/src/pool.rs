@@ -2,6 +2,7 @@
 //! least-outstanding-requests choice, active health checks, and one retry on another worker when
 //! a worker fails before answering (inference has no side effects, so a retry is safe).
 
+use crate::error::ApiError;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -11,7 +12,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vatic_schema::ErrorBody;
-use vatic_worker::http::{HttpError, REQUEST_ID};
+use vatic_server::REQUEST_ID;
+
+/// A model version a request must go to: a worker from the fleet table takes it only when its
+/// heartbeat reports that version ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Version number.
+    pub version: u64,
+}
+
+/// A model version a worker reports ready.
+type Served = (String, u64);
 
 /// One worker and what the api knows of it.
 pub struct WorkerNode {
@@ -21,11 +35,11 @@ pub struct WorkerNode {
     outstanding: AtomicUsize,
     /// For workers found in the fleet table: the versions their heartbeat reports ready.
     /// `None` for workers from the static list, which are assumed to serve everything.
-    serves: RwLock<Option<HashSet<(String, u64)>>>,
+    serves: RwLock<Option<HashSet<Served>>>,
 }
 
 impl WorkerNode {
-    fn new(url: &str, serves: Option<HashSet<(String, u64)>>) -> WorkerNode {
+    fn new(url: &str, serves: Option<HashSet<Served>>) -> WorkerNode {
         WorkerNode {
             url: url.trim_end_matches('/').to_string(),
             healthy: AtomicBool::new(serves.is_some()),
@@ -35,11 +49,11 @@ impl WorkerNode {
     }
 
     /// Whether this worker can take a request for `target` (any version when `None`).
-    fn can_serve(&self, target: Option<(&str, u64)>) -> bool {
+    fn can_serve(&self, target: Option<Target<'_>>) -> bool {
         match (&*self.serves.read().expect("serves lock"), target) {
             (None, _) => true,
             (Some(_), None) => true,
-            (Some(set), Some((m, v))) => set.contains(&(m.to_string(), v)),
+            (Some(set), Some(t)) => set.contains(&(t.model.to_string(), t.version)),
         }
     }
 
@@ -143,20 +157,7 @@ impl WorkerPool {
         timeout: Duration,
         metrics: UpstreamMetrics,
     ) -> anyhow::Result<Arc<WorkerPool>> {
-        // A client that cannot be built fails here, once, rather than on a request thread.
-        let clients = thread_local::ThreadLocal::new();
-        clients.get_or_try(|| Self::client_builder().build())?;
-        let nodes = urls
-            .iter()
-            .map(|u| Arc::new(WorkerNode::new(u, None)))
-            .collect();
-        let pool = Arc::new(WorkerPool {
-            nodes: RwLock::new(nodes),
-            clients,
-            timeout,
-            next: AtomicUsize::new(0),
-            metrics,
-        });
+        let pool = Arc::new(WorkerPool::new(urls, timeout, metrics)?);
         let checker = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -170,6 +171,28 @@ impl WorkerPool {
             }
         });
         Ok(pool)
+    }
+
+    /// The pool of the static list `urls`, without health checks.
+    fn new(
+        urls: &[String],
+        timeout: Duration,
+        metrics: UpstreamMetrics,
+    ) -> anyhow::Result<WorkerPool> {
+        // A client that cannot be built fails here, once, rather than on a request thread.
+        let clients = thread_local::ThreadLocal::new();
+        clients.get_or_try(|| Self::client_builder().build())?;
+        let nodes = urls
+            .iter()
+            .map(|u| Arc::new(WorkerNode::new(u, None)))
+            .collect();
+        Ok(WorkerPool {
+            nodes: RwLock::new(nodes),
+            clients,
+            timeout,
+            next: AtomicUsize::new(0),
+            metrics,
+        })
     }
 
     fn client_builder() -> reqwest::ClientBuilder {
@@ -245,7 +268,7 @@ impl WorkerPool {
                     .any(|w| w.address.trim_end_matches('/') == n.url)
         });
         for w in fresh {
-            let ready: HashSet<(String, u64)> = w
+            let ready: HashSet<Served> = w
                 .loaded
                 .iter()
                 .filter(|l| l.state == vatic_schema::admin::LoadState::Ready)
@@ -274,7 +297,7 @@ impl WorkerPool {
         &self,
         nodes: &[Arc<WorkerNode>],
         tried: &[usize],
-        target: Option<(&str, u64)>,
+        target: Option<Target<'_>>,
     ) -> Option<usize> {
         let n = nodes.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -298,13 +321,13 @@ impl WorkerPool {
         path: &str,
         body: Option<(Bytes, Option<usize>)>,
         request_id: Option<&str>,
-        target: Option<(&str, u64)>,
-    ) -> Result<Answer, HttpError> {
+        target: Option<Target<'_>>,
+    ) -> Result<Answer, ApiError> {
         let nodes = self.nodes();
         let mut tried = Vec::with_capacity(2);
         let mut last_error = match target {
-            Some((m, v)) if !nodes.is_empty() => {
-                format!("no worker reports model '{m}' version {v} ready yet")
+            Some(Target { model, version }) if !nodes.is_empty() => {
+                format!("no worker reports model '{model}' version {version} ready yet")
             }
             _ => String::from("no worker is configured or has sent a heartbeat"),
         };
@@ -331,14 +354,9 @@ impl WorkerPool {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_timeout() => {
                     self.metrics.errors.with_label_values(&["timeout"]).inc();
-                    return Err(HttpError::Upstream {
-                        status: 503,
-                        message: format!(
-                            "worker {} did not answer within {} ms",
-                            node.url,
-                            self.timeout.as_millis()
-                        ),
-                        retry_after: Some(1),
+                    return Err(ApiError::WorkerTimeout {
+                        worker: node.url.clone(),
+                        ms: self.timeout.as_millis(),
                     });
                 }
                 Err(e) => {
@@ -350,7 +368,7 @@ impl WorkerPool {
             }
         }
         self.metrics.errors.with_label_values(&["no_worker"]).inc();
-        Err(HttpError::NoWorker(last_error))
+        Err(ApiError::NoWorker(last_error))
     }
 
     fn request(
@@ -385,7 +403,7 @@ impl WorkerPool {
     }
 
     /// GETs JSON from every healthy worker, each answer on its own.
-    pub async fn json_each<T: DeserializeOwned>(&self, path: &str) -> Vec<Result<T, HttpError>> {
+    pub async fn json_each<T: DeserializeOwned>(&self, path: &str) -> Vec<Result<T, ApiError>> {
         let nodes = self.nodes();
         let calls = nodes
             .iter()
@@ -395,7 +413,7 @@ impl WorkerPool {
                     Self::exchange(self.request(node, reqwest::Method::GET, path, None, None))
                         .await
                         .map_err(|e| {
-                            HttpError::NoWorker(format!("worker {} failed: {e}", node.url))
+                            ApiError::NoWorker(format!("worker {} failed: {e}", node.url))
                         })?;
                 answer.parse::<T>(path)
             });
@@ -423,8 +441,8 @@ impl WorkerPool {
         &self,
         method: reqwest::Method,
         path: &str,
-        target: Option<(&str, u64)>,
-    ) -> Result<T, HttpError> {
+        target: Option<Target<'_>>,
+    ) -> Result<T, ApiError> {
         self.send(method, path, None, None, target)
             .await?
             .parse(path)
@@ -433,17 +451,15 @@ impl WorkerPool {
 
 impl Answer {
     /// The JSON body of a 2xx answer, or the worker's error.
-    pub fn parse<T: DeserializeOwned>(&self, path: &str) -> Result<T, HttpError> {
+    pub fn parse<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         self.ok()?;
-        serde_json::from_slice(&self.body).map_err(|e| HttpError::Upstream {
-            status: 502,
-            message: format!("a worker sent an unreadable answer to {path}: {e}"),
-            retry_after: None,
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::BadGateway(format!("a worker sent an unreadable answer to {path}: {e}"))
         })
     }
 
     /// `Ok` for a 2xx answer; otherwise the worker's error, status and message kept.
-    pub fn ok(&self) -> Result<(), HttpError> {
+    pub fn ok(&self) -> Result<(), ApiError> {
         if (200..300).contains(&self.status) {
             return Ok(());
         }
@@ -451,10 +467,181 @@ impl Answer {
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned());
         let retry_after = (self.status == 503).then_some(1);
-        Err(HttpError::Upstream {
+        Err(ApiError::Upstream {
             status: self.status,
             message,
             retry_after,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vatic_schema::admin::{LoadState, LoadedVersionStatus, WorkerStatus};
+
+    fn pool(urls: &[&str]) -> WorkerPool {
+        let urls: Vec<String> = urls.iter().map(ToString::to_string).collect();
+        let metrics = UpstreamMetrics::register(&Registry::new()).unwrap();
+        WorkerPool::new(&urls, Duration::from_secs(1), metrics).unwrap()
+    }
+
+    /// A heartbeat row of `address`, `age` seconds old, holding `loaded`.
+    fn worker(address: &str, age: f64, loaded: &[(&str, u64, LoadState)]) -> WorkerStatus {
+        WorkerStatus {
+            id: address.into(),
+            address: address.into(),
+            started_at: String::new(),
+            heartbeat_at: String::new(),
+            heartbeat_age_secs: age,
+            loaded: loaded
+                .iter()
+                .map(|(model, version, state)| LoadedVersionStatus {
+                    model: model.to_string(),
+                    version: *version,
+                    state: *state,
+                    reason: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn set(node: &WorkerNode, healthy: bool, outstanding: usize) {
+        node.healthy.store(healthy, Ordering::Relaxed);
+        node.outstanding.store(outstanding, Ordering::Relaxed);
+    }
+
+    fn urls(pool: &WorkerPool) -> Vec<String> {
+        pool.nodes().iter().map(|n| n.url.clone()).collect()
+    }
+
+    #[test]
+    fn a_pick_is_the_healthy_worker_with_the_fewest_requests_and_ties_rotate() {
+        let pool = pool(&["http://a", "http://b", "http://c"]);
+        let nodes = pool.nodes();
+        set(&nodes[0], true, 3);
+        set(&nodes[1], true, 1);
+        set(&nodes[2], false, 0);
+        for _ in 0..3 {
+            assert_eq!(
+                pool.pick(&nodes, &[], None),
+                Some(1),
+                "b: fewest in flight, healthy"
+            );
+        }
+        assert_eq!(
+            pool.pick(&nodes, &[1], None),
+            Some(0),
+            "a, once b was tried"
+        );
+        set(&nodes[0], true, 1);
+        let picks: HashSet<usize> = (0..4)
+            .filter_map(|_| pool.pick(&nodes, &[], None))
+            .collect();
+        assert_eq!(
+            picks,
+            HashSet::from([0, 1]),
+            "a tie rotates between a and b"
+        );
+    }
+
+    #[test]
+    fn with_no_healthy_worker_a_pick_is_any_untried_one_and_then_none() {
+        let pool = pool(&["http://a", "http://b"]);
+        let nodes = pool.nodes();
+        set(&nodes[0], false, 5);
+        set(&nodes[1], false, 0);
+        assert_eq!(pool.pick(&nodes, &[], None), Some(1));
+        assert_eq!(pool.pick(&nodes, &[1], None), Some(0));
+        assert_eq!(pool.pick(&nodes, &[0, 1], None), None);
+        assert_eq!(pool.pick(&[], &[], None), None);
+    }
+
+    #[test]
+    fn a_version_goes_only_to_fleet_workers_that_report_it_ready() {
+        let pool = pool(&["http://static"]);
+        pool.set_fleet(
+            &[
+                worker("http://w1/", 0.5, &[("iris", 1, LoadState::Ready)]),
+                worker(
+                    "http://w2",
+                    0.5,
+                    &[
+                        ("iris", 1, LoadState::Loading),
+                        ("iris", 2, LoadState::Ready),
+                    ],
+                ),
+            ],
+            10.0,
+        );
+        let nodes = pool.nodes();
+        assert_eq!(urls(&pool), ["http://static", "http://w1", "http://w2"]);
+        set(&nodes[0], false, 0);
+        assert!(
+            nodes[1].is_healthy(),
+            "a fresh fleet worker is routed to at once"
+        );
+        let v1 = Some(Target {
+            model: "iris",
+            version: 1,
+        });
+        let v2 = Some(Target {
+            model: "iris",
+            version: 2,
+        });
+        let v3 = Some(Target {
+            model: "iris",
+            version: 3,
+        });
+        assert_eq!(
+            pool.pick(&nodes, &[], v1),
+            Some(1),
+            "w2 has version 1 loading"
+        );
+        assert_eq!(pool.pick(&nodes, &[], v2), Some(2));
+        // The static worker is assumed to serve everything: the last resort when unhealthy.
+        assert_eq!(pool.pick(&nodes, &[2], v2), Some(0));
+        assert_eq!(pool.pick(&nodes, &[], v3), Some(0));
+        assert_eq!(pool.pick(&nodes, &[0], v3), None);
+    }
+
+    #[test]
+    fn the_fleet_table_adds_updates_and_removes_workers_but_keeps_the_static_list() {
+        let pool = pool(&["http://static"]);
+        pool.set_fleet(
+            &[
+                worker("http://w1", 1.0, &[("iris", 1, LoadState::Ready)]),
+                worker("http://w2", 1.0, &[]),
+            ],
+            10.0,
+        );
+        assert_eq!(urls(&pool), ["http://static", "http://w1", "http://w2"]);
+        let w1 = pool.nodes()[1].clone();
+        // w1 now reports version 2 instead, w2's heartbeat is stale, w3 joins.
+        pool.set_fleet(
+            &[
+                worker("http://w1", 1.0, &[("iris", 2, LoadState::Ready)]),
+                worker("http://w2", 30.0, &[("iris", 1, LoadState::Ready)]),
+                worker("http://w3", 0.0, &[]),
+            ],
+            10.0,
+        );
+        assert_eq!(urls(&pool), ["http://static", "http://w1", "http://w3"]);
+        assert!(
+            Arc::ptr_eq(&w1, &pool.nodes()[1]),
+            "a known worker keeps its counters"
+        );
+        let serves = |target| w1.can_serve(Some(target));
+        assert!(!serves(Target {
+            model: "iris",
+            version: 1
+        }));
+        assert!(serves(Target {
+            model: "iris",
+            version: 2
+        }));
+        // A fleet that is gone leaves only the static list.
+        pool.set_fleet(&[], 10.0);
+        assert_eq!(urls(&pool), ["http://static"]);
     }
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
-use vatic_store::{ConnectOptions, Store, StoreError};
+use vatic_store::{redact, ConnectOptions, Store, StoreError};
 
 /// Arguments of `vaticctl migrate`.
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ async fn migrate(store: &Store, shown: &str, format: OutputFormat) -> anyhow::Re
             out,
         )?,
         OutputFormat::Table if applied.is_empty() => {
-            writeln!(out, "already at version {version}: nothing to apply")?
+            writeln!(out, "already at version {version}: nothing to apply")?;
         }
         OutputFormat::Table => {
             let list: Vec<String> = applied.iter().map(|v| v.to_string()).collect();
@@ -74,7 +74,7 @@ async fn migrate(store: &Store, shown: &str, format: OutputFormat) -> anyhow::Re
                 applied.len(),
                 if applied.len() == 1 { "" } else { "s" },
                 list.join(", ")
-            )?
+            )?;
         }
     }
     Ok(())
@@ -142,33 +142,9 @@ fn sqlite_path(url: &str) -> Option<&str> {
     Some(path.split('?').next().unwrap_or(path))
 }
 
-/// The URL with its password replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(
-            redact("postgres://vatic:s3cret@db:5432/vatic"),
-            "postgres://vatic:***@db:5432/vatic"
-        );
-        assert_eq!(
-            redact("postgres://vatic@db/vatic"),
-            "postgres://vatic@db/vatic"
-        );
-        assert_eq!(redact("sqlite://data/vatic.db"), "sqlite://data/vatic.db");
-    }
 
     #[test]
     fn sqlite_urls_name_their_file() {

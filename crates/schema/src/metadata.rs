@@ -185,7 +185,7 @@ pub struct RepositoryModel {
     /// Version.
     pub version: String,
     /// `LOADING`, `READY` or `UNAVAILABLE`.
-    pub state: String,
+    pub state: crate::admin::LoadState,
     /// Why the version is unavailable; empty otherwise.
     pub reason: String,
 }

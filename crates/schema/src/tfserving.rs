@@ -1,5 +1,6 @@
 //! TF-Serving's REST predict API, translated to and from V2 requests and responses.
 
+use crate::admin::LoadState;
 use crate::json::parse_value;
 use crate::tensor::Tensor;
 use crate::v2::{InferRequest, InferResponse};
@@ -43,10 +44,43 @@ pub struct ModelStatus {
 pub struct VersionStatus {
     /// Version number as a string.
     pub version: String,
-    /// `AVAILABLE`, `LOADING`, `UNAVAILABLE` or `END`.
-    pub state: String,
+    /// Its state.
+    pub state: VersionState,
     /// Error, if any.
     pub status: StatusCode,
+}
+
+/// A version's state as TF-Serving names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VersionState {
+    /// Loading or warming up.
+    Loading,
+    /// Serving.
+    Available,
+    /// Failed to load.
+    Unavailable,
+    /// Unloaded.
+    End,
+}
+
+impl VersionStatus {
+    /// The status of `version`, from where its worker got with it and why it failed.
+    pub fn of(version: String, state: LoadState, reason: String) -> VersionStatus {
+        let (state, code) = match state {
+            LoadState::Ready => (VersionState::Available, "OK"),
+            LoadState::Loading => (VersionState::Loading, "OK"),
+            LoadState::Unavailable => (VersionState::Unavailable, "UNAVAILABLE"),
+        };
+        VersionStatus {
+            version,
+            state,
+            status: StatusCode {
+                error_code: code.into(),
+                error_message: reason,
+            },
+        }
+    }
 }
 
 /// TF-Serving's status.

@@ -56,6 +56,14 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("stored data: {0}")]
     Corrupt(String),
+    /// The database of a process's settings could not be opened at start.
+    #[error("database {url}: {reason}")]
+    Open {
+        /// The URL, its password hidden.
+        url: String,
+        /// Why.
+        reason: Box<StoreError>,
+    },
 }
 
 impl From<serde_json::Error> for StoreError {

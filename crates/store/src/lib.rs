@@ -13,6 +13,7 @@ mod fleet;
 mod notify;
 mod predictions;
 mod registry;
+mod settings;
 
 pub use artifacts::{fetch_artifact_to, sha256_file};
 pub use error::{Result, StoreError};
@@ -20,6 +21,7 @@ pub use fleet::Heartbeat;
 pub use notify::{Listener, REGISTRY_CHANNEL};
 pub use predictions::{Delivery, PredictionRecord, RetentionReport};
 pub use registry::{AuditRecord, NewVersion};
+pub use settings::{redact, DatabaseSettings};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -226,7 +228,7 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        on_pool!(self, pool => pool.close().await);
     }
 }
 

@@ -7,6 +7,14 @@ use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
 
 /// A float tensor type `[N, width]` with a free batch dimension.
 fn batch_of(width: usize) -> Option<pb::TypeProto> {
+    float_tensor(vec![
+        dimension::Value::DimParam("N".into()),
+        dimension::Value::DimValue(width as i64),
+    ])
+}
+
+/// A float tensor type of the given dimensions.
+fn float_tensor(dims: Vec<dimension::Value>) -> Option<pb::TypeProto> {
     let dim = |value| Dimension {
         value: Some(value),
         ..Default::default()
@@ -15,14 +23,58 @@ fn batch_of(width: usize) -> Option<pb::TypeProto> {
         value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
             elem_type: pb::tensor_proto::DataType::Float as i32,
             shape: Some(pb::TensorShapeProto {
-                dim: vec![
-                    dim(dimension::Value::DimParam("N".into())),
-                    dim(dimension::Value::DimValue(width as i64)),
-                ],
+                dim: dims.into_iter().map(dim).collect(),
             }),
         })),
         ..Default::default()
     })
+}
+
+/// A model of opset 17 with one graph.
+fn model(graph: pb::GraphProto) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        producer_name: "vatic-testkit".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// Writes `x [N, W] -> y [N, W]`, `y = x * x`, with both dimensions free: requests of
+/// different widths cannot share a model run, so the batcher must keep them apart.
+pub fn write_square(path: &Path) -> std::io::Result<()> {
+    let free = || {
+        float_tensor(vec![
+            dimension::Value::DimParam("N".into()),
+            dimension::Value::DimParam("W".into()),
+        ])
+    };
+    let graph = pb::GraphProto {
+        name: "square".into(),
+        node: vec![pb::NodeProto {
+            input: vec!["x".into(), "x".into()],
+            output: vec!["y".into()],
+            name: "square".into(),
+            op_type: "Mul".into(),
+            ..Default::default()
+        }],
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: free(),
+            ..Default::default()
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "y".into(),
+            r#type: free(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    std::fs::write(path, model(graph).encode_to_vec())
 }
 
 /// Writes a model of `layers` dense layers, `x [N, width] -> y [N, width]`, each a `MatMul` by
@@ -69,30 +121,21 @@ pub fn write_dense_chain(path: &Path, width: usize, layers: usize) -> std::io::R
         });
         previous = output;
     }
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        producer_name: "vatic-testkit".into(),
-        graph: Some(pb::GraphProto {
-            name: "dense_chain".into(),
-            node: nodes,
-            initializer: weights,
-            input: vec![pb::ValueInfoProto {
-                name: "x".into(),
-                r#type: batch_of(width),
-                ..Default::default()
-            }],
-            output: vec![pb::ValueInfoProto {
-                name: "y".into(),
-                r#type: batch_of(width),
-                ..Default::default()
-            }],
+    let graph = pb::GraphProto {
+        name: "dense_chain".into(),
+        node: nodes,
+        initializer: weights,
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: batch_of(width),
             ..Default::default()
-        }),
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "y".into(),
+            r#type: batch_of(width),
+            ..Default::default()
+        }],
         ..Default::default()
     };
-    std::fs::write(path, model.encode_to_vec())
+    std::fs::write(path, model(graph).encode_to_vec())
 }

@@ -6,7 +6,7 @@
 //! the versions it drops once their queued requests are answered.
 
 use crate::config::BatchingConfig;
-use crate::metrics::{EngineMetrics, InFlight};
+use crate::metrics::EngineMetrics;
 use crate::profile::ProfileSettings;
 use crate::version::{LoadedVersion, PLATFORM};
 use crate::EngineError;
@@ -20,10 +20,12 @@ use vatic_schema::admin::{LoadState, LoadedVersionStatus};
 use vatic_schema::{
     InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStatsResponse, RepositoryModel,
 };
+use vatic_server::metrics::InFlight;
 
-/// Batching defaults for every model version that does not override them.
+/// Where an engine's models are and how they batch, unless a model's `model.toml` says
+/// otherwise. Flattened into the worker's and the api's settings, which refuse unknown keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EngineSettings {
     /// The repository folder, when models come from a folder:
     /// `<models_dir>/<model>/<version>/model.onnx`.
@@ -42,6 +44,14 @@ impl Default for EngineSettings {
             batching: BatchingConfig::default(),
             profile: ProfileSettings::default(),
         }
+    }
+}
+
+impl EngineSettings {
+    /// Checks values that serde cannot, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.batching.validate("batching")?;
+        self.profile.validate()
     }
 }
 
@@ -533,12 +543,7 @@ impl Engine {
             .map(|s| RepositoryModel {
                 name: s.model,
                 version: s.version.to_string(),
-                state: match s.state {
-                    LoadState::Loading => "LOADING",
-                    LoadState::Ready => "READY",
-                    LoadState::Unavailable => "UNAVAILABLE",
-                }
-                .into(),
+                state: s.state,
                 reason: s.reason,
             })
             .collect()

@@ -75,7 +75,11 @@ impl EngineError {
             | EngineError::QueueFull { .. }
             | EngineError::Timeout { .. }
             | EngineError::ShuttingDown => Some(1),
-            _ => None,
+            EngineError::ModelNotFound(_)
+            | EngineError::VersionNotFound { .. }
+            | EngineError::InvalidInput(_)
+            | EngineError::Schema(_)
+            | EngineError::Inference(_) => None,
         }
     }
 }

@@ -1,11 +1,11 @@
-//! Prometheus metrics of the inference engine, one registry per engine, exported in the text
-//! format on the metrics port. Labels are bounded: model and version (versions leave the label
+//! Prometheus metrics of the inference engine, one registry per engine, exported with the
+//! process's on the metrics port. Labels are bounded: model and version (versions leave the label
 //! set when they are unloaded), never request ids or keys.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use vatic_server::metrics::code_class;
 
 /// Buckets for request phases, in seconds: 100 µs to 10 s.
 const SECONDS: [f64; 16] = [
@@ -136,110 +136,6 @@ impl Default for EngineMetrics {
     }
 }
 
-/// A registry of the process metrics (`process_cpu_seconds_total`,
-/// `process_resident_memory_bytes`, ...) and `vatic_build_info`: one per metrics endpoint.
-pub fn process_registry() -> Registry {
-    let registry = Registry::new();
-    registry
-        .register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("process metrics register once per registry");
-    let info = IntGaugeVec::new(
-        Opts::new(
-            "vatic_build_info",
-            "Always 1; its labels name the build: version and the ONNX engine.",
-        ),
-        &["version", "engine"],
-    )
-    .expect("valid");
-    info.with_label_values(&[env!("CARGO_PKG_VERSION"), "tract-onnx"])
-        .set(1);
-    register(&registry, &info);
-    let dropped = IntCounter::new(
-        "vatic_log_lines_dropped_total",
-        "Log lines dropped because the log writer's queue was full (stdout or the log folder too slow).",
-    )
-    .expect("valid");
-    registry
-        .register(Box::new(LogLinesDropped(dropped)))
-        .expect("metric names are unique");
-    registry
-}
-
-/// `vatic_log_lines_dropped_total`, read from the log writers at scrape time.
-struct LogLinesDropped(IntCounter);
-
-impl prometheus::core::Collector for LogLinesDropped {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let seen = self.0.get();
-        let now = crate::telemetry::dropped_lines();
-        if now > seen {
-            self.0.inc_by(now - seen);
-        }
-        self.0.collect()
-    }
-}
-
-/// Serves `GET /metrics` on `listen` (its own port, kept off the public network), answering
-/// with what `render` returns. Returns the bound address and a handle to stop it.
-pub fn serve(
-    listen: &str,
-    render: impl Fn() -> String + Clone + Send + 'static,
-) -> anyhow::Result<(std::net::SocketAddr, actix_web::dev::ServerHandle)> {
-    use actix_web::{web, App, HttpResponse, HttpServer};
-    let listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| anyhow::anyhow!("metrics_listen {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
-    let server = HttpServer::new(move || {
-        let render = render.clone();
-        App::new().route(
-            "/metrics",
-            web::get().to(move || {
-                let body = render();
-                async move {
-                    HttpResponse::Ok()
-                        .content_type(prometheus::TEXT_FORMAT)
-                        .body(body)
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    tracing::info!(addr = %addr, "metrics listening");
-    Ok((addr, handle))
-}
-
-/// Renders every metric of `registries` in Prometheus' text format.
-pub fn render(registries: &[&Registry]) -> String {
-    let families: Vec<_> = registries.iter().flat_map(|r| r.gather()).collect();
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&families, &mut out)
-        .expect("text encoding of gathered metrics");
-    String::from_utf8(out).expect("the text format is UTF-8")
-}
-
-/// The status code class label: `2xx`, `4xx`, `5xx`.
-pub fn code_class(status: u16) -> &'static str {
-    match status {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    }
-}
-
 impl EngineMetrics {
     /// The registry these families live in (the worker adds its own and renders it).
     pub fn registry(&self) -> &Registry {
@@ -306,63 +202,6 @@ impl EngineMetrics {
     }
 }
 
-/// The database connection pool: connections in use and idle, and the most allowed.
-#[derive(Clone)]
-pub struct PoolMetrics {
-    connections: IntGaugeVec,
-    max: IntGauge,
-}
-
-impl PoolMetrics {
-    /// The families, registered in `registry`.
-    pub fn register(registry: &Registry) -> prometheus::Result<PoolMetrics> {
-        let connections = IntGaugeVec::new(
-            Opts::new(
-                "vatic_db_pool_connections",
-                "Database connections of this process, by state (in_use, idle).",
-            ),
-            &["state"],
-        )?;
-        let max = IntGauge::new(
-            "vatic_db_pool_max_connections",
-            "The most database connections this process opens (database.max_connections).",
-        )?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(max.clone()))?;
-        Ok(PoolMetrics { connections, max })
-    }
-
-    /// Reads the pool of `store` into the gauges, before a scrape.
-    pub fn refresh(&self, store: &vatic_store::Store) {
-        let (open, idle, max) = store.pool_usage();
-        self.connections
-            .with_label_values(&["in_use"])
-            .set(i64::from(open.saturating_sub(idle)));
-        self.connections
-            .with_label_values(&["idle"])
-            .set(i64::from(idle));
-        self.max.set(i64::from(max));
-    }
-}
-
-/// Counts a request in flight for as long as it lives, so a request dropped midway (its client
-/// went away) leaves the gauge too.
-pub struct InFlight(IntGauge);
-
-impl InFlight {
-    /// Adds one to `gauge` until the guard is dropped.
-    pub fn enter(gauge: &IntGauge) -> InFlight {
-        gauge.inc();
-        InFlight(gauge.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// The histograms of one model version, updated by its runner threads.
 #[derive(Clone)]
 pub struct VersionMetrics {
@@ -402,6 +241,7 @@ impl VersionMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vatic_server::metrics::render;
 
     #[test]
     fn an_unloaded_version_leaves_the_metrics_even_when_a_late_request_ends() {

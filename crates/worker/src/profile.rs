@@ -24,6 +24,10 @@ pub struct ProfileSettings {
     pub at_load: bool,
     /// How long each cell of the grid runs, in milliseconds.
     pub cell_ms: u64,
+    /// A batch size whose one-instance runs take at most this long, in microseconds, is served
+    /// with one instance (see [`Grid::one_instance_us`]); 0 turns this off. Unset: the value of
+    /// `[batching] inline_max_us`, which was this bound's name before it had its own.
+    pub one_instance_max_us: Option<u64>,
 }
 
 impl Default for ProfileSettings {
@@ -31,6 +35,7 @@ impl Default for ProfileSettings {
         ProfileSettings {
             at_load: true,
             cell_ms: 25,
+            one_instance_max_us: None,
         }
     }
 }
@@ -58,7 +63,7 @@ impl ProfileSettings {
             instances: (1..=bounds.instances).collect(),
             duration: Duration::from_millis(self.cell_ms),
             min_runs: 3,
-            one_instance_us: bounds.inline_max_us,
+            one_instance_us: self.one_instance_max_us.unwrap_or(bounds.inline_max_us),
         }
     }
 }
@@ -76,9 +81,8 @@ pub struct Grid {
     pub min_runs: u64,
     /// A batch size whose one-instance runs take at most this long (median, in µs) is
     /// recommended with one instance: a request then waits less for the run in progress than
-    /// a second runner thread takes to wake, and the cores stay with the HTTP threads. The
-    /// same bound as [`BatchingConfig::inline_max_us`]; 0 leaves the instances to throughput
-    /// alone.
+    /// a second runner thread takes to wake, and the cores stay with the HTTP threads
+    /// ([`ProfileSettings::one_instance_max_us`]); 0 leaves the instances to throughput alone.
     pub one_instance_us: u64,
 }
 
@@ -96,7 +100,9 @@ impl Grid {
             instances: (1..=cores.min(8)).collect(),
             duration,
             min_runs: 3,
-            one_instance_us: BatchingConfig::default().inline_max_us,
+            one_instance_us: ProfileSettings::default()
+                .grid(&BatchingConfig::default())
+                .one_instance_us,
         }
     }
 }
@@ -417,6 +423,20 @@ mod tests {
         assert_eq!(grid.instances, [1, 2, 3]);
         assert_eq!(grid.duration, Duration::from_millis(25));
         assert_eq!(grid.one_instance_us, bounds.inline_max_us);
+        let own = ProfileSettings {
+            one_instance_max_us: Some(40),
+            ..ProfileSettings::default()
+        };
+        assert_eq!(own.grid(&bounds).one_instance_us, 40);
+        let off = BatchingConfig {
+            inline_max_us: 0,
+            ..bounds
+        };
+        assert_eq!(
+            own.grid(&off).one_instance_us,
+            40,
+            "its own bound, whatever inline_max_us says"
+        );
     }
 
     fn cell(instances: usize, batch_size: usize, samples_per_second: f64, run_p50_us: f64) -> Cell {

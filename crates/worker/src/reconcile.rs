@@ -7,13 +7,13 @@
 //! fallback (the only trigger on SQLite). A database outage keeps the current set serving.
 
 use crate::engine::{Engine, VersionSpec};
-use crate::passes::Passes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use vatic_server::Passes;
 use vatic_store::{Heartbeat, Listener, Store};
 
 /// Where a registry-backed worker keeps its files and how often it looks.
@@ -35,6 +35,16 @@ impl Default for ReconcileSettings {
             poll_ms: 5000,
             heartbeat_ms: 2000,
         }
+    }
+}
+
+impl ReconcileSettings {
+    /// Checks values that serde cannot, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.poll_ms == 0 || self.heartbeat_ms == 0 {
+            anyhow::bail!("registry.poll_ms and registry.heartbeat_ms must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -173,7 +183,7 @@ impl Reconciler {
                     // Changes made while not listening are caught by this turn's pass.
                     Ok(l) => listener = l,
                     Err(e) if !failing => {
-                        tracing::warn!(error = %e, "registry notifications unavailable; polling")
+                        tracing::warn!(error = %e, "registry notifications unavailable; polling");
                     }
                     Err(_) => {}
                 }

@@ -43,6 +43,18 @@ pub struct LoadedVersion {
     pub(crate) stats: Arc<Stats>,
 }
 
+/// A request checked against its version's signature, ready to queue.
+struct Prepared {
+    /// The inputs, in signature order.
+    inputs: Vec<Tensor>,
+    /// Rows the request carries (1 for a model without a batch dimension).
+    rows: usize,
+    /// The inputs' shapes past the row dimension: only requests with equal keys share a run.
+    key: Vec<Vec<u64>>,
+    /// Indices of the signature's outputs to return, in the order asked for.
+    outputs: Vec<usize>,
+}
+
 /// Loads `file` with the overrides of `config` (a `model.toml` text, empty for none; `origin`
 /// names it in errors), optimises it and runs it once per batch size it will first see.
 /// Returns the model and its batching settings; nothing is started.
@@ -125,7 +137,12 @@ impl LoadedVersion {
     /// Checks a request against the signature and runs it through the batcher.
     pub async fn infer(&self, req: &InferRequest) -> Result<InferResponse, EngineError> {
         let _caller = self.batcher.enter();
-        let (inputs, rows, key, selected) = self.prepare(req)?;
+        let Prepared {
+            inputs,
+            rows,
+            key,
+            outputs: selected,
+        } = self.prepare(req)?;
         let (reply, answer) = oneshot::channel();
         let now = Instant::now();
         let timeout = Duration::from_millis(self.batching.timeout_ms);
@@ -176,13 +193,8 @@ impl LoadedVersion {
         })
     }
 
-    /// Validates inputs and requested outputs; returns the inputs in signature order, the row
-    /// count, the batching key and the indices of the outputs to return.
-    #[allow(clippy::type_complexity)]
-    fn prepare(
-        &self,
-        req: &InferRequest,
-    ) -> Result<(Vec<Tensor>, usize, Vec<Vec<u64>>, Vec<usize>), EngineError> {
+    /// Checks a request's inputs and requested outputs against the signature.
+    fn prepare(&self, req: &InferRequest) -> Result<Prepared, EngineError> {
         let sig = &self.model.signature;
         let names = |ts: &[TensorMetadata]| {
             ts.iter()
@@ -284,7 +296,12 @@ impl LoadedVersion {
         if selected.is_empty() {
             selected = (0..sig.outputs.len()).collect();
         }
-        Ok((ordered, rows.map(|r| r.0).unwrap_or(1), key, selected))
+        Ok(Prepared {
+            inputs: ordered,
+            rows: rows.map(|r| r.0).unwrap_or(1),
+            key,
+            outputs: selected,
+        })
     }
 
     /// Requests waiting in this version's queue.

@@ -2,7 +2,7 @@
 //! the audit log. Every route sits behind [`admin_access`], the one place authentication plugs in.
 
 use crate::registry::{self, PushError, Upload};
-use crate::routes::State;
+use crate::state::State;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -68,6 +68,7 @@ impl ResponseError for AdminError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 StoreError::Migrate(_)
+                | StoreError::Open { .. }
                 | StoreError::UnsupportedUrl(_)
                 | StoreError::Artifact { .. }
                 | StoreError::Io(_)

@@ -1,14 +1,15 @@
 //! TF-Serving's REST API: `POST /v1/models/{m}[/versions/{v}]:predict` (row and columnar forms),
 //! `GET /v1/models/{m}[/versions/{v}]` (status) and `.../metadata`.
 
-use super::{log_prediction, request_id, Answered, State};
+use super::{log_prediction, Answered, Arrival};
+use crate::error::ApiError;
 use crate::metrics::Protocol;
+use crate::state::State;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use vatic_schema::tfserving::{self, ModelStatus, PredictRequest, StatusCode, VersionStatus};
+use vatic_schema::tfserving::{self, ModelStatus, PredictRequest, VersionStatus};
 use vatic_schema::SchemaError;
-use vatic_worker::http::{read_body, until_client_gone, HttpError};
-use vatic_worker::EngineError;
+use vatic_server::{read_body, until_client_gone, RequestId};
 
 /// Registers the TF-Serving routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,20 +38,14 @@ struct StatusPath {
     version: Option<String>,
 }
 
-fn invalid(msg: String) -> HttpError {
-    HttpError::Engine(EngineError::InvalidInput(msg))
-}
-
 /// Splits `name:verb` (the last path segment) and checks the verb.
-fn split_verb(spec: &str) -> Result<&str, HttpError> {
+fn split_verb(spec: &str) -> Result<&str, ApiError> {
     match spec.rsplit_once(':') {
         Some((name, "predict")) => Ok(name),
-        Some((_, verb @ ("classify" | "regress"))) => Err(HttpError::Upstream {
-            status: 501,
-            message: format!(":{verb} is not supported: ONNX models are served through :predict"),
-            retry_after: None,
-        }),
-        _ => Err(invalid(format!(
+        Some((_, verb @ ("classify" | "regress"))) => Err(ApiError::NotImplemented(format!(
+            ":{verb} is not supported: ONNX models are served through :predict"
+        ))),
+        _ => Err(ApiError::BadRequest(format!(
             "unknown TF-Serving method in '{spec}': use <model>:predict"
         ))),
     }
@@ -61,13 +56,13 @@ async fn post_verb(
     s: State,
     p: web::Path<StatusPath>,
     payload: web::Payload,
-) -> Result<HttpResponse, HttpError> {
-    let arrived = (chrono::Utc::now(), std::time::Instant::now());
+) -> Result<HttpResponse, ApiError> {
+    let arrived = Arrival::now();
     let _in_flight = s.metrics.enter();
     let result = predict(&req, &s, &p, payload, arrived).await;
     // The model name before any `:verb`, as far as the path can be read.
     let model = p.model.split(':').next().unwrap_or_default();
-    s.record_inference(Protocol::TfServing, model, &result, arrived.1);
+    s.record_inference(Protocol::TfServing, model, &result, arrived.instant);
     result.map(|(r, _)| r)
 }
 
@@ -77,8 +72,8 @@ async fn predict(
     s: &State,
     p: &StatusPath,
     payload: web::Payload,
-    arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
-) -> Result<(HttpResponse, Option<String>), HttpError> {
+    arrived: Arrival,
+) -> Result<(HttpResponse, Option<String>), ApiError> {
     let (model, version) = match &p.version {
         None => (split_verb(&p.model)?.to_string(), None),
         Some(v) => (p.model.clone(), Some(split_verb(v)?.to_string())),
@@ -88,7 +83,7 @@ async fn predict(
         serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
-    let id = request_id(req);
+    let id = RequestId::of(req);
     let answer = until_client_gone(
         req,
         s.backend
@@ -113,42 +108,26 @@ async fn predict(
     Ok((answer, response.model_version))
 }
 
-async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, HttpError> {
+async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, ApiError> {
     let versions: Vec<VersionStatus> = s
         .backend
         .index()
         .await?
         .into_iter()
         .filter(|m| m.name == p.model && p.version.as_ref().is_none_or(|v| *v == m.version))
-        .map(|m| {
-            let (state, code) = match m.state.as_str() {
-                "READY" => ("AVAILABLE", "OK"),
-                "LOADING" => ("LOADING", "OK"),
-                _ => ("UNAVAILABLE", "UNAVAILABLE"),
-            };
-            VersionStatus {
-                version: m.version,
-                state: state.into(),
-                status: StatusCode {
-                    error_code: code.into(),
-                    error_message: m.reason,
-                },
-            }
-        })
+        .map(|m| VersionStatus::of(m.version, m.state, m.reason))
         .collect();
     if versions.is_empty() {
         // Let the backend say which it is: unknown model, or unknown version with the known ones.
         s.backend.metadata(&p.model, p.version.as_deref()).await?;
-        return Err(HttpError::Engine(EngineError::ModelNotFound(
-            p.model.clone(),
-        )));
+        return Err(ApiError::ModelNotFound(p.model.clone()));
     }
     Ok(HttpResponse::Ok().json(ModelStatus {
         model_version_status: versions,
     }))
 }
 
-async fn get_metadata(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, HttpError> {
+async fn get_metadata(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, ApiError> {
     let meta = s.backend.metadata(&p.model, p.version.as_deref()).await?;
     let version = match &p.version {
         Some(v) => v.clone(),

@@ -1,13 +1,13 @@
 //! The KServe V2 model routes: metadata, ready, Triton's config and statistics, infer.
 
-use super::{log_prediction, request_id, Answered, State};
+use super::{log_prediction, Answered, Arrival};
+use crate::error::ApiError;
 use crate::metrics::Protocol;
+use crate::state::State;
 use actix_web::{web, HttpRequest, HttpResponse};
 use vatic_schema::v2;
-use vatic_worker::http::{
-    header_length, model_ready_response, model_route, read_body, until_client_gone, v2_response,
-    HttpError, ModelPath,
-};
+use vatic_server::v2::{header_length, model_ready_response, model_route, v2_response, ModelPath};
+use vatic_server::{read_body, until_client_gone, RequestId};
 
 /// Registers the V2 model routes, with and without `/versions/{version}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -21,11 +21,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     model_route(cfg, "/stats", || web::get().to(get_stats));
 }
 
-async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(s.backend.metadata(&p.model, p.version.as_deref()).await?))
 }
 
-async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
     Ok(model_ready_response(
         &p.model,
         s.backend
@@ -34,11 +34,11 @@ async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpRespon
     ))
 }
 
-async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(s.backend.config(&p.model, p.version.as_deref()).await?))
 }
 
-async fn get_stats(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, HttpError> {
+async fn get_stats(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(
         s.backend
             .stats(Some(&p.model), p.version.as_deref())
@@ -46,11 +46,11 @@ async fn get_stats(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, Ht
     ))
 }
 
-async fn get_all_stats(s: State) -> Result<HttpResponse, HttpError> {
+async fn get_all_stats(s: State) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(s.backend.stats(None, None).await?))
 }
 
-async fn post_index(s: State) -> Result<HttpResponse, HttpError> {
+async fn post_index(s: State) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(s.backend.index().await?))
 }
 
@@ -59,11 +59,11 @@ async fn post_infer(
     s: State,
     p: web::Path<ModelPath>,
     payload: web::Payload,
-) -> Result<HttpResponse, HttpError> {
-    let arrived = (chrono::Utc::now(), std::time::Instant::now());
+) -> Result<HttpResponse, ApiError> {
+    let arrived = Arrival::now();
     let _in_flight = s.metrics.enter();
     let result = infer(&req, &s, &p, payload, arrived).await;
-    s.record_inference(Protocol::V2, &p.model, &result, arrived.1);
+    s.record_inference(Protocol::V2, &p.model, &result, arrived.instant);
     result.map(|(r, _)| r)
 }
 
@@ -73,12 +73,12 @@ async fn infer(
     s: &State,
     p: &ModelPath,
     payload: web::Payload,
-    arrived: (chrono::DateTime<chrono::Utc>, std::time::Instant),
-) -> Result<(HttpResponse, Option<String>), HttpError> {
+    arrived: Arrival,
+) -> Result<(HttpResponse, Option<String>), ApiError> {
     let body = read_body(req, payload, s.max_body_bytes).await?;
     let binary_request = header_length(req)?;
     let request = v2::decode_request(&body, binary_request)?;
-    let id = request_id(req);
+    let id = RequestId::of(req);
     let answer = until_client_gone(
         req,
         s.backend

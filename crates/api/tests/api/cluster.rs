@@ -67,9 +67,9 @@ async fn without_a_healthy_worker_the_api_is_not_ready_and_says_why() {
         .unwrap()
         .port();
     let settings = cluster_settings(vec![format!("http://127.0.0.1:{port}")]);
-    let mut app = vatic_api::Application::build(&settings).await.unwrap();
-    let handle = app.spawn();
-    let base = format!("http://{}", app.addr);
+    let app = vatic_api::Application::build(&settings).await.unwrap();
+    app.spawn();
+    let base = format!("http://{}", app.server.addr);
     let client = reqwest::Client::new();
     let r = client
         .get(format!("{base}/v2/health/ready"))
@@ -112,7 +112,7 @@ async fn without_a_healthy_worker_the_api_is_not_ready_and_says_why() {
             .contains("no worker is available"),
         "{body}"
     );
-    app.shutdown(&handle, std::time::Duration::ZERO).await;
+    app.shutdown(std::time::Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -126,8 +126,8 @@ async fn killing_a_worker_mid_load_fails_no_request() {
     .await;
     // Both workers healthy before the load starts.
     for _ in 0..100 {
-        if api.app.state.backend.is_ready()
-            && matches!(&api.app.state.backend, vatic_api::backend::Backend::Remote(p, _) if p.nodes().iter().all(|n| n.is_healthy()))
+        if api.app.state().backend.is_ready()
+            && matches!(&api.app.state().backend, vatic_api::backend::Backend::Remote(p, _) if p.nodes().iter().all(|n| n.is_healthy()))
         {
             break;
         }

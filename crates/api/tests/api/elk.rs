@@ -154,7 +154,7 @@ fn api_knows(client: &reqwest::blocking::Client, api: &str, url: &str) -> bool {
     client
         .get(format!("{api}/admin/v1/workers"))
         .send()
-        .and_then(|r| r.json::<Value>())
+        .and_then(reqwest::blocking::Response::json::<Value>)
         .is_ok_and(|fleet| {
             fleet
                 .as_array()
@@ -220,10 +220,10 @@ fn check_line(
         match (value, mapped.get(&path)) {
             (Value::Null, _) => {}
             (Value::Object(_), Some(kind)) => {
-                problems.push(format!("{path}: an object in a field mapped as {kind}"))
+                problems.push(format!("{path}: an object in a field mapped as {kind}"));
             }
             (Value::Object(_), None) => {
-                check_line(value, &format!("{path}."), mapped, dynamic, problems)
+                check_line(value, &format!("{path}."), mapped, dynamic, problems);
             }
             (_, Some(kind)) => {
                 if !fits(kind, value) {
@@ -231,7 +231,7 @@ fn check_line(
                 }
             }
             (_, None) if is_object_mapping => {
-                problems.push(format!("{path}: {value} in a field mapped as an object"))
+                problems.push(format!("{path}: {value} in a field mapped as an object"));
             }
             (_, None) => {
                 let seen = *dynamic.entry(path.clone()).or_insert(kind(value));
@@ -443,7 +443,7 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let host = vatic_worker::telemetry::host_name();
+    let host = vatic_server::telemetry::host_name();
     let mut read_by: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for input in inputs {
         let input_id = input["id"].as_str().unwrap().to_string();

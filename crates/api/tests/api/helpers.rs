@@ -1,4 +1,3 @@
-use actix_web::dev::ServerHandle;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
@@ -15,7 +14,6 @@ pub struct TestApi {
     pub base: String,
     pub client: reqwest::Client,
     pub app: Application,
-    pub handle: ServerHandle,
     _repo: Option<tempfile::TempDir>,
 }
 
@@ -32,14 +30,14 @@ impl TestApi {
     pub async fn start(settings: ApiSettings, repo: Option<tempfile::TempDir>) -> TestApi {
         if std::env::var_os("TEST_LOG").is_some() {
             if let Some(log) =
-                vatic_worker::telemetry::init(&Default::default(), "test").expect("logging")
+                vatic_server::telemetry::init(&Default::default(), "test").expect("logging")
             {
                 log.keep();
             }
         }
-        let mut app = Application::build(&settings).await.expect("api builds");
-        let handle = app.spawn();
-        let base = format!("http://{}", app.addr);
+        let app = Application::build(&settings).await.expect("api builds");
+        app.spawn();
+        let base = format!("http://{}", app.server.addr);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -49,7 +47,6 @@ impl TestApi {
             base,
             client,
             app,
-            handle,
             _repo: repo,
         }
     }
@@ -68,8 +65,8 @@ impl TestApi {
         post_json(&self.client, &self.base, path, body).await
     }
 
-    pub async fn stop(mut self) {
-        self.app.shutdown(&self.handle, Duration::ZERO).await;
+    pub async fn stop(self) {
+        self.app.shutdown(Duration::ZERO).await;
     }
 }
 
@@ -163,14 +160,11 @@ pub fn binary_post(
 /// Standalone on `models_dir` with one instance per version and no load-time profiling, so
 /// tests see the batching settings they set.
 pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {
-    let mut s = ApiSettings {
-        mode: Mode::Standalone,
-        listen: "127.0.0.1:0".into(),
-        models_dir,
-        ..Default::default()
-    };
-    s.batching.instances = 1;
-    s.profile.at_load = false;
+    let mut s = ApiSettings::standalone();
+    s.server.listen = "127.0.0.1:0".into();
+    s.engine.models_dir = models_dir;
+    s.engine.batching.instances = 1;
+    s.engine.profile.at_load = false;
     s
 }
 
@@ -178,8 +172,8 @@ pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {
 /// cache, uploads and spool under `dir`.
 pub fn registry_standalone_settings(url: &str, models_dir: PathBuf, dir: &Path) -> ApiSettings {
     let mut s = standalone_settings(models_dir);
-    s.database.url = Some(url.to_string());
-    s.database.migrate = true;
+    s.server.database.url = Some(url.to_string());
+    s.server.database.migrate = true;
     s.import_models = true;
     s.registry.cache_dir = dir.join("cache");
     s.registry.poll_ms = 500;
@@ -192,7 +186,7 @@ pub fn registry_standalone_settings(url: &str, models_dir: PathBuf, dir: &Path) 
 /// under `dir`.
 pub async fn registry_api(db: &TestDb, dir: &Path) -> TestApi {
     let mut settings = cluster_settings(Vec::new());
-    settings.database.url = Some(db.url.clone());
+    settings.server.database.url = Some(db.url.clone());
     settings.fleet_refresh_ms = 200;
     settings.heartbeat_timeout_ms = 3000;
     settings.upload_dir = dir.join("uploads");
@@ -247,14 +241,15 @@ pub async fn wait_post(
 }
 
 pub fn cluster_settings(workers: Vec<String>) -> ApiSettings {
-    ApiSettings {
+    let mut s = ApiSettings {
         mode: Mode::Cluster,
-        listen: "127.0.0.1:0".into(),
         workers,
         health_interval_ms: 100,
         worker_timeout_ms: 30_000,
         ..Default::default()
-    }
+    };
+    s.server.listen = "127.0.0.1:0".into();
+    s
 }
 
 /// A vatic server process (a worker, or an api) on 127.0.0.1:0; killed when dropped.

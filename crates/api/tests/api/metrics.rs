@@ -25,7 +25,7 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_model_version_protocol_and_code() {
     let mut settings = standalone_settings(vatic_testkit::root().join("models"));
-    settings.metrics_listen = Some("127.0.0.1:0".into());
+    settings.server.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
     let reference = vatic_testkit::demo_reference();
 
@@ -59,7 +59,7 @@ async fn metrics_count_requests_by_model_version_protocol_and_code() {
         assert_eq!(status, 404);
     }
 
-    let text = scrape(api.app.metrics_addr).await;
+    let text = scrape(api.app.server.metrics_addr).await;
     let requests = |model, version, protocol, code| {
         value(
             &text,
@@ -125,7 +125,7 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
             vatic_testkit::root().join("models"),
             dir.path(),
         );
-        settings.metrics_listen = Some("127.0.0.1:0".into());
+        settings.server.metrics_listen = Some("127.0.0.1:0".into());
         settings.prediction_log.flush_interval_ms = 20;
         let api = TestApi::start(settings, None).await;
         let request = vatic_testkit::demo_reference().v2_request(0..1);
@@ -145,7 +145,7 @@ async fn prediction_log_and_database_pool_metrics_match_the_admin_counters() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert_eq!(stats["written"], 5, "{}: {stats}", db.url);
-        let text = scrape(api.app.metrics_addr).await;
+        let text = scrape(api.app.server.metrics_addr).await;
         for (metric_name, field) in [
             ("vatic_prediction_log_written_total", "written"),
             ("vatic_prediction_log_spooled_total", "spooled"),
@@ -189,19 +189,19 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
         })
         .collect();
     let mut settings = crate::helpers::cluster_settings(dead.clone());
-    settings.metrics_listen = Some("127.0.0.1:0".into());
-    let mut app = vatic_api::Application::build(&settings).await.unwrap();
-    let handle = app.spawn();
+    settings.server.metrics_listen = Some("127.0.0.1:0".into());
+    let app = vatic_api::Application::build(&settings).await.unwrap();
+    app.spawn();
     let client = reqwest::Client::new();
     let (status, body) = crate::helpers::post_json(
         &client,
-        &format!("http://{}", app.addr),
+        &format!("http://{}", app.server.addr),
         "/v2/models/breast_cancer/infer",
         &request,
     )
     .await;
     assert_eq!(status, 503, "{body}");
-    let text = scrape(app.metrics_addr).await;
+    let text = scrape(app.server.metrics_addr).await;
     assert_eq!(value(&text, "vatic_upstream_retries_total", &[]), 1.0);
     assert_eq!(
         value(&text, "vatic_upstream_errors_total", &[("kind", "connect")]),
@@ -233,12 +233,12 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
         ),
         1.0
     );
-    app.shutdown(&handle, std::time::Duration::ZERO).await;
+    app.shutdown(std::time::Duration::ZERO).await;
 
     // A live worker: requests go through and it is up.
     let worker = crate::helpers::ServerProcess::start();
     let mut settings = crate::helpers::cluster_settings(vec![worker.url.clone()]);
-    settings.metrics_listen = Some("127.0.0.1:0".into());
+    settings.server.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
     for _ in 0..2 {
         let (status, body) = api
@@ -246,7 +246,7 @@ async fn a_cluster_api_exports_worker_state_retries_and_upstream_errors() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let text = scrape(api.app.metrics_addr).await;
+    let text = scrape(api.app.server.metrics_addr).await;
     let ok = [
         ("model", "breast_cancer"),
         ("version", "1"),
@@ -302,14 +302,14 @@ fn referenced(text: &str) -> std::collections::BTreeSet<String> {
 async fn families_after_one_request(
     mut settings: vatic_api::settings::ApiSettings,
 ) -> std::collections::BTreeSet<String> {
-    settings.metrics_listen = Some("127.0.0.1:0".into());
+    settings.server.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
     let request = vatic_testkit::demo_reference().v2_request(0..1);
     let (status, body) = api
         .post_json("/v2/models/breast_cancer/infer", &request)
         .await;
     assert_eq!(status, 200, "{body}");
-    let exported = families(&scrape(api.app.metrics_addr).await);
+    let exported = families(&scrape(api.app.server.metrics_addr).await);
     api.stop().await;
     exported
 }

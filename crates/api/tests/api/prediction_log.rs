@@ -13,7 +13,7 @@ use vatic_testkit::{TcpProxy, TestDb};
 fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
         if let Some(log) =
-            vatic_worker::telemetry::init(&Default::default(), "test").expect("logging")
+            vatic_server::telemetry::init(&Default::default(), "test").expect("logging")
         {
             log.keep();
         }

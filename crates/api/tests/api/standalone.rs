@@ -1,8 +1,10 @@
 //! Standalone mode: the api with its in-process worker.
 
-use crate::helpers::{binary_post, TestApi};
+use crate::helpers::{binary, binary_post, ServerProcess, TestApi};
 use bytes::Bytes;
 use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
 use vatic_schema::v2;
 
 #[tokio::test]
@@ -105,7 +107,7 @@ async fn metadata_config_stats_and_probes() {
 #[tokio::test]
 async fn errors_carry_status_and_message() {
     let mut settings = crate::helpers::standalone_settings(vatic_testkit::root().join("models"));
-    settings.max_body_bytes = 2048;
+    settings.server.max_body_bytes = 2048;
     let api = TestApi::start(settings, None).await;
     let reference = vatic_testkit::demo_reference();
     let cases: Vec<(&str, Value, u16, &str)> = vec![
@@ -147,36 +149,72 @@ async fn errors_carry_status_and_message() {
     api.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_turns_not_ready_first() {
-    let mut api = TestApi::standalone().await;
-    let (app_state, handle) = (api.app.state.clone(), api.handle.clone());
-    let stopping = {
-        let base = api.base.clone();
-        let client = api.client.clone();
-        tokio::spawn(async move {
-            // While draining, readiness is false and requests are still served.
-            let r = client
-                .get(format!("{base}/v2/health/ready"))
-                .send()
-                .await
-                .unwrap();
-            let reference = vatic_testkit::demo_reference();
-            let infer = client
-                .post(format!("{base}/v2/models/breast_cancer/infer"))
-                .json(&reference.v2_request(0..1))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), infer.status().as_u16())
-        })
+/// SIGTERM to a real api process: readiness turns false at once, requests are still served
+/// through the drain, then the process stops and exits cleanly.
+#[test]
+fn sigterm_turns_not_ready_first_serves_through_the_drain_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary("vatic-api", "vatic-api"));
+    cmd.args(["--standalone", "--listen", "127.0.0.1:0", "--models-dir"])
+        .arg(vatic_testkit::root().join("models"))
+        // Long enough to probe in; the drain is the process's whole wait after the signal.
+        .env("VATIC_DRAIN_SECS", "5")
+        .env("VATIC_PROFILE__AT_LOAD", "false");
+    let mut api = ServerProcess::spawn_in(cmd, dir.path(), "api listening");
+    let client = reqwest::blocking::Client::new();
+    let status = |path: &str| {
+        client
+            .get(format!("{}{path}", api.url))
+            .send()
+            .map(|r| r.status().as_u16())
+            .ok()
     };
-    app_state
-        .accepting
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let (ready, infer) = stopping.await.unwrap();
-    assert_eq!((ready, infer), (400, 200));
-    api.app
-        .shutdown(&handle, std::time::Duration::from_millis(100))
-        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status("/v2/health/ready") != Some(200) {
+        assert!(Instant::now() < deadline, "the api never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &api.child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(term.success());
+    // The signal is handled on another thread: readiness turns false at its first step.
+    while status("/v2/health/ready") != Some(400) {
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status("/readyz"), Some(503), "load balancers see it too");
+    assert_eq!(status("/v2/health/live"), Some(200), "live while it drains");
+    let reference = vatic_testkit::demo_reference();
+    let infer = client
+        .post(format!("{}/v2/models/breast_cancer/infer", api.url))
+        .json(&reference.v2_request(0..1))
+        .send()
+        .expect("served while draining");
+    assert_eq!(infer.status(), 200);
+    reference.check_response(&infer.json().unwrap(), 0..1);
+    let exit = loop {
+        if let Some(exit) = api.child.try_wait().expect("waiting for the api") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the api did not exit after its drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+    // The log reader may still be taking the last lines from the pipe.
+    let logged = |message: &str| {
+        let lines = api.logs.lock().unwrap();
+        lines
+            .iter()
+            .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["message"] == message))
+    };
+    while !logged("stopped") {
+        assert!(Instant::now() < deadline, "no 'stopped' line in the log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(logged("shutting down: not ready, draining"));
 }

@@ -3,7 +3,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vatic_api::settings::{ApiSettings, Mode};
+use vatic_api::settings::ApiSettings;
 use vatic_api::Application;
 use vatic_testkit::TestDb;
 
@@ -50,23 +50,20 @@ fn start() -> TestApp {
                 .build()
                 .expect("tokio runtime");
             runtime.block_on(async move {
-                let mut settings = ApiSettings {
-                    mode: Mode::Standalone,
-                    listen: "127.0.0.1:0".into(),
-                    models_dir: vatic_testkit::root().join("models"),
-                    ..Default::default()
-                };
-                settings.profile.at_load = false;
+                let mut settings = ApiSettings::standalone();
+                settings.server.listen = "127.0.0.1:0".into();
+                settings.engine.models_dir = vatic_testkit::root().join("models");
+                settings.engine.profile.at_load = false;
                 if std::env::var_os("TEST_LOG").is_some() {
-                    if let Some(log) =
-                        vatic_worker::telemetry::init(&settings.log, "test").expect("logging")
+                    if let Some(log) = vatic_server::telemetry::init(&settings.server.log, "test")
+                        .expect("logging")
                     {
                         log.keep();
                     }
                 }
-                let mut app = Application::build(&settings).await.expect("api builds");
-                let _handle = app.spawn();
-                let base = format!("http://{}", app.addr);
+                let app = Application::build(&settings).await.expect("api builds");
+                app.spawn();
+                let base = format!("http://{}", app.server.addr);
                 let client = reqwest::Client::new();
                 vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
                 ready.send(base).expect("a test waits for the api");
@@ -104,20 +101,16 @@ impl RegistryApp {
     pub fn start_with(db: TestDb, configure: impl FnOnce(&mut ApiSettings)) -> RegistryApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = ApiSettings {
-            mode: Mode::Standalone,
-            listen: "127.0.0.1:0".into(),
-            models_dir: vatic_testkit::root().join("models"),
-            profile: vatic_worker::profile::ProfileSettings {
-                at_load: false,
-                ..Default::default()
-            },
             import_models: true,
             upload_dir: dir.path().join("uploads"),
             fleet_refresh_ms: 200,
-            ..Default::default()
+            ..ApiSettings::standalone()
         };
-        settings.database.url = Some(db.url.clone());
-        settings.database.migrate = true;
+        settings.server.listen = "127.0.0.1:0".into();
+        settings.engine.models_dir = vatic_testkit::root().join("models");
+        settings.engine.profile.at_load = false;
+        settings.server.database.url = Some(db.url.clone());
+        settings.server.database.migrate = true;
         settings.registry.cache_dir = dir.path().join("cache");
         settings.registry.poll_ms = 200;
         settings.prediction_log.spool_dir = dir.path().join("spool");
@@ -133,14 +126,14 @@ impl RegistryApp {
                     .build()
                     .expect("tokio runtime");
                 runtime.block_on(async move {
-                    let mut app = Application::build(&settings).await.expect("api builds");
-                    let handle = app.spawn();
-                    let base = format!("http://{}", app.addr);
+                    let app = Application::build(&settings).await.expect("api builds");
+                    app.spawn();
+                    let base = format!("http://{}", app.server.addr);
                     let client = reqwest::Client::new();
                     vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
                     ready.send(base).expect("a test waits for the api");
                     let _ = stopped.await;
-                    app.shutdown(&handle, Duration::ZERO).await;
+                    app.shutdown(Duration::ZERO).await;
                 });
             })
             .expect("api thread");

@@ -100,7 +100,7 @@ async fn request_whose_client_went_away_is_not_computed() {
     assert_eq!(stats["inference_stats"]["cancel"]["count"], 1, "{stats}");
     assert_eq!(stats["execution_count"], 0, "{stats}");
     // The dropped request leaves the in-flight gauge too.
-    let in_flight = w.engine.metrics().in_flight();
+    let in_flight = w.engine().metrics().in_flight();
     for _ in 0..200 {
         if in_flight.get() == 0 {
             break;
@@ -113,37 +113,47 @@ async fn request_whose_client_went_away_is_not_computed() {
 
 #[tokio::test]
 async fn requests_with_different_row_shapes_are_not_mixed() {
-    // The CNN has a fixed image size, so mixing is impossible; two_io rows are all [3].
-    let w = TestWorker::start(with_toml(
-        "two_io",
-        "[batching]\nmax_queue_delay_us = 20000\n",
-    ))
-    .await;
-    let body = |a: f64| {
-        json!({"inputs": [
-        {"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [a, a, a]},
-        {"name": "b", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]})
-    };
+    // `square` takes rows of any width (`x [N, W] -> x * x`); rows of different widths cannot
+    // share a run, and the queue delay gives every request time to meet the others.
+    let repo = tempfile::tempdir().unwrap();
+    let version = repo.path().join("square/1");
+    std::fs::create_dir_all(&version).unwrap();
+    vatic_testkit::onnx::write_square(&version.join("model.onnx")).unwrap();
+    std::fs::write(
+        repo.path().join("square/model.toml"),
+        "[batching]\nmax_batch_size = 32\nmax_queue_delay_us = 20000\n",
+    )
+    .unwrap();
+    let w = Arc::new(TestWorker::start(repo).await);
     let mut tasks = Vec::new();
-    let w = Arc::new(w);
-    for i in 0..8 {
+    for i in 0..18usize {
+        let (width, rows) = (1 + i % 3, 1 + i % 2);
+        // Quarters, so that their squares are exact in FP32.
+        let data: Vec<f64> = (0..rows * width)
+            .map(|j| (i * 8 + j) as f64 / 4.0)
+            .collect();
+        let body = json!({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [rows, width], "data": data}]});
         let w = w.clone();
         tasks.push(tokio::spawn(async move {
-            let (status, resp) = w
-                .post_json("/v2/models/two_io/infer", &body(i as f64))
-                .await;
+            let (status, resp) = w.post_json("/v2/models/square/infer", &body).await;
             assert_eq!(status, 200, "{resp}");
-            let dot = &resp["outputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|o| o["name"] == "dot")
-                .unwrap()["data"][0];
-            assert_eq!(dot.as_f64().unwrap(), 6.0 * i as f64);
+            let y = &resp["outputs"][0];
+            assert_eq!(y["shape"], json!([rows, width]), "{resp}");
+            let want: Vec<Value> = data.iter().map(|x| json!(x * x)).collect();
+            vatic_testkit::assert_values("y", y["data"].as_array().unwrap(), &want);
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
+    let stats = w.stats("square").await;
+    assert_eq!(stats["inference_stats"]["success"]["count"], 18, "{stats}");
+    assert_eq!(stats["inference_stats"]["fail"]["count"], 0, "{stats}");
+    let executions = stats["execution_count"].as_u64().unwrap();
+    assert!(
+        executions < 18,
+        "18 requests ran in {executions} executions: the batcher combined none"
+    );
     Arc::try_unwrap(w).ok().unwrap().stop().await;
 }

@@ -178,7 +178,7 @@ async fn oversize_body_gets_413() {
     let w = TestWorker::start_with(
         vatic_testkit::root().join("models"),
         None,
-        |s| s.max_body_bytes = 1000,
+        |s| s.server.max_body_bytes = 1000,
         true,
     )
     .await;
@@ -215,7 +215,7 @@ async fn full_queue_gets_503_with_retry_after() {
                 .as_u16()
         })
     };
-    while w.engine.resolve("breast_cancer", None).unwrap().queued() == 0 {
+    while w.engine().resolve("breast_cancer", None).unwrap().queued() == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let r = w
@@ -293,7 +293,7 @@ async fn gzip_bodies_are_read_and_their_limit_counts_decompressed_bytes() {
     let w = TestWorker::start_with(
         vatic_testkit::root().join("models"),
         None,
-        |s| s.max_body_bytes = 4096,
+        |s| s.server.max_body_bytes = 4096,
         true,
     )
     .await;

@@ -1,17 +1,13 @@
-use actix_web::dev::ServerHandle;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use vatic_worker::http::{drain_and_stop, Worker};
-use vatic_worker::{Engine, WorkerSettings};
+use vatic_worker::{Engine, Worker, WorkerSettings};
 
 /// A worker started on 127.0.0.1:0 for one test.
 pub struct TestWorker {
     pub base: String,
     pub client: reqwest::Client,
-    pub engine: Arc<Engine>,
-    pub handle: ServerHandle,
+    pub server: Worker,
     /// Base URL of the metrics endpoint, when enabled.
     pub metrics: Option<String>,
     _repo: Option<tempfile::TempDir>,
@@ -20,7 +16,7 @@ pub struct TestWorker {
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         if let Some(log) =
-            vatic_worker::telemetry::init(&Default::default(), "test").expect("logging")
+            vatic_server::telemetry::init(&Default::default(), "test").expect("logging")
         {
             log.keep();
         }
@@ -41,17 +37,15 @@ impl TestWorker {
         wait_ready: bool,
     ) -> TestWorker {
         init_logs();
-        let mut settings = WorkerSettings {
-            listen: "127.0.0.1:0".into(),
-            models_dir,
-            ..Default::default()
-        };
-        settings.batching.instances = 1;
-        settings.profile.at_load = false;
+        let mut settings = WorkerSettings::default();
+        settings.server.listen = "127.0.0.1:0".into();
+        settings.engine.models_dir = models_dir;
+        settings.engine.batching.instances = 1;
+        settings.engine.profile.at_load = false;
         adjust(&mut settings);
-        let mut worker = Worker::start(&settings).await.expect("worker starts");
-        let handle = worker.spawn();
-        let base = format!("http://{}", worker.addr);
+        let server = vatic_worker::start(&settings).await.expect("worker starts");
+        server.spawn();
+        let base = format!("http://{}", server.addr);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -62,11 +56,15 @@ impl TestWorker {
         TestWorker {
             base,
             client,
-            engine: worker.engine.clone(),
-            handle,
-            metrics: worker.metrics_addr.map(|a| format!("http://{a}")),
+            metrics: server.metrics_addr.map(|a| format!("http://{a}")),
+            server,
             _repo: repo,
         }
+    }
+
+    /// The worker's engine.
+    pub fn engine(&self) -> &Engine {
+        self.server.service.engine()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -130,7 +128,7 @@ impl TestWorker {
     }
 
     pub async fn stop(self) {
-        drain_and_stop(&self.engine, &self.handle, Duration::ZERO).await;
+        self.server.shutdown(Duration::ZERO).await;
     }
 }
 

@@ -93,28 +93,28 @@ async fn shutdown_reports_not_ready_at_once_and_finishes_queued_work() {
             )
         })
     };
-    while w.engine.resolve("breast_cancer", None).unwrap().queued() == 0 {
+    while w.engine().resolve("breast_cancer", None).unwrap().queued() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (engine, handle) = (w.engine.clone(), w.handle.clone());
-    let stopping = tokio::spawn(async move {
-        vatic_worker::http::drain_and_stop(&engine, &handle, Duration::from_millis(300)).await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        w.get("/v2/health/ready").await.0,
-        400,
-        "not ready during the drain"
-    );
-    assert_eq!(
-        w.get("/v2/health/live").await.0,
-        200,
-        "still live during the drain"
-    );
-    let (status, body) = queued.await.unwrap();
+    // The sequence SIGTERM starts, with a drain long enough to probe within. Readiness turns
+    // false at its first step, before `probing` runs.
+    let stopping = w.server.shutdown(Duration::from_secs(1));
+    let probing = async {
+        assert_eq!(
+            w.get("/v2/health/ready").await.0,
+            400,
+            "not ready during the drain"
+        );
+        assert_eq!(
+            w.get("/v2/health/live").await.0,
+            200,
+            "still live during the drain"
+        );
+        queued.await.unwrap()
+    };
+    let ((), (status, body)) = tokio::join!(stopping, probing);
     assert_eq!(status, 200, "{body}");
     reference.check_response(&body, 0..2);
-    stopping.await.unwrap();
 }
 
 #[tokio::test]

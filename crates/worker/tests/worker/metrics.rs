@@ -12,7 +12,7 @@ async fn metrics_count_requests_and_agree_with_the_statistics() {
     let w = TestWorker::start_with(
         dir,
         Some(repo),
-        |s| s.metrics_listen = Some("127.0.0.1:0".into()),
+        |s| s.server.metrics_listen = Some("127.0.0.1:0".into()),
         true,
     )
     .await;

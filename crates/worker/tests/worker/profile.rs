@@ -168,9 +168,9 @@ async fn versions_without_batching_of_their_own_are_profiled_at_load_within_the_
         dir,
         Some(repo),
         |s| {
-            s.profile.at_load = true;
-            s.batching.max_batch_size = 8;
-            s.batching.instances = 2;
+            s.engine.profile.at_load = true;
+            s.engine.batching.max_batch_size = 8;
+            s.engine.batching.instances = 2;
         },
         true,
     )

@@ -49,7 +49,7 @@ impl Passes {
 
     /// For the loop: resolves when a pass is asked for.
     pub async fn requested(&self) {
-        self.ask.notified().await
+        self.ask.notified().await;
     }
 
     /// For the loop: a pass begins; returns its number.

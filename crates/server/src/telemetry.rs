@@ -24,7 +24,7 @@ use writer::WriterGuard;
 pub struct LogSettings {
     /// `json` (one JSON object per line) or `text`, on stdout.
     pub format: String,
-    /// A tracing filter such as `info` or `info,vatic_worker=debug`; `RUST_LOG` wins when set.
+    /// A tracing filter such as `info` or `info,vatic_server=debug`; `RUST_LOG` wins when set.
     pub level: String,
     /// A folder for log files (JSON lines, whatever `format` says); none for stdout only.
     pub dir: Option<PathBuf>,

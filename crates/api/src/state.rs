@@ -1,0 +1,131 @@
+//! What every api handler shares, and how the shared server runtime serves it: its routes, its
+//! readiness, its metrics and the last steps of its shutdown.
+
+use crate::backend::Backend;
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::metrics::{ApiMetrics, Protocol, UNKNOWN_MODEL};
+use crate::prediction_log::PredictionLog;
+use crate::routes::admin::Uploads;
+use actix_web::{web, HttpResponse, ResponseError};
+use prometheus::Registry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vatic_server::{Passes, Service};
+use vatic_store::Store;
+use vatic_worker::BatchingConfig;
+
+/// Longest wait for this process to apply a registry change it made.
+const REGISTRY_CHANGE_WAIT: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+pub struct AppState {
+    /// Where inference runs.
+    pub backend: Backend,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// The registry, when a database is configured.
+    pub store: Option<Store>,
+    /// Uploads of model files.
+    pub uploads: Uploads,
+    /// Batching defaults a pushed model is checked with.
+    pub batching: BatchingConfig,
+    /// The prediction log, when a database is configured.
+    pub prediction_log: Option<PredictionLog>,
+    /// This replica's view of the registry.
+    pub catalog: Arc<Catalog>,
+    /// The loops that follow the registry in this process (the reconcile loop in standalone
+    /// mode, the catalog refresh), run after a change made through it.
+    pub registry_passes: Vec<Passes>,
+    /// Request metrics.
+    pub metrics: ApiMetrics,
+}
+
+/// Shared state as handlers receive it.
+pub type State = web::Data<AppState>;
+
+impl AppState {
+    /// Brings this process up to date after a registry change it made: once this returns, a
+    /// pushed version is known here (loading or ready) and a retired one is gone, so the
+    /// caller's next request sees the change. Gives up waiting after a few seconds (the
+    /// loops still apply the change when they can).
+    pub async fn registry_changed(&self) {
+        for passes in &self.registry_passes {
+            if !passes.run(REGISTRY_CHANGE_WAIT).await {
+                tracing::warn!("the registry change is not applied in this process yet; it will be on the next pass");
+            }
+        }
+    }
+
+    /// Records one answered inference request in the metrics, from its handler's result: the
+    /// answer and the version that gave it, or the error. `model` is labelled only when this
+    /// process knows it.
+    pub fn record_inference(
+        &self,
+        protocol: Protocol,
+        model: &str,
+        result: &Result<(HttpResponse, Option<String>), ApiError>,
+        arrived: Instant,
+    ) {
+        let (status, version) = match result {
+            Ok((r, version)) => (r.status().as_u16(), version.as_deref()),
+            Err(e) => (e.status_code().as_u16(), None),
+        };
+        let known = status != 404 && self.backend.knows(model);
+        let model = if known { model } else { UNKNOWN_MODEL };
+        self.metrics.answered(
+            protocol,
+            model,
+            version.unwrap_or_default(),
+            status,
+            arrived.elapsed(),
+        );
+    }
+}
+
+impl Service for AppState {
+    const NAME: &'static str = "vatic";
+
+    fn routes(cfg: &mut web::ServiceConfig) {
+        crate::routes::configure(cfg);
+    }
+
+    /// Standalone: every model loaded and warmed; cluster: a worker is healthy.
+    fn is_ready(&self) -> bool {
+        self.backend.is_ready()
+    }
+
+    fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    fn registries(&self) -> Vec<&Registry> {
+        let mut registries = vec![self.metrics.registry()];
+        if let Backend::Local(host) = &self.backend {
+            registries.push(host.engine.metrics().registry());
+        }
+        registries
+    }
+
+    fn refresh_metrics(&self) {
+        if let Some(log) = &self.prediction_log {
+            log.refresh_metrics();
+        }
+        match &self.backend {
+            Backend::Local(host) => host.engine.refresh_metrics(),
+            Backend::Remote(pool, _) => pool.refresh_metrics(),
+        }
+    }
+
+    /// Stops following the registry, answers the queued requests (standalone), then writes out
+    /// the prediction log.
+    async fn finish(&self) {
+        if let Backend::Local(host) = &self.backend {
+            host.stop_following().await;
+            host.shutdown().await;
+        }
+        if let Some(log) = &self.prediction_log {
+            log.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Binding, serving and stopping: the one start-up and shutdown path of every vatic HTTP
+//! process. A process is a [`Service`] (its routes, its readiness, its metrics, its last steps)
+//! served by a [`Server`], which adds what every listener has: request ids and the request log,
+//! compression, busy polling, the probes, the metrics endpoint, and the drain on SIGTERM.
+
+use crate::metrics::{self, ProcessMetrics};
+use crate::settings::ServerSettings;
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::{from_fn, Compress};
+use actix_web::{web, App, HttpServer};
+use prometheus::Registry;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use vatic_store::Store;
+
+/// What a vatic process serves, on top of what every process has. Handlers reach it as
+/// `web::Data<Self>`.
+pub trait Service: Send + Sync + Sized + 'static {
+    /// The server name `GET /v2` reports.
+    const NAME: &'static str;
+
+    /// Registers the process's own routes.
+    fn routes(cfg: &mut web::ServiceConfig);
+
+    /// Whether the process can take requests now; the probes report ready when this holds and
+    /// shutdown has not begun.
+    fn is_ready(&self) -> bool;
+
+    /// The process's database, whose connection pool the metrics show.
+    fn store(&self) -> Option<&Store>;
+
+    /// The process's own metric registries, rendered at every scrape after
+    /// [`Service::refresh_metrics`].
+    fn registries(&self) -> Vec<&Registry>;
+
+    /// Reads values kept elsewhere into the metrics, before a scrape.
+    fn refresh_metrics(&self) {}
+
+    /// The first step of shutdown, while still ready (a worker leaves the fleet table).
+    fn leave(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The last step of shutdown, once the HTTP server has stopped: finish queued work and
+    /// write out what is buffered.
+    fn finish(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// A bound listening socket: its address is known before the service is built (a worker
+/// publishes it in the fleet table).
+pub struct Listener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `settings.listen`.
+    pub fn bind(settings: &ServerSettings) -> anyhow::Result<Listener> {
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Listener { listener, addr })
+    }
+
+    /// The bound address (with the port picked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A process serving its [`Service`]: live at once, ready when the service is.
+pub struct Server<S: Service> {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The address of its metrics endpoint, when it has one.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The service.
+    pub service: web::Data<S>,
+    accepting: Arc<AtomicBool>,
+    /// The HTTP server until it is served (in a mutex: the future is not `Sync`).
+    http: Mutex<Option<actix_web::dev::Server>>,
+    handle: ServerHandle,
+    metrics: Option<ServerHandle>,
+    drain: Duration,
+}
+
+impl<S: Service> Server<S> {
+    /// Builds the HTTP server on `listener` and starts the metrics endpoint; serving starts
+    /// with [`Server::run_until_signal`] (or [`Server::spawn`]).
+    pub fn start(
+        listener: Listener,
+        settings: &ServerSettings,
+        service: S,
+    ) -> anyhow::Result<Server<S>> {
+        let service = web::Data::new(service);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let ready: crate::probes::Readiness = {
+            let (service, accepting) = (service.clone(), accepting.clone());
+            Arc::new(move || accepting.load(Ordering::SeqCst) && service.is_ready())
+        };
+        let busy_poll = Duration::from_micros(settings.busy_poll_us);
+        let app_service = service.clone();
+        let http = HttpServer::new(move || {
+            crate::busy_poll::start(busy_poll);
+            let ready = ready.clone();
+            App::new()
+                .app_data(app_service.clone())
+                .wrap(Compress::default())
+                .wrap(from_fn(crate::request_log::request_log))
+                .configure(|cfg| crate::probes::configure(cfg, S::NAME, ready))
+                .configure(S::routes)
+        })
+        .on_connect(crate::client_gone::on_connect)
+        .disable_signals()
+        .shutdown_timeout(60)
+        .listen(listener.listener)?
+        .run();
+        let metrics = match &settings.metrics_listen {
+            Some(listen) => Some(serve_metrics(listen, service.clone())?),
+            None => None,
+        };
+        Ok(Server {
+            addr: listener.addr,
+            metrics_addr: metrics.as_ref().map(|m| m.0),
+            service,
+            accepting,
+            handle: http.handle(),
+            http: Mutex::new(Some(http)),
+            metrics: metrics.map(|m| m.1),
+            drain: Duration::from_secs(settings.drain_secs),
+        })
+    }
+
+    /// Serves on the current runtime in the background (for tests); stop with
+    /// [`Server::shutdown`].
+    pub fn spawn(&self) {
+        if let Some(http) = self.take_http() {
+            tokio::spawn(http);
+        }
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down (see [`Server::shutdown`]).
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let http = self.take_http().expect("a server is served once");
+        let serving = tokio::spawn(http);
+        shutdown_signal().await;
+        self.shutdown(self.drain).await;
+        serving.await??;
+        Ok(())
+    }
+
+    fn take_http(&self) -> Option<actix_web::dev::Server> {
+        self.http
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The shutdown sequence, which SIGTERM starts: the service's first step (a worker leaves
+    /// the fleet), readiness turns false at once, serving goes on for `drain_for` so load
+    /// balancers notice, then the server stops accepting and finishes the requests in flight,
+    /// then the service finishes its queued work.
+    pub async fn shutdown(&self, drain_for: Duration) {
+        self.service.leave().await;
+        self.accepting.store(false, Ordering::SeqCst);
+        tracing::info!(
+            drain_secs = drain_for.as_secs(),
+            "shutting down: not ready, draining"
+        );
+        tokio::time::sleep(drain_for).await;
+        self.handle.stop(true).await;
+        self.service.finish().await;
+        if let Some(metrics) = &self.metrics {
+            metrics.stop(true).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Starts the metrics endpoint of `service` on `listen`.
+fn serve_metrics<S: Service>(
+    listen: &str,
+    service: web::Data<S>,
+) -> anyhow::Result<(SocketAddr, ServerHandle)> {
+    let process = Arc::new(ProcessMetrics::new(service.store())?);
+    metrics::serve(listen, move || {
+        process.refresh();
+        service.refresh_metrics();
+        let mut registries = service.registries();
+        registries.push(process.registry());
+        metrics::render(&registries)
+    })
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

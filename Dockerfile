@@ -1,6 +1,8 @@
 # The vatic image: vatic-api, vatic-worker and vaticctl on Debian slim, with the default configs
 # in /etc/vatic and the demo model in /usr/share/vatic/models. docker-compose.yml builds it.
 FROM rust:1.95-bookworm AS build
+# The image's own toolchain, in place of rust-toolchain.toml's channel (which would download one).
+ENV RUSTUP_TOOLCHAIN=1.95.0
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

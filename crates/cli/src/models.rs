@@ -390,7 +390,7 @@ fn print_details(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Re
     let mut table = output::table(["", "name", "datatype", "shape"]);
     let tensors = [("input", &signature.inputs), ("output", &signature.outputs)];
     for (kind, list) in tensors {
-        for t in list.iter() {
+        for t in list {
             table.add_row([
                 kind.to_string(),
                 t.name.clone(),

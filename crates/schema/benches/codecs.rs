@@ -56,7 +56,7 @@ fn requests(c: &mut Criterion) {
         let json_body = Bytes::from(json.body);
         g.throughput(Throughput::Elements(rows as u64));
         g.bench_with_input(BenchmarkId::new("json", rows), &json_body, |b, body| {
-            b.iter(|| v2::decode_request(black_box(body), None).unwrap())
+            b.iter(|| v2::decode_request(black_box(body), None).unwrap());
         });
         let mut req = request(rows);
         req.parameters
@@ -65,7 +65,7 @@ fn requests(c: &mut Criterion) {
         let n = binary.header_length;
         let binary_body = Bytes::from(binary.body);
         g.bench_with_input(BenchmarkId::new("binary", rows), &binary_body, |b, body| {
-            b.iter(|| v2::decode_request(black_box(body), n).unwrap())
+            b.iter(|| v2::decode_request(black_box(body), n).unwrap());
         });
     }
     g.finish();
@@ -77,10 +77,10 @@ fn responses(c: &mut Criterion) {
         let resp = response(rows);
         g.throughput(Throughput::Elements(rows as u64));
         g.bench_with_input(BenchmarkId::new("json", rows), &resp, |b, r| {
-            b.iter(|| v2::encode_response(black_box(r), |_| false))
+            b.iter(|| v2::encode_response(black_box(r), |_| false));
         });
         g.bench_with_input(BenchmarkId::new("binary", rows), &resp, |b, r| {
-            b.iter(|| v2::encode_response(black_box(r), |_| true))
+            b.iter(|| v2::encode_response(black_box(r), |_| true));
         });
     }
     g.finish();

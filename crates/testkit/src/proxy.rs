@@ -50,7 +50,7 @@ impl TcpProxy {
                     .enable_all()
                     .build()
                     .expect("proxy runtime")
-                    .block_on(serve(listener, upstream, cut_rx, counted, stop_rx))
+                    .block_on(serve(listener, upstream, cut_rx, counted, stop_rx));
             })
             .expect("proxy thread");
         TcpProxy {

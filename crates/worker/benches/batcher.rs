@@ -54,7 +54,7 @@ fn batcher(c: &mut Criterion) {
                 runtime
                     .block_on(engine.infer("breast_cancer", None, req))
                     .unwrap()
-            })
+            });
         });
     }
     // 16 one-row requests at once: they queue while the runner is busy and share runs.
@@ -73,8 +73,8 @@ fn batcher(c: &mut Criterion) {
                 for t in tasks {
                     t.await.unwrap().unwrap();
                 }
-            })
-        })
+            });
+        });
     });
     g.finish();
 }

@@ -307,10 +307,10 @@ fn read_chunk(r: &mut Replay, max: usize) -> io::Result<Chunk> {
         match serde_json::from_slice::<PredictionRecord>(&line) {
             Ok(record) => records.push(record),
             Err(e) if line.last() != Some(&b'\n') => {
-                tracing::warn!(offset = at, bytes = n, error = %e, "skipping the torn last line of the prediction spool")
+                tracing::warn!(offset = at, bytes = n, error = %e, "skipping the torn last line of the prediction spool");
             }
             Err(e) => {
-                tracing::warn!(offset = at, bytes = n, error = %e, "skipping a prediction spool line that is not a record")
+                tracing::warn!(offset = at, bytes = n, error = %e, "skipping a prediction spool line that is not a record");
             }
         }
     }

@@ -28,9 +28,8 @@ fn committed_versions(db: &TestDb) -> Vec<i64> {
 async fn open_without_migrating_refuses_an_empty_database() {
     for db in TestDb::both() {
         let b = backend(&db);
-        let err = match Store::open(&ConnectOptions::new(&db.url), false).await {
-            Ok(_) => panic!("{b}: an empty database was accepted"),
-            Err(e) => e,
+        let Err(err) = Store::open(&ConnectOptions::new(&db.url), false).await else {
+            panic!("{b}: an empty database was accepted");
         };
         let known = *committed_versions(&db).last().expect("migrations");
         assert!(

@@ -2,6 +2,7 @@
 //! worker processes.
 
 mod cluster;
+mod docs;
 mod elk;
 mod helpers;
 mod loading;

@@ -1,7 +1,6 @@
 """Renders the results of scripts/bench/run.py as docs/PERFORMANCE.md."""
 
 import math
-from pathlib import Path
 
 TARGET_NOTES = """\
 ## Reading the figures
@@ -26,6 +25,16 @@ TARGET_NOTES = """\
   benches/baseline, then `vaticctl bench breast_cancer -c 1,8,64 -d 4s --protocol v2-json`), and
   1,344 req/s at concurrency 64, so that setting would flatter vatic and is not used.
 - Each figure is the median of the runs; latency percentiles are vaticctl's HDR histograms.
+- Rerun with `scripts/bench.sh` (settings: `RUNS`, `DURATION`, `WARMUP`, `SOAK` seconds, 0
+  skipping the memory run); `python3 scripts/bench/run.py --render FILE` writes this page again
+  from the results a run saved (`BENCH_JSON`, by default /tmp/vatic-bench.json).
+"""
+
+HISTORY = """\
+## History
+
+What each optimisation bought, with its commands, and what limited the targets not met on the
+machine of 2026-12-04: [performance-notes.md](performance-notes.md).
 """
 
 
@@ -178,14 +187,19 @@ def render(r):
         "",
         "## The compute-heavy CNN (testdata/models/resnet, 64x64 RGB, about 0.2 GMAC per image)",
         "",
-        "Raw tract, `vatic-worker profile` (2 s per cell):",
+        "Raw tract, `vatic-worker profile` (2 s per cell): samples/s, and the median run in ms "
+        "(`--json` gives the 99th percentiles too):",
         "",
-        "| instances | batch | samples/s | run p50 ms | run p99 ms |",
-        "|---|---|---|---|---|",
     ]
-    for c in r["raw_cnn"]["cells"]:
-        out.append(f"| {c['instances']} | {c['batch_size']} | {fmt(c['samples_per_second'])} | "
-                   f"{fmt(c['run_p50_us'] / 1000, 2)} | {fmt(c['run_p99_us'] / 1000, 2)} |")
+    cells = r["raw_cnn"]["cells"]
+    instances = sorted({c["instances"] for c in cells})
+    out += ["| batch | " + " | ".join(f"{n} instance{'s' if n > 1 else ''}" for n in instances) + " |",
+            "|---|" + "---|" * len(instances)]
+    for batch in sorted({c["batch_size"] for c in cells}):
+        row = {c["instances"]: c for c in cells if c["batch_size"] == batch}
+        out.append(f"| {batch} | " + " | ".join(
+            f"{fmt(row[n]['samples_per_second'])} ({fmt(row[n]['run_p50_us'] / 1000, 2)} ms)"
+            if n in row else "-" for n in instances) + " |")
     cfg = r["cnn_config"]
     out += [
         "",
@@ -206,8 +220,5 @@ def render(r):
                 "| seconds | RSS MiB |", "|---|---|"]
         for t, k in soak["samples"][:: max(1, len(soak["samples"]) // 12)]:
             out.append(f"| {t:.0f} | {fmt(k / 1024)} |")
-    out += ["", TARGET_NOTES]
-    notes = Path(__file__).with_name("notes.md")
-    if notes.exists():
-        out += [notes.read_text()]
+    out += ["", TARGET_NOTES, HISTORY]
     return "\n".join(out).rstrip() + "\n"

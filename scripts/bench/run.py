@@ -147,7 +147,7 @@ class Bench:
         a logged JSON run of 20 s at concurrency 64, then a CHECKPOINT; returns that run's
         figures. A checkpoint keeps the WAL files it no longer needs for reuse, about as many
         as its cycle wrote; until then a cluster makes each new 16 MiB WAL file and fills it
-        with zeros first (see scripts/bench/notes.md)."""
+        with zeros first (see docs/performance-notes.md)."""
         self.ctl(server, "models", "log", DEMO, "--mode", "full", "--sample-rate", "1")
         run = self.bench(server, DEMO, [64], "v2-json", duration="20s")
         subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.a.database_url, "-c", "CHECKPOINT"],

@@ -106,7 +106,10 @@ impl ApiSettings {
         match self.mode {
             Mode::Standalone => {
                 self.engine.validate()?;
-                self.registry.validate()
+                match self.server.database.url {
+                    Some(_) => self.registry.validate(),
+                    None => Ok(()),
+                }
             }
             Mode::Cluster => {
                 if self.workers.is_empty() && self.server.database.url.is_none() {
@@ -127,8 +130,93 @@ impl ApiSettings {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use figment::Jail;
+    use std::collections::BTreeMap;
+
+    fn load(file: &std::path::Path, explicit: bool) -> anyhow::Result<ApiSettings> {
+        vatic_server::settings::load(file, explicit, BTreeMap::<String, String>::new())
+    }
+
+    fn committed(name: &str) -> ApiSettings {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../config")
+            .join(name);
+        let settings = load(&file, true).unwrap();
+        settings.validate().unwrap();
+        settings
+    }
+
+    #[test]
+    fn the_committed_config_files_load() {
+        // In a jail, so that no other test's variables are set meanwhile.
+        Jail::expect_with(|_| {
+            committed_config_files_load();
+            Ok(())
+        });
+    }
+
+    fn committed_config_files_load() {
+        let api = committed("api.toml");
+        assert_eq!(
+            (api.mode, api.server.listen.as_str()),
+            (Mode::Cluster, "0.0.0.0:8080")
+        );
+        assert_eq!(api.workers, ["http://127.0.0.1:8081"]);
+        assert_eq!(api.server.metrics_listen.as_deref(), Some("0.0.0.0:9180"));
+        let standalone = committed("standalone.toml");
+        assert_eq!(standalone.mode, Mode::Standalone);
+        assert!(standalone.import_models);
+        assert_eq!(
+            standalone.server.database.url.as_deref(),
+            Some("sqlite://data/vatic.db")
+        );
+        assert!(standalone.server.database.migrate);
+        assert_eq!(standalone.server.log.format, "text");
+        assert_eq!(standalone.server.drain_secs, 0);
+        assert_eq!(standalone.registry.poll_ms, 1000);
+        assert_eq!(
+            standalone.prediction_log.spool_dir,
+            std::path::PathBuf::from("data/spool")
+        );
+    }
+
+    #[test]
+    fn environment_variables_reach_every_part() {
+        Jail::expect_with(|jail| {
+            jail.set_env("VATIC_MODE", "standalone");
+            jail.set_env("VATIC_WORKERS", r#"["http://a:8081","http://b:8081"]"#);
+            jail.set_env("VATIC_MAX_BODY_BYTES", "1024");
+            jail.set_env("VATIC_IMPORT_MODELS", "true");
+            jail.set_env("VATIC_DATABASE__URL", "sqlite://v.db");
+            jail.set_env("VATIC_PREDICTION_LOG__BATCH_SIZE", "10");
+            jail.set_env("VATIC_BATCHING__MAX_QUEUE_DELAY_US", "500");
+            let s = load(&jail.directory().join("api.toml"), false).unwrap();
+            assert_eq!(s.mode, Mode::Standalone);
+            assert_eq!(s.workers, ["http://a:8081", "http://b:8081"]);
+            assert_eq!(s.server.max_body_bytes, 1024);
+            assert!(s.import_models);
+            assert_eq!(s.server.database.url.as_deref(), Some("sqlite://v.db"));
+            assert_eq!(s.prediction_log.batch_size, 10);
+            assert_eq!(s.engine.batching.max_queue_delay_us, 500);
+            jail.set_env("VATIC_WORKERS", "[]");
+            jail.set_env("VATIC_MAX_BODY_BYTES", "many");
+            let err = load(&jail.directory().join("api.toml"), false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.to_lowercase().contains("max_body_bytes"), "{err}");
+            jail.set_env("VATIC_MAX_BODY_BYTES", "1024");
+            jail.set_env("VATIC_PREDICTION_LOG__BATCH_SISE", "10");
+            let err = load(&jail.directory().join("api.toml"), false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.to_lowercase().contains("batch_sise"), "{err}");
+            Ok(())
+        });
+    }
 
     #[test]
     fn cluster_mode_needs_valid_worker_urls() {
@@ -159,6 +247,8 @@ mod tests {
         assert_eq!(err, "batching: instances must be at least 1");
         let mut settings = ApiSettings::standalone();
         settings.registry.heartbeat_ms = 0;
+        settings.validate().unwrap();
+        settings.server.database.url = Some("sqlite://data/vatic.db".into());
         let err = settings.validate().unwrap_err().to_string();
         assert!(
             err.contains("registry.poll_ms and registry.heartbeat_ms"),

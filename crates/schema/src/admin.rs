@@ -204,7 +204,8 @@ pub enum LoadState {
     Loading,
     /// Serving.
     Ready,
-    /// Failed to load; see the reason.
+    /// Failed to load; see the reason. A state this build does not know reads as this one.
+    #[serde(other)]
     Unavailable,
 }
 

@@ -387,3 +387,38 @@ fn tf_serving_errors_say_what_is_wrong() {
         );
     }
 }
+
+#[test]
+fn load_states_are_the_repository_index_words_and_unknown_ones_read_as_unavailable() {
+    use vatic_schema::admin::LoadState;
+    use vatic_schema::tfserving::{VersionState, VersionStatus};
+    let words = [
+        (LoadState::Loading, "LOADING"),
+        (LoadState::Ready, "READY"),
+        (LoadState::Unavailable, "UNAVAILABLE"),
+    ];
+    for (state, word) in words {
+        assert_eq!(serde_json::to_value(state).unwrap(), word);
+        assert_eq!(
+            serde_json::from_value::<LoadState>(word.into()).unwrap(),
+            state
+        );
+    }
+    let newer: LoadState = serde_json::from_value("UNLOADING".into()).unwrap();
+    assert_eq!(newer, LoadState::Unavailable);
+    let status = VersionStatus::of("3".into(), LoadState::Ready, String::new());
+    assert_eq!(
+        serde_json::to_value(&status).unwrap(),
+        serde_json::json!({"version": "3", "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""}})
+    );
+    let failed = VersionStatus::of("4".into(), LoadState::Unavailable, "bad graph".into());
+    assert_eq!(failed.state, VersionState::Unavailable);
+    assert_eq!(
+        (
+            failed.status.error_code.as_str(),
+            failed.status.error_message.as_str()
+        ),
+        ("UNAVAILABLE", "bad graph")
+    );
+}

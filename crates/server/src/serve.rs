@@ -166,6 +166,8 @@ impl<S: Service> Server<S> {
     /// balancers notice, then the server stops accepting and finishes the requests in flight,
     /// then the service finishes its queued work.
     pub async fn shutdown(&self, drain_for: Duration) {
+        // A server never served would not answer the stop below.
+        drop(self.take_http());
         self.service.leave().await;
         self.accepting.store(false, Ordering::SeqCst);
         tracing::info!(

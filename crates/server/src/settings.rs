@@ -18,6 +18,11 @@ use vatic_store::DatabaseSettings;
 
 /// The settings of every vatic HTTP process: where it listens, how it stops, what it accepts,
 /// its database, its logs and its metrics endpoint.
+///
+/// serde does not apply the outer struct's `#[serde(default)]` to a flattened one: a key
+/// missing here takes `ServerSettings::default()`, not the process's default (a worker's
+/// `listen`). [`load`] supplies every key from the process's defaults first, so read settings
+/// with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerSettings {
@@ -91,11 +96,12 @@ pub struct ServerFlags {
     #[arg(long, env = "VATIC_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on, e.g. 0.0.0.0:8080
+    /// Address to listen on, e.g. 0.0.0.0:8080 (api) or 0.0.0.0:8081 (worker)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// Address of the Prometheus metrics endpoint, e.g. 0.0.0.0:9180
+    /// Address of the Prometheus metrics endpoint, e.g. 0.0.0.0:9180 (api) or 0.0.0.0:9181
+    /// (worker)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,

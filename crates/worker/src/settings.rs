@@ -93,6 +93,54 @@ mod tests {
     }
 
     #[test]
+    fn environment_variables_reach_every_part() {
+        Jail::expect_with(|jail| {
+            jail.set_env("VATIC_DRAIN_SECS", "9");
+            jail.set_env("VATIC_METRICS_LISTEN", "0.0.0.0:9181");
+            jail.set_env("VATIC_DATABASE__URL", "postgres://vatic:pw@db:5432/vatic");
+            jail.set_env("VATIC_LOG__DIR", "/var/log/vatic");
+            jail.set_env("VATIC_MODELS_DIR", "/srv/models");
+            jail.set_env("VATIC_ADVERTISE", "http://worker-1:8081");
+            jail.set_env("VATIC_BATCHING__INLINE_MAX_US", "0");
+            jail.set_env("VATIC_PROFILE__ONE_INSTANCE_MAX_US", "40");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.server.drain_secs, 9);
+            assert_eq!(s.server.metrics_listen.as_deref(), Some("0.0.0.0:9181"));
+            assert_eq!(
+                s.server.database.url.as_deref(),
+                Some("postgres://vatic:pw@db:5432/vatic")
+            );
+            assert_eq!(s.server.log.dir, Some(PathBuf::from("/var/log/vatic")));
+            assert_eq!(s.engine.models_dir, PathBuf::from("/srv/models"));
+            assert_eq!(s.advertise.as_deref(), Some("http://worker-1:8081"));
+            assert_eq!(s.engine.batching.inline_max_us, 0);
+            assert_eq!(s.engine.profile.one_instance_max_us, Some(40));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_committed_worker_config_loads() {
+        // In a jail, so that no other test's variables are set meanwhile.
+        Jail::expect_with(|_| {
+            committed_worker_config_loads();
+            Ok(())
+        });
+    }
+
+    fn committed_worker_config_loads() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/worker.toml");
+        let no_flags = std::collections::BTreeMap::<String, String>::new();
+        let s: WorkerSettings = vatic_server::settings::load(&file, true, no_flags).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.server.listen, "0.0.0.0:8081");
+        assert_eq!(s.server.metrics_listen.as_deref(), Some("0.0.0.0:9181"));
+        assert_eq!(s.engine.batching.max_batch_size, 32);
+        assert_eq!(s.server.log.format, "json");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         Jail::expect_with(|jail| {
             jail.create_file("worker.toml", "[batching]\nmax_batch_size = \"many\"\n")?;

@@ -202,18 +202,17 @@ mod tests {
             assert_eq!(s.server.database.url.as_deref(), Some("sqlite://v.db"));
             assert_eq!(s.prediction_log.batch_size, 10);
             assert_eq!(s.engine.batching.max_queue_delay_us, 500);
+            // The key is named as the environment spells it.
+            let file = jail.directory().join("api.toml");
+            let refused = || load(&file, false).unwrap_err().to_string().to_lowercase();
             jail.set_env("VATIC_WORKERS", "[]");
             jail.set_env("VATIC_MAX_BODY_BYTES", "many");
-            let err = load(&jail.directory().join("api.toml"), false)
-                .unwrap_err()
-                .to_string();
-            assert!(err.to_lowercase().contains("max_body_bytes"), "{err}");
+            let err = refused();
+            assert!(err.contains("max_body_bytes"), "{err}");
             jail.set_env("VATIC_MAX_BODY_BYTES", "1024");
             jail.set_env("VATIC_PREDICTION_LOG__BATCH_SISE", "10");
-            let err = load(&jail.directory().join("api.toml"), false)
-                .unwrap_err()
-                .to_string();
-            assert!(err.to_lowercase().contains("batch_sise"), "{err}");
+            let err = refused();
+            assert!(err.contains("batch_sise"), "{err}");
             Ok(())
         });
     }

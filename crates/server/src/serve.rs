@@ -208,3 +208,59 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service with no routes of its own, ready at once.
+    struct Bare;
+
+    impl Service for Bare {
+        const NAME: &'static str = "bare";
+
+        fn routes(_: &mut web::ServiceConfig) {}
+
+        fn is_ready(&self) -> bool {
+            true
+        }
+
+        fn store(&self) -> Option<&Store> {
+            None
+        }
+
+        fn registries(&self) -> Vec<&Registry> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_with_its_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap().to_string();
+        let err = Listener::bind(&ServerSettings::listening_on(&listen))
+            .err()
+            .expect("the port is taken");
+        assert!(
+            err.to_string().starts_with(&format!("listen {listen}: ")),
+            "{err}"
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_server_never_served_still_shuts_down() {
+        let settings = ServerSettings::listening_on("127.0.0.1:0");
+        let listener = Listener::bind(&settings).unwrap();
+        let server = Server::start(listener, &settings, Bare).unwrap();
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(30), server.shutdown(Duration::ZERO));
+        assert!(
+            stopped.await.is_ok(),
+            "shutdown waited for a server that never ran"
+        );
+        assert!(
+            !server.accepting.load(Ordering::SeqCst),
+            "not ready after shutdown"
+        );
+    }
+}

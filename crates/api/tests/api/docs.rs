@@ -22,23 +22,9 @@ fn workspace_crates() -> BTreeSet<String> {
 
 /// The first column of the crate table of docs/architecture.md.
 fn documented_crates() -> BTreeSet<String> {
-    let doc = read("docs/architecture.md");
-    let section = doc
-        .split("\n## Crates\n")
-        .nth(1)
-        .expect("docs/architecture.md has a Crates section");
-    let section = section.split("\n## ").next().unwrap();
-    section
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .map(|l| {
-            l.split('|')
-                .nth(1)
-                .unwrap()
-                .trim()
-                .trim_matches('`')
-                .to_string()
-        })
+    crate::helpers::doc_table("docs/architecture.md", "## Crates")
+        .into_iter()
+        .map(|cells| cells[0].clone())
         .collect()
 }
 

@@ -248,19 +248,9 @@ fn check_line(
 
 /// The Elasticsearch fields table of docs/operations.md: field -> type.
 fn documented_fields() -> BTreeMap<String, String> {
-    let doc = read("docs/operations.md");
-    let section = doc
-        .split("### Elasticsearch fields")
-        .nth(1)
-        .expect("docs/operations.md has an Elasticsearch fields section");
-    let section = section.split("\n#").next().unwrap();
-    section
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .map(|l| {
-            let cells: Vec<&str> = l.split('|').map(|c| c.trim().trim_matches('`')).collect();
-            (cells[1].to_string(), cells[2].to_string())
-        })
+    crate::helpers::doc_table("docs/operations.md", "### Elasticsearch fields")
+        .into_iter()
+        .map(|cells| (cells[0].clone(), cells[1].clone()))
         .collect()
 }
 

@@ -157,6 +157,31 @@ pub fn binary_post(
         .body(request.body)
 }
 
+/// The rows of the first table under `heading` in the workspace file `path`, each a list of
+/// its cells with surrounding spaces and backticks taken off; only rows whose first cell is in
+/// backticks (not the header or the rule).
+pub fn doc_table(path: &str, heading: &str) -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(vatic_testkit::root().join(path)).expect(path);
+    let section = doc
+        .split(&format!("{heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{path} has a '{heading}' section"));
+    section
+        .split("\n#")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').collect();
+            cells[1..cells.len() - 1]
+                .iter()
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect()
+}
+
 /// Standalone on `models_dir` with one instance per version and no load-time profiling, so
 /// tests see the batching settings they set.
 pub fn standalone_settings(models_dir: PathBuf) -> ApiSettings {

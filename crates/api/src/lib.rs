@@ -61,7 +61,7 @@ impl Application {
             metrics,
         };
         let server = Server::start(listener, &settings.server, state)?;
-        tracing::info!(addr = %server.addr, mode = ?settings.mode, "api listening");
+        tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");
         Ok(Application { server })
     }
 
@@ -116,6 +116,7 @@ async fn start_backend(
         Mode::Cluster => Ok(Backend::Remote(
             pool::WorkerPool::start(
                 &settings.workers,
+                worker_tls(settings)?,
                 Duration::from_millis(settings.health_interval_ms),
                 Duration::from_millis(settings.worker_timeout_ms),
                 pool::UpstreamMetrics::register(metrics.registry())?,
@@ -123,6 +124,16 @@ async fn start_backend(
             catalog.clone(),
         )),
     }
+}
+
+/// The TLS configuration for workers at `https://` URLs (`[worker_tls]`); the client
+/// certificate, when set, is reloaded on SIGHUP and when its files change.
+fn worker_tls(settings: &ApiSettings) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let tls = vatic_tls::ClientTls::new(&settings.worker_tls, settings::WORKER_TLS_NAMES)?;
+    if let Some(source) = &tls.source {
+        vatic_tls::reload::watch(std::slice::from_ref(source));
+    }
+    Ok(tls.config)
 }
 
 /// Imports `models_dir` into the registry.

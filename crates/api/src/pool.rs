@@ -89,6 +89,8 @@ pub struct WorkerPool {
     /// I/O task runs on the runtime that opened it, so a connection shared between actix's
     /// threads (or with the health checks' runtime) would cost thread hand-offs per request.
     clients: thread_local::ThreadLocal<reqwest::Client>,
+    /// TLS to the workers (for `https://` URLs).
+    tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
     next: AtomicUsize,
     metrics: UpstreamMetrics,
@@ -153,11 +155,12 @@ impl WorkerPool {
     /// Builds the pool and starts health-checking every worker every `interval`.
     pub fn start(
         urls: &[String],
+        tls: Arc<rustls::ClientConfig>,
         interval: Duration,
         timeout: Duration,
         metrics: UpstreamMetrics,
     ) -> anyhow::Result<Arc<WorkerPool>> {
-        let pool = Arc::new(WorkerPool::new(urls, timeout, metrics)?);
+        let pool = Arc::new(WorkerPool::new(urls, tls, timeout, metrics)?);
         let checker = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -176,12 +179,13 @@ impl WorkerPool {
     /// The pool of the static list `urls`, without health checks.
     fn new(
         urls: &[String],
+        tls: Arc<rustls::ClientConfig>,
         timeout: Duration,
         metrics: UpstreamMetrics,
     ) -> anyhow::Result<WorkerPool> {
         // A client that cannot be built fails here, once, rather than on a request thread.
         let clients = thread_local::ThreadLocal::new();
-        clients.get_or_try(|| Self::client_builder().build())?;
+        clients.get_or_try(|| Self::client_builder(&tls).build())?;
         let nodes = urls
             .iter()
             .map(|u| Arc::new(WorkerNode::new(u, None)))
@@ -189,14 +193,16 @@ impl WorkerPool {
         Ok(WorkerPool {
             nodes: RwLock::new(nodes),
             clients,
+            tls,
             timeout,
             next: AtomicUsize::new(0),
             metrics,
         })
     }
 
-    fn client_builder() -> reqwest::ClientBuilder {
+    fn client_builder(tls: &rustls::ClientConfig) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -206,7 +212,7 @@ impl WorkerPool {
     /// This thread's client.
     fn client(&self) -> &reqwest::Client {
         self.clients.get_or(|| {
-            Self::client_builder()
+            Self::client_builder(&self.tls)
                 .build()
                 .expect("the same settings built a client at start")
         })
@@ -483,7 +489,10 @@ mod tests {
     fn pool(urls: &[&str]) -> WorkerPool {
         let urls: Vec<String> = urls.iter().map(ToString::to_string).collect();
         let metrics = UpstreamMetrics::register(&Registry::new()).unwrap();
-        WorkerPool::new(&urls, Duration::from_secs(1), metrics).unwrap()
+        let tls = vatic_tls::ClientTls::new(&Default::default(), crate::settings::WORKER_TLS_NAMES)
+            .unwrap()
+            .config;
+        WorkerPool::new(&urls, tls, Duration::from_secs(1), metrics).unwrap()
     }
 
     /// A heartbeat row of `address`, `age` seconds old, holding `loaded`.

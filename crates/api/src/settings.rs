@@ -5,8 +5,17 @@ use crate::prediction_log::PredictionLogSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vatic_server::{ProcessSettings, ServerSettings};
+use vatic_tls::{ClientTlsSettings, SettingNames};
 use vatic_worker::reconcile::ReconcileSettings;
 use vatic_worker::EngineSettings;
+
+/// How `[worker_tls]`'s keys are named in messages.
+pub const WORKER_TLS_NAMES: SettingNames = SettingNames {
+    ca: "worker_tls.ca",
+    cert: "worker_tls.cert",
+    key: "worker_tls.key",
+    server_name: "worker_tls.server_name",
+};
 
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +47,10 @@ pub struct ApiSettings {
     pub health_interval_ms: u64,
     /// Cluster: longest wait for a worker's answer, in milliseconds.
     pub worker_timeout_ms: u64,
+    /// Cluster: TLS to workers at `https://` URLs: the CA their certificates must chain to,
+    /// the client certificate presented when they ask (mutual TLS), and the name their
+    /// certificates are checked for.
+    pub worker_tls: ClientTlsSettings,
     /// Standalone with a database: import `models_dir` into the registry at start (by SHA-256,
     /// so restarting imports nothing twice).
     pub import_models: bool,
@@ -65,6 +78,7 @@ impl Default for ApiSettings {
             workers: Vec::new(),
             health_interval_ms: 1000,
             worker_timeout_ms: 60_000,
+            worker_tls: ClientTlsSettings::default(),
             import_models: false,
             registry: ReconcileSettings::default(),
             fleet_refresh_ms: 1000,

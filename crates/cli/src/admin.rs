@@ -28,13 +28,13 @@ pub struct AuditArgs {
 
 /// Runs `vaticctl workers`.
 pub fn run_workers(global: &GlobalArgs) -> anyhow::Result<()> {
-    let workers = Client::new(&global.server)?.workers()?;
+    let workers = Client::new(global)?.workers()?;
     print_workers(&workers, global.output, &mut std::io::stdout().lock())
 }
 
 /// Runs `vaticctl retention`.
 pub fn run_retention(global: &GlobalArgs, args: &RetentionArgs) -> anyhow::Result<()> {
-    let report = Client::new(&global.server)?.retention(args.keep_days)?;
+    let report = Client::new(global)?.retention(args.keep_days)?;
     print_retention(
         &report,
         args.keep_days,
@@ -45,7 +45,7 @@ pub fn run_retention(global: &GlobalArgs, args: &RetentionArgs) -> anyhow::Resul
 
 /// Runs `vaticctl audit`.
 pub fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> anyhow::Result<()> {
-    let records = Client::new(&global.server)?.audit(Some(args.limit))?;
+    let records = Client::new(global)?.audit(Some(args.limit))?;
     print_audit(&records, global.output, &mut std::io::stdout().lock())
 }
 

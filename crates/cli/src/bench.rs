@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use load::{Pace, Pool, Progress, Stop, Target};
 use reqwest::Url;
+use rustls::pki_types::ServerName;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,12 +119,14 @@ impl BenchArgs {
     }
 }
 
-/// The server's socket address and `Host` header, from `--server`.
-fn server_address(server: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+/// The server's socket address and `Host` header, from `--server`, and whether it speaks TLS.
+fn server_address(server: &str) -> anyhow::Result<(std::net::SocketAddr, String, bool)> {
     let url = Url::parse(server).with_context(|| format!("--server '{server}' is not a URL"))?;
-    if url.scheme() != "http" {
-        bail!("vaticctl bench speaks plain HTTP/1.1; --server '{server}' must be an http:// URL");
-    }
+    let https = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        _ => bail!("--server '{server}' must be an http:// or https:// URL"),
+    };
     let host = url
         .host_str()
         .with_context(|| format!("--server '{server}' names no host"))?;
@@ -133,18 +136,41 @@ fn server_address(server: &str) -> anyhow::Result<(std::net::SocketAddr, String)
         .with_context(|| format!("cannot resolve {host}"))?
         .next()
         .with_context(|| format!("{host} has no address"))?;
-    Ok((addr, format!("{host}:{port}")))
+    Ok((addr, format!("{host}:{port}"), https))
+}
+
+/// The TLS connector of `--cacert`, `--cert` and `--key`, and the name the server's
+/// certificate is checked for (the URL's host).
+fn tls_target(
+    global: &GlobalArgs,
+    authority: &str,
+) -> anyhow::Result<(tokio_rustls::TlsConnector, ServerName<'static>)> {
+    let config = crate::client::tls_config(global)?;
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string())
+        .with_context(|| format!("--server: '{host}' is not a host name or address"))?;
+    Ok((tokio_rustls::TlsConnector::from(config), name))
 }
 
 /// Runs `vaticctl bench`.
 pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
     let paces = args.paces()?;
-    let (addr, authority) = server_address(&global.server)?;
+    let (addr, authority, https) = server_address(&global.server)?;
+    let tls = if https {
+        Some(tls_target(global, &authority)?)
+    } else {
+        None
+    };
+    let authorization = crate::client::auth_headers(global)?.remove(reqwest::header::AUTHORIZATION);
     let model = ModelRef {
         name: &args.model,
         version: args.model_version.as_deref(),
     };
-    let metadata = Client::new(&global.server)?.model_metadata(model)?;
+    let metadata = Client::new(global)?.model_metadata(model)?;
     let file = args.data.as_deref().map(RequestFile::read).transpose()?;
     let request = match &file {
         Some(f) => body::file_request(f)?,
@@ -162,6 +188,8 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
         authority,
         body,
         timeout: args.timeout,
+        tls,
+        authorization,
     });
     let stop = match (args.requests, args.duration) {
         (Some(n), _) => Stop::Requests(n),

@@ -4,12 +4,14 @@ mod upload;
 
 pub use upload::Push;
 
+use crate::GlobalArgs;
 use anyhow::{anyhow, bail, Context};
 use reqwest::blocking::{RequestBuilder, Response};
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use vatic_schema::admin::{
     ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, WorkerStatus,
@@ -17,6 +19,7 @@ use vatic_schema::admin::{
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
 use vatic_store::{AuditRecord, RetentionReport};
+use vatic_tls::{ClientTls, ClientTlsSettings, SettingNames};
 
 /// Longest wait for a connection to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +53,37 @@ pub struct ModelRef<'a> {
     pub version: Option<&'a str>,
 }
 
+/// The TLS configuration `--cacert`, `--cert` and `--key` describe.
+pub fn tls_config(global: &GlobalArgs) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let settings = ClientTlsSettings {
+        ca: global.cacert.clone(),
+        cert: global.cert.clone(),
+        key: global.key.clone(),
+        server_name: None,
+    };
+    Ok(ClientTls::new(&settings, TLS_FLAGS)?.config)
+}
+
+/// How the TLS flags are named in messages.
+const TLS_FLAGS: SettingNames = SettingNames {
+    ca: "--cacert",
+    cert: "--cert",
+    key: "--key",
+    server_name: "--server",
+};
+
+/// The `Authorization` header of `--api-key`, marked sensitive (never shown in debug output).
+pub fn auth_headers(global: &GlobalArgs) -> anyhow::Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = &global.api_key {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .map_err(|_| anyhow!("--api-key holds characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
 /// A client of one vatic API server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -60,8 +94,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the server at `server`, e.g. `http://127.0.0.1:8080`.
-    pub fn new(server: &str) -> anyhow::Result<Client> {
+    /// A client of the server `global.server` names, e.g. `https://127.0.0.1:8080`, with the
+    /// TLS files and the API key of `global`.
+    pub fn new(global: &GlobalArgs) -> anyhow::Result<Client> {
+        let server = global.server.as_str();
         let base = Url::parse(server).with_context(|| {
             format!("--server '{server}' is not a URL (e.g. http://127.0.0.1:8080)")
         })?;
@@ -69,6 +105,8 @@ impl Client {
             bail!("--server '{server}' must be an http:// or https:// URL");
         }
         let http = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls((*tls_config(global)?).clone())
+            .default_headers(auth_headers(global)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -229,7 +267,12 @@ impl Client {
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
         let server = &self.server;
         let cause = root_cause(&e);
-        if e.is_connect() {
+        if e.is_connect() && cause.contains("certificate") {
+            anyhow!(
+                "the TLS handshake with {server} failed: {cause}; --cacert names the CA that \
+                 signed the server's certificate, --cert and --key the client certificate it may ask for"
+            )
+        } else if e.is_connect() {
             anyhow!(
                 "cannot connect to the vatic server at {server}: {cause}; is it running? \
                  --server or VATIC_SERVER sets its URL"

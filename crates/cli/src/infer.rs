@@ -39,7 +39,7 @@ pub struct InferArgs {
 
 /// Runs `vaticctl infer`: builds the request, sends it and prints the response.
 pub fn run(global: &GlobalArgs, args: &InferArgs) -> anyhow::Result<()> {
-    let client = Client::new(&global.server)?;
+    let client = Client::new(global)?;
     let model = ModelRef {
         name: &args.model,
         version: args.model_version.as_deref(),

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod infer;
 pub mod migrate;
@@ -17,6 +18,7 @@ pub mod output;
 
 use clap::{Args, Parser, Subcommand};
 use output::OutputFormat;
+use std::path::PathBuf;
 
 /// Command line of the vatic model server.
 #[derive(Debug, Parser)]
@@ -43,6 +45,38 @@ pub struct GlobalArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
+    /// CA bundle (PEM) the server's certificate must chain to, for https:// URLs; the system's
+    /// trusted CAs when unset
+    #[arg(long, global = true, env = "VATIC_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present when the server asks for one (mutual TLS)
+    #[arg(
+        long,
+        global = true,
+        env = "VATIC_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert
+    #[arg(
+        long,
+        global = true,
+        env = "VATIC_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// API key, sent as `Authorization: Bearer KEY`; prefer the environment variable, which
+    /// does not show in the process list
+    #[arg(
+        long,
+        global = true,
+        env = "VATIC_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
     /// How to print results
     #[arg(
         long,
@@ -126,6 +160,18 @@ pub enum Command {
     ///   DATABASE_URL=sqlite://data/vatic.db vaticctl migrate --check
     #[command(verbatim_doc_comment)]
     Migrate(migrate::MigrateArgs),
+    /// Make the certificates of a deployment: an internal CA, and certificates it signs
+    ///
+    /// `certs init DIR` writes ca.crt and ca.key, then NAME.crt and NAME.key for the servers
+    /// nginx, api and worker and for the client api-client (the api's certificate when it
+    /// calls workers with mutual TLS). Keys are written readable by their owner only; no file
+    /// is replaced without --force. Keep ca.key offline once the certificates are made.
+    ///
+    /// Examples:
+    ///   vaticctl certs init certs
+    ///   vaticctl certs init /etc/vatic/tls --api-names api.example.com --days 90
+    #[command(verbatim_doc_comment)]
+    Certs(certs::CertsArgs),
 }
 
 /// Runs a parsed command line.
@@ -138,6 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => admin::run_audit(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
         Command::Migrate(args) => migrate::run(&cli.global, &args),
+        Command::Certs(args) => certs::run(&args),
     }
 }
 

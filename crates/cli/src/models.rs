@@ -150,7 +150,7 @@ fn sample_rate(s: &str) -> Result<f64, String> {
 
 /// Runs a `vaticctl models` command.
 pub fn run(global: &GlobalArgs, args: &ModelsArgs) -> anyhow::Result<()> {
-    let client = Client::new(&global.server)?;
+    let client = Client::new(global)?;
     let out = &mut std::io::stdout().lock();
     let format = global.output;
     match &args.command {

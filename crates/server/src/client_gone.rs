@@ -14,15 +14,17 @@ pub struct ClientConnection(Arc<std::net::TcpStream>);
 
 impl ClientConnection {
     /// Whether the peer has closed or reset the connection; never blocks or consumes data.
+    /// Asks the kernel whether the peer shut its side (`POLLRDHUP`), which holds even when
+    /// unread bytes wait in the socket (a TLS client's close_notify, a pipelined request).
     pub fn is_gone(&self) -> bool {
-        let mut probe = [0u8; 1];
-        match self.0.peek(&mut probe) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-            ),
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(&*self.0, PollFlags::RDHUP)];
+        match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+            Ok(0) => false,
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(e) => e != rustix::io::Errno::INTR,
         }
     }
 }
@@ -30,10 +32,16 @@ impl ClientConnection {
 /// `HttpServer::on_connect` hook that records each connection for [`until_client_gone`].
 pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
     use std::os::fd::AsFd;
-    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
-            ext.insert(ClientConnection(Arc::new(std::net::TcpStream::from(fd))));
-        }
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    let stream = match conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        Some(plain) => plain,
+        None => match conn.downcast_ref::<Tls>() {
+            Some(tls) => tls.get_ref().0,
+            None => return,
+        },
+    };
+    if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+        ext.insert(ClientConnection(Arc::new(std::net::TcpStream::from(fd))));
     }
 }
 

@@ -3,19 +3,25 @@
 //! families of the process's own registries, in Prometheus' text format on a port of its own.
 
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
 use vatic_store::Store;
+use vatic_tls::{CertSource, ServerTls};
 
 /// The families of the process itself, in a registry of their own.
 pub struct ProcessMetrics {
     registry: Registry,
     pool: Option<(PoolMetrics, Store)>,
+    certificate: Option<(IntGauge, Arc<CertSource>)>,
 }
 
 impl ProcessMetrics {
     /// Process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...),
-    /// `vatic_build_info`, `vatic_log_lines_dropped_total`, and with a `store` its connection
-    /// pool: one set per metrics endpoint.
-    pub fn new(store: Option<&Store>) -> prometheus::Result<ProcessMetrics> {
+    /// `vatic_build_info`, `vatic_log_lines_dropped_total`, with a `store` its connection pool,
+    /// and with `tls` the expiry of the certificate in use: one set per metrics endpoint.
+    pub fn new(
+        store: Option<&Store>,
+        tls: Option<&ServerTls>,
+    ) -> prometheus::Result<ProcessMetrics> {
         let registry = Registry::new();
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -39,13 +45,31 @@ impl ProcessMetrics {
             Some(store) => Some((PoolMetrics::register(&registry)?, store.clone())),
             None => None,
         };
-        Ok(ProcessMetrics { registry, pool })
+        let certificate = match tls {
+            Some(tls) => {
+                let expiry = IntGauge::new(
+                    "vatic_tls_certificate_expiry_timestamp_seconds",
+                    "When the TLS certificate this process serves with expires (Unix time); follows reloads.",
+                )?;
+                registry.register(Box::new(expiry.clone()))?;
+                Some((expiry, tls.source().clone()))
+            }
+            None => None,
+        };
+        Ok(ProcessMetrics {
+            registry,
+            pool,
+            certificate,
+        })
     }
 
     /// Reads the values kept elsewhere into the families, before a scrape.
     pub fn refresh(&self) {
         if let Some((metrics, store)) = &self.pool {
             metrics.refresh(store);
+        }
+        if let Some((expiry, source)) = &self.certificate {
+            expiry.set(source.validity().not_after.timestamp());
         }
     }
 
@@ -113,6 +137,7 @@ impl PoolMetrics {
 /// with what `render` returns. Returns the bound address and a handle to stop it.
 pub fn serve(
     listen: &str,
+    tls: Option<&vatic_tls::ServerTls>,
     render: impl Fn() -> String + Clone + Send + 'static,
 ) -> anyhow::Result<(std::net::SocketAddr, actix_web::dev::ServerHandle)> {
     use actix_web::{web, App, HttpResponse, HttpServer};
@@ -135,8 +160,11 @@ pub fn serve(
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
+    .shutdown_timeout(1);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls.config())?,
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
     tokio::spawn(server);
@@ -188,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_process_families_are_exported_and_a_guard_leaves_the_gauge() {
-        let metrics = ProcessMetrics::new(None).unwrap();
+        let metrics = ProcessMetrics::new(None, None).unwrap();
         metrics.refresh();
         let text = render(&[metrics.registry()]);
         assert!(

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use vatic_store::Store;
+use vatic_tls::ServerTls;
 
 /// What a vatic process serves, on top of what every process has. Handlers reach it as
 /// `web::Data<Self>`.
@@ -51,25 +52,41 @@ pub trait Service: Send + Sync + Sized + 'static {
     }
 }
 
-/// A bound listening socket: its address is known before the service is built (a worker
-/// publishes it in the fleet table).
+/// A bound listening socket and its TLS configuration, both ready before the service is built:
+/// a worker publishes the address in the fleet table, and a bad certificate stops the start
+/// before any model is loaded.
 pub struct Listener {
     listener: TcpListener,
     addr: SocketAddr,
+    tls: Option<ServerTls>,
 }
 
 impl Listener {
-    /// Binds `settings.listen`.
+    /// Reads the `[tls]` files (when set) and binds `settings.listen`.
     pub fn bind(settings: &ServerSettings) -> anyhow::Result<Listener> {
+        let tls = ServerTls::from_settings(&settings.tls, &settings.listen)?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
-        Ok(Listener { listener, addr })
+        Ok(Listener {
+            listener,
+            addr,
+            tls,
+        })
     }
 
     /// The bound address (with the port picked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https` when the listener speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -77,6 +94,8 @@ impl Listener {
 pub struct Server<S: Service> {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// `https` when it serves TLS, else `http`.
+    pub scheme: &'static str,
     /// The address of its metrics endpoint, when it has one.
     pub metrics_addr: Option<SocketAddr>,
     /// The service.
@@ -97,6 +116,7 @@ impl<S: Service> Server<S> {
         settings: &ServerSettings,
         service: S,
     ) -> anyhow::Result<Server<S>> {
+        let scheme = listener.scheme();
         let service = web::Data::new(service);
         let accepting = Arc::new(AtomicBool::new(true));
         let ready: crate::probes::Readiness = {
@@ -117,15 +137,32 @@ impl<S: Service> Server<S> {
         })
         .on_connect(crate::client_gone::on_connect)
         .disable_signals()
-        .shutdown_timeout(60)
-        .listen(listener.listener)?
+        .shutdown_timeout(60);
+        let http = match &listener.tls {
+            Some(tls) => http.listen_rustls_0_23(listener.listener, tls.config())?,
+            None => http.listen(listener.listener)?,
+        }
         .run();
         let metrics = match &settings.metrics_listen {
-            Some(listen) => Some(serve_metrics(listen, service.clone())?),
+            Some(listen) => Some(serve_metrics(
+                listen,
+                listener.tls.as_ref(),
+                service.clone(),
+            )?),
             None => None,
         };
+        if let Some(tls) = &listener.tls {
+            let validity = tls.source().validity();
+            tracing::info!(
+                mutual = tls.mutual(),
+                not_after = %validity.not_after,
+                "serving HTTPS"
+            );
+            tls.watch();
+        }
         Ok(Server {
             addr: listener.addr,
+            scheme,
             metrics_addr: metrics.as_ref().map(|m| m.0),
             service,
             accepting,
@@ -187,10 +224,11 @@ impl<S: Service> Server<S> {
 /// Starts the metrics endpoint of `service` on `listen`.
 fn serve_metrics<S: Service>(
     listen: &str,
+    tls: Option<&ServerTls>,
     service: web::Data<S>,
 ) -> anyhow::Result<(SocketAddr, ServerHandle)> {
-    let process = Arc::new(ProcessMetrics::new(service.store())?);
-    metrics::serve(listen, move || {
+    let process = Arc::new(ProcessMetrics::new(service.store(), tls)?);
+    metrics::serve(listen, tls, move || {
         process.refresh();
         service.refresh_metrics();
         let mut registries = service.registries();

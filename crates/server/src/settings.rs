@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use vatic_store::DatabaseSettings;
+use vatic_tls::TlsSettings;
 
 /// The settings of every vatic HTTP process: where it listens, how it stops, what it accepts,
 /// its database, its logs and its metrics endpoint.
@@ -44,6 +45,8 @@ pub struct ServerSettings {
     /// Address of the Prometheus metrics endpoint (`GET /metrics`), a port of its own; none
     /// when unset.
     pub metrics_listen: Option<String>,
+    /// HTTPS on every listener (the API port and the metrics port).
+    pub tls: TlsSettings,
 }
 
 impl Default for ServerSettings {
@@ -56,6 +59,7 @@ impl Default for ServerSettings {
             database: DatabaseSettings::default(),
             log: LogSettings::default(),
             metrics_listen: None,
+            tls: TlsSettings::default(),
         }
     }
 }

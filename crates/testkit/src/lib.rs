@@ -296,3 +296,33 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|l| l.rsplit_once(' '))
         .map(|(_, v)| v.parse().expect("a number"))
 }
+
+/// A client of a server whose certificate is `cert`, laid out as `vaticctl certs init` writes
+/// them: it trusts `ca.crt` beside `cert` (or `cert` itself, self-signed, when there is none)
+/// and, when `mutual`, presents `api-client.crt` from there.
+pub fn tls_client(cert: &Path, mutual: bool) -> reqwest::Client {
+    let dir = cert.parent().expect("a folder");
+    let ca = Some(dir.join("ca.crt"))
+        .filter(|ca| ca.is_file())
+        .unwrap_or_else(|| cert.to_path_buf());
+    let settings = vatic_tls::ClientTlsSettings {
+        ca: Some(ca),
+        cert: mutual.then(|| dir.join("api-client.crt")),
+        key: mutual.then(|| dir.join("api-client.key")),
+        server_name: None,
+    };
+    let tls = vatic_tls::ClientTls::new(&settings, NAMES).expect("the test certificates");
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls.config).clone())
+        .tls_info(true)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+const NAMES: vatic_tls::SettingNames = vatic_tls::SettingNames {
+    ca: "ca",
+    cert: "cert",
+    key: "key",
+    server_name: "server_name",
+};

@@ -73,10 +73,10 @@ pub async fn start(settings: &WorkerSettings) -> anyhow::Result<Worker> {
         Some(store) => {
             let identity = Identity {
                 id: uuid::Uuid::new_v4().to_string(),
-                address: advertised(settings, addr),
+                address: advertised(settings, addr, listener.scheme()),
                 started_at: chrono::Utc::now(),
             };
-            tracing::info!(addr = %addr, advertise = %identity.address, id = %identity.id, models = "registry", "worker listening");
+            tracing::info!(addr = %addr, scheme = listener.scheme(), advertise = %identity.address, id = %identity.id, models = "registry", "worker listening");
             ModelSource::Registry {
                 store: store.clone(),
                 settings: settings.registry.clone(),
@@ -84,7 +84,7 @@ pub async fn start(settings: &WorkerSettings) -> anyhow::Result<Worker> {
             }
         }
         None => {
-            tracing::info!(addr = %addr, models = "folder", models_dir = %settings.engine.models_dir.display(), "worker listening");
+            tracing::info!(addr = %addr, scheme = listener.scheme(), models = "folder", models_dir = %settings.engine.models_dir.display(), "worker listening");
             ModelSource::Folder
         }
     };
@@ -101,19 +101,19 @@ pub async fn run(settings: WorkerSettings) -> anyhow::Result<()> {
     start(&settings).await?.run_until_signal().await
 }
 
-/// The URL this worker publishes: `advertise` when set, else its listen address, with the
-/// host name in place of an unspecified address.
-fn advertised(settings: &WorkerSettings, addr: SocketAddr) -> String {
+/// The URL this worker publishes: `advertise` when set, else its listen address (`https://`
+/// when it serves TLS), with the host name in place of an unspecified address.
+fn advertised(settings: &WorkerSettings, addr: SocketAddr, scheme: &str) -> String {
     if let Some(a) = &settings.advertise {
         return a.trim_end_matches('/').to_string();
     }
     if addr.ip().is_unspecified() {
         format!(
-            "http://{}:{}",
+            "{scheme}://{}:{}",
             vatic_server::telemetry::host_name(),
             addr.port()
         )
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }

@@ -20,7 +20,8 @@ pub struct WorkerSettings {
     /// Cache and timing of the registry reconcile loop.
     pub registry: ReconcileSettings,
     /// Base URL api replicas reach this worker at, published in its heartbeat; by default
-    /// `http://<host name>:<port>` when listening on all interfaces, else `http://<listen>`.
+    /// `http://<host name>:<port>` when listening on all interfaces, else `http://<listen>`
+    /// (`https://` with `[tls]`).
     pub advertise: Option<String>,
 }
 

@@ -37,11 +37,14 @@ impl TestApi {
         }
         let app = Application::build(&settings).await.expect("api builds");
         app.spawn();
-        let base = format!("http://{}", app.server.addr);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
+        let base = format!("{}://{}", app.server.scheme, app.server.addr);
+        let client = match &settings.server.tls.cert {
+            Some(cert) => vatic_testkit::tls_client(cert, settings.server.tls.client_ca.is_some()),
+            None => reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
         vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
         TestApi {
             base,
@@ -319,7 +322,8 @@ pub fn start_until_ready(
             continue;
         };
         if v["message"] == ready_message {
-            break format!("http://{}", v["addr"].as_str().expect("addr"));
+            let scheme = v["scheme"].as_str().unwrap_or("http");
+            break format!("{scheme}://{}", v["addr"].as_str().expect("addr"));
         }
     };
     (child, url, lines)

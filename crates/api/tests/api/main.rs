@@ -14,3 +14,4 @@ mod readme;
 mod registry;
 mod standalone;
 mod tfserving;
+mod tls;

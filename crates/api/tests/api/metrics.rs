@@ -309,21 +309,38 @@ async fn families_after_one_request(
         .post_json("/v2/models/breast_cancer/infer", &request)
         .await;
     assert_eq!(status, 200, "{body}");
-    let exported = families(&scrape(api.app.server.metrics_addr).await);
+    let metrics = api.app.server.metrics_addr.expect("a metrics port");
+    let scraped = api
+        .client
+        .get(format!("{}://{metrics}/metrics", api.app.server.scheme))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported = families(&scraped);
     api.stop().await;
     exported
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
-    // Standalone with a database: the api's, the engine's and the prediction log's families.
+    // Standalone with a database: the api's, the engine's and the prediction log's families;
+    // over HTTPS, the certificate's.
     let db = vatic_testkit::TestDb::sqlite();
     let dir = tempfile::tempdir().unwrap();
-    let standalone = crate::helpers::registry_standalone_settings(
+    let mut standalone = crate::helpers::registry_standalone_settings(
         &db.url,
         vatic_testkit::root().join("models"),
         dir.path(),
     );
+    standalone.server.tls = vatic_tls::TlsSettings {
+        cert: Some(dir.path().join("tls/self-signed.crt")),
+        key: Some(dir.path().join("tls/self-signed.key")),
+        client_ca: None,
+        self_signed: true,
+    };
     let mut exported = families_after_one_request(standalone).await;
     // A cluster api: the upstream families.
     let worker = crate::helpers::ServerProcess::start();

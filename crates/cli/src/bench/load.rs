@@ -9,8 +9,9 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +21,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Where the requests go and what they carry.
-#[derive(Debug)]
 pub struct Target {
     /// The server's address.
     pub addr: SocketAddr,
@@ -30,6 +30,10 @@ pub struct Target {
     pub body: Body,
     /// Longest wait for one answer.
     pub timeout: Duration,
+    /// For an https:// server: the TLS connector and the name its certificate is checked for.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// The `Authorization` header, when an API key is sent.
+    pub authorization: Option<HeaderValue>,
 }
 
 /// How requests are paced.
@@ -57,7 +61,8 @@ pub struct Measured {
     pub latency: Histogram<u64>,
     /// Requests that ended, whatever their outcome.
     pub requests: u64,
-    /// Failures by HTTP status (`"503"`) or by what went wrong (`"connect"`, `"timeout"`, `"io"`).
+    /// Failures by HTTP status (`"503"`) or by what went wrong (`"connect"`, `"tls"`, `"timeout"`,
+    /// `"io"`).
     pub errors: BTreeMap<String, u64>,
     /// From the first request to the last answer.
     pub elapsed: Duration,
@@ -91,11 +96,16 @@ impl Connection {
                     .await
                     .map_err(|_| "connect")?;
                 let _ = stream.set_nodelay(true);
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|_| "connect")?;
-                tokio::spawn(connection);
+                let sender = match &target.tls {
+                    Some((connector, name)) => {
+                        let stream = connector
+                            .connect(name.clone(), stream)
+                            .await
+                            .map_err(|_| "tls")?;
+                        handshake(stream).await?
+                    }
+                    None => handshake(stream).await?,
+                };
                 self.sender.insert(sender)
             }
         };
@@ -106,6 +116,9 @@ impl Connection {
         if let Some(n) = target.body.header_length {
             request = request.header(vatic_schema::v2::HEADER_LENGTH, n);
         }
+        if let Some(auth) = &target.authorization {
+            request = request.header(AUTHORIZATION, auth);
+        }
         let request = request
             .body(Full::new(target.body.bytes.clone()))
             .expect("a well-formed request");
@@ -115,6 +128,18 @@ impl Connection {
         response.into_body().collect().await.map_err(|_| "io")?;
         Ok(status)
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream, its I/O driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| "connect")?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// The shared state of one phase's connections.

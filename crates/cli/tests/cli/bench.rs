@@ -178,8 +178,8 @@ fn bad_arguments_and_unknown_models_are_refused_before_any_load() {
     bench("breast_cancer --rows 0").assert_error(&["--rows must be at least 1"]);
     bench("breast_cancer -n 0").assert_error(&["--requests and --duration must be more than 0"]);
     bench("breast_cancer --threads 0").assert_error(&["--threads must be at least 1"]);
-    vaticctl("https://127.0.0.1:1", &["bench", "breast_cancer"], None)
-        .assert_error(&["plain HTTP/1.1", "https://127.0.0.1:1"]);
+    vaticctl("ftp://127.0.0.1:1", &["bench", "breast_cancer"], None)
+        .assert_error(&["must be an http:// or https:// URL", "ftp://127.0.0.1:1"]);
     let run = bench("breast_cancer -d ten");
     assert_eq!(run.code, Some(2), "clap refuses a bad duration: {run:#?}");
     assert!(run.stderr.contains("--duration"), "{run:#?}");

@@ -128,8 +128,13 @@ impl RegistryApp {
                 runtime.block_on(async move {
                     let app = Application::build(&settings).await.expect("api builds");
                     app.spawn();
-                    let base = format!("http://{}", app.server.addr);
-                    let client = reqwest::Client::new();
+                    let base = format!("{}://{}", app.server.scheme, app.server.addr);
+                    let client = match &settings.server.tls.cert {
+                        Some(cert) => {
+                            vatic_testkit::tls_client(cert, settings.server.tls.client_ca.is_some())
+                        }
+                        None => reqwest::Client::new(),
+                    };
                     vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
                     ready.send(base).expect("a test waits for the api");
                     let _ = stopped.await;

@@ -7,3 +7,4 @@ mod helpers;
 mod infer;
 mod migrate;
 mod models;
+mod tls;

@@ -8,3 +8,4 @@ mod notify;
 mod predictions;
 mod registry;
 mod schema;
+mod tls;

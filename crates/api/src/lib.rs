@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backend;
 pub mod catalog;
 pub mod error;
@@ -41,6 +42,7 @@ impl Application {
         settings.validate()?;
         let store = settings.server.database.open().await?;
         let listener = Listener::bind(&settings.server)?;
+        let keys = auth::start(settings, store.as_ref()).await?;
         let metrics = ApiMetrics::default();
         let catalog = Arc::new(Catalog::default());
         let backend = start_backend(settings, store.as_ref(), &catalog, &metrics).await?;
@@ -59,6 +61,7 @@ impl Application {
             prediction_log,
             catalog,
             metrics,
+            keys,
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");

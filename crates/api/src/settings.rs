@@ -1,6 +1,7 @@
 //! Settings of the api binary: the shared server settings, the in-process engine's
 //! (standalone), the worker pool's (cluster), the registry's and the prediction log's.
 
+use crate::auth::AuthSettings;
 use crate::prediction_log::PredictionLogSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub struct ApiSettings {
     pub max_model_bytes: u64,
     /// The prediction log's queue, batching and spool.
     pub prediction_log: PredictionLogSettings,
+    /// API keys.
+    pub auth: AuthSettings,
 }
 
 impl Default for ApiSettings {
@@ -86,6 +89,7 @@ impl Default for ApiSettings {
             upload_dir: PathBuf::from("data/uploads"),
             max_model_bytes: 2 << 30,
             prediction_log: PredictionLogSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -111,6 +115,7 @@ impl ApiSettings {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
         self.prediction_log.validate("prediction_log")?;
+        self.auth.validate()?;
         if self.fleet_refresh_ms == 0 || self.heartbeat_timeout_ms == 0 {
             anyhow::bail!("fleet_refresh_ms and heartbeat_timeout_ms must be at least 1");
         }

@@ -11,6 +11,7 @@ use actix_web::{web, HttpResponse, ResponseError};
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vatic_server::auth::KeyRing;
 use vatic_server::{Passes, Service};
 use vatic_store::Store;
 use vatic_worker::BatchingConfig;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub registry_passes: Vec<Passes>,
     /// Request metrics.
     pub metrics: ApiMetrics,
+    /// The API keys callers must present; `None` when the api runs open.
+    pub keys: Option<Arc<KeyRing>>,
 }
 
 /// Shared state as handlers receive it.
@@ -86,8 +89,12 @@ impl AppState {
 impl Service for AppState {
     const NAME: &'static str = "vatic";
 
-    fn routes(cfg: &mut web::ServiceConfig) {
-        crate::routes::configure(cfg);
+    fn routes(routes: &mut vatic_server::Routes<'_>) {
+        crate::routes::configure(routes);
+    }
+
+    fn key_ring(&self) -> Option<Arc<KeyRing>> {
+        self.keys.clone()
     }
 
     /// Standalone: every model loaded and warmed; cluster: a worker is healthy.

@@ -14,7 +14,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use vatic_schema::admin::{
-    ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, WorkerStatus,
+    CreatedKey, KeyCreate, KeyInfo, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse,
+    WorkerStatus,
 };
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
@@ -207,6 +208,25 @@ impl Client {
         let url = self.admin_url(&["retention"]);
         let body = serde_json::json!({ "keep_days": keep_days });
         self.json_answer(self.http.post(url.clone()).json(&body), &url)
+    }
+
+    /// `POST /admin/v1/keys`: a new API key and its secret, shown once.
+    pub fn create_key(&self, body: &KeyCreate) -> anyhow::Result<CreatedKey> {
+        let url = self.admin_url(&["keys"]);
+        self.json_answer(self.http.post(url.clone()).json(body), &url)
+    }
+
+    /// `GET /admin/v1/keys`: every key, never a secret.
+    pub fn keys(&self) -> anyhow::Result<Vec<KeyInfo>> {
+        let url = self.admin_url(&["keys"]);
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `POST /admin/v1/keys/{id}/revoke`.
+    pub fn revoke_key(&self, id: &str) -> anyhow::Result<()> {
+        let url = self.admin_url(&["keys", id, "revoke"]);
+        self.send(self.http.post(url))?;
+        Ok(())
     }
 
     /// `{base}/admin/v1/{segments}`, each escaped as a path segment.

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod infer;
+pub mod keys;
 pub mod migrate;
 pub mod models;
 pub mod output;
@@ -172,6 +173,16 @@ pub enum Command {
     ///   vaticctl certs init /etc/vatic/tls --api-names api.example.com --days 90
     #[command(verbatim_doc_comment)]
     Certs(certs::CertsArgs),
+    /// Make, list and revoke API keys (with an admin key)
+    ///
+    /// A key is printed once, when it is made; the server keeps only its hash.
+    ///
+    /// Examples:
+    ///   vaticctl keys create --role predictor --models fraud,churn --expires 90d --name checkout
+    ///   vaticctl keys list
+    ///   vaticctl keys revoke 3k9x0a1b2c3d
+    #[command(verbatim_doc_comment)]
+    Keys(keys::KeysArgs),
 }
 
 /// Runs a parsed command line.
@@ -185,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&cli.global, &args),
         Command::Migrate(args) => migrate::run(&cli.global, &args),
         Command::Certs(args) => certs::run(&args),
+        Command::Keys(args) => keys::run(&cli.global, &args),
     }
 }
 

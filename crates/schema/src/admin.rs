@@ -240,3 +240,50 @@ pub struct WorkerStatus {
     /// What it holds.
     pub loaded: Vec<LoadedVersionStatus>,
 }
+
+/// Body of `POST /admin/v1/keys`: a new API key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCreate {
+    /// `admin`, `deployer`, `predictor` or `viewer`.
+    pub role: String,
+    /// The models it may use; every model when absent.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Seconds until it stops working; never when absent.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// What it is for.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// An API key as `GET /admin/v1/keys` shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Public id (the `<id>` of `vk_<id>_<secret>`).
+    pub id: String,
+    /// What it is for.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// The models it may use; every model when absent.
+    pub models: Option<Vec<String>>,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// Who made it.
+    pub created_by: String,
+    /// When it stops working (RFC 3339), if ever.
+    pub expires_at: Option<String>,
+    /// When it was revoked (RFC 3339), if it was.
+    pub revoked_at: Option<String>,
+}
+
+/// `POST /admin/v1/keys` answer: the key, and its secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    /// The key.
+    pub key: KeyInfo,
+    /// The whole key to send (`vk_<id>_<secret>`); not stored, not shown again.
+    pub secret: String,
+}

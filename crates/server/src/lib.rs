@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod body;
 pub mod busy_poll;
 mod client_gone;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod passes;
 pub mod probes;
 pub mod request_log;
+pub mod routes;
 mod serve;
 pub mod settings;
 pub mod telemetry;
@@ -25,5 +27,6 @@ pub use client_gone::{on_connect, until_client_gone, ClientConnection};
 pub use error::{error_response, status_from, RequestError};
 pub use passes::Passes;
 pub use request_log::{RequestId, REQUEST_ID};
-pub use serve::{shutdown_signal, Listener, Server, Service};
+pub use routes::{Group, Need, Routes};
+pub use serve::{all_routes, shutdown_signal, Listener, Server, Service};
 pub use settings::{ProcessSettings, ServerSettings};

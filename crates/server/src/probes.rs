@@ -2,8 +2,9 @@
 //! `/v2/health/live|ready` answer 200 or 400 (the V2 protocol asks for a 4xx), `/livez` and
 //! `/readyz` 200 or 503 for load balancers, `GET /v2` the server metadata.
 
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use crate::routes::{Group, Need, Routes};
+use actix_web::http::{Method, StatusCode};
+use actix_web::HttpResponse;
 use std::sync::Arc;
 use vatic_schema::ServerMetadata;
 
@@ -30,34 +31,54 @@ fn health(field: &str, ok: bool, bad: StatusCode) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ field: ok }))
 }
 
-/// Registers the probes and the server metadata of a server named `server_name`, ready when
-/// `ready` says so.
-pub fn configure(cfg: &mut web::ServiceConfig, server_name: &'static str, ready: Readiness) {
+/// Registers the probes (open to anyone) and the server metadata (for any key) of a server
+/// named `server_name`, ready when `ready` says so.
+pub fn configure(routes: &mut Routes<'_>, server_name: &'static str, ready: Readiness) {
     let (ready_v2, ready_lb) = (ready.clone(), ready);
-    cfg.route(
-        "/v2/health/live",
-        web::get().to(|| async { health("live", true, StatusCode::BAD_REQUEST) }),
-    )
-    .route(
-        "/livez",
-        web::get().to(|| async { health("live", true, StatusCode::SERVICE_UNAVAILABLE) }),
-    )
-    .route(
-        "/v2/health/ready",
-        web::get().to(move || {
-            let ok = ready_v2();
-            async move { health("ready", ok, StatusCode::BAD_REQUEST) }
-        }),
-    )
-    .route(
-        "/readyz",
-        web::get().to(move || {
-            let ok = ready_lb();
-            async move { health("ready", ok, StatusCode::SERVICE_UNAVAILABLE) }
-        }),
-    )
-    .route(
-        "/v2",
-        web::get().to(move || async move { HttpResponse::Ok().json(server_metadata(server_name)) }),
-    );
+    routes.group(Group::plain("health"), |routes| {
+        routes
+            .add(
+                Method::GET,
+                "/v2/health/live",
+                Need::Open,
+                "Liveness (V2): 200 while the process runs",
+                || async { health("live", true, StatusCode::BAD_REQUEST) },
+            )
+            .add(
+                Method::GET,
+                "/livez",
+                Need::Open,
+                "Liveness for load balancers: 200 while the process runs",
+                || async { health("live", true, StatusCode::SERVICE_UNAVAILABLE) },
+            )
+            .add(
+                Method::GET,
+                "/v2/health/ready",
+                Need::Open,
+                "Readiness (V2): 200 when models are loaded and shutdown has not begun, else 400",
+                move || {
+                    let ok = ready_v2();
+                    async move { health("ready", ok, StatusCode::BAD_REQUEST) }
+                },
+            )
+            .add(
+                Method::GET,
+                "/readyz",
+                Need::Open,
+                "Readiness for load balancers: 200 when ready, else 503",
+                move || {
+                    let ok = ready_lb();
+                    async move { health("ready", ok, StatusCode::SERVICE_UNAVAILABLE) }
+                },
+            );
+    });
+    routes.group(Group::plain("V2"), |routes| {
+        routes.add(
+            Method::GET,
+            "/v2",
+            Need::AnyKey,
+            "Server metadata: name, version, protocol extensions",
+            move || async move { HttpResponse::Ok().json(server_metadata(server_name)) },
+        );
+    });
 }

@@ -3,7 +3,9 @@
 //! served by a [`Server`], which adds what every listener has: request ids and the request log,
 //! compression, busy polling, the probes, the metrics endpoint, and the drain on SIGTERM.
 
+use crate::auth::{Access, KeyRing};
 use crate::metrics::{self, ProcessMetrics};
+use crate::routes::{Routes, RuleTable};
 use crate::settings::ServerSettings;
 use actix_web::dev::ServerHandle;
 use actix_web::middleware::{from_fn, Compress};
@@ -23,8 +25,14 @@ pub trait Service: Send + Sync + Sized + 'static {
     /// The server name `GET /v2` reports.
     const NAME: &'static str;
 
-    /// Registers the process's own routes.
-    fn routes(cfg: &mut web::ServiceConfig);
+    /// Registers the process's own routes, each with what a caller needs to use it.
+    fn routes(routes: &mut Routes<'_>);
+
+    /// The API keys callers must present; `None` to serve every route to anyone (a worker,
+    /// reached over mutual TLS; an api run open on 127.0.0.1).
+    fn key_ring(&self) -> Option<Arc<KeyRing>> {
+        None
+    }
 
     /// Whether the process can take requests now; the probes report ready when this holds and
     /// shutdown has not begun.
@@ -125,15 +133,24 @@ impl<S: Service> Server<S> {
         };
         let busy_poll = Duration::from_micros(settings.busy_poll_us);
         let app_service = service.clone();
+        let access_registry = Registry::new();
+        let access = web::Data::new(Access::new(
+            RuleTable::new(all_routes::<S>(None, Arc::new(|| false))),
+            service.key_ring(),
+            &access_registry,
+        )?);
         let http = HttpServer::new(move || {
             crate::busy_poll::start(busy_poll);
             let ready = ready.clone();
             App::new()
                 .app_data(app_service.clone())
+                .app_data(access.clone())
+                .wrap(from_fn(crate::auth::guard))
                 .wrap(Compress::default())
                 .wrap(from_fn(crate::request_log::request_log))
-                .configure(|cfg| crate::probes::configure(cfg, S::NAME, ready))
-                .configure(S::routes)
+                .configure(|cfg| {
+                    all_routes::<S>(Some(cfg), ready);
+                })
         })
         .on_connect(crate::client_gone::on_connect)
         .disable_signals()
@@ -148,6 +165,7 @@ impl<S: Service> Server<S> {
                 listen,
                 listener.tls.as_ref(),
                 service.clone(),
+                access_registry,
             )?),
             None => None,
         };
@@ -226,6 +244,7 @@ fn serve_metrics<S: Service>(
     listen: &str,
     tls: Option<&ServerTls>,
     service: web::Data<S>,
+    access: Registry,
 ) -> anyhow::Result<(SocketAddr, ServerHandle)> {
     let process = Arc::new(ProcessMetrics::new(service.store(), tls)?);
     metrics::serve(listen, tls, move || {
@@ -233,8 +252,24 @@ fn serve_metrics<S: Service>(
         service.refresh_metrics();
         let mut registries = service.registries();
         registries.push(process.registry());
+        registries.push(&access);
         metrics::render(&registries)
     })
+}
+
+/// Every route of a process: the probes and the server's metadata, then the service's own;
+/// registered into `cfg` when given, and returned as rules.
+pub fn all_routes<S: Service>(
+    cfg: Option<&mut web::ServiceConfig>,
+    ready: crate::probes::Readiness,
+) -> Vec<crate::routes::Rule> {
+    let mut routes = match cfg {
+        Some(cfg) => Routes::register(cfg),
+        None => Routes::collect(),
+    };
+    crate::probes::configure(&mut routes, S::NAME, ready);
+    S::routes(&mut routes);
+    routes.into_rules()
 }
 
 /// Waits for SIGTERM or SIGINT.
@@ -257,7 +292,7 @@ mod tests {
     impl Service for Bare {
         const NAME: &'static str = "bare";
 
-        fn routes(_: &mut web::ServiceConfig) {}
+        fn routes(_: &mut Routes<'_>) {}
 
         fn is_ready(&self) -> bool {
             true

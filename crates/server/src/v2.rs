@@ -2,9 +2,10 @@
 //! extension's header, encoded answers, model routes with and without a version, and the
 //! model-ready answer.
 
+use crate::routes::{Need, Routes};
 use actix_web::http::header::CONTENT_TYPE;
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 use serde::Deserialize;
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ModelReady, SchemaError};
@@ -19,14 +20,35 @@ pub struct ModelPath {
     pub version: Option<String>,
 }
 
-/// Registers `route` at `/v2/models/{model}{suffix}` and
+/// Registers `handler` for `method` at `/v2/models/{model}{suffix}` and
 /// `/v2/models/{model}/versions/{version}{suffix}`.
-pub fn model_route(cfg: &mut web::ServiceConfig, suffix: &str, route: fn() -> actix_web::Route) {
-    cfg.route(&format!("/v2/models/{{model}}{suffix}"), route());
-    cfg.route(
-        &format!("/v2/models/{{model}}/versions/{{version}}{suffix}"),
-        route(),
-    );
+pub fn model_route<F, Args>(
+    routes: &mut Routes<'_>,
+    method: &Method,
+    suffix: &str,
+    need: Need,
+    summary: &'static str,
+    handler: F,
+) where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    routes
+        .add(
+            method.clone(),
+            format!("/v2/models/{{model}}{suffix}"),
+            need,
+            summary,
+            handler.clone(),
+        )
+        .add(
+            method.clone(),
+            format!("/v2/models/{{model}}/versions/{{version}}{suffix}"),
+            need,
+            summary,
+            handler,
+        );
 }
 
 /// The binary extension's header length (`Inference-Header-Content-Length`) of a request.

@@ -10,6 +10,7 @@
 mod artifacts;
 mod error;
 mod fleet;
+mod keys;
 mod notify;
 mod predictions;
 mod registry;
@@ -18,6 +19,7 @@ mod settings;
 pub use artifacts::{fetch_artifact_to, sha256_file};
 pub use error::{Result, StoreError};
 pub use fleet::Heartbeat;
+pub use keys::{ApiKey, KEYS_CHANNEL};
 pub use notify::{Listener, REGISTRY_CHANNEL};
 pub use predictions::{Delivery, PredictionRecord, RetentionReport};
 pub use registry::{AuditRecord, NewVersion};

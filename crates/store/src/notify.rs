@@ -1,4 +1,4 @@
-//! Prompt notice of registry changes: PostgreSQL LISTEN/NOTIFY. SQLite has no equivalent, so
+//! Prompt notice of registry and key changes: PostgreSQL LISTEN/NOTIFY. SQLite has no equivalent, so
 //! its readers poll.
 
 use crate::{Pool, Result, Store};
@@ -15,10 +15,16 @@ pub struct Listener {
 impl Store {
     /// Subscribes to registry changes; `None` on SQLite.
     pub async fn listen(&self) -> Result<Option<Listener>> {
+        self.listen_on(REGISTRY_CHANNEL).await
+    }
+
+    /// Subscribes to the changes announced on `channel` ([`REGISTRY_CHANNEL`],
+    /// [`crate::KEYS_CHANNEL`]); `None` on SQLite.
+    pub async fn listen_on(&self, channel: &str) -> Result<Option<Listener>> {
         match &self.pool {
             Pool::Postgres(pool) => {
                 let mut inner = PgListener::connect_with(pool).await?;
-                inner.listen(REGISTRY_CHANNEL).await?;
+                inner.listen(channel).await?;
                 Ok(Some(Listener { inner }))
             }
             Pool::Sqlite(_) => Ok(None),

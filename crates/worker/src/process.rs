@@ -4,7 +4,6 @@
 use crate::host::{EngineHost, ModelSource};
 use crate::reconcile::Identity;
 use crate::{Engine, WorkerSettings};
-use actix_web::web;
 use prometheus::Registry;
 use std::net::SocketAddr;
 use vatic_server::{Listener, Server, Service};
@@ -28,8 +27,8 @@ impl WorkerService {
 impl Service for WorkerService {
     const NAME: &'static str = "vatic-worker";
 
-    fn routes(cfg: &mut web::ServiceConfig) {
-        crate::routes::configure(cfg);
+    fn routes(routes: &mut vatic_server::Routes<'_>) {
+        crate::routes::configure(routes);
     }
 
     fn is_ready(&self) -> bool {

@@ -4,11 +4,13 @@
 
 use crate::process::WorkerService;
 use crate::EngineError;
+use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use vatic_schema::{v2, InferRequest, SchemaError};
 use vatic_server::v2::{header_length, model_ready_response, model_route, v2_response, ModelPath};
 use vatic_server::{read_body, status_from, until_client_gone, RequestError};
+use vatic_server::{Group, Need, Routes};
 
 /// A worker request that failed: the engine's refusal, or the request's own failure.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +49,65 @@ impl ResponseError for WorkerError {
 type State = web::Data<WorkerService>;
 
 /// Registers the worker's model routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(routes: &mut Routes<'_>) {
     // Inference first: actix tries the route patterns in order, by regex.
-    model_route(cfg, "/infer", || web::post().to(post_infer));
-    cfg.route("/v2/models/stats", web::get().to(get_all_stats))
-        .route("/v2/repository/index", web::post().to(post_index));
-    model_route(cfg, "", || web::get().to(get_metadata));
-    model_route(cfg, "/ready", || web::get().to(get_model_ready));
-    model_route(cfg, "/config", || web::get().to(get_config));
-    model_route(cfg, "/stats", || web::get().to(get_stats));
+    routes.group(Group::plain("V2"), |routes| {
+        model_route(
+            routes,
+            &Method::POST,
+            "/infer",
+            Need::Infer,
+            "Inference (V2 JSON or binary tensors)",
+            post_infer,
+        );
+        routes
+            .add(
+                Method::GET,
+                "/v2/models/stats",
+                Need::View,
+                "Statistics of every model (Triton)",
+                get_all_stats,
+            )
+            .add(
+                Method::POST,
+                "/v2/repository/index",
+                Need::View,
+                "The model repository index (Triton)",
+                post_index,
+            );
+        model_route(
+            routes,
+            &Method::GET,
+            "",
+            Need::ModelRead,
+            "Model metadata: inputs, outputs, versions",
+            get_metadata,
+        );
+        model_route(
+            routes,
+            &Method::GET,
+            "/ready",
+            Need::ModelRead,
+            "Model readiness: 200 when ready, else 400",
+            get_model_ready,
+        );
+        model_route(
+            routes,
+            &Method::GET,
+            "/config",
+            Need::ModelRead,
+            "Model configuration (Triton)",
+            get_config,
+        );
+        model_route(
+            routes,
+            &Method::GET,
+            "/stats",
+            Need::ModelRead,
+            "Model statistics (Triton)",
+            get_stats,
+        );
+    });
 }
 
 async fn post_index(s: State) -> HttpResponse {

@@ -1,25 +1,22 @@
 //! The admin API, `/admin/v1/...`: the model registry, the worker fleet, the prediction log and
-//! the audit log. Every route sits behind [`admin_access`], the one place authentication plugs in.
+//! the audit log. The access guard checks every route's caller (see `vatic_server::auth`).
 
 use crate::registry::{self, PushError, Upload};
 use crate::state::State;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::Method;
 use actix_web::http::StatusCode;
-use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use vatic_schema::admin::ModelSettings;
+use vatic_schema::admin::{CreatedKey, KeyCreate, KeyInfo};
 use vatic_schema::ErrorBody;
-use vatic_store::{Store, StoreError};
-
-/// Who is making an admin change, as recorded in the audit log.
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
+use vatic_server::auth::{Caller, KeyRing, Role};
+use vatic_server::{Group, Need, Routes};
+use vatic_store::{ApiKey, Store, StoreError};
 
 /// Errors of the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +36,12 @@ pub enum AdminError {
     /// A local file operation failed.
     #[error("upload: {0}")]
     Io(#[from] std::io::Error),
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something failed that the caller cannot fix.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<PushError> for AdminError {
@@ -57,7 +60,8 @@ impl ResponseError for AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::NoDatabase => StatusCode::SERVICE_UNAVAILABLE,
-            AdminError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Io(_) | AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Store(e) => match e {
                 StoreError::ModelNotFound(_) | StoreError::VersionNotFound { .. } => {
                     StatusCode::NOT_FOUND
@@ -92,62 +96,135 @@ impl ResponseError for AdminError {
     }
 }
 
-/// The admin access check. Every admin route passes here; for now it records the caller as
-/// `anonymous` (API keys and roles plug in here).
-pub async fn admin_access(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    req.extensions_mut().insert(Actor("anonymous".into()));
-    next.call(req).await
+/// The admin routes' resources: their extractors' errors are the admin API's.
+fn admin_resource(resource: actix_web::Resource) -> actix_web::Resource {
+    resource
+        .app_data(
+            web::JsonConfig::default().error_handler(|e, _| {
+                AdminError::BadRequest(format!("invalid JSON body: {e}")).into()
+            }),
+        )
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| AdminError::BadRequest(format!("invalid query: {e}")).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|e, _| AdminError::BadRequest(format!("invalid path: {e}")).into()),
+        )
 }
 
-/// Registers the admin routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/admin/v1")
-            .wrap(from_fn(admin_access))
-            .app_data(web::JsonConfig::default().error_handler(|e, _| {
-                AdminError::BadRequest(format!("invalid JSON body: {e}")).into()
-            }))
-            .app_data(
-                web::QueryConfig::default().error_handler(|e, _| {
-                    AdminError::BadRequest(format!("invalid query: {e}")).into()
-                }),
+/// Registers the admin routes, under `/admin/v1`.
+pub fn configure(routes: &mut Routes<'_>) {
+    let group = Group {
+        tag: "admin",
+        decorate: admin_resource,
+    };
+    routes.group(group, |routes| {
+        routes
+            .add(
+                Method::GET,
+                "/admin/v1/models",
+                Need::View,
+                "Every model, its versions and settings",
+                list_models,
             )
-            .app_data(
-                web::PathConfig::default().error_handler(|e, _| {
-                    AdminError::BadRequest(format!("invalid path: {e}")).into()
-                }),
+            .add(
+                Method::GET,
+                "/admin/v1/models/{name}",
+                Need::ModelRead,
+                "One model, its versions and settings",
+                get_model,
             )
-            .route("/models", web::get().to(list_models))
-            .route("/models/{name}", web::get().to(get_model))
-            .route("/models/{name}", web::patch().to(update_model))
-            .route("/models/{name}/versions", web::post().to(push_version))
-            .route(
-                "/models/{name}/versions/{version}",
-                web::get().to(get_version),
+            .add(
+                Method::PATCH,
+                "/admin/v1/models/{name}",
+                Need::Deploy,
+                "Change a model's settings (prediction log)",
+                update_model,
             )
-            .route(
-                "/models/{name}/versions/{version}/retire",
-                web::post().to(retire_version),
+            .add(
+                Method::POST,
+                "/admin/v1/models/{name}/versions",
+                Need::Deploy,
+                "Push a new version (multipart: model file, settings)",
+                push_version,
             )
-            .route("/workers", web::get().to(list_workers))
-            .route("/audit", web::get().to(list_audit))
-            .route("/retention", web::post().to(apply_retention))
-            .route("/prediction-log", web::get().to(prediction_log_stats)),
-    );
+            .add(
+                Method::GET,
+                "/admin/v1/models/{name}/versions/{version}",
+                Need::ModelRead,
+                "One version",
+                get_version,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/models/{name}/versions/{version}/retire",
+                Need::Deploy,
+                "Retire a version",
+                retire_version,
+            )
+            .add(
+                Method::GET,
+                "/admin/v1/workers",
+                Need::View,
+                "The worker fleet and what each worker holds",
+                list_workers,
+            )
+            .add(
+                Method::GET,
+                "/admin/v1/audit",
+                Need::View,
+                "The audit log, newest first",
+                list_audit,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/retention",
+                Need::Admin,
+                "Delete predictions older than a number of days",
+                apply_retention,
+            )
+            .add(
+                Method::GET,
+                "/admin/v1/prediction-log",
+                Need::View,
+                "The prediction log's state",
+                prediction_log_stats,
+            )
+            .add(
+                Method::GET,
+                "/admin/v1/keys",
+                Need::Admin,
+                "Every API key (never a secret)",
+                list_keys,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/keys",
+                Need::Admin,
+                "Make an API key; its secret is shown once",
+                create_key,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/keys/{id}/revoke",
+                Need::Admin,
+                "Revoke an API key, on every replica within a second",
+                revoke_key,
+            );
+    });
 }
 
 fn store(s: &State) -> Result<&Store, AdminError> {
     s.store.as_ref().ok_or(AdminError::NoDatabase)
 }
 
+/// Who made the request, as the audit log names them.
 fn actor(req: &HttpRequest) -> String {
     req.extensions()
-        .get::<Actor>()
-        .map(|a| a.0.clone())
-        .unwrap_or_else(|| "anonymous".into())
+        .get::<Caller>()
+        .map_or_else(|| Caller::anonymous().label(), Caller::label)
 }
 
 async fn list_models(s: State) -> Result<HttpResponse, AdminError> {
@@ -377,6 +454,109 @@ async fn prediction_log_stats(s: State) -> Result<HttpResponse, AdminError> {
         Some(log) => Ok(HttpResponse::Ok().json(log.stats())),
         None => Err(AdminError::NoDatabase),
     }
+}
+
+fn key_ring(s: &State) -> Result<&std::sync::Arc<KeyRing>, AdminError> {
+    s.keys.as_ref().ok_or_else(|| {
+        AdminError::BadRequest(
+            "this api runs without API keys (auth.enabled); there are none to manage".into(),
+        )
+    })
+}
+
+fn key_info(key: ApiKey) -> KeyInfo {
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    KeyInfo {
+        id: key.id,
+        name: key.name,
+        role: key.role,
+        models: key.models,
+        created_at: at(key.created_at),
+        created_by: key.created_by,
+        expires_at: key.expires_at.map(at),
+        revoked_at: key.revoked_at.map(at),
+    }
+}
+
+async fn list_keys(s: State) -> Result<HttpResponse, AdminError> {
+    key_ring(&s)?;
+    let keys: Vec<KeyInfo> = store(&s)?
+        .api_keys()
+        .await?
+        .into_iter()
+        .map(key_info)
+        .collect();
+    Ok(HttpResponse::Ok().json(keys))
+}
+
+async fn create_key(
+    s: State,
+    req: HttpRequest,
+    body: web::Json<KeyCreate>,
+) -> Result<HttpResponse, AdminError> {
+    let ring = key_ring(&s)?;
+    let body = body.into_inner();
+    let role: Role = body.role.parse().map_err(AdminError::BadRequest)?;
+    if let Some(models) = &body.models {
+        if models.is_empty() {
+            return Err(AdminError::BadRequest(
+                "models: name at least one model, or leave it out for every model".into(),
+            ));
+        }
+        for model in models {
+            crate::registry::check_name(model)?;
+        }
+    }
+    let caller = actor(&req);
+    let mut key = crate::auth::new_key(
+        role,
+        body.name.as_deref().unwrap_or(""),
+        body.models,
+        &caller,
+    );
+    if let Some(secs) = body.expires_in_secs {
+        let secs = i64::try_from(secs)
+            .ok()
+            .filter(|s| *s > 0 && *s <= 100 * 365 * 86400)
+            .ok_or_else(|| {
+                AdminError::BadRequest("expires_in_secs: between 1 second and 100 years".into())
+            })?;
+        key.expires_at = Some(key.created_at + chrono::Duration::seconds(secs));
+    }
+    let (key, secret) = ring
+        .create(key, None)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let detail = serde_json::json!({"key": key.id, "role": key.role, "models": key.models, "name": key.name});
+    store(&s)?
+        .audit(&caller, "keys_create", None, &detail.to_string())
+        .await?;
+    Ok(HttpResponse::Created().json(CreatedKey {
+        key: key_info(key),
+        secret,
+    }))
+}
+
+async fn revoke_key(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AdminError> {
+    let ring = key_ring(&s)?;
+    if !store(&s)?.revoke_key(&id).await? {
+        return Err(AdminError::NotFound(format!(
+            "no API key '{id}' that is not revoked already"
+        )));
+    }
+    ring.refresh()
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let detail = serde_json::json!({"key": *id});
+    store(&s)?
+        .audit(&actor(&req), "keys_revoke", None, &detail.to_string())
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"revoked": *id})))
 }
 
 /// Where uploads are written while they are checked, and how large they may be.

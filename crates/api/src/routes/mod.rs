@@ -6,14 +6,13 @@ pub mod v2;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use actix_web::web;
 use std::time::Instant;
 
 /// Registers every api route.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    v2::configure(cfg);
-    tfserving::configure(cfg);
-    admin::configure(cfg);
+pub fn configure(routes: &mut vatic_server::Routes<'_>) {
+    v2::configure(routes);
+    tfserving::configure(routes);
+    admin::configure(routes);
 }
 
 /// When a request arrived: by the clock, for the log, and by the monotonic clock, for its

@@ -5,30 +5,61 @@ use super::{log_prediction, Answered, Arrival};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::state::State;
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use vatic_schema::tfserving::{self, ModelStatus, PredictRequest, VersionStatus};
 use vatic_schema::SchemaError;
-use vatic_server::{read_body, until_client_gone, RequestId};
+use vatic_server::{read_body, until_client_gone, Group, Need, RequestId, Routes};
 
 /// Registers the TF-Serving routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(routes: &mut Routes<'_>) {
     // POST paths end in `:predict`, so the last segment is `<model>:predict` or `<version>:predict`.
-    cfg.route("/v1/models/{model}", web::post().to(post_verb))
-        .route(
-            "/v1/models/{model}/versions/{version}",
-            web::post().to(post_verb),
-        )
-        .route("/v1/models/{model}", web::get().to(get_status))
-        .route(
-            "/v1/models/{model}/versions/{version}",
-            web::get().to(get_status),
-        )
-        .route("/v1/models/{model}/metadata", web::get().to(get_metadata))
-        .route(
-            "/v1/models/{model}/versions/{version}/metadata",
-            web::get().to(get_metadata),
-        );
+    routes.group(Group::plain("TF-Serving"), |routes| {
+        routes
+            .add(
+                Method::POST,
+                "/v1/models/{model}",
+                Need::Infer,
+                "Prediction: POST /v1/models/{model}:predict (rows or columns)",
+                post_verb,
+            )
+            .add(
+                Method::POST,
+                "/v1/models/{model}/versions/{version}",
+                Need::Infer,
+                "Prediction on a version: .../versions/{version}:predict",
+                post_verb,
+            )
+            .add(
+                Method::GET,
+                "/v1/models/{model}",
+                Need::ModelRead,
+                "Model status",
+                get_status,
+            )
+            .add(
+                Method::GET,
+                "/v1/models/{model}/versions/{version}",
+                Need::ModelRead,
+                "Version status",
+                get_status,
+            )
+            .add(
+                Method::GET,
+                "/v1/models/{model}/metadata",
+                Need::ModelRead,
+                "Model metadata (signature)",
+                get_metadata,
+            )
+            .add(
+                Method::GET,
+                "/v1/models/{model}/versions/{version}/metadata",
+                Need::ModelRead,
+                "Version metadata (signature)",
+                get_metadata,
+            );
+    });
 }
 
 #[derive(Deserialize)]

@@ -79,6 +79,9 @@ fn log_mount(service: &Value) -> (String, bool) {
     (parts[1].to_string(), parts.get(2) == Some(&"ro"))
 }
 
+/// The first admin key of the api under test.
+const ADMIN_KEY: &str = "elk-test-admin-key-0123456789abcdef";
+
 /// Runs a compose service's command as a process on this machine: `/etc/vatic/` is the
 /// repository's config/, listeners are on 127.0.0.1:0, and `env` overrides the service's
 /// environment (the database and the log folder, which name compose's hosts and volumes).
@@ -333,15 +336,27 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         ]),
         &worker_dir,
     );
+    // The compose api requires keys: its first admin key comes from the environment.
     let mut api = run_service(
         &compose,
         "api",
-        &local(&[("VATIC_FLEET_REFRESH_MS", "200")]),
+        &local(&[
+            ("VATIC_FLEET_REFRESH_MS", "200"),
+            ("VATIC_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
+        ]),
         &api_dir,
     );
 
     // Traffic: a push, answers of every kind, a retire.
-    let client = reqwest::blocking::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
+    let client = reqwest::blocking::Client::builder()
+        .default_headers(auth)
+        .build()
+        .unwrap();
     let model =
         std::fs::read(vatic_testkit::root().join("models/breast_cancer/1/model.onnx")).unwrap();
     let pushed = client

@@ -277,6 +277,8 @@ pub fn cluster_settings(workers: Vec<String>) -> ApiSettings {
         ..Default::default()
     };
     s.server.listen = "127.0.0.1:0".into();
+    // Keys are tested in auth.rs; the other tests run the cluster open.
+    s.auth.enabled = Some(false);
     s
 }
 

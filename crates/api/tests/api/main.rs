@@ -1,6 +1,7 @@
 //! The api over real HTTP on port 0: standalone with its in-process worker, and in front of
 //! worker processes.
 
+mod auth;
 mod cluster;
 mod docs;
 mod elk;

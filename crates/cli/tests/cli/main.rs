@@ -5,6 +5,7 @@ mod bench;
 mod errors;
 mod helpers;
 mod infer;
+mod keys;
 mod migrate;
 mod models;
 mod tls;

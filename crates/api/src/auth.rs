@@ -1,0 +1,176 @@
+//! API keys at the api's start: whether callers must present keys, the key ring that holds
+//! them, and the first admin key.
+
+use crate::settings::{ApiSettings, Mode};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vatic_server::auth::{token, KeyRing, Role};
+use vatic_store::{ApiKey, Store};
+
+/// The environment variable whose value becomes the first admin key.
+pub const BOOTSTRAP_KEY_ENV: &str = "VATIC_BOOTSTRAP_ADMIN_KEY";
+/// The environment variable naming a file whose content becomes the first admin key.
+pub const BOOTSTRAP_KEY_FILE_ENV: &str = "VATIC_BOOTSTRAP_ADMIN_KEY_FILE";
+
+/// `[auth]`: API keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Whether callers must present API keys. Unset: yes in cluster mode and when standalone
+    /// listens on an address other than loopback; no for standalone on 127.0.0.1 or ::1.
+    pub enabled: Option<bool>,
+    /// Milliseconds between reads of the key table (on PostgreSQL changes also arrive at once).
+    pub poll_ms: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            enabled: None,
+            poll_ms: 500,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Checks what serde cannot, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.poll_ms == 0 {
+            anyhow::bail!("auth.poll_ms must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Whether callers of the api `settings` describe must present keys.
+pub fn required(settings: &ApiSettings) -> bool {
+    settings.auth.enabled.unwrap_or(match settings.mode {
+        Mode::Cluster => true,
+        Mode::Standalone => !listens_on_loopback(&settings.server.listen),
+    })
+}
+
+fn listens_on_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The key ring of the api, or `None` when it runs open (logged). With keys and no usable
+/// admin key yet, makes the first one: from [`BOOTSTRAP_KEY_ENV`] or [`BOOTSTRAP_KEY_FILE_ENV`]
+/// as given, else a new one printed once to stderr.
+pub async fn start(
+    settings: &ApiSettings,
+    store: Option<&Store>,
+) -> anyhow::Result<Option<Arc<KeyRing>>> {
+    if !required(settings) {
+        tracing::warn!(
+            listen = %settings.server.listen,
+            "API keys are off: anyone who can reach this address may use every route, the admin API included"
+        );
+        return Ok(None);
+    }
+    let Some(store) = store else {
+        anyhow::bail!(
+            "auth: API keys are kept in the database: set database.url, or set auth.enabled = false (only wise on a loopback address)"
+        );
+    };
+    let ring = KeyRing::load(store).await?;
+    if !ring.has_admin() {
+        let given = given_bootstrap_key()?;
+        let printed = given.is_none();
+        let (key, secret) = ring
+            .create(
+                new_key(Role::Admin, "first admin key", None, "bootstrap"),
+                given,
+            )
+            .await?;
+        if printed {
+            eprintln!(
+                "vatic: made the first admin key, shown this once; keep it safe:\n  {secret}\n\
+                 (vaticctl: export VATIC_API_KEY=...; make more with `vaticctl keys create`)"
+            );
+        }
+        tracing::warn!(key = %key.id, "made the first admin key");
+    }
+    ring.follow(Duration::from_millis(settings.auth.poll_ms));
+    tracing::info!("API keys are required");
+    Ok(Some(ring))
+}
+
+/// The first admin key given by the environment, checked.
+fn given_bootstrap_key() -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var(BOOTSTRAP_KEY_ENV).ok();
+    let from_file = match std::env::var_os(BOOTSTRAP_KEY_FILE_ENV) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            Some(std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "{BOOTSTRAP_KEY_FILE_ENV} {}: cannot read it: {e}",
+                    path.display()
+                )
+            })?)
+        }
+        None => None,
+    };
+    let Some(key) = from_env.or(from_file).map(|k| k.trim().to_string()) else {
+        return Ok(None);
+    };
+    if key.len() < token::MIN_GIVEN_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "{BOOTSTRAP_KEY_ENV}: the key must be at least {} printable characters without spaces",
+            token::MIN_GIVEN_LEN
+        );
+    }
+    Ok(Some(key))
+}
+
+/// A key record to store, its id and hash set when it is made.
+pub fn new_key(role: Role, name: &str, models: Option<Vec<String>>, created_by: &str) -> ApiKey {
+    ApiKey {
+        id: String::new(),
+        name: name.to_string(),
+        role: role.as_str().to_string(),
+        models,
+        secret_hash: Vec::new(),
+        rate: None,
+        burst: None,
+        created_at: chrono::Utc::now(),
+        created_by: created_by.to_string(),
+        expires_at: None,
+        revoked_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_required_in_a_cluster_and_off_loopback() {
+        let mut s = ApiSettings::standalone();
+        for (listen, on) in [
+            ("127.0.0.1:8080", false),
+            ("[::1]:8080", false),
+            ("localhost:8080", false),
+            ("0.0.0.0:8080", true),
+            ("10.0.0.5:8080", true),
+        ] {
+            s.server.listen = listen.into();
+            assert_eq!(required(&s), on, "{listen}");
+        }
+        s.auth.enabled = Some(true);
+        s.server.listen = "127.0.0.1:8080".into();
+        assert!(required(&s));
+        let mut cluster = ApiSettings::default();
+        cluster.server.listen = "127.0.0.1:8080".into();
+        assert!(required(&cluster));
+        cluster.auth.enabled = Some(false);
+        assert!(!required(&cluster));
+    }
+}

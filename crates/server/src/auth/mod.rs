@@ -1,0 +1,318 @@
+//! Who may call what. One guard stands in front of every route of a process: it finds the
+//! route's rule in the table ([`crate::routes`]), and unless the route is open it reads the
+//! caller's API key, checks it (known, not revoked, not expired), checks that the key's role may
+//! use the route and that the model the path names is in the key's scope, and records the
+//! caller for the handler. A path served by a route the table does not know is refused: deny
+//! by default.
+//!
+//! A process without a key ring (a worker, reached over mutual TLS; an api run open on
+//! 127.0.0.1) serves every known route to anyone, as the admin `anonymous`.
+
+mod ring;
+pub mod token;
+
+pub use ring::{KeyRing, KnownKey, Rejected};
+
+use crate::routes::{Found, Need, RuleTable};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{ALLOW, WWW_AUTHENTICATE};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpResponse};
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A key's role: what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, keys included.
+    Admin,
+    /// Push, retire, model settings, labels and rollout, and read what the service holds.
+    Deployer,
+    /// Inference and model metadata, for the models in its scope.
+    Predictor,
+    /// Read only: models, statistics, the fleet, the audit log.
+    Viewer,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Deployer, Role::Predictor, Role::Viewer];
+
+    /// Whether this role may use a route that needs `need`.
+    pub fn may(self, need: Need) -> bool {
+        match need {
+            Need::Open | Need::AnyKey | Need::ModelRead => true,
+            Need::Infer => matches!(self, Role::Admin | Role::Predictor),
+            Need::View => matches!(self, Role::Admin | Role::Deployer | Role::Viewer),
+            Need::Deploy => matches!(self, Role::Admin | Role::Deployer),
+            Need::Admin => self == Role::Admin,
+        }
+    }
+
+    /// Its name: `admin`, `deployer`, `predictor`, `viewer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Deployer => "deployer",
+            Role::Predictor => "predictor",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role '{s}' (admin, deployer, predictor or viewer)"))
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who made a request, as the guard found it; handlers read it from the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The key's public id; `None` when the process runs without keys.
+    pub key_id: Option<String>,
+    /// The key's name (`anonymous` without keys).
+    pub name: String,
+    /// The key's role (`admin` without keys).
+    pub role: Role,
+}
+
+impl Caller {
+    /// The caller of a process that runs without keys.
+    pub fn anonymous() -> Caller {
+        Caller {
+            key_id: None,
+            name: "anonymous".into(),
+            role: Role::Admin,
+        }
+    }
+
+    fn of(key: &KnownKey) -> Caller {
+        Caller {
+            key_id: Some(key.id.clone()),
+            name: key.name.clone(),
+            role: key.role,
+        }
+    }
+
+    /// How the audit log names it: `key <id> (<name>)`, or `anonymous`.
+    pub fn label(&self) -> String {
+        match &self.key_id {
+            Some(id) if self.name.is_empty() => format!("key {id}"),
+            Some(id) => format!("key {id} ({})", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Why a request was refused, the label of `vatic_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No key, a malformed one, or one that is unknown, revoked or expired: 401.
+    Unauthenticated,
+    /// A valid key whose role or model scope does not cover the route: 403.
+    Forbidden,
+    /// Over the key's rate limit: 429.
+    RateLimited,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 3] = [
+        Refusal::Unauthenticated,
+        Refusal::Forbidden,
+        Refusal::RateLimited,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Forbidden => "forbidden",
+            Refusal::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// The guard's state: the route table, and the keys when the process checks them.
+pub struct Access {
+    rules: RuleTable,
+    keys: Option<Arc<KeyRing>>,
+    refused: IntCounterVec,
+}
+
+impl Access {
+    /// The guard of `rules`, checking keys against `keys` (anyone may call when `None`); its
+    /// refusal counter is registered in `registry`.
+    pub fn new(
+        rules: RuleTable,
+        keys: Option<Arc<KeyRing>>,
+        registry: &Registry,
+    ) -> prometheus::Result<Access> {
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "vatic_requests_refused_total",
+                "Requests refused before reaching a handler, by reason: unauthenticated (401), forbidden (403), rate_limited (429).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        for reason in Refusal::ALL {
+            refused.with_label_values(&[reason.label()]);
+        }
+        Ok(Access {
+            rules,
+            keys,
+            refused,
+        })
+    }
+
+    /// The route table.
+    pub fn rules(&self) -> &RuleTable {
+        &self.rules
+    }
+
+    /// Whether callers must present keys.
+    pub fn checks_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The caller of a request to a route that needs `need` on `model`, or the refusal.
+    fn check(
+        &self,
+        req: &ServiceRequest,
+        need: Need,
+        model: Option<&str>,
+    ) -> Result<Caller, (Refusal, String)> {
+        let Some(keys) = &self.keys else {
+            return Ok(Caller::anonymous());
+        };
+        let unauthenticated = |m: String| (Refusal::Unauthenticated, m);
+        let secret = token::from_headers(req.headers())
+            .map_err(|e| unauthenticated(e.to_string()))?
+            .ok_or_else(|| {
+                unauthenticated(
+                    "this route needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                        .into(),
+                )
+            })?;
+        let key = keys
+            .authenticate(secret)
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        if !key.role.may(need) {
+            return Err((
+                Refusal::Forbidden,
+                format!(
+                    "a {} key may not use this route ({} {})",
+                    key.role,
+                    req.method(),
+                    req.path()
+                ),
+            ));
+        }
+        if let Some(scope) = &key.models {
+            match model {
+                Some(m) if scope.contains(m) => {}
+                // The same answer whether the model exists or not.
+                Some(m) => {
+                    return Err((
+                        Refusal::Forbidden,
+                        format!("this key may not use model '{m}'"),
+                    ))
+                }
+                None if need == Need::View => {
+                    return Err((
+                        Refusal::Forbidden,
+                        "this key is limited to some models; this route covers every model".into(),
+                    ))
+                }
+                None => {}
+            }
+        }
+        Ok(Caller::of(&key))
+    }
+}
+
+/// The guard in front of every route (see the module's documentation).
+pub async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let access = req
+        .app_data::<web::Data<Access>>()
+        .expect("the server installs the access guard's state")
+        .clone();
+    // No route matches the path: routing answers 404.
+    let Some(pattern) = req.match_pattern() else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let (need, model) = match access.rules.find(req.method(), &pattern, req.path()) {
+        Found::Rule(rule, model) => (rule.need, model),
+        Found::WrongMethod => {
+            let allow: Vec<String> = access
+                .rules
+                .rules()
+                .iter()
+                .filter(|r| r.path == pattern)
+                .map(|r| r.method.to_string())
+                .collect();
+            let message = format!("{} is not served on {}", req.method(), req.path());
+            let mut response = refusal_response(StatusCode::METHOD_NOT_ALLOWED, message);
+            if let Ok(v) = allow.join(", ").try_into() {
+                response.headers_mut().insert(ALLOW, v);
+            }
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+        Found::NoRule => {
+            tracing::error!(pattern = %pattern, "a route without an access rule was called; refused");
+            let response = refusal_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the route {pattern} has no access rule"),
+            );
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+    };
+    if need == Need::Open {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    match access.check(&req, need, model.as_deref()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            Ok(next.call(req).await?.map_into_left_body())
+        }
+        Err((refusal, message)) => {
+            access.refused.with_label_values(&[refusal.label()]).inc();
+            tracing::info!(reason = refusal.label(), error = %message, "request refused");
+            let status = match refusal {
+                Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+                Refusal::Forbidden => StatusCode::FORBIDDEN,
+                Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            };
+            let mut response = refusal_response(status, message);
+            if refusal == Refusal::Unauthenticated {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    actix_web::http::header::HeaderValue::from_static("Bearer realm=\"vatic\""),
+                );
+            }
+            Ok(req.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+fn refusal_response(status: StatusCode, message: String) -> HttpResponse {
+    crate::error_response(status, message, None)
+}

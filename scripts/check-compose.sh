@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 scripts/need.sh docker-compose docker-compose
 
-export POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check
+export POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check VATIC_ADMIN_KEY=check-admin-key-0123456789abcdef
 docker-compose config -q
 docker-compose --profile logging config -q
 services="$(docker-compose --profile logging config --services | sort | tr '\n' ' ')"

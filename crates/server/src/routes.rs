@@ -34,6 +34,19 @@ impl Need {
         matches!(self, Need::ModelRead | Need::Infer | Need::Deploy)
     }
 
+    /// Its name in the documentation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Need::Open => "open",
+            Need::AnyKey => "any key",
+            Need::ModelRead => "model read",
+            Need::Infer => "infer",
+            Need::View => "view",
+            Need::Deploy => "deploy",
+            Need::Admin => "admin",
+        }
+    }
+
     /// Every need, in order.
     pub const ALL: [Need; 7] = [
         Need::Open,

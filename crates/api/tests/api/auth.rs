@@ -275,3 +275,43 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
     tokio::time::sleep(Duration::ZERO).await;
     api.stop().await;
 }
+
+/// The rows of docs/security.md's route table as the api's rules make them.
+fn route_rows() -> Vec<Vec<String>> {
+    vatic_server::all_routes::<AppState>(None, std::sync::Arc::new(|| true))
+        .iter()
+        .map(|rule| {
+            let roles: Vec<&str> = Role::ALL
+                .into_iter()
+                .filter(|r| r.may(rule.need))
+                .map(Role::as_str)
+                .collect();
+            let roles = match rule.need {
+                Need::Open => "anyone".to_string(),
+                _ => roles.join(", "),
+            };
+            vec![
+                rule.method.to_string(),
+                rule.path.clone(),
+                rule.need.as_str().to_string(),
+                roles,
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn the_security_page_lists_every_route_with_its_rule() {
+    let documented = crate::helpers::doc_table("docs/security.md", "### Routes and what they need");
+    let expected = route_rows();
+    if documented != expected {
+        let table: Vec<String> = expected
+            .iter()
+            .map(|r| format!("| `{}` | `{}` | {} | {} |", r[0], r[1], r[2], r[3]))
+            .collect();
+        panic!(
+            "docs/security.md's route table differs from the api's routes; it should read:\n{}",
+            table.join("\n")
+        );
+    }
+}

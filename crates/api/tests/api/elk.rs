@@ -57,6 +57,7 @@ fn compose() -> Value {
     let vars = HashMap::from([
         ("POSTGRES_PASSWORD", "secret"),
         ("GRAFANA_ADMIN_PASSWORD", "secret"),
+        ("VATIC_ADMIN_KEY", ADMIN_KEY),
     ]);
     yaml(&interpolate(&read("docker-compose.yml"), &vars))
 }
@@ -336,14 +337,11 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         ]),
         &worker_dir,
     );
-    // The compose api requires keys: its first admin key comes from the environment.
+    // The compose api requires keys: its first admin key comes from VATIC_ADMIN_KEY.
     let mut api = run_service(
         &compose,
         "api",
-        &local(&[
-            ("VATIC_FLEET_REFRESH_MS", "200"),
-            ("VATIC_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
-        ]),
+        &local(&[("VATIC_FLEET_REFRESH_MS", "200")]),
         &api_dir,
     );
 

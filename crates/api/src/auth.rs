@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use vatic_server::auth::{token, KeyRing, Role};
+use vatic_server::auth::{default_burst, token, KeyRing, RateLimits, Role};
 use vatic_store::{ApiKey, Store};
 
 /// The environment variable whose value becomes the first admin key.
@@ -23,6 +23,13 @@ pub struct AuthSettings {
     pub enabled: Option<bool>,
     /// Milliseconds between reads of the key table (on PostgreSQL changes also arrive at once).
     pub poll_ms: u64,
+    /// Requests per second of a key with no limit of its own; unlimited when unset.
+    pub rate: Option<f64>,
+    /// Requests a key may make at once above its rate; a second's worth when unset.
+    pub burst: Option<u32>,
+    /// The api replicas clients spread their requests over: each replica enforces
+    /// 1/`replicas` of every key's rate and burst (see docs/security.md, "Rate limits").
+    pub replicas: u32,
 }
 
 impl Default for AuthSettings {
@@ -30,6 +37,9 @@ impl Default for AuthSettings {
         AuthSettings {
             enabled: None,
             poll_ms: 500,
+            rate: None,
+            burst: None,
+            replicas: 1,
         }
     }
 }
@@ -40,7 +50,40 @@ impl AuthSettings {
         if self.poll_ms == 0 {
             anyhow::bail!("auth.poll_ms must be at least 1");
         }
+        if self.replicas == 0 {
+            anyhow::bail!("auth.replicas must be at least 1");
+        }
+        if let Some(rate) = self.rate {
+            check_rate(rate).map_err(|e| anyhow::anyhow!("auth.rate: {e}"))?;
+        }
+        if self.burst == Some(0) {
+            anyhow::bail!("auth.burst must be at least 1");
+        }
+        if self.burst.is_some() && self.rate.is_none() {
+            anyhow::bail!("auth.burst needs auth.rate");
+        }
         Ok(())
+    }
+
+    /// The limits keys are held to on this replica.
+    pub fn limits(&self) -> RateLimits {
+        RateLimits {
+            default: self
+                .rate
+                .map(|rate| (rate, self.burst.unwrap_or_else(|| default_burst(rate)))),
+            replicas: self.replicas,
+        }
+    }
+}
+
+/// Checks a rate in requests per second.
+pub fn check_rate(rate: f64) -> Result<(), String> {
+    if rate.is_finite() && rate > 0.0 && rate <= 1e9 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{rate} is not a rate: more than 0 and at most 1e9 requests a second"
+        ))
     }
 }
 
@@ -80,7 +123,7 @@ pub async fn start(
             "auth: API keys are kept in the database: set database.url, or set auth.enabled = false (only wise on a loopback address)"
         );
     };
-    let ring = KeyRing::load(store).await?;
+    let ring = KeyRing::load(store, settings.auth.limits()).await?;
     if !ring.has_admin() {
         let given = given_bootstrap_key()?;
         let printed = given.is_none();
@@ -172,5 +215,31 @@ mod tests {
         assert!(required(&cluster));
         cluster.auth.enabled = Some(false);
         assert!(!required(&cluster));
+    }
+
+    #[test]
+    fn limits_are_checked_and_shared_between_replicas() {
+        let bad = |f: &dyn Fn(&mut AuthSettings)| {
+            let mut a = AuthSettings::default();
+            f(&mut a);
+            a.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|a| a.rate = Some(0.0)).starts_with("auth.rate: 0 is not a rate"));
+        assert!(bad(&|a| a.rate = Some(f64::NAN)).starts_with("auth.rate"));
+        assert_eq!(bad(&|a| a.burst = Some(5)), "auth.burst needs auth.rate");
+        assert_eq!(bad(&|a| a.replicas = 0), "auth.replicas must be at least 1");
+        let a = AuthSettings {
+            rate: Some(100.0),
+            replicas: 4,
+            ..AuthSettings::default()
+        };
+        a.validate().unwrap();
+        assert_eq!(
+            a.limits(),
+            RateLimits {
+                default: Some((100.0, 100)),
+                replicas: 4
+            }
+        );
     }
 }

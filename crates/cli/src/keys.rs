@@ -46,6 +46,33 @@ pub struct CreateArgs {
     /// What the key is for, shown in `keys list` and the audit log
     #[arg(long)]
     pub name: Option<String>,
+    /// Its own rate limit: N/s, N/m or N/h; the server's default when not given
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
+    pub rate: Option<f64>,
+    /// Requests it may make at once above its rate; a second's worth when not given
+    #[arg(long, requires = "rate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: Option<u32>,
+}
+
+/// A rate as `200/s`, `600/m` or `1000/h`, in requests per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let (n, unit) = text
+        .split_once('/')
+        .ok_or_else(|| format!("'{text}' is not a rate: write N/s, N/m or N/h"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}': '{n}' is not a number"))?;
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("'{text}': '{other}' is not s, m or h")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("'{text}': the rate must be more than 0"));
+    }
+    Ok(n / per)
 }
 
 /// Runs `vaticctl keys`.
@@ -59,6 +86,8 @@ pub fn run(global: &GlobalArgs, args: &KeysArgs) -> anyhow::Result<()> {
                 models: create.models.clone(),
                 expires_in_secs: create.expires.map(|d| d.as_secs().max(1)),
                 name: create.name.clone(),
+                rate: create.rate,
+                burst: create.burst,
             };
             print_created(&client.create_key(&body)?, global.output, out)
         }
@@ -109,4 +138,19 @@ fn print_keys(keys: &[KeyInfo], format: OutputFormat, out: &mut impl Write) -> a
     }
     writeln!(out, "{table}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_are_read_per_second() {
+        assert_eq!(parse_rate("200/s"), Ok(200.0));
+        assert_eq!(parse_rate("120/m"), Ok(2.0));
+        assert_eq!(parse_rate("36/h"), Ok(0.01));
+        for bad in ["200", "x/s", "0/s", "5/d", "-1/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 }

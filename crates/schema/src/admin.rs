@@ -256,6 +256,12 @@ pub struct KeyCreate {
     /// What it is for.
     #[serde(default)]
     pub name: Option<String>,
+    /// Its own rate limit, requests per second; the api's default when absent.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Requests it may make at once above its rate; a second's worth when absent.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// An API key as `GET /admin/v1/keys` shows it: never its secret.
@@ -277,6 +283,10 @@ pub struct KeyInfo {
     pub expires_at: Option<String>,
     /// When it was revoked (RFC 3339), if it was.
     pub revoked_at: Option<String>,
+    /// Its own rate limit, requests per second, if it has one.
+    pub rate: Option<f64>,
+    /// Its burst, if it has a rate of its own.
+    pub burst: Option<u32>,
 }
 
 /// `POST /admin/v1/keys` answer: the key, and its secret, shown this once.

@@ -476,6 +476,8 @@ fn key_info(key: ApiKey) -> KeyInfo {
         created_by: key.created_by,
         expires_at: key.expires_at.map(at),
         revoked_at: key.revoked_at.map(at),
+        rate: key.rate,
+        burst: key.burst,
     }
 }
 
@@ -524,11 +526,26 @@ async fn create_key(
             })?;
         key.expires_at = Some(key.created_at + chrono::Duration::seconds(secs));
     }
+    if let Some(rate) = body.rate {
+        crate::auth::check_rate(rate).map_err(|e| AdminError::BadRequest(format!("rate: {e}")))?;
+        key.rate = Some(rate);
+        key.burst = Some(
+            body.burst
+                .unwrap_or_else(|| vatic_server::auth::default_burst(rate)),
+        );
+    }
+    match body.burst {
+        Some(0) => return Err(AdminError::BadRequest("burst: at least 1".into())),
+        Some(_) if body.rate.is_none() => {
+            return Err(AdminError::BadRequest("burst: needs a rate".into()))
+        }
+        _ => {}
+    }
     let (key, secret) = ring
         .create(key, None)
         .await
         .map_err(|e| AdminError::Internal(e.to_string()))?;
-    let detail = serde_json::json!({"key": key.id, "role": key.role, "models": key.models, "name": key.name});
+    let detail = serde_json::json!({"key": key.id, "role": key.role, "models": key.models, "name": key.name, "rate": key.rate, "burst": key.burst});
     store(&s)?
         .audit(&caller, "keys_create", None, &detail.to_string())
         .await?;

@@ -29,7 +29,7 @@ async fn make_keys(db: &TestDb) -> Keys {
     let store = vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), false)
         .await
         .unwrap();
-    let ring = KeyRing::load(&store).await.unwrap();
+    let ring = KeyRing::load(&store, Default::default()).await.unwrap();
     let make = |role: Role, models: Option<&str>| {
         let ring = ring.clone();
         let models = models.map(|m| vec![m.to_string()]);
@@ -313,5 +313,171 @@ fn the_security_page_lists_every_route_with_its_rule() {
             "docs/security.md's route table differs from the api's routes; it should read:\n{}",
             table.join("\n")
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_per_key_and_are_shared_between_replicas() {
+    let db = TestDb::sqlite();
+    crate::helpers::migrated(&db).await;
+    let store = vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), false)
+        .await
+        .unwrap();
+    let ring = KeyRing::load(&store, Default::default()).await.unwrap();
+    // A burst of 4 and a rate so slow that nothing refills during the test.
+    let mut limited = vatic_api::auth::new_key(Role::Predictor, "limited", None, "test");
+    limited.rate = Some(0.001);
+    limited.burst = Some(4);
+    let limited = ring.create(limited, None).await.unwrap().1;
+    let free = vatic_api::auth::new_key(Role::Predictor, "free", None, "test");
+    let free = ring.create(free, None).await.unwrap().1;
+    let admin = vatic_api::auth::new_key(Role::Admin, "admin", None, "test");
+    ring.create(admin, None).await.unwrap();
+    store.close().await;
+
+    // Two replicas, each told there are two: each enforces half the burst.
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings =
+            registry_standalone_settings(&db.url, vatic_testkit::root().join("models"), dir.path());
+        settings.auth.enabled = Some(true);
+        settings.auth.replicas = 2;
+        settings.server.metrics_listen = Some("127.0.0.1:0".into());
+        replicas.push(TestApi::start(settings, None).await);
+        dirs.push(dir);
+    }
+    let path = "/v2/models/breast_cancer";
+    for api in &replicas {
+        for _ in 0..2 {
+            let (status, body) = send(
+                api,
+                &Method::GET,
+                path,
+                None,
+                Some(&format!("Bearer {limited}")),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let r = api
+            .client
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(&limited)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry >= 1, "{retry}");
+        let body: Value = r.json().await.unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.contains("over its rate limit of 0.0005/s (burst 2) on this replica"),
+            "{message}"
+        );
+        // Another key is not held back.
+        let (status, _) = send(
+            api,
+            &Method::GET,
+            path,
+            None,
+            Some(&format!("Bearer {free}")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let metrics = api.app.server.metrics_addr.unwrap();
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            vatic_testkit::metric(
+                &text,
+                "vatic_requests_refused_total",
+                &[("reason", "rate_limited")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    for api in replicas {
+        api.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_replica_at_once_on_postgres() {
+    let db = TestDb::postgres();
+    crate::helpers::migrated(&db).await;
+    let store = vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), false)
+        .await
+        .unwrap();
+    let ring = KeyRing::load(&store, Default::default()).await.unwrap();
+    let admin = vatic_api::auth::new_key(Role::Admin, "admin", None, "test");
+    let admin = ring.create(admin, None).await.unwrap().1;
+    let doomed = vatic_api::auth::new_key(Role::Predictor, "doomed", None, "test");
+    let doomed = ring.create(doomed, None).await.unwrap().1;
+    store.close().await;
+
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings =
+            registry_standalone_settings(&db.url, vatic_testkit::root().join("models"), dir.path());
+        settings.auth.enabled = Some(true);
+        // Polling every ten minutes: only the notification can tell the other replica in time.
+        settings.auth.poll_ms = 600_000;
+        replicas.push(TestApi::start(settings, None).await);
+        dirs.push(dir);
+    }
+    let path = "/v2/models/breast_cancer";
+    let as_doomed = Some(format!("Bearer {doomed}"));
+    for api in &replicas {
+        assert_eq!(
+            send(api, &Method::GET, path, None, as_doomed.as_deref())
+                .await
+                .0,
+            200
+        );
+    }
+    let id = vatic_server::auth::token::id_of(&doomed);
+    let (status, body) = send(
+        &replicas[0],
+        &Method::POST,
+        &format!("/admin/v1/keys/{id}/revoke"),
+        None,
+        Some(&format!("Bearer {admin}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The replica that revoked it refuses it at once; the other as soon as it hears.
+    let (status, body) = send(&replicas[0], &Method::GET, path, None, as_doomed.as_deref()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("the API key has been revoked"))
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = send(&replicas[1], &Method::GET, path, None, as_doomed.as_deref()).await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other replica still takes the key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for api in replicas {
+        api.stop().await;
     }
 }

@@ -13,7 +13,7 @@ fn database_with_admin(db: &TestDb) -> String {
             vatic_store::Store::open(&vatic_store::ConnectOptions::new(db.url.clone()), true)
                 .await
                 .unwrap();
-        let ring = KeyRing::load(&store).await.unwrap();
+        let ring = KeyRing::load(&store, Default::default()).await.unwrap();
         let key = vatic_api::auth::new_key(Role::Admin, "test admin", None, "test");
         let (_, secret) = ring.create(key, None).await.unwrap();
         store.close().await;

@@ -11,7 +11,7 @@
 mod ring;
 pub mod token;
 
-pub use ring::{KeyRing, KnownKey, Rejected};
+pub use ring::{default_burst, KeyRing, KnownKey, OverLimit, RateLimits, Rejected};
 
 use crate::routes::{Found, Need, RuleTable};
 use actix_web::body::{EitherBody, MessageBody};
@@ -190,17 +190,18 @@ impl Access {
         self.keys.is_some()
     }
 
-    /// The caller of a request to a route that needs `need` on `model`, or the refusal.
+    /// The caller of a request to a route that needs `need` on `model`, or the refusal (with
+    /// the seconds to wait, for a rate limit).
     fn check(
         &self,
         req: &ServiceRequest,
         need: Need,
         model: Option<&str>,
-    ) -> Result<Caller, (Refusal, String)> {
+    ) -> Result<Caller, (Refusal, String, Option<u64>)> {
         let Some(keys) = &self.keys else {
             return Ok(Caller::anonymous());
         };
-        let unauthenticated = |m: String| (Refusal::Unauthenticated, m);
+        let unauthenticated = |m: String| (Refusal::Unauthenticated, m, None);
         let secret = token::from_headers(req.headers())
             .map_err(|e| unauthenticated(e.to_string()))?
             .ok_or_else(|| {
@@ -221,6 +222,7 @@ impl Access {
                     req.method(),
                     req.path()
                 ),
+                None,
             ));
         }
         if let Some(scope) = &key.models {
@@ -231,16 +233,30 @@ impl Access {
                     return Err((
                         Refusal::Forbidden,
                         format!("this key may not use model '{m}'"),
+                        None,
                     ))
                 }
                 None if need == Need::View => {
                     return Err((
                         Refusal::Forbidden,
                         "this key is limited to some models; this route covers every model".into(),
+                        None,
                     ))
                 }
                 None => {}
             }
+        }
+        if let Err(over) = keys.take(&key) {
+            let wait = over.retry_after.as_secs_f64();
+            return Err((
+                Refusal::RateLimited,
+                format!(
+                    "key {} is over its rate limit of {}/s (burst {}) on this replica; retry in {wait:.3} s",
+                    key.id, over.rate, over.burst
+                ),
+                // Whole seconds, at least one.
+                Some(over.retry_after.as_secs() + u64::from(over.retry_after.subsec_nanos() > 0)),
+            ));
         }
         Ok(Caller::of(&key))
     }
@@ -293,7 +309,7 @@ pub async fn guard(
             req.extensions_mut().insert(caller);
             Ok(next.call(req).await?.map_into_left_body())
         }
-        Err((refusal, message)) => {
+        Err((refusal, message, retry_after)) => {
             access.refused.with_label_values(&[refusal.label()]).inc();
             tracing::info!(reason = refusal.label(), error = %message, "request refused");
             let status = match refusal {
@@ -301,7 +317,7 @@ pub async fn guard(
                 Refusal::Forbidden => StatusCode::FORBIDDEN,
                 Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             };
-            let mut response = refusal_response(status, message);
+            let mut response = crate::error_response(status, message, retry_after);
             if refusal == Refusal::Unauthenticated {
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,

@@ -25,6 +25,8 @@ pub struct KnownKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// Whether it was revoked.
     pub revoked: bool,
+    /// Its own rate limit (requests per second, burst), when it has one.
+    pub limit: Option<(f64, u32)>,
     hash: Vec<u8>,
 }
 
@@ -42,18 +44,60 @@ pub enum Rejected {
     Expired(String),
 }
 
+/// The default rate limit of keys without one of their own, and how many api replicas share
+/// each key's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RateLimits {
+    /// Requests per second and burst of a key with no limit of its own; none when `None`.
+    pub default: Option<(f64, u32)>,
+    /// The api replicas a client's requests are spread over: each enforces 1/`replicas` of a
+    /// key's rate and burst (at least one request). 0 or 1: one replica, the whole limit.
+    pub replicas: u32,
+}
+
+impl RateLimits {
+    /// The limit this replica enforces for `key`: its share of the key's own limit or of the
+    /// default.
+    fn of(&self, key: &KnownKey) -> Option<(f64, u32)> {
+        let (rate, burst) = key.limit.or(self.default)?;
+        let n = self.replicas.max(1);
+        Some((rate / f64::from(n), burst.div_ceil(n).max(1)))
+    }
+}
+
+/// A key over its rate limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverLimit {
+    /// The rate enforced here, requests per second.
+    pub rate: f64,
+    /// The burst enforced here.
+    pub burst: u32,
+    /// When a request would pass again.
+    pub retry_after: Duration,
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// A limit: requests per second, burst.
+type Limit = (f64, u32);
+
 /// The keys of the database, in memory.
 pub struct KeyRing {
     store: Store,
     keys: RwLock<Arc<HashMap<String, Arc<KnownKey>>>>,
+    limits: RateLimits,
+    /// Each key's token bucket, with the limit it was made for.
+    buckets: RwLock<HashMap<String, (Limit, Arc<Limiter>)>>,
 }
 
 impl KeyRing {
-    /// Reads every key of `store`.
-    pub async fn load(store: &Store) -> anyhow::Result<Arc<KeyRing>> {
+    /// Reads every key of `store`; keys are held to `limits`.
+    pub async fn load(store: &Store, limits: RateLimits) -> anyhow::Result<Arc<KeyRing>> {
         let ring = Arc::new(KeyRing {
             store: store.clone(),
             keys: RwLock::new(Arc::default()),
+            limits,
+            buckets: RwLock::default(),
         });
         ring.refresh().await?;
         Ok(ring)
@@ -79,12 +123,52 @@ impl KeyRing {
                     models: key.models.map(|m| m.into_iter().collect()),
                     expires_at: key.expires_at,
                     revoked: key.revoked_at.is_some(),
+                    limit: key
+                        .rate
+                        .map(|rate| (rate, key.burst.unwrap_or_else(|| default_burst(rate)))),
                     hash: key.secret_hash,
                 }),
             );
         }
+        self.buckets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| keys.contains_key(id));
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
         Ok(())
+    }
+
+    /// Takes one request from `key`'s token bucket; refuses when it is empty.
+    pub fn take(&self, key: &KnownKey) -> Result<(), OverLimit> {
+        let Some(limit) = self.limits.of(key) else {
+            return Ok(());
+        };
+        let bucket = {
+            let buckets = self.buckets.read().unwrap_or_else(PoisonError::into_inner);
+            buckets
+                .get(&key.id)
+                .filter(|(made_for, _)| *made_for == limit)
+                .map(|(_, b)| b.clone())
+        };
+        let bucket = match bucket {
+            Some(b) => b,
+            None => {
+                let made = Arc::new(bucket_of(limit));
+                self.buckets
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.id.clone(), (limit, made.clone()));
+                made
+            }
+        };
+        bucket.check().map_err(|not_until| {
+            use governor::clock::{Clock, DefaultClock};
+            OverLimit {
+                rate: limit.0,
+                burst: limit.1,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }
+        })
     }
 
     /// The key `secret` is, if it is a usable one.
@@ -173,4 +257,19 @@ impl KeyRing {
             }
         });
     }
+}
+
+/// The burst of a rate given without one: a second's worth, at least one request.
+pub fn default_burst(rate: f64) -> u32 {
+    // Saturating: a rate past u32::MAX requests a second is as good as none.
+    (rate.ceil() as u32).max(1)
+}
+
+/// A token bucket of `rate` requests a second holding `burst`.
+fn bucket_of((rate, burst): (f64, u32)) -> Limiter {
+    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    let quota = governor::Quota::with_period(period)
+        .expect("a period of at least 1 ns")
+        .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least 1"));
+    governor::RateLimiter::direct(quota)
 }

@@ -13,6 +13,7 @@ mod client_gone;
 mod error;
 pub mod memory;
 pub mod metrics;
+pub mod openapi;
 pub mod passes;
 pub mod probes;
 pub mod request_log;

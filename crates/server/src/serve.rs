@@ -135,6 +135,7 @@ impl<S: Service> Server<S> {
         let app_service = service.clone();
         let access_registry = Registry::new();
         let access = web::Data::new(Access::new(
+            S::NAME,
             RuleTable::new(all_routes::<S>(None, Arc::new(|| false))),
             service.key_ring(),
             &access_registry,
@@ -268,6 +269,19 @@ pub fn all_routes<S: Service>(
         None => Routes::collect(),
     };
     crate::probes::configure(&mut routes, S::NAME, ready);
+    routes.group(crate::routes::Group::plain("documentation"), |routes| {
+        routes.add(
+            actix_web::http::Method::GET,
+            "/openapi.json",
+            crate::routes::Need::Open,
+            "This document: every route, and the key roles that may call it",
+            |access: web::Data<Access>| async move {
+                actix_web::HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(access.openapi().to_string())
+            },
+        );
+    });
     S::routes(&mut routes);
     routes.into_rules()
 }

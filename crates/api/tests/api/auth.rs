@@ -276,44 +276,89 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
     api.stop().await;
 }
 
-/// The rows of docs/security.md's route table as the api's rules make them.
-fn route_rows() -> Vec<Vec<String>> {
-    vatic_server::all_routes::<AppState>(None, std::sync::Arc::new(|| true))
-        .iter()
-        .map(|rule| {
-            let roles: Vec<&str> = Role::ALL
-                .into_iter()
-                .filter(|r| r.may(rule.need))
-                .map(Role::as_str)
+/// The rows of a route table made from an OpenAPI document: method, path, need, roles.
+fn route_rows(openapi: &Value) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for (path, item) in openapi["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let roles: Vec<&str> = op["x-vatic-roles"]
+                .as_array()
+                .expect("x-vatic-roles")
+                .iter()
+                .map(|r| r.as_str().unwrap())
                 .collect();
-            let roles = match rule.need {
-                Need::Open => "anyone".to_string(),
-                _ => roles.join(", "),
-            };
-            vec![
-                rule.method.to_string(),
-                rule.path.clone(),
-                rule.need.as_str().to_string(),
-                roles,
-            ]
-        })
-        .collect()
+            rows.push(vec![
+                method.to_uppercase(),
+                path.clone(),
+                op["x-vatic-need"]
+                    .as_str()
+                    .expect("x-vatic-need")
+                    .to_string(),
+                roles.join(", "),
+            ]);
+        }
+    }
+    rows
 }
 
-#[test]
-fn the_security_page_lists_every_route_with_its_rule() {
-    let documented = crate::helpers::doc_table("docs/security.md", "### Routes and what they need");
-    let expected = route_rows();
-    if documented != expected {
-        let table: Vec<String> = expected
+#[tokio::test]
+async fn the_openapi_document_names_every_route_and_the_security_page_follows_it() {
+    let api = TestApi::standalone().await;
+    let r = api
+        .client
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let openapi: Value = r.json().await.unwrap();
+    assert!(
+        openapi["openapi"].as_str().unwrap().starts_with("3."),
+        "{openapi}"
+    );
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
+    let infer = &openapi["paths"]["/v2/models/{model}/infer"]["post"];
+    assert_eq!(infer["x-vatic-roles"], json!(["admin", "predictor"]));
+    assert_eq!(infer["parameters"][0]["name"], "model");
+    assert!(infer["security"].is_array());
+    assert!(openapi["paths"]["/v2/health/ready"]["get"]["security"].is_null());
+
+    // Exactly the routes the api registers.
+    let rows = route_rows(&openapi);
+    let mut documented: Vec<(String, String)> =
+        rows.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    let mut registered: Vec<(String, String)> =
+        vatic_server::all_routes::<AppState>(None, std::sync::Arc::new(|| true))
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.clone()))
+            .collect();
+    documented.sort();
+    registered.sort();
+    assert_eq!(documented, registered);
+
+    // docs/security.md's table is this document's.
+    let page = crate::helpers::doc_table("docs/security.md", "### Routes and what they need");
+    if page != rows {
+        let table: Vec<String> = rows
             .iter()
             .map(|r| format!("| `{}` | `{}` | {} | {} |", r[0], r[1], r[2], r[3]))
             .collect();
         panic!(
-            "docs/security.md's route table differs from the api's routes; it should read:\n{}",
+            "docs/security.md's route table differs from GET /openapi.json; it should read:\n{}",
             table.join("\n")
         );
     }
+    api.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,12 +152,14 @@ pub struct Access {
     rules: RuleTable,
     keys: Option<Arc<KeyRing>>,
     refused: IntCounterVec,
+    openapi: String,
 }
 
 impl Access {
-    /// The guard of `rules`, checking keys against `keys` (anyone may call when `None`); its
-    /// refusal counter is registered in `registry`.
+    /// The guard of `rules` of the server `title`, checking keys against `keys` (anyone may
+    /// call when `None`); its refusal counter is registered in `registry`.
     pub fn new(
+        title: &str,
         rules: RuleTable,
         keys: Option<Arc<KeyRing>>,
         registry: &Registry,
@@ -173,11 +175,20 @@ impl Access {
         for reason in Refusal::ALL {
             refused.with_label_values(&[reason.label()]);
         }
+        let openapi = crate::openapi::document(title, rules.rules())
+            .to_json()
+            .expect("the OpenAPI document serializes");
         Ok(Access {
             rules,
             keys,
             refused,
+            openapi,
         })
+    }
+
+    /// The OpenAPI document of the routes, as JSON.
+    pub fn openapi(&self) -> &str {
+        &self.openapi
     }
 
     /// The route table.

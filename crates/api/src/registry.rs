@@ -86,7 +86,7 @@ pub struct Upload<'a> {
     /// Its `model.toml`, empty for none.
     pub config: &'a str,
     /// Who pushes it.
-    pub actor: &'a str,
+    pub actor: &'a vatic_store::Actor,
 }
 
 /// Checks an upload with tract and records it.
@@ -116,7 +116,7 @@ pub async fn push(
             actor: upload.actor,
         })
         .await?;
-    tracing::info!(model = %version.model, version = version.version, sha256 = %version.sha256, state = %version.state, actor = upload.actor, "model version pushed");
+    tracing::info!(model = %version.model, version = version.version, sha256 = %version.sha256, state = %version.state, actor = %upload.actor.label, "model version pushed");
     Ok(PushResponse {
         version,
         artifact_stored,
@@ -150,12 +150,13 @@ pub async fn import_folder(
         let free = existing
             .as_ref()
             .is_none_or(|m| m.versions.iter().all(|v| v.version != spec.version));
+        let importer = vatic_store::Actor::named("import");
         let upload = Upload {
             model: &spec.model,
             version: free.then_some(spec.version),
             file: &spec.file,
             config: &spec.config,
-            actor: "import",
+            actor: &importer,
         };
         match push(store, &upload, defaults).await {
             Ok(r) => {

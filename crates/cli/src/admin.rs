@@ -24,6 +24,16 @@ pub struct AuditArgs {
     /// Most entries to print, newest first (the server caps it at 10000)
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: u32,
+    /// Only entries of the last DURATION (e.g. 24h, 7d)
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub since: Option<std::time::Duration>,
+    /// Only this action (push, retire, promote, set_log, retention, keys_create, keys_revoke,
+    /// or a refused attempt's "METHOD path")
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only entries made with this API key id
+    #[arg(long, value_name = "ID")]
+    pub key_id: Option<String>,
 }
 
 /// Runs `vaticctl workers`.
@@ -45,7 +55,21 @@ pub fn run_retention(global: &GlobalArgs, args: &RetentionArgs) -> anyhow::Resul
 
 /// Runs `vaticctl audit`.
 pub fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> anyhow::Result<()> {
-    let records = Client::new(global)?.audit(Some(args.limit))?;
+    let since = args
+        .since
+        .map(|d| {
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                .ok_or_else(|| anyhow::anyhow!("--since: too far back"))
+        })
+        .transpose()?;
+    let records = Client::new(global)?.audit(&crate::client::AuditFilter {
+        limit: Some(args.limit),
+        since,
+        action: args.action.as_deref(),
+        key: args.key_id.as_deref(),
+    })?;
     print_audit(&records, global.output, &mut std::io::stdout().lock())
 }
 
@@ -124,18 +148,23 @@ fn print_audit(
     if format == OutputFormat::Json {
         return output::print_json(&records, out);
     }
-    let mut table = output::table(["at", "actor", "action", "model", "version", "detail"]);
+    let mut table = output::table([
+        "at", "actor", "role", "from", "action", "target", "outcome", "request", "detail",
+    ]);
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     for r in records {
         table.add_row([
             r.at.clone(),
             r.actor.clone(),
+            dash(&r.role),
+            dash(&r.remote_addr),
             r.action.clone(),
-            r.model.clone().unwrap_or_else(|| "-".into()),
-            r.version.map_or_else(|| "-".into(), |v| v.to_string()),
+            dash(&r.target),
+            r.outcome.clone(),
+            dash(&r.request_id),
             r.detail.clone(),
         ]);
     }
-    output::align_right(&mut table, &[4]);
     writeln!(out, "{table}")?;
     Ok(())
 }

@@ -85,6 +85,19 @@ pub fn auth_headers(global: &GlobalArgs) -> anyhow::Result<HeaderMap> {
     Ok(headers)
 }
 
+/// Which audit entries to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter<'a> {
+    /// At most this many.
+    pub limit: Option<u32>,
+    /// Only entries at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this action.
+    pub action: Option<&'a str>,
+    /// Only this key id.
+    pub key: Option<&'a str>,
+}
+
 /// A client of one vatic API server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -193,12 +206,26 @@ impl Client {
         self.json_answer(self.http.get(url.clone()), &url)
     }
 
-    /// `GET /admin/v1/audit[?limit=N]`, newest first.
-    pub fn audit(&self, limit: Option<u32>) -> anyhow::Result<Vec<AuditRecord>> {
+    /// `GET /admin/v1/audit[?limit=N&since=T&action=A&key=K]`, newest first.
+    pub fn audit(&self, filter: &AuditFilter<'_>) -> anyhow::Result<Vec<AuditRecord>> {
         let mut url = self.admin_url(&["audit"]);
-        if let Some(limit) = limit {
-            url.query_pairs_mut()
-                .append_pair("limit", &limit.to_string());
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(limit) = filter.limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+            if let Some(since) = filter.since {
+                query.append_pair(
+                    "since",
+                    &since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+            }
+            if let Some(action) = filter.action {
+                query.append_pair("action", action);
+            }
+            if let Some(key) = filter.key {
+                query.append_pair("key", key);
+            }
         }
         self.json_answer(self.http.get(url.clone()), &url)
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vatic_schema::admin::Signature;
+use vatic_store::Actor;
 use vatic_store::{ConnectOptions, NewVersion, Store};
 
 #[tokio::main]
@@ -38,7 +39,11 @@ async fn main() -> anyhow::Result<()> {
             let (mut worst, mut writes, mut failed) = (Duration::ZERO, 0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                if store.audit("push_lock", "probe", None, "{}").await.is_err() {
+                if store
+                    .audit(&Actor::named("push_lock"), "probe", None, "{}")
+                    .await
+                    .is_err()
+                {
                     failed += 1;
                 }
                 worst = worst.max(started.elapsed());
@@ -65,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
             size,
             signature: &signature,
             config: "",
-            actor: "push_lock",
+            actor: &Actor::named("push_lock"),
         })
         .await?;
     let push = started.elapsed();

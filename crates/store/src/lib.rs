@@ -22,7 +22,7 @@ pub use fleet::Heartbeat;
 pub use keys::{ApiKey, KEYS_CHANNEL};
 pub use notify::{Listener, REGISTRY_CHANNEL};
 pub use predictions::{Delivery, PredictionRecord, RetentionReport};
-pub use registry::{AuditRecord, NewVersion};
+pub use registry::{Actor, AuditQuery, AuditRecord, NewVersion};
 pub use settings::{redact, DatabaseSettings};
 
 use sqlx::migrate::Migrator;

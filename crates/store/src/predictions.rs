@@ -335,7 +335,11 @@ impl Store {
     /// Removes predictions from before the start of the day `keep_days` days before today (UTC):
     /// whole day partitions are dropped on PostgreSQL, rows deleted on SQLite. Audited as
     /// `actor`.
-    pub async fn apply_retention(&self, keep_days: u32, actor: &str) -> Result<RetentionReport> {
+    pub async fn apply_retention(
+        &self,
+        keep_days: u32,
+        actor: &crate::Actor,
+    ) -> Result<RetentionReport> {
         let cutoff = Utc::now().date_naive() - Days::new(keep_days as u64);
         let mut report = RetentionReport::default();
         match &self.pool {

@@ -28,7 +28,7 @@ pub struct NewVersion<'a> {
     /// Its `model.toml`, empty for none.
     pub config: &'a str,
     /// Who pushes it.
-    pub actor: &'a str,
+    pub actor: &'a Actor,
 }
 
 const VERSION_COLUMNS: &str = "model, version, state, sha256, size, signature, config, created_by, created_at, updated_by, updated_at";
@@ -111,7 +111,7 @@ impl Store {
                 .bind(new.size as i64)
                 .bind(&signature)
                 .bind(new.config)
-                .bind(new.actor)
+                .bind(&new.actor.label)
                 .bind(at)
                 .execute(&mut *tx)
                 .await
@@ -207,7 +207,7 @@ impl Store {
         &self,
         model: &str,
         version: u64,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<RetireResponse> {
         let current = self.model_version(model, version).await?;
         if current.state == VersionState::Retired {
@@ -228,7 +228,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let from = VersionState::from_str(&state).map_err(StoreError::Corrupt)?;
-            set_state_in(&mut *tx, model, version as i64, VersionState::Retired, actor, at).await?;
+            set_state_in(&mut *tx, model, version as i64, VersionState::Retired, &actor.label, at).await?;
             sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
                 .bind(model)
                 .bind(version as i64)
@@ -243,7 +243,7 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                 if let Some(next) = successor {
-                    set_state_in(&mut *tx, model, next, VersionState::Stable, actor, at).await?;
+                    set_state_in(&mut *tx, model, next, VersionState::Stable, &actor.label, at).await?;
                     let detail = serde_json::json!({"to": VersionState::Stable, "because": format!("version {version} was retired")}).to_string();
                     audit_in(&mut *tx, at, actor, "promote", Some(model), Some(next), &detail).await?;
                     promoted = Some(next as u64);
@@ -270,7 +270,7 @@ impl Store {
         &self,
         model: &str,
         settings: &ModelSettings,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<ModelInfo> {
         let current = self.model(model).await?;
         let mode = settings.log_mode.unwrap_or(current.log_mode);
@@ -299,10 +299,10 @@ impl Store {
         self.model(model).await
     }
 
-    /// Writes one audit record outside any other change.
+    /// Writes one audit record of a change done outside any other change.
     pub async fn audit(
         &self,
-        actor: &str,
+        actor: &Actor,
         action: &str,
         model: Option<&str>,
         detail: &str,
@@ -314,13 +314,50 @@ impl Store {
         Ok(())
     }
 
-    /// The newest audit records, newest first: (time, actor, action, model, version, detail).
-    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+    /// Records an attempt that was refused: `action` names the route, `target` what it named,
+    /// `why` the refusal.
+    pub async fn audit_refused(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<&str>,
+        why: &str,
+    ) -> Result<()> {
+        let detail = serde_json::json!({ "refused": why }).to_string();
         on_pool!(self, pool => {
-            let rows = sqlx::query("SELECT at, actor, action, model, version, detail FROM audit_log ORDER BY id DESC LIMIT $1")
-                .bind(limit as i64)
-                .fetch_all(pool)
+            sqlx::query("INSERT INTO audit_log (at, actor, action, model, version, detail, key_id, key_name, role, remote_addr, request_id, target, outcome) \
+                         VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6, $7, $8, $9, $10, 'refused')")
+                .bind(now())
+                .bind(&actor.label)
+                .bind(action)
+                .bind(&detail)
+                .bind(actor.key_id.as_deref())
+                .bind(actor.key_name.as_deref())
+                .bind(actor.role.as_deref())
+                .bind(actor.remote_addr.as_deref())
+                .bind(actor.request_id.as_deref())
+                .bind(target)
+                .execute(pool)
                 .await?;
+        });
+        Ok(())
+    }
+
+    /// The newest audit records that `query` picks, newest first.
+    pub async fn audit_log(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT at, actor, action, model, version, detail, key_id, key_name, role, remote_addr, request_id, target, outcome \
+                 FROM audit_log \
+                 WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR key_id = $3) \
+                 ORDER BY id DESC LIMIT $4",
+            )
+            .bind(query.since)
+            .bind(query.action.as_deref())
+            .bind(query.key.as_deref())
+            .bind(i64::from(query.limit))
+            .fetch_all(pool)
+            .await?;
             rows.iter()
                 .map(|r| -> Result<AuditRecord> {
                     Ok(AuditRecord {
@@ -330,10 +367,69 @@ impl Store {
                         model: r.try_get("model")?,
                         version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u64),
                         detail: r.try_get("detail")?,
+                        key_id: r.try_get("key_id")?,
+                        key_name: r.try_get("key_name")?,
+                        role: r.try_get("role")?,
+                        remote_addr: r.try_get("remote_addr")?,
+                        request_id: r.try_get("request_id")?,
+                        target: r.try_get("target")?,
+                        outcome: r.try_get("outcome")?,
                     })
                 })
                 .collect()
         })
+    }
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// At most this many, newest first.
+    pub limit: u32,
+    /// Only records at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only this action (`push`, `retire`, `keys_create`, ...).
+    pub action: Option<String>,
+    /// Only records of this key id.
+    pub key: Option<String>,
+}
+
+impl AuditQuery {
+    /// The newest `limit` records.
+    pub fn newest(limit: u32) -> AuditQuery {
+        AuditQuery {
+            limit,
+            since: None,
+            action: None,
+            key: None,
+        }
+    }
+}
+
+/// Who made a change, as the audit log records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// How the log names them: `key <id> (<name>)`, `anonymous`, `import`.
+    pub label: String,
+    /// The API key's id, when they used one.
+    pub key_id: Option<String>,
+    /// Its name.
+    pub key_name: Option<String>,
+    /// Its role.
+    pub role: Option<String>,
+    /// The address the request came from.
+    pub remote_addr: Option<String>,
+    /// The request's id (`X-Request-ID`).
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// An actor known by a name only (the import at start, a test).
+    pub fn named(label: &str) -> Actor {
+        Actor {
+            label: label.to_string(),
+            ..Actor::default()
+        }
     }
 }
 
@@ -352,12 +448,26 @@ pub struct AuditRecord {
     pub version: Option<u64>,
     /// Details as JSON.
     pub detail: String,
+    /// The API key used, if any.
+    pub key_id: Option<String>,
+    /// Its name.
+    pub key_name: Option<String>,
+    /// Its role.
+    pub role: Option<String>,
+    /// Where the request came from.
+    pub remote_addr: Option<String>,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// What the change was made to: `model/version`, `model`, `key <id>`, ...
+    pub target: Option<String>,
+    /// `ok`, or `refused` for an attempt the guard turned away.
+    pub outcome: String,
 }
 
 async fn audit_in<'e, E, DB>(
     conn: E,
     at: DateTime<Utc>,
-    actor: &str,
+    actor: &Actor,
     action: &str,
     model: Option<&str>,
     version: Option<i64>,
@@ -372,13 +482,27 @@ where
     for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, model, version, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+    let target = match (model, version) {
+        (Some(m), Some(v)) => Some(format!("{m}/{v}")),
+        (Some(m), None) => Some(m.to_string()),
+        _ => serde_json::from_str::<serde_json::Value>(detail)
+            .ok()
+            .and_then(|d| d["key"].as_str().map(|k| format!("key {k}"))),
+    };
+    sqlx::query("INSERT INTO audit_log (at, actor, action, model, version, detail, key_id, key_name, role, remote_addr, request_id, target, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'ok')")
         .bind(at)
-        .bind(actor)
+        .bind(actor.label.as_str())
         .bind(action)
         .bind(model)
         .bind(version)
         .bind(detail)
+        .bind(actor.key_id.as_deref())
+        .bind(actor.key_name.as_deref())
+        .bind(actor.role.as_deref())
+        .bind(actor.remote_addr.as_deref())
+        .bind(actor.request_id.as_deref())
+        .bind(target.as_deref())
         .execute(conn)
         .await?;
     Ok(())

@@ -16,7 +16,7 @@ use vatic_schema::admin::{CreatedKey, KeyCreate, KeyInfo};
 use vatic_schema::ErrorBody;
 use vatic_server::auth::{Caller, KeyRing, Role};
 use vatic_server::{Group, Need, Routes};
-use vatic_store::{ApiKey, Store, StoreError};
+use vatic_store::{Actor, ApiKey, Store, StoreError};
 
 /// Errors of the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -220,11 +220,14 @@ fn store(s: &State) -> Result<&Store, AdminError> {
     s.store.as_ref().ok_or(AdminError::NoDatabase)
 }
 
-/// Who made the request, as the audit log names them.
-fn actor(req: &HttpRequest) -> String {
-    req.extensions()
+/// Who made the request, as the audit log records them.
+fn actor(req: &HttpRequest) -> Actor {
+    let caller = req
+        .extensions()
         .get::<Caller>()
-        .map_or_else(|| Caller::anonymous().label(), Caller::label)
+        .cloned()
+        .unwrap_or_else(Caller::anonymous);
+    caller.actor(req)
 }
 
 async fn list_models(s: State) -> Result<HttpResponse, AdminError> {
@@ -412,7 +415,7 @@ async fn retire_version(
     let retired = store(&s)?
         .retire_version(&name, version, &actor(&req))
         .await?;
-    tracing::info!(model = %name, version, actor = %actor(&req), promoted = ?retired.promoted.as_ref().map(|v| v.version), "model version retired");
+    tracing::info!(model = %name, version, actor = %actor(&req).label, promoted = ?retired.promoted.as_ref().map(|v| v.version), "model version retired");
     s.registry_changed().await;
     Ok(HttpResponse::Ok().json(retired))
 }
@@ -423,13 +426,33 @@ async fn list_workers(s: State) -> Result<HttpResponse, AdminError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+struct AuditParams {
     limit: Option<u32>,
+    /// RFC 3339.
+    since: Option<String>,
+    action: Option<String>,
+    key: Option<String>,
 }
 
-async fn list_audit(s: State, q: web::Query<AuditQuery>) -> Result<HttpResponse, AdminError> {
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    Ok(HttpResponse::Ok().json(store(&s)?.audit_log(limit).await?))
+async fn list_audit(s: State, q: web::Query<AuditParams>) -> Result<HttpResponse, AdminError> {
+    let q = q.into_inner();
+    let since = match &q.since {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| {
+                    AdminError::BadRequest(format!("since: '{t}' is not an RFC 3339 time: {e}"))
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
+    let query = vatic_store::AuditQuery {
+        limit: q.limit.unwrap_or(100).min(10_000),
+        since,
+        action: q.action,
+        key: q.key,
+    };
+    Ok(HttpResponse::Ok().json(store(&s)?.audit_log(&query).await?))
 }
 
 #[derive(Deserialize)]
@@ -515,7 +538,7 @@ async fn create_key(
         role,
         body.name.as_deref().unwrap_or(""),
         body.models,
-        &caller,
+        &caller.label,
     );
     if let Some(secs) = body.expires_in_secs {
         let secs = i64::try_from(secs)

@@ -53,21 +53,22 @@ fn audit_lists_admin_changes_newest_first() {
     let table = run.assert_ok().table();
     assert_eq!(
         table[0],
-        ["at", "actor", "action", "model", "version", "detail"]
+        ["at", "actor", "role", "from", "action", "target", "outcome", "request", "detail"]
     );
-    // The newest is the change above, then the import of the demo model at start.
+    // The newest is the change above (from this machine, the api open on loopback), then the
+    // import of the demo model at start.
     assert_eq!(
-        &table[1][1..5],
-        ["anonymous", "set_log", "breast_cancer", "-"],
+        &table[1][1..7],
+        ["anonymous", "admin", "127.0.0.1", "set_log", "breast_cancer", "ok"],
         "{}",
         run.stdout
     );
-    assert!(table[1][5].contains("\"full\""), "{}", run.stdout);
+    assert!(table[1][8].contains("\"full\""), "{}", run.stdout);
     let import = table
         .iter()
-        .find(|r| r[2] == "push")
+        .find(|r| r[4] == "push")
         .unwrap_or_else(|| panic!("the import in {}", run.stdout));
-    assert_eq!(import[1..5], ["import", "push", "breast_cancer", "1"]);
+    assert_eq!(import[1..7], ["import", "-", "-", "push", "breast_cancer/1", "ok"]);
 
     let one = app
         .vaticctl(&["audit", "--limit", "1", "-o", "json"])

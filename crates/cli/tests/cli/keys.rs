@@ -96,18 +96,77 @@ fn keys_are_made_listed_used_within_their_scope_and_revoked() {
     )
     .assert_error(&["400", "invalid model name"]);
 
-    // Both changes are in the audit log, under the admin key that made them.
-    let run = as_key(&admin, &["audit", "-o", "json"]);
+    // Both changes are in the audit log, under the admin key that made them, with its role,
+    // the address and the request id.
+    let admin_id = vatic_server::auth::token::id_of(&admin);
+    let run = as_key(
+        &admin,
+        &["audit", "-o", "json", "--key-id", &admin_id, "--since", "1h"],
+    );
     let audit = run.json();
-    let actions: Vec<&str> = audit
-        .as_array()
-        .unwrap()
+    let records = audit.as_array().unwrap();
+    let created = records
         .iter()
-        .filter(|r| r["actor"].as_str().unwrap_or("").contains("test admin"))
-        .map(|r| r["action"].as_str().unwrap())
-        .collect();
+        .find(|r| r["action"] == "keys_create")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(created["key_id"], admin_id.as_str());
+    assert_eq!(created["key_name"], "test admin");
+    assert_eq!(created["role"], "admin");
+    assert_eq!(created["remote_addr"], "127.0.0.1");
+    assert_eq!(created["target"], format!("key {id}"));
+    assert_eq!(created["outcome"], "ok");
+    assert!(created["request_id"].is_string(), "{created}");
     assert!(
-        actions.contains(&"keys_create") && actions.contains(&"keys_revoke"),
+        records.iter().any(|r| r["action"] == "keys_revoke"),
         "{audit}"
     );
+    let run = as_key(&admin, &["audit", "-o", "json", "--action", "keys_revoke"]);
+    let only = run.json();
+    assert!(
+        only.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["action"] == "keys_revoke")
+            && !only.as_array().unwrap().is_empty(),
+        "{only}"
+    );
+
+    // The predictor's refused attempt at the key list is recorded too (in the background).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let run = as_key(
+            &admin,
+            &[
+                "audit",
+                "-o",
+                "json",
+                "--action",
+                "GET /admin/v1/keys",
+                "--key-id",
+                &id,
+            ],
+        );
+        let refused = run.json();
+        if let Some(r) = refused.as_array().unwrap().first() {
+            assert_eq!(r["outcome"], "refused");
+            assert_eq!(r["role"], "predictor");
+            assert!(
+                r["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("may not use this route"),
+                "{r}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused attempt is not in the audit log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    as_key(&admin, &["audit", "--since", "ten"])
+        .code
+        .filter(|c| *c == 2)
+        .expect("clap refuses a bad --since");
 }

@@ -110,6 +110,22 @@ impl Caller {
         }
     }
 
+    /// The audit log's record of this caller making `req`: the key, its role, the remote
+    /// address and the request id.
+    pub fn actor(&self, req: &actix_web::HttpRequest) -> vatic_store::Actor {
+        vatic_store::Actor {
+            label: self.label(),
+            key_id: self.key_id.clone(),
+            key_name: self.key_id.as_ref().map(|_| self.name.clone()),
+            role: Some(self.role.as_str().to_string()),
+            remote_addr: req.peer_addr().map(|a| a.ip().to_string()),
+            request_id: req
+                .extensions()
+                .get::<crate::RequestId>()
+                .map(|id| id.0.clone()),
+        }
+    }
+
     /// How the audit log names it: `key <id> (<name>)`, or `anonymous`.
     pub fn label(&self) -> String {
         match &self.key_id {
@@ -143,6 +159,26 @@ impl Refusal {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::Forbidden => "forbidden",
             Refusal::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// A refused request: why, what to tell the caller, and who it was when the key was valid.
+#[derive(Debug)]
+struct Refused {
+    refusal: Refusal,
+    message: String,
+    retry_after: Option<u64>,
+    caller: Option<Caller>,
+}
+
+impl Refused {
+    fn forbidden(message: String, key: &KnownKey) -> Refused {
+        Refused {
+            refusal: Refusal::Forbidden,
+            message,
+            retry_after: None,
+            caller: Some(Caller::of(key)),
         }
     }
 }
@@ -186,6 +222,42 @@ impl Access {
         })
     }
 
+    /// Records a refused admin attempt in the audit log, in the background (the refusal does
+    /// not wait for the database).
+    fn audit_refused(
+        &self,
+        req: &ServiceRequest,
+        caller: Option<Caller>,
+        why: &str,
+        model: Option<String>,
+    ) {
+        let Some(keys) = &self.keys else {
+            return;
+        };
+        let mut actor = match caller {
+            Some(caller) => caller.actor(req.request()),
+            None => Caller {
+                key_id: None,
+                name: "unauthenticated".into(),
+                role: Role::Viewer,
+            }
+            .actor(req.request()),
+        };
+        if actor.key_id.is_none() {
+            actor.role = None;
+        }
+        let action = format!("{} {}", req.method(), req.path());
+        let (store, why) = (keys.store().clone(), why.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .audit_refused(&actor, &action, model.as_deref(), &why)
+                .await
+            {
+                tracing::warn!(error = %e, "a refused admin attempt could not be recorded");
+            }
+        });
+    }
+
     /// The OpenAPI document of the routes, as JSON.
     pub fn openapi(&self) -> &str {
         &self.openapi
@@ -208,11 +280,16 @@ impl Access {
         req: &ServiceRequest,
         need: Need,
         model: Option<&str>,
-    ) -> Result<Caller, (Refusal, String, Option<u64>)> {
+    ) -> Result<Caller, Refused> {
         let Some(keys) = &self.keys else {
             return Ok(Caller::anonymous());
         };
-        let unauthenticated = |m: String| (Refusal::Unauthenticated, m, None);
+        let unauthenticated = |message: String| Refused {
+            refusal: Refusal::Unauthenticated,
+            message,
+            retry_after: None,
+            caller: None,
+        };
         let secret = token::from_headers(req.headers())
             .map_err(|e| unauthenticated(e.to_string()))?
             .ok_or_else(|| {
@@ -225,15 +302,14 @@ impl Access {
             .authenticate(secret)
             .map_err(|e| unauthenticated(e.to_string()))?;
         if !key.role.may(need) {
-            return Err((
-                Refusal::Forbidden,
+            return Err(Refused::forbidden(
                 format!(
                     "a {} key may not use this route ({} {})",
                     key.role,
                     req.method(),
                     req.path()
                 ),
-                None,
+                &key,
             ));
         }
         if let Some(scope) = &key.models {
@@ -241,17 +317,15 @@ impl Access {
                 Some(m) if scope.contains(m) => {}
                 // The same answer whether the model exists or not.
                 Some(m) => {
-                    return Err((
-                        Refusal::Forbidden,
+                    return Err(Refused::forbidden(
                         format!("this key may not use model '{m}'"),
-                        None,
+                        &key,
                     ))
                 }
                 None if need == Need::View => {
-                    return Err((
-                        Refusal::Forbidden,
+                    return Err(Refused::forbidden(
                         "this key is limited to some models; this route covers every model".into(),
-                        None,
+                        &key,
                     ))
                 }
                 None => {}
@@ -259,15 +333,18 @@ impl Access {
         }
         if let Err(over) = keys.take(&key) {
             let wait = over.retry_after.as_secs_f64();
-            return Err((
-                Refusal::RateLimited,
-                format!(
+            return Err(Refused {
+                refusal: Refusal::RateLimited,
+                message: format!(
                     "key {} is over its rate limit of {}/s (burst {}) on this replica; retry in {wait:.3} s",
                     key.id, over.rate, over.burst
                 ),
                 // Whole seconds, at least one.
-                Some(over.retry_after.as_secs() + u64::from(over.retry_after.subsec_nanos() > 0)),
-            ));
+                retry_after: Some(
+                    over.retry_after.as_secs() + u64::from(over.retry_after.subsec_nanos() > 0),
+                ),
+                caller: Some(Caller::of(&key)),
+            });
         }
         Ok(Caller::of(&key))
     }
@@ -286,8 +363,8 @@ pub async fn guard(
     let Some(pattern) = req.match_pattern() else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let (need, model) = match access.rules.find(req.method(), &pattern, req.path()) {
-        Found::Rule(rule, model) => (rule.need, model),
+    let (need, tag, model) = match access.rules.find(req.method(), &pattern, req.path()) {
+        Found::Rule(rule, model) => (rule.need, rule.tag, model),
         Found::WrongMethod => {
             let allow: Vec<String> = access
                 .rules
@@ -320,9 +397,18 @@ pub async fn guard(
             req.extensions_mut().insert(caller);
             Ok(next.call(req).await?.map_into_left_body())
         }
-        Err((refusal, message, retry_after)) => {
+        Err(refused) => {
+            let Refused {
+                refusal,
+                message,
+                retry_after,
+                caller,
+            } = refused;
             access.refused.with_label_values(&[refusal.label()]).inc();
             tracing::info!(reason = refusal.label(), error = %message, "request refused");
+            if tag == "admin" {
+                access.audit_refused(&req, caller, &message, model);
+            }
             let status = match refusal {
                 Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
                 Refusal::Forbidden => StatusCode::FORBIDDEN,

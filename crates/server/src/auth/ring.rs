@@ -103,6 +103,11 @@ impl KeyRing {
         Ok(ring)
     }
 
+    /// The database the keys are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Reads the keys again.
     pub async fn refresh(&self) -> anyhow::Result<()> {
         let mut keys = HashMap::new();

@@ -92,6 +92,7 @@ pub async fn push(
     actor: &str,
 ) -> vatic_store::Result<(ModelVersionInfo, bool)> {
     let signature = signature();
+    let actor = &vatic_store::Actor::named(actor);
     store
         .push_version(&NewVersion {
             model,

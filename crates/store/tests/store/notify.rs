@@ -3,6 +3,7 @@
 use crate::helpers::{migrated, model_file, push};
 use std::time::Duration;
 use vatic_schema::admin::{LogMode, ModelSettings};
+use vatic_store::Actor;
 use vatic_store::Listener;
 use vatic_testkit::TestDb;
 
@@ -33,7 +34,10 @@ async fn registry_changes_reach_listeners_on_other_handles() {
         .unwrap();
     assert_eq!(next(&mut listener, "a second push").await, "wine");
 
-    writer.retire_version("iris", 1, "bob").await.unwrap();
+    writer
+        .retire_version("iris", 1, &Actor::named("bob"))
+        .await
+        .unwrap();
     assert_eq!(next(&mut listener, "a retire").await, "iris");
 
     let settings = ModelSettings {
@@ -41,7 +45,7 @@ async fn registry_changes_reach_listeners_on_other_handles() {
         log_sample_rate: None,
     };
     writer
-        .set_model_settings("wine", &settings, "bob")
+        .set_model_settings("wine", &settings, &Actor::named("bob"))
         .await
         .unwrap();
     assert_eq!(next(&mut listener, "a settings change").await, "wine");

@@ -4,6 +4,7 @@ use crate::helpers::{backend, migrated, Raw};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use std::collections::BTreeSet;
 use uuid::Uuid;
+use vatic_store::Actor;
 use vatic_store::{Delivery, PredictionRecord, Store};
 use vatic_testkit::TestDb;
 
@@ -285,7 +286,10 @@ async fn retention_removes_old_days_and_keeps_recent_ones() {
         batch.extend(recent.iter().cloned());
         assert_eq!(insert(&store, &batch, Delivery::First).await, 7, "{b}");
 
-        let report = store.apply_retention(7, "ops").await.unwrap();
+        let report = store
+            .apply_retention(7, &Actor::named("ops"))
+            .await
+            .unwrap();
         if db.is_postgres() {
             let partition = format!("predictions_p{}", old_day.format("%Y%m%d"));
             assert_eq!(report.partitions_dropped, [partition], "{b}: {report:?}");
@@ -301,14 +305,20 @@ async fn retention_removes_old_days_and_keeps_recent_ones() {
             "{b}: today's records are kept"
         );
 
-        let audit = store.audit_log(1).await.unwrap();
+        let audit = store
+            .audit_log(&vatic_store::AuditQuery::newest(1))
+            .await
+            .unwrap();
         assert_eq!(
             (audit[0].action.as_str(), audit[0].actor.as_str()),
             ("retention", "ops"),
             "{b}"
         );
 
-        let again = store.apply_retention(7, "ops").await.unwrap();
+        let again = store
+            .apply_retention(7, &Actor::named("ops"))
+            .await
+            .unwrap();
         assert_eq!(again, Default::default(), "{b}: nothing left to remove");
 
         // A late record for a dropped day is still accepted: its day is made again.
@@ -360,7 +370,10 @@ async fn a_day_dropped_by_another_handle_is_made_again() {
         let old_day = now() - Duration::days(10);
         let first = record("iris", old_day);
         assert_eq!(insert(&writer, &[first], Delivery::First).await, 1, "{b}");
-        retention.apply_retention(7, "ops").await.unwrap();
+        retention
+            .apply_retention(7, &Actor::named("ops"))
+            .await
+            .unwrap();
         assert_eq!(writer.prediction_count(None).await.unwrap(), 0, "{b}");
 
         // The writer remembers making that day; the batch must still be stored, today's record too.

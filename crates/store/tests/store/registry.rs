@@ -2,6 +2,7 @@
 
 use crate::helpers::{backend, migrated, model_file, pseudo_random, push, signature, Raw};
 use vatic_schema::admin::{LogMode, ModelSettings, VersionState};
+use vatic_store::Actor;
 use vatic_store::StoreError;
 use vatic_testkit::TestDb;
 
@@ -85,7 +86,7 @@ async fn an_existing_version_number_is_a_conflict_that_stores_nothing() {
         let mut raw = Raw::connect(&db).await;
         assert_eq!(raw.count("SELECT COUNT(*) FROM artifacts").await, 2, "{b}");
         let pushes = store
-            .audit_log(100)
+            .audit_log(&vatic_store::AuditQuery::newest(100))
             .await
             .unwrap()
             .iter()
@@ -211,7 +212,10 @@ async fn unknown_models_and_versions_are_reported_as_such() {
             matches!(err, StoreError::VersionNotFound { ref model, version: 9 } if model == "iris"),
             "{b}: {err:?}"
         );
-        let err = store.retire_version("iris", 9, "alice").await.unwrap_err();
+        let err = store
+            .retire_version("iris", 9, &Actor::named("alice"))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, StoreError::VersionNotFound { .. }),
             "{b}: {err:?}"
@@ -221,7 +225,7 @@ async fn unknown_models_and_versions_are_reported_as_such() {
             log_sample_rate: None,
         };
         let err = store
-            .set_model_settings("nope", &settings, "alice")
+            .set_model_settings("nope", &settings, &Actor::named("alice"))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::ModelNotFound(_)), "{b}: {err:?}");
@@ -240,7 +244,10 @@ async fn retiring_changes_the_state_and_is_audited() {
         }
 
         // A staged version: only its own state changes.
-        let retired = store.retire_version("iris", 2, "bob").await.unwrap();
+        let retired = store
+            .retire_version("iris", 2, &Actor::named("bob"))
+            .await
+            .unwrap();
         assert_eq!(retired.version.state, VersionState::Retired, "{b}");
         assert_eq!(retired.promoted, None, "{b}");
         assert_eq!(
@@ -270,7 +277,10 @@ async fn retiring_changes_the_state_and_is_audited() {
         );
 
         // The stable version: the newest staged one takes its place in the same change.
-        let retired = store.retire_version("iris", 1, "bob").await.unwrap();
+        let retired = store
+            .retire_version("iris", 1, &Actor::named("bob"))
+            .await
+            .unwrap();
         let promoted = retired.promoted.expect("a version was promoted");
         assert_eq!(
             (
@@ -293,7 +303,10 @@ async fn retiring_changes_the_state_and_is_audited() {
             "{b}"
         );
 
-        let log = store.audit_log(10).await.unwrap();
+        let log = store
+            .audit_log(&vatic_store::AuditQuery::newest(10))
+            .await
+            .unwrap();
         let actions: Vec<(&str, &str, Option<u64>)> = log
             .iter()
             .map(|a| (a.action.as_str(), a.actor.as_str(), a.version))
@@ -327,16 +340,38 @@ async fn retiring_changes_the_state_and_is_audited() {
             serde_json::json!({"to": "stable", "because": "version 1 was retired"}),
             "{b}"
         );
-        assert_eq!(store.audit_log(1).await.unwrap().len(), 1, "{b}: limit");
+        assert_eq!(
+            store
+                .audit_log(&vatic_store::AuditQuery::newest(1))
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{b}: limit"
+        );
 
         // Retiring a retired version changes nothing and is not audited.
-        let again = store.retire_version("iris", 1, "carol").await.unwrap();
+        let again = store
+            .retire_version("iris", 1, &Actor::named("carol"))
+            .await
+            .unwrap();
         assert_eq!(again.version.updated_by, "bob", "{b}");
-        assert_eq!(store.audit_log(10).await.unwrap().len(), 6, "{b}");
+        assert_eq!(
+            store
+                .audit_log(&vatic_store::AuditQuery::newest(10))
+                .await
+                .unwrap()
+                .len(),
+            6,
+            "{b}"
+        );
 
         // The last served version: the model is left with no stable version, and the next
         // push becomes stable.
-        let retired = store.retire_version("iris", 3, "bob").await.unwrap();
+        let retired = store
+            .retire_version("iris", 3, &Actor::named("bob"))
+            .await
+            .unwrap();
         assert_eq!(retired.promoted, None, "{b}");
         assert_eq!(store.model("iris").await.unwrap().default_version(), None);
         let (v4, _) = push(&store, "iris", None, &model_file(b"four"), "alice")
@@ -385,7 +420,7 @@ async fn model_settings_change_the_prediction_log() {
             log_sample_rate: Some(0.25),
         };
         let m = store
-            .set_model_settings("iris", &full, "bob")
+            .set_model_settings("iris", &full, &Actor::named("bob"))
             .await
             .unwrap();
         assert_eq!(
@@ -399,7 +434,10 @@ async fn model_settings_change_the_prediction_log() {
             log_mode: Some(LogMode::Off),
             log_sample_rate: None,
         };
-        let m = store.set_model_settings("iris", &off, "bob").await.unwrap();
+        let m = store
+            .set_model_settings("iris", &off, &Actor::named("bob"))
+            .await
+            .unwrap();
         assert_eq!(
             (m.log_mode, m.log_sample_rate),
             (LogMode::Off, 0.25),
@@ -412,7 +450,7 @@ async fn model_settings_change_the_prediction_log() {
                 log_sample_rate: Some(rate),
             };
             let err = store
-                .set_model_settings("iris", &bad, "bob")
+                .set_model_settings("iris", &bad, &Actor::named("bob"))
                 .await
                 .unwrap_err();
             assert!(
@@ -426,7 +464,7 @@ async fn model_settings_change_the_prediction_log() {
                 log_sample_rate: Some(rate),
             };
             let m = store
-                .set_model_settings("iris", &edge, "bob")
+                .set_model_settings("iris", &edge, &Actor::named("bob"))
                 .await
                 .unwrap();
             assert_eq!((m.log_mode, m.log_sample_rate), (LogMode::Off, rate), "{b}");
@@ -438,7 +476,10 @@ async fn model_settings_change_the_prediction_log() {
             "{b}: refused changes left no trace"
         );
 
-        let log = store.audit_log(10).await.unwrap();
+        let log = store
+            .audit_log(&vatic_store::AuditQuery::newest(10))
+            .await
+            .unwrap();
         let set_log = log.iter().filter(|a| a.action == "set_log").count();
         assert_eq!(set_log, 4, "{b}: one record per accepted change: {log:?}");
         assert_eq!(log[0].actor, "bob", "{b}");
@@ -451,14 +492,22 @@ async fn free_form_audit_records_are_kept() {
         let b = backend(&db);
         let store = migrated(&db).await;
         store
-            .audit("carol", "create_key", None, r#"{"key":"k1"}"#)
+            .audit(
+                &Actor::named("carol"),
+                "create_key",
+                None,
+                r#"{"key":"k1"}"#,
+            )
             .await
             .unwrap();
         store
-            .audit("carol", "reload", Some("iris"), "{}")
+            .audit(&Actor::named("carol"), "reload", Some("iris"), "{}")
             .await
             .unwrap();
-        let log = store.audit_log(10).await.unwrap();
+        let log = store
+            .audit_log(&vatic_store::AuditQuery::newest(10))
+            .await
+            .unwrap();
         assert_eq!(log.len(), 2, "{b}");
         assert_eq!(
             (

@@ -126,13 +126,36 @@ pub async fn start(
     let ring = KeyRing::load(store, settings.auth.limits()).await?;
     if !ring.has_admin() {
         let given = given_bootstrap_key()?;
+        if let Some(given) = &given {
+            if let Err(e) = ring.authenticate(given) {
+                if e != vatic_server::auth::Rejected::Unknown {
+                    anyhow::bail!(
+                        "{BOOTSTRAP_KEY_ENV}: that key exists and cannot be used ({e}); give another, or make an admin key with one that works"
+                    );
+                }
+            }
+        }
         let printed = given.is_none();
-        let (key, secret) = ring
+        let made = ring
             .create(
                 new_key(Role::Admin, "first admin key", None, "bootstrap"),
                 given,
             )
-            .await?;
+            .await;
+        let (key, secret) = match made {
+            Ok(made) => made,
+            // Another replica made it first.
+            Err(_)
+                if {
+                    ring.refresh().await?;
+                    ring.has_admin()
+                } =>
+            {
+                ring.follow(Duration::from_millis(settings.auth.poll_ms));
+                return Ok(Some(ring));
+            }
+            Err(e) => return Err(e),
+        };
         if printed {
             eprintln!(
                 "vatic: made the first admin key, shown this once; keep it safe:\n  {secret}\n\
@@ -225,6 +248,7 @@ mod tests {
             a.validate().unwrap_err().to_string()
         };
         assert!(bad(&|a| a.rate = Some(0.0)).starts_with("auth.rate: 0 is not a rate"));
+        assert!(bad(&|a| a.rate = Some(1e-25)).starts_with("auth.rate"));
         assert!(bad(&|a| a.rate = Some(f64::NAN)).starts_with("auth.rate"));
         assert_eq!(bad(&|a| a.burst = Some(5)), "auth.burst needs auth.rate");
         assert_eq!(bad(&|a| a.replicas = 0), "auth.replicas must be at least 1");

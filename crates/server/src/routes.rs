@@ -3,8 +3,10 @@
 //! from. A route is only registered through [`Routes::add`], so none escapes the guard; a path
 //! the guard finds no rule for is refused (see [`crate::auth`]).
 
-use actix_web::dev::ResourceDef;
+use actix_web::body::BoxBody;
+use actix_web::dev::{ResourceDef, ServiceRequest};
 use actix_web::http::Method;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{guard, web, FromRequest, Handler, Resource, Responder};
 use std::collections::HashMap;
 
@@ -148,7 +150,14 @@ impl<'a> Routes<'a> {
             let resource = web::resource(path.as_str())
                 .guard(guard::Method(method.clone()))
                 .route(web::route().to(handler));
-            cfg.service((self.group.decorate)(resource));
+            let tag = self.group.tag;
+            // The guard wraps the resource: it runs after routing, on the route that answers.
+            let guarded = (self.group.decorate)(resource).wrap(from_fn(
+                move |req: ServiceRequest, next: Next<BoxBody>| {
+                    crate::auth::guard(need, tag, req, next)
+                },
+            ));
+            cfg.service(guarded);
         }
         self.rules.push(Rule {
             method,
@@ -219,7 +228,7 @@ impl RuleTable {
                 .get("model")
                 .or_else(|| matched.get("name"))
                 // TF-Serving's verbs follow the name: `{model}` is `name:predict`.
-                .map(|m| m.split(':').next().unwrap_or(m).to_string())
+                .map(|m| m.rsplit_once(':').map_or(m, |(name, _)| name).to_string())
         } else {
             None
         };

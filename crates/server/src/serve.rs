@@ -146,7 +146,7 @@ impl<S: Service> Server<S> {
             App::new()
                 .app_data(app_service.clone())
                 .app_data(access.clone())
-                .wrap(from_fn(crate::auth::guard))
+                .wrap(from_fn(crate::auth::routing_check))
                 .wrap(Compress::default())
                 .wrap(from_fn(crate::request_log::request_log))
                 .configure(|cfg| {

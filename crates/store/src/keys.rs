@@ -54,7 +54,7 @@ impl Store {
             .bind(models)
             .bind(&key.secret_hash)
             .bind(key.rate)
-            .bind(key.burst.map(i64::from))
+            .bind(key.burst.map(|b| i32::try_from(b).unwrap_or(i32::MAX)))
             .bind(key.created_at)
             .bind(&key.created_by)
             .bind(key.expires_at)
@@ -88,8 +88,8 @@ impl Store {
                         secret_hash: r.try_get("secret_hash")?,
                         rate: r.try_get("rate")?,
                         burst: r
-                            .try_get::<Option<i64>, _>("burst")?
-                            .map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
+                            .try_get::<Option<i32>, _>("burst")?
+                            .map(|b| u32::try_from(b).unwrap_or(1)),
                         created_at: r.try_get("created_at")?,
                         created_by: r.try_get("created_by")?,
                         expires_at: r.try_get("expires_at")?,

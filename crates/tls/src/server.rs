@@ -86,7 +86,9 @@ impl ServerTls {
             );
         };
         if settings.self_signed {
-            ensure_self_signed(&cert, &key, listen)?;
+            // Files named explicitly are made when missing, never replaced.
+            let replaceable = settings.cert.is_none() && settings.key.is_none();
+            ensure_self_signed(&cert, &key, listen, replaceable)?;
         }
         let source = CertSource::load(
             Named {
@@ -145,7 +147,12 @@ impl ServerTls {
 }
 
 /// Makes a self-signed certificate at `cert` and `key` unless a usable one is there.
-fn ensure_self_signed(cert: &Path, key: &Path, listen: &str) -> anyhow::Result<()> {
+fn ensure_self_signed(
+    cert: &Path,
+    key: &Path,
+    listen: &str,
+    replaceable: bool,
+) -> anyhow::Result<()> {
     let usable = files::Identity::read(
         Named {
             setting: "tls.cert",
@@ -156,7 +163,8 @@ fn ensure_self_signed(cert: &Path, key: &Path, listen: &str) -> anyhow::Result<(
             path: key,
         },
     );
-    if usable.is_ok() {
+    if usable.is_ok() || (!replaceable && (cert.exists() || key.exists())) {
+        // A pair named in the settings that cannot be used is reported as such by the caller.
         return Ok(());
     }
     let mut names = generate::local_names();
@@ -167,7 +175,7 @@ fn ensure_self_signed(cert: &Path, key: &Path, listen: &str) -> anyhow::Result<(
         }
     }
     let pair = generate::self_signed(&names)?;
-    generate::write_pair(&pair, cert, key, true)?;
+    generate::write_pair(&pair, cert, key, replaceable)?;
     tracing::warn!(
         cert = %cert.display(),
         names = ?names,

@@ -524,6 +524,11 @@ async fn create_key(
     let body = body.into_inner();
     let role: Role = body.role.parse().map_err(AdminError::BadRequest)?;
     if let Some(models) = &body.models {
+        if role == Role::Admin {
+            return Err(AdminError::BadRequest(
+                "models: an admin key covers every model; limit a deployer, predictor or viewer key instead".into(),
+            ));
+        }
         if models.is_empty() {
             return Err(AdminError::BadRequest(
                 "models: name at least one model, or leave it out for every model".into(),
@@ -558,7 +563,12 @@ async fn create_key(
         );
     }
     match body.burst {
-        Some(0) => return Err(AdminError::BadRequest("burst: at least 1".into())),
+        Some(b) if b == 0 || b > i32::MAX as u32 => {
+            return Err(AdminError::BadRequest(format!(
+                "burst: {b} is not between 1 and {}",
+                i32::MAX
+            )))
+        }
         Some(_) if body.rate.is_none() => {
             return Err(AdminError::BadRequest("burst: needs a rate".into()))
         }

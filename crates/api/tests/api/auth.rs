@@ -261,6 +261,45 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Percent-encoded paths reach the same routes, and the same guard.
+    for (method, path) in [
+        (Method::POST, "/admin/v1/%6beys"),
+        (Method::POST, "/v2/models/breast_cancer/%69nfer"),
+        (Method::GET, "/admin/v1/%6dodels"),
+    ] {
+        let body = json!({"role": "admin"});
+        let (status, answer) = send(&api, &method, path, Some(&body), None).await;
+        assert_eq!(status, 401, "{method} {path}: {answer}");
+    }
+    let (status, body) = send(
+        &api,
+        &Method::GET,
+        "/v2/models/%73tats",
+        None,
+        Some(&bearer(&keys.predictor)),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // A limited key reaches nothing beyond its models: not the admin routes either.
+    let (status, body) = send(
+        &api,
+        &Method::GET,
+        "/admin/v1/workers",
+        None,
+        Some(&bearer(&keys.deployer_other)),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // An admin key cannot be limited: it could make an unlimited one.
+    let (status, body) = send(
+        &api,
+        &Method::POST,
+        "/admin/v1/keys",
+        Some(&json!({"role": "admin", "models": ["breast_cancer"]})),
+        Some(&bearer(&keys.admin)),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     // Probes stay open.
     assert_eq!(api.get("/v2/health/ready").await.0, 200);
     // A method the path does not serve: 405, naming the ones it does.
@@ -468,7 +507,10 @@ async fn a_revocation_reaches_every_replica_at_once_on_postgres() {
     let ring = KeyRing::load(&store, Default::default()).await.unwrap();
     let admin = vatic_api::auth::new_key(Role::Admin, "admin", None, "test");
     let admin = ring.create(admin, None).await.unwrap().1;
-    let doomed = vatic_api::auth::new_key(Role::Predictor, "doomed", None, "test");
+    // With a rate of its own: the columns hold it on PostgreSQL too.
+    let mut doomed = vatic_api::auth::new_key(Role::Predictor, "doomed", None, "test");
+    doomed.rate = Some(1000.0);
+    doomed.burst = Some(1000);
     let doomed = ring.create(doomed, None).await.unwrap().1;
     store.close().await;
 

@@ -59,7 +59,14 @@ fn audit_lists_admin_changes_newest_first() {
     // import of the demo model at start.
     assert_eq!(
         &table[1][1..7],
-        ["anonymous", "admin", "127.0.0.1", "set_log", "breast_cancer", "ok"],
+        [
+            "anonymous",
+            "admin",
+            "127.0.0.1",
+            "set_log",
+            "breast_cancer",
+            "ok"
+        ],
         "{}",
         run.stdout
     );
@@ -68,7 +75,10 @@ fn audit_lists_admin_changes_newest_first() {
         .iter()
         .find(|r| r[4] == "push")
         .unwrap_or_else(|| panic!("the import in {}", run.stdout));
-    assert_eq!(import[1..7], ["import", "-", "-", "push", "breast_cancer/1", "ok"]);
+    assert_eq!(
+        import[1..7],
+        ["import", "-", "-", "push", "breast_cancer/1", "ok"]
+    );
 
     let one = app
         .vaticctl(&["audit", "--limit", "1", "-o", "json"])

@@ -101,7 +101,9 @@ fn keys_are_made_listed_used_within_their_scope_and_revoked() {
     let admin_id = vatic_server::auth::token::id_of(&admin);
     let run = as_key(
         &admin,
-        &["audit", "-o", "json", "--key-id", &admin_id, "--since", "1h"],
+        &[
+            "audit", "-o", "json", "--key-id", &admin_id, "--since", "1h",
+        ],
     );
     let audit = run.json();
     let records = audit.as_array().unwrap();

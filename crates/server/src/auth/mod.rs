@@ -163,6 +163,9 @@ impl Refusal {
     }
 }
 
+/// The most records of refused admin attempts written at once.
+const AUDIT_SLOTS: usize = 32;
+
 /// A refused request: why, what to tell the caller, and who it was when the key was valid.
 #[derive(Debug)]
 struct Refused {
@@ -189,6 +192,9 @@ pub struct Access {
     keys: Option<Arc<KeyRing>>,
     refused: IntCounterVec,
     openapi: String,
+    /// Records of refused admin attempts being written; past the limit, more are not recorded
+    /// (a flood of refused requests cannot flood the database).
+    audit_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Access {
@@ -219,6 +225,7 @@ impl Access {
             keys,
             refused,
             openapi,
+            audit_slots: Arc::new(tokio::sync::Semaphore::new(AUDIT_SLOTS)),
         })
     }
 
@@ -246,9 +253,14 @@ impl Access {
         if actor.key_id.is_none() {
             actor.role = None;
         }
+        let Ok(slot) = self.audit_slots.clone().try_acquire_owned() else {
+            tracing::debug!("a refused admin attempt is not recorded: too many being written");
+            return;
+        };
         let action = format!("{} {}", req.method(), req.path());
         let (store, why) = (keys.store().clone(), why.to_string());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = store
                 .audit_refused(&actor, &action, model.as_deref(), &why)
                 .await
@@ -322,13 +334,15 @@ impl Access {
                         &key,
                     ))
                 }
-                None if need == Need::View => {
+                // A limited key reaches no route beyond its models but the server's metadata.
+                None if need == Need::AnyKey => {}
+                None => {
                     return Err(Refused::forbidden(
-                        "this key is limited to some models; this route covers every model".into(),
+                        "this key is limited to some models; this route is not about one of them"
+                            .into(),
                         &key,
                     ))
                 }
-                None => {}
             }
         }
         if let Err(over) = keys.take(&key) {
@@ -350,8 +364,11 @@ impl Access {
     }
 }
 
-/// The guard in front of every route (see the module's documentation).
-pub async fn guard(
+/// What the router will do with a request, checked before it routes: 405 (naming the methods
+/// served) for a path served with other methods only, 500 for a path served by a route the table
+/// does not know. Everything else goes on to routing, and to the [`guard`] of the resource that
+/// answers.
+pub async fn routing_check(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
@@ -359,12 +376,11 @@ pub async fn guard(
         .app_data::<web::Data<Access>>()
         .expect("the server installs the access guard's state")
         .clone();
-    // No route matches the path: routing answers 404.
     let Some(pattern) = req.match_pattern() else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let (need, tag, model) = match access.rules.find(req.method(), &pattern, req.path()) {
-        Found::Rule(rule, model) => (rule.need, rule.tag, model),
+    match access.rules.find(req.method(), &pattern, req.path()) {
+        Found::Rule(..) => Ok(next.call(req).await?.map_into_left_body()),
         Found::WrongMethod => {
             let allow: Vec<String> = access
                 .rules
@@ -378,7 +394,7 @@ pub async fn guard(
             if let Ok(v) = allow.join(", ").try_into() {
                 response.headers_mut().insert(ALLOW, v);
             }
-            return Ok(req.into_response(response).map_into_right_body());
+            Ok(req.into_response(response).map_into_right_body())
         }
         Found::NoRule => {
             tracing::error!(pattern = %pattern, "a route without an access rule was called; refused");
@@ -386,12 +402,36 @@ pub async fn guard(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the route {pattern} has no access rule"),
             );
-            return Ok(req.into_response(response).map_into_right_body());
+            Ok(req.into_response(response).map_into_right_body())
         }
-    };
+    }
+}
+
+/// The guard of one route, which needs `need`; it wraps the route's resource, so it runs after
+/// routing, on the route that answers (see the module's documentation).
+pub async fn guard(
+    need: Need,
+    tag: &'static str,
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if need == Need::Open {
         return Ok(next.call(req).await?.map_into_left_body());
     }
+    let access = req
+        .app_data::<web::Data<Access>>()
+        .expect("the server installs the access guard's state")
+        .clone();
+    // The model the matched route names, as its handler reads it (TF-Serving's verb follows
+    // the name: `{model}` is `name:predict`).
+    let model = if need.is_model_scoped() {
+        let info = req.match_info();
+        info.get("model")
+            .or_else(|| info.get("name"))
+            .map(|m| m.rsplit_once(':').map_or(m, |(name, _)| name).to_string())
+    } else {
+        None
+    };
     match access.check(&req, need, model.as_deref()) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

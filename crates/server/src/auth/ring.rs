@@ -88,6 +88,8 @@ pub struct KeyRing {
     limits: RateLimits,
     /// Each key's token bucket, with the limit it was made for.
     buckets: RwLock<HashMap<String, (Limit, Arc<Limiter>)>>,
+    /// One read of the key table at a time, so an older read never replaces a newer one.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl KeyRing {
@@ -98,6 +100,7 @@ impl KeyRing {
             keys: RwLock::new(Arc::default()),
             limits,
             buckets: RwLock::default(),
+            reading: tokio::sync::Mutex::new(()),
         });
         ring.refresh().await?;
         Ok(ring)
@@ -110,6 +113,7 @@ impl KeyRing {
 
     /// Reads the keys again.
     pub async fn refresh(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.reading.lock().await;
         let mut keys = HashMap::new();
         for key in self.store.api_keys().await? {
             let role: Role = match key.role.parse() {
@@ -158,12 +162,14 @@ impl KeyRing {
         let bucket = match bucket {
             Some(b) => b,
             None => {
-                let made = Arc::new(bucket_of(limit));
-                self.buckets
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.id.clone(), (limit, made.clone()));
-                made
+                let mut buckets = self.buckets.write().unwrap_or_else(PoisonError::into_inner);
+                let entry = buckets
+                    .entry(key.id.clone())
+                    .or_insert_with(|| (limit, Arc::new(bucket_of(limit))));
+                if entry.0 != limit {
+                    *entry = (limit, Arc::new(bucket_of(limit)));
+                }
+                entry.1.clone()
             }
         };
         bucket.check().map_err(|not_until| {
@@ -272,7 +278,10 @@ pub fn default_burst(rate: f64) -> u32 {
 
 /// A token bucket of `rate` requests a second holding `burst`.
 fn bucket_of((rate, burst): (f64, u32)) -> Limiter {
-    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    // At most a year a request (the api refuses rates under one a day, before sharing).
+    let period = Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(Duration::MAX)
+        .clamp(Duration::from_nanos(1), Duration::from_secs(365 * 86_400));
     let quota = governor::Quota::with_period(period)
         .expect("a period of at least 1 ns")
         .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least 1"));

@@ -43,7 +43,8 @@ pub fn id_of(key: &str) -> String {
             }
         }
     }
-    let digest = hash(key);
+    // A hash of its own, not the stored one: the id is public.
+    let digest: [u8; 32] = Sha256::digest(format!("vatic key id\0{key}").as_bytes()).into();
     format!("x{}", &hex(&digest)[..ID_LEN - 1])
 }
 

@@ -76,13 +76,16 @@ impl AuthSettings {
     }
 }
 
+/// The slowest rate a key may have: one request a day.
+pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
 /// Checks a rate in requests per second.
 pub fn check_rate(rate: f64) -> Result<(), String> {
-    if rate.is_finite() && rate > 0.0 && rate <= 1e9 {
+    if rate.is_finite() && (MIN_RATE..=1e9).contains(&rate) {
         Ok(())
     } else {
         Err(format!(
-            "{rate} is not a rate: more than 0 and at most 1e9 requests a second"
+            "{rate} is not a rate: from one request a day ({MIN_RATE:.6}/s) to 1e9 requests a second"
         ))
     }
 }
@@ -187,7 +190,12 @@ fn given_bootstrap_key() -> anyhow::Result<Option<String>> {
     let Some(key) = from_env.or(from_file).map(|k| k.trim().to_string()) else {
         return Ok(None);
     };
-    if key.len() < token::MIN_GIVEN_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    // A key in the vk_<id>_<secret> form is judged by its secret part.
+    let secret_part = key
+        .strip_prefix("vk_")
+        .and_then(|rest| rest.split_once('_'))
+        .map_or(key.as_str(), |(_, secret)| secret);
+    if secret_part.len() < token::MIN_GIVEN_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
         anyhow::bail!(
             "{BOOTSTRAP_KEY_ENV}: the key must be at least {} printable characters without spaces",
             token::MIN_GIVEN_LEN

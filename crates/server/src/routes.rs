@@ -4,7 +4,7 @@
 //! the guard finds no rule for is refused (see [`crate::auth`]).
 
 use actix_web::body::BoxBody;
-use actix_web::dev::{ResourceDef, ServiceRequest};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::Method;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{guard, web, FromRequest, Handler, Resource, Responder};
@@ -48,17 +48,6 @@ impl Need {
             Need::Admin => "admin",
         }
     }
-
-    /// Every need, in order.
-    pub const ALL: [Need; 7] = [
-        Need::Open,
-        Need::AnyKey,
-        Need::ModelRead,
-        Need::Infer,
-        Need::View,
-        Need::Deploy,
-        Need::Admin,
-    ];
 }
 
 /// One route: its method and path, what it needs, and what it does.
@@ -179,16 +168,17 @@ impl<'a> Routes<'a> {
 #[derive(Debug)]
 pub struct RuleTable {
     rules: Vec<Rule>,
-    by_pattern: HashMap<String, Vec<(Method, usize, ResourceDef)>>,
+    /// The methods each path pattern is served with.
+    methods: HashMap<String, Vec<Method>>,
 }
 
-/// What the table says of a request.
-#[derive(Debug)]
-pub enum Found<'a> {
-    /// The route's rule, and the model its path names (when the route is model scoped).
-    Rule(&'a Rule, Option<String>),
-    /// The path is served, but not with this method.
-    WrongMethod,
+/// What the table says of a request, before routing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// A route serves it.
+    Served,
+    /// The path is served, but only with these methods.
+    WrongMethod(Vec<Method>),
     /// The path is served by a route the table does not know (registered around it).
     NoRule,
 }
@@ -196,15 +186,14 @@ pub enum Found<'a> {
 impl RuleTable {
     /// The table of `rules`.
     pub fn new(rules: Vec<Rule>) -> RuleTable {
-        let mut by_pattern: HashMap<String, Vec<(Method, usize, ResourceDef)>> = HashMap::new();
-        for (i, rule) in rules.iter().enumerate() {
-            by_pattern.entry(rule.path.clone()).or_default().push((
-                rule.method.clone(),
-                i,
-                ResourceDef::new(rule.path.as_str()),
-            ));
+        let mut methods: HashMap<String, Vec<Method>> = HashMap::new();
+        for rule in &rules {
+            methods
+                .entry(rule.path.clone())
+                .or_default()
+                .push(rule.method.clone());
         }
-        RuleTable { rules, by_pattern }
+        RuleTable { rules, methods }
     }
 
     /// Every rule, in registration order.
@@ -212,26 +201,45 @@ impl RuleTable {
         &self.rules
     }
 
-    /// The rule of a request whose path matched `pattern`.
-    pub fn find(&self, method: &Method, pattern: &str, path: &str) -> Found<'_> {
-        let Some(routes) = self.by_pattern.get(pattern) else {
-            return Found::NoRule;
-        };
-        let Some((_, i, def)) = routes.iter().find(|(m, ..)| m == method) else {
-            return Found::WrongMethod;
-        };
-        let rule = &self.rules[*i];
-        let model = if rule.need.is_model_scoped() {
-            let mut matched = actix_web::dev::Path::new(path);
-            def.capture_match_info(&mut matched);
-            matched
-                .get("model")
-                .or_else(|| matched.get("name"))
-                // TF-Serving's verbs follow the name: `{model}` is `name:predict`.
-                .map(|m| m.rsplit_once(':').map_or(m, |(name, _)| name).to_string())
-        } else {
-            None
-        };
-        Found::Rule(rule, model)
+    /// Whether a request whose path matched `pattern` is served with `method`.
+    pub fn find(&self, method: &Method, pattern: &str) -> Found {
+        match self.methods.get(pattern) {
+            None => Found::NoRule,
+            Some(served) if served.contains(method) => Found::Served,
+            Some(served) => Found::WrongMethod(served.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_tells_served_wrong_method_and_unknown_patterns_apart() {
+        let mut routes = Routes::collect();
+        routes
+            .add(
+                Method::GET,
+                "/m/{model}",
+                Need::ModelRead,
+                "read",
+                || async { "" },
+            )
+            .add(
+                Method::PATCH,
+                "/m/{model}",
+                Need::Deploy,
+                "change",
+                || async { "" },
+            );
+        let table = RuleTable::new(routes.into_rules());
+        assert_eq!(table.rules().len(), 2);
+        assert_eq!(table.find(&Method::GET, "/m/{model}"), Found::Served);
+        assert_eq!(
+            table.find(&Method::DELETE, "/m/{model}"),
+            Found::WrongMethod(vec![Method::GET, Method::PATCH])
+        );
+        assert_eq!(table.find(&Method::GET, "/elsewhere"), Found::NoRule);
     }
 }

@@ -275,16 +275,6 @@ impl Access {
         &self.openapi
     }
 
-    /// The route table.
-    pub fn rules(&self) -> &RuleTable {
-        &self.rules
-    }
-
-    /// Whether callers must present keys.
-    pub fn checks_keys(&self) -> bool {
-        self.keys.is_some()
-    }
-
     /// The caller of a request to a route that needs `need` on `model`, or the refusal (with
     /// the seconds to wait, for a rate limit).
     fn check(
@@ -379,16 +369,10 @@ pub async fn routing_check(
     let Some(pattern) = req.match_pattern() else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    match access.rules.find(req.method(), &pattern, req.path()) {
-        Found::Rule(..) => Ok(next.call(req).await?.map_into_left_body()),
-        Found::WrongMethod => {
-            let allow: Vec<String> = access
-                .rules
-                .rules()
-                .iter()
-                .filter(|r| r.path == pattern)
-                .map(|r| r.method.to_string())
-                .collect();
+    match access.rules.find(req.method(), &pattern) {
+        Found::Served => Ok(next.call(req).await?.map_into_left_body()),
+        Found::WrongMethod(served) => {
+            let allow: Vec<String> = served.iter().map(ToString::to_string).collect();
             let message = format!("{} is not served on {}", req.method(), req.path());
             let mut response = refusal_response(StatusCode::METHOD_NOT_ALLOWED, message);
             if let Ok(v) = allow.join(", ").try_into() {

@@ -23,8 +23,8 @@ const REGISTRY_CHANGE_WAIT: Duration = Duration::from_secs(10);
 pub struct AppState {
     /// Where inference runs.
     pub backend: Backend,
-    /// Largest body accepted.
-    pub max_body_bytes: usize,
+    /// What a request body may be.
+    pub body: vatic_server::BodyLimits,
     /// The registry, when a database is configured.
     pub store: Option<Store>,
     /// Uploads of model files.

@@ -245,8 +245,19 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
         }
         let state = self.state;
         if len == 0 {
-            // An empty array is a leaf level of size zero.
-            state.leaf_depth.get_or_insert(depth + 1);
+            // An empty array is a leaf level of size zero, and must be as deep as the others:
+            // in `[1, []]` the shape would say no elements where there is one.
+            match state.leaf_depth {
+                None => state.leaf_depth = Some(depth + 1),
+                Some(d) if d != depth + 1 => {
+                    let msg = format!(
+                        "data is ragged: an empty array at depth {} where elements are {d} deep",
+                        depth + 1
+                    );
+                    return Err(state.fail(msg));
+                }
+                Some(_) => {}
+            }
         }
         // Inner arrays finish before outer ones, so the shape is indexed by depth, not pushed.
         if state.shape.len() <= depth {
@@ -267,9 +278,63 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
     }
 }
 
+/// Refuses a JSON document with more than `max` values, counted without parsing it: every
+/// array and object, and every element or member after an array's or object's first, at any
+/// depth (so a count within one of the document's number of values). Cheaper than the parse
+/// it guards; it bounds the memory a parse into generic JSON values may take, which the body
+/// size alone does not (an empty array is two bytes on the wire and tens in memory).
+pub fn check_values(json: &[u8], max: usize) -> Result<(), SchemaError> {
+    let mut count = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' => {
+                count += 1;
+                if count > max {
+                    return Err(SchemaError::Invalid(format!(
+                        "the JSON body has more than {max} values (max_json_values): send large \
+                         tensors as binary data (the binary tensor extension)"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_values_counts_containers_and_elements_outside_strings() {
+        assert!(check_values(b"{}", 1).is_ok());
+        assert!(check_values(b"[1,2,3]", 3).is_ok());
+        assert!(check_values(b"[1,2,3]", 2).is_err());
+        // Brackets and commas inside strings, escaped quotes included, are not counted.
+        assert!(check_values(br#"["a,b,[{", "\",[,"]"#, 2).is_ok());
+        assert!(check_values(br#"["a,b,[{", "\",[,"]"#, 1).is_err());
+        let many = format!("[{}]", vec!["[]"; 1000].join(","));
+        let err = check_values(many.as_bytes(), 1000).unwrap_err().to_string();
+        assert!(
+            err.contains("more than 1000 values (max_json_values)"),
+            "{err}"
+        );
+        assert!(check_values(many.as_bytes(), 2000).is_ok());
+    }
 
     fn f32s(p: &Parsed) -> Vec<f64> {
         p.data.to_f64(DataType::Fp32)
@@ -307,6 +372,21 @@ mod tests {
         assert!(err.to_string().contains("needs a number"), "{err}");
         let err = parse_elements("x", DataType::Bool, "[1]").unwrap_err();
         assert!(err.to_string().contains("needs true or false"), "{err}");
+    }
+
+    #[test]
+    fn empty_arrays_beside_elements_are_ragged() {
+        let cases = [
+            (DataType::Fp32, "[1, []]"),
+            (DataType::Fp32, "[[1], [[]]]"),
+            (DataType::Bytes, r#"["a", [], "b"]"#),
+        ];
+        for (dt, text) in cases {
+            let err = parse_elements("x", dt, text).unwrap_err();
+            assert!(err.to_string().contains("ragged"), "{text}: {err}");
+        }
+        let p = parse_elements("x", DataType::Fp32, "[[], []]").unwrap();
+        assert_eq!(p.shape, vec![2, 0]);
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub enum RequestError {
     /// The body could not be read.
     #[error("could not read the request body: {0}")]
     Body(String),
+    /// The body did not all arrive in time.
+    #[error("the request body did not arrive within {ms} ms (body_timeout_ms)")]
+    BodyTimeout {
+        /// The limit, in milliseconds.
+        ms: u64,
+    },
     /// The client closed the connection before the answer was ready.
     #[error("the client closed the connection")]
     ClientGone,
@@ -30,6 +36,7 @@ impl RequestError {
         match self {
             RequestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::Body(_) => StatusCode::BAD_REQUEST,
+            RequestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // nginx's "client closed request": nobody reads it, but access logs show it.
             RequestError::ClientGone => status_from(499),
         }

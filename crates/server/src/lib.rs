@@ -23,7 +23,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod v2;
 
-pub use body::read_body;
+pub use body::{read_body, BodyLimits};
 pub use client_gone::{on_connect, until_client_gone, ClientConnection};
 pub use error::{error_response, status_from, RequestError};
 pub use passes::Passes;

@@ -70,8 +70,14 @@ pub async fn request_log(
             actix_web::body::BodySize::Sized(n) => Some(n),
             _ => None,
         };
+        // The id of the key the guard accepted (never the key itself).
+        let key = res
+            .request()
+            .extensions()
+            .get::<crate::auth::Caller>()
+            .and_then(|c| c.key_id.clone());
         span.in_scope(|| {
-            tracing::info!(method = %method, route = %route, status, bytes, micros = (answered - started).as_micros() as u64, "request");
+            tracing::info!(method = %method, route = %route, status, bytes, key = key.as_deref(), micros = (answered - started).as_micros() as u64, "request");
         });
     }
     Ok(res)

@@ -8,7 +8,8 @@ use crate::metrics::{self, ProcessMetrics};
 use crate::routes::{Routes, RuleTable};
 use crate::settings::ServerSettings;
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::{from_fn, Compress};
+use actix_web::http::KeepAlive;
+use actix_web::middleware::{from_fn, Compress, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
 use prometheus::Registry;
 use std::future::Future;
@@ -140,6 +141,7 @@ impl<S: Service> Server<S> {
             service.key_ring(),
             &access_registry,
         )?);
+        let tls = listener.tls.is_some();
         let http = HttpServer::new(move || {
             crate::busy_poll::start(busy_poll);
             let ready = ready.clone();
@@ -147,6 +149,7 @@ impl<S: Service> Server<S> {
                 .app_data(app_service.clone())
                 .app_data(access.clone())
                 .wrap(from_fn(crate::auth::routing_check))
+                .wrap(security_headers(tls))
                 .wrap(Compress::default())
                 .wrap(from_fn(crate::request_log::request_log))
                 .configure(|cfg| {
@@ -154,6 +157,11 @@ impl<S: Service> Server<S> {
                 })
         })
         .on_connect(crate::client_gone::on_connect)
+        .client_request_timeout(Duration::from_millis(settings.request_head_timeout_ms))
+        .keep_alive(match settings.keep_alive_secs {
+            0 => KeepAlive::Disabled,
+            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        })
         .disable_signals()
         .shutdown_timeout(60);
         let http = match &listener.tls {
@@ -293,6 +301,26 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Headers on every answer: no content sniffing, no caching of answers (predictions and keys
+/// are the caller's data), no framing or referrer, no scripts; with TLS, browsers are told to
+/// use HTTPS only.
+fn security_headers(tls: bool) -> DefaultHeaders {
+    let headers = DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("Cache-Control", "no-store"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    if tls {
+        headers.add(("Strict-Transport-Security", "max-age=31536000"))
+    } else {
+        headers
     }
 }
 

@@ -33,6 +33,18 @@ pub struct ServerSettings {
     pub drain_secs: u64,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Most values (array elements, object members, arrays and objects) in a JSON request
+    /// body or binary request's JSON header (more: 400). Large tensors go as binary data.
+    pub max_json_values: usize,
+    /// Milliseconds a client has to send a request's line and headers, from the connection's
+    /// start or the previous answer (slower: 408, and the connection is closed); at least
+    /// 1000, measured to the nearest 500 ms.
+    pub request_head_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's whole body once its headers are in
+    /// (slower: 408).
+    pub body_timeout_ms: u64,
+    /// Seconds an idle keep-alive connection stays open (0: one request per connection).
+    pub keep_alive_secs: u64,
     /// Longest time, in microseconds, an HTTP thread keeps polling its connections after a
     /// request instead of sleeping, when its requests come that close together (0: never).
     /// Saves a wake-up per request at low load, for CPU time; see docs/deployment.md, "Busy
@@ -55,6 +67,10 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             drain_secs: 5,
             max_body_bytes: 64 * 1024 * 1024,
+            max_json_values: 4 * 1024 * 1024,
+            request_head_timeout_ms: 5000,
+            body_timeout_ms: 60_000,
+            keep_alive_secs: 5,
             busy_poll_us: 200,
             database: DatabaseSettings::default(),
             log: LogSettings::default(),
@@ -78,9 +94,29 @@ impl ServerSettings {
         if self.database.max_connections == 0 {
             anyhow::bail!("database.max_connections must be at least 1");
         }
+        for (key, value) in [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_json_values", self.max_json_values as u64),
+            ("request_head_timeout_ms", self.request_head_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{key} must be at least 1");
+            }
+        }
+        // The HTTP layer measures this from a clock it updates every 500 ms, so a connection
+        // may get up to half a second less: below a second that cuts off ordinary clients.
+        if self.request_head_timeout_ms < MIN_REQUEST_HEAD_TIMEOUT_MS {
+            anyhow::bail!(
+                "request_head_timeout_ms must be at least {MIN_REQUEST_HEAD_TIMEOUT_MS} (it is measured to the nearest 500 ms)"
+            );
+        }
         self.log.validate()
     }
 }
+
+/// Shortest `request_head_timeout_ms` accepted.
+pub const MIN_REQUEST_HEAD_TIMEOUT_MS: u64 = 1000;
 
 /// The settings of one vatic binary: [`ServerSettings`] flattened in, and its own.
 pub trait ProcessSettings: Serialize + DeserializeOwned + Default {
@@ -270,6 +306,19 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert_eq!(err, "database.max_connections must be at least 1");
+            for (text, want) in [
+                ("body_timeout_ms = 0\n", "body_timeout_ms must be at least 1"),
+                (
+                    "request_head_timeout_ms = 999\n",
+                    "request_head_timeout_ms must be at least 1000 (it is measured to the nearest 500 ms)",
+                ),
+            ] {
+                jail.create_file("vatic.toml", text)?;
+                let settings = load_in(jail, None).unwrap().server;
+                assert_eq!(settings.validate().unwrap_err().to_string(), want, "{text}");
+            }
+            jail.create_file("vatic.toml", "request_head_timeout_ms = 1000\n")?;
+            load_in(jail, None).unwrap().server.validate().unwrap();
             Ok(())
         });
     }

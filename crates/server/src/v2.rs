@@ -60,6 +60,15 @@ pub fn header_length(req: &HttpRequest) -> Result<Option<usize>, SchemaError> {
     v2::parse_header_length(value)
 }
 
+/// The JSON part of a V2 request body: all of it, or the header the binary extension's
+/// length names (a length past the end is left to the decoder to refuse).
+pub fn json_part(body: &[u8], header_length: Option<usize>) -> &[u8] {
+    match header_length {
+        Some(n) => body.get(..n).unwrap_or(body),
+        None => body,
+    }
+}
+
 /// An encoded V2 body as a response: JSON, or JSON header plus binary data.
 pub fn v2_response(encoded: Encoded) -> HttpResponse {
     let mut resp = HttpResponse::Ok();

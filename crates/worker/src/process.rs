@@ -13,8 +13,8 @@ use vatic_store::Store;
 pub struct WorkerService {
     host: EngineHost,
     store: Option<Store>,
-    /// Largest request body accepted.
-    pub(crate) max_body_bytes: usize,
+    /// What a request body may be.
+    pub(crate) body: vatic_server::BodyLimits,
 }
 
 impl WorkerService {
@@ -90,7 +90,7 @@ pub async fn start(settings: &WorkerSettings) -> anyhow::Result<Worker> {
     let service = WorkerService {
         host: EngineHost::start(&settings.engine, source)?,
         store,
-        max_body_bytes: settings.server.max_body_bytes,
+        body: vatic_server::BodyLimits::from_settings(&settings.server),
     };
     Server::start(listener, &settings.server, service)
 }

@@ -8,7 +8,9 @@ use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use vatic_schema::{v2, InferRequest, SchemaError};
-use vatic_server::v2::{header_length, model_ready_response, model_route, v2_response, ModelPath};
+use vatic_server::v2::{
+    header_length, json_part, model_ready_response, model_route, v2_response, ModelPath,
+};
 use vatic_server::{read_body, status_from, until_client_gone, RequestError};
 use vatic_server::{Group, Need, Routes};
 
@@ -142,8 +144,10 @@ async fn post_infer(
     p: web::Path<ModelPath>,
     payload: web::Payload,
 ) -> Result<HttpResponse, WorkerError> {
-    let body = read_body(&req, payload, s.max_body_bytes).await?;
-    let request: InferRequest = v2::decode_request(&body, header_length(&req)?)?;
+    let body = read_body(&req, payload, &s.body).await?;
+    let header_length = header_length(&req)?;
+    s.body.check_json(json_part(&body, header_length))?;
+    let request: InferRequest = v2::decode_request(&body, header_length)?;
     let response = until_client_gone(&req, async {
         Ok::<_, WorkerError>(
             s.engine()

@@ -43,6 +43,8 @@ pub struct Answered<'a> {
     pub version: Option<&'a str>,
     /// The request id the middleware assigned.
     pub request_id: Option<&'a str>,
+    /// The id of the API key the request came with.
+    pub key_id: Option<String>,
     /// When the request arrived.
     pub arrived: Arrival,
     /// The request as decoded.
@@ -106,10 +108,19 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
         request_id: a.request_id.unwrap_or_default().to_string(),
         model: a.model.to_string(),
         version: version.unwrap_or_default(),
-        api_key: None,
+        api_key: a.key_id,
         status,
         latency_us: a.arrived.instant.elapsed().as_micros() as u64,
         request,
         response,
+        sealed: None,
     });
+}
+
+/// The id of the API key `req` came with, as the access guard found it.
+pub fn key_id(req: &actix_web::HttpRequest) -> Option<String> {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<vatic_server::auth::Caller>()
+        .and_then(|c| c.key_id.clone())
 }

@@ -1,7 +1,7 @@
 //! TF-Serving's REST API: `POST /v1/models/{m}[/versions/{v}]:predict` (row and columnar forms),
 //! `GET /v1/models/{m}[/versions/{v}]` (status) and `.../metadata`.
 
-use super::{log_prediction, Answered, Arrival};
+use super::{key_id, log_prediction, Answered, Arrival};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::state::State;
@@ -109,7 +109,8 @@ async fn predict(
         None => (split_verb(&p.model)?.to_string(), None),
         Some(v) => (p.model.clone(), Some(split_verb(v)?.to_string())),
     };
-    let body = read_body(req, payload, s.max_body_bytes).await?;
+    let body = read_body(req, payload, &s.body).await?;
+    s.body.check_json(&body)?;
     let predict: PredictRequest =
         serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
@@ -127,6 +128,7 @@ async fn predict(
             model: &model,
             version: version.as_deref(),
             request_id: id.as_deref(),
+            key_id: key_id(req),
             arrived,
             request: &request,
             request_json: None,

@@ -1,6 +1,6 @@
 //! The KServe V2 model routes: metadata, ready, Triton's config and statistics, infer.
 
-use super::{log_prediction, Answered, Arrival};
+use super::{key_id, log_prediction, Answered, Arrival};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::state::State;
@@ -127,8 +127,10 @@ async fn infer(
     payload: web::Payload,
     arrived: Arrival,
 ) -> Result<(HttpResponse, Option<String>), ApiError> {
-    let body = read_body(req, payload, s.max_body_bytes).await?;
+    let body = read_body(req, payload, &s.body).await?;
     let binary_request = header_length(req)?;
+    s.body
+        .check_json(vatic_server::v2::json_part(&body, binary_request))?;
     let request = v2::decode_request(&body, binary_request)?;
     let id = RequestId::of(req);
     let answer = until_client_gone(
@@ -148,6 +150,7 @@ async fn infer(
             model: &p.model,
             version: p.version.as_deref(),
             request_id: id.as_deref(),
+            key_id: key_id(req),
             arrived,
             request: &request,
             request_json: binary_request.is_none().then_some(&body[..]),

@@ -1,12 +1,14 @@
 //! The compose profile "logging": the api and worker services of docker-compose.yml, run as
-//! processes with the compose file's own command and environment, write their log files where
-//! Filebeat (elk/filebeat.yml) reads them, and every line they write fits the Elasticsearch
-//! mapping the profile loads (elk/vatic-logs.index-template.json), which docs/operations.md
-//! lists field by field.
+//! processes with the compose file's own command and environment (HTTPS, mutual TLS to the
+//! workers, on the certificates the compose file's `certs` service makes), write their log files
+//! where Filebeat (elk/filebeat.yml) reads them, and every line they write fits the
+//! Elasticsearch mapping the profile loads (elk/vatic-logs.index-template.json), which
+//! docs/operations.md lists field by field.
 
 use crate::helpers::{binary, ServerProcess};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,6 +16,11 @@ use vatic_testkit::TestDb;
 
 /// Where the compose file mounts the shared `logs` volume.
 const LOG_VOLUME: &str = "logs";
+/// The volume of the certificates, and where the compose file mounts it.
+const CERTS_VOLUME: &str = "certs";
+const CERTS_DIR: &str = "/certs";
+/// The volume the CA's key is moved to, which only the `certs` service mounts.
+const CA_KEY_DIR: &str = "/certs-ca";
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(vatic_testkit::root().join(path)).expect(path)
@@ -83,13 +90,58 @@ fn log_mount(service: &Value) -> (String, bool) {
 /// The first admin key of the api under test.
 const ADMIN_KEY: &str = "elk-test-admin-key-0123456789abcdef";
 
+/// Runs the `certs` service's script on this machine, with `certs` and `ca_key` in place of its
+/// volumes and `rotate` as `CERTS_ROTATE`; returns what it printed.
+fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, rotate: bool) -> String {
+    let service = &compose["services"]["certs"];
+    let command = strings(&service["command"]);
+    assert_eq!(command[..2], ["sh", "-ec"], "{service}");
+    assert_eq!(
+        strings(&service["volumes"]),
+        [
+            format!("{CERTS_VOLUME}:{CERTS_DIR}"),
+            format!("certs-ca:{CA_KEY_DIR}")
+        ]
+    );
+    // Compose passes `$$` on as `$`. The folders are replaced in one pass each: the local
+    // path of one may hold the other's name.
+    let script = command[2]
+        .replace("$$", "$")
+        .split(CA_KEY_DIR)
+        .map(|part| part.replace(CERTS_DIR, &certs.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(&ca_key.display().to_string());
+    let vaticctl = binary("vaticctl", "vatic-cli");
+    let path = format!(
+        "{}:{}",
+        vaticctl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-ec", &script]).env("PATH", path);
+    for (k, v) in service["environment"]
+        .as_object()
+        .expect("an environment map")
+    {
+        cmd.env(k, v.as_str().expect("a string value"));
+    }
+    if rotate {
+        cmd.env("CERTS_ROTATE", "1");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs a compose service's command as a process on this machine: `/etc/vatic/` is the
-/// repository's config/, listeners are on 127.0.0.1:0, and `env` overrides the service's
-/// environment (the database and the log folder, which name compose's hosts and volumes).
+/// repository's config/, `/certs/` is `certs`, listeners are on 127.0.0.1:0, and `env` overrides
+/// the service's environment (the database and the log folder, which name compose's hosts and
+/// volumes).
 fn run_service(
     compose: &Value,
     name: &str,
     env: &[(&str, String)],
+    certs: &Path,
     workdir: &Path,
 ) -> ServerProcess {
     let service = &compose["services"][name];
@@ -109,7 +161,11 @@ fn run_service(
         .as_object()
         .expect("an environment map")
     {
-        cmd.env(k, v.as_str().expect("a string value"));
+        let v = v.as_str().expect("a string value");
+        match v.strip_prefix(&format!("{CERTS_DIR}/")) {
+            Some(file) => cmd.env(k, certs.join(file)),
+            None => cmd.env(k, v),
+        };
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let ready = if program == "vatic-api" {
@@ -274,6 +330,10 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         let service = &compose["services"][name];
         assert_eq!(log_mount(service), (log_dir.clone(), false), "{name}");
         assert_eq!(service["environment"]["VATIC_LOG__DIR"], log_dir, "{name}");
+        assert!(
+            strings(&service["volumes"]).contains(&format!("{CERTS_VOLUME}:{CERTS_DIR}:ro")),
+            "{name} mounts the certificates read-only"
+        );
     }
 
     // Filebeat: one input per service, JSON decoded to the document's root, into the indices
@@ -297,10 +357,40 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         assert_eq!(ndjson["add_error_key"], false, "{input}");
     }
 
-    // The compose services, as processes: migrate, a worker, the api.
+    // The compose services, as processes: certs, migrate, a worker, the api.
     let db = TestDb::postgres();
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
+    let (certs, ca_key) = (dir.path().join("certs"), dir.path().join("certs-ca"));
+    std::fs::create_dir_all(&ca_key).unwrap();
+    run_certs(&compose, &certs, &ca_key, false);
+    let mode = |f: &str| {
+        std::fs::metadata(certs.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert!(
+        !certs.join("ca.key").exists(),
+        "the CA's key is not left in the volume"
+    );
+    assert!(ca_key.join("ca.key").is_file());
+    assert_eq!(mode("api.key"), 0o600);
+    assert_eq!(
+        mode("api-client.key"),
+        0o640,
+        "Prometheus' group reads the client key"
+    );
+    // Run again, as on every `up`, it keeps the certificates; CERTS_ROTATE=1 makes new ones.
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    let kept = run_certs(&compose, &certs, &ca_key, false);
+    assert!(kept.contains("keeping"), "{kept}");
+    assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), ca);
+    run_certs(&compose, &certs, &ca_key, true);
+    assert_ne!(std::fs::read(certs.join("ca.crt")).unwrap(), ca);
+    assert!(!certs.join("ca.key").exists());
+    assert_eq!(mode("api-client.key"), 0o640);
     let migrate = &compose["services"]["migrate"];
     let migrated = Command::new(binary("vaticctl", "vatic-cli"))
         .args(&strings(&migrate["command"])[1..])
@@ -335,6 +425,7 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
             ("VATIC_REGISTRY__POLL_MS", "200"),
             ("VATIC_REGISTRY__HEARTBEAT_MS", "200"),
         ]),
+        &certs,
         &worker_dir,
     );
     // The compose api requires keys: its first admin key comes from VATIC_ADMIN_KEY.
@@ -342,17 +433,36 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         &compose,
         "api",
         &local(&[("VATIC_FLEET_REFRESH_MS", "200")]),
+        &certs,
         &api_dir,
     );
+    assert!(api.url.starts_with("https://"), "{}", api.url);
 
-    // Traffic: a push, answers of every kind, a retire.
+    // Traffic: a push, answers of every kind, a retire. The client trusts the compose CA and
+    // holds the api's client certificate, which the workers ask for.
     let mut auth = reqwest::header::HeaderMap::new();
     auth.insert(
         reqwest::header::AUTHORIZATION,
         format!("Bearer {ADMIN_KEY}").parse().unwrap(),
     );
+    let tls = vatic_tls::ClientTls::new(
+        &vatic_tls::ClientTlsSettings {
+            ca: Some(certs.join("ca.crt")),
+            cert: Some(certs.join("api-client.crt")),
+            key: Some(certs.join("api-client.key")),
+            server_name: None,
+        },
+        vatic_tls::SettingNames {
+            ca: "ca",
+            cert: "cert",
+            key: "key",
+            server_name: "server_name",
+        },
+    )
+    .unwrap();
     let client = reqwest::blocking::Client::builder()
         .default_headers(auth)
+        .use_preconfigured_tls((*tls.config).clone())
         .build()
         .unwrap();
     let model =
@@ -404,6 +514,7 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
             ),
             ("VATIC_REGISTRY__HEARTBEAT_MS", "200".into()),
         ],
+        &certs,
         &worker_dir,
     );
     let ready = format!("{}/v2/models/breast_cancer/ready", doomed.url);

@@ -5,6 +5,7 @@ mod auth;
 mod cluster;
 mod docs;
 mod elk;
+mod hardening;
 mod helpers;
 mod loading;
 mod logged;

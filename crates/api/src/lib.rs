@@ -51,7 +51,7 @@ impl Application {
         let state = AppState {
             registry_passes: registry_passes(&backend, catalog_passes),
             backend,
-            max_body_bytes: settings.server.max_body_bytes,
+            body: vatic_server::BodyLimits::from_settings(&settings.server),
             store,
             uploads: routes::admin::Uploads {
                 dir: settings.upload_dir.clone(),
@@ -192,7 +192,18 @@ fn start_prediction_log(
     let Some(store) = store else {
         return Ok(None);
     };
-    let log = PredictionLog::start(store.clone(), settings.prediction_log.clone())?;
+    let keys = prediction_log::data_keys(&settings.prediction_log)?.map(Arc::new);
+    match &keys {
+        Some(keys) => tracing::info!(
+            data_key = keys.current(),
+            readable = ?keys.ids(),
+            "prediction payloads are encrypted at rest"
+        ),
+        None => tracing::info!(
+            "prediction payloads are stored in clear: no data key is configured (docs/security.md)"
+        ),
+    }
+    let log = PredictionLog::start(store.clone(), settings.prediction_log.clone(), keys)?;
     log.register(metrics.registry())?;
     Ok(Some(log))
 }

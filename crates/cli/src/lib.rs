@@ -16,6 +16,7 @@ pub mod keys;
 pub mod migrate;
 pub mod models;
 pub mod output;
+pub mod predictions;
 
 use clap::{Args, Parser, Subcommand};
 use output::OutputFormat;
@@ -183,6 +184,17 @@ pub enum Command {
     ///   vaticctl keys revoke 3k9x0a1b2c3d
     #[command(verbatim_doc_comment)]
     Keys(keys::KeysArgs),
+    /// Export the prediction log, decrypted (with an admin key), and make data keys
+    ///
+    /// `export` writes one JSON object per line, oldest first, with the payloads decrypted by
+    /// the server; every page read is recorded in the audit log. `data-key` prints a new entry
+    /// for the data keys file that encrypts payloads at rest (docs/security.md).
+    ///
+    /// Examples:
+    ///   vaticctl predictions export --model fraud --since 24h --to fraud.jsonl
+    ///   vaticctl predictions data-key --id 2026-12 >> /etc/vatic/data-keys
+    #[command(verbatim_doc_comment)]
+    Predictions(predictions::PredictionsArgs),
 }
 
 /// Runs a parsed command line.
@@ -197,6 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&cli.global, &args),
         Command::Certs(args) => certs::run(&args),
         Command::Keys(args) => keys::run(&cli.global, &args),
+        Command::Predictions(args) => predictions::run(&cli.global, &args),
     }
 }
 

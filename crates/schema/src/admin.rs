@@ -297,3 +297,44 @@ pub struct CreatedKey {
     /// The whole key to send (`vk_<id>_<secret>`); not stored, not shown again.
     pub secret: String,
 }
+
+/// A logged prediction as `GET /admin/v1/predictions` gives it, its payloads decrypted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedPrediction {
+    /// The record's id.
+    pub id: String,
+    /// When the request arrived (RFC 3339, microseconds).
+    pub at: String,
+    /// The request id (`X-Request-ID`).
+    pub request_id: String,
+    /// Model name.
+    pub model: String,
+    /// Version that answered.
+    pub version: String,
+    /// Id of the API key the request came with.
+    pub api_key: Option<String>,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// Time from arrival to answer, in microseconds.
+    pub latency_us: u64,
+    /// The request's inputs (V2 JSON), in `full` log mode.
+    pub request: Option<serde_json::Value>,
+    /// The response's outputs (V2 JSON), in `full` log mode.
+    pub response: Option<serde_json::Value>,
+    /// The data key the payloads were encrypted with at rest, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
+    /// Why the payloads could not be decrypted (their key is not configured, or they were
+    /// altered); `request` and `response` are then absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /admin/v1/predictions` answer: records in arrival order, and where the next page starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionPage {
+    /// The records of this page.
+    pub records: Vec<LoggedPrediction>,
+    /// The `after` value of the next page; absent on the last one.
+    pub next: Option<String>,
+}

@@ -14,6 +14,7 @@ mod keys;
 mod notify;
 mod predictions;
 mod registry;
+mod sealing;
 mod settings;
 
 pub use artifacts::{fetch_artifact_to, sha256_file};
@@ -21,8 +22,9 @@ pub use error::{Result, StoreError};
 pub use fleet::Heartbeat;
 pub use keys::{ApiKey, KEYS_CHANNEL};
 pub use notify::{Listener, REGISTRY_CHANNEL};
-pub use predictions::{Delivery, PredictionRecord, RetentionReport};
+pub use predictions::{Delivery, PredictionQuery, PredictionRecord, RetentionReport};
 pub use registry::{Actor, AuditQuery, AuditRecord, NewVersion};
+pub use sealing::{new_data_key, DataKeys, SealError, Sealed, DATA_KEY_LEN};
 pub use settings::{redact, DatabaseSettings};
 
 use sqlx::migrate::Migrator;

@@ -2,6 +2,7 @@
 //! skips the records stored already when a batch is replayed), day partitions on PostgreSQL, and
 //! retention.
 
+use crate::sealing::{DataKeys, SealError, Sealed};
 use crate::{on_pool, Pool, Result, Store, StoreError};
 use chrono::{DateTime, Days, NaiveDate, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,35 @@ pub struct PredictionRecord {
     pub request: Option<String>,
     /// Response outputs as V2 JSON, in `full` mode.
     pub response: Option<String>,
+    /// Request and response sealed with a data key, in their place, when one is configured
+    /// (`request` and `response` are then empty until [`PredictionRecord::open`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+}
+
+impl PredictionRecord {
+    /// Seals the payloads with the newest of `keys`: they move from `request` and `response`
+    /// into `sealed`. A record without payloads is left as it is.
+    pub fn seal(&mut self, keys: &DataKeys) {
+        if self.request.is_none() && self.response.is_none() {
+            return;
+        }
+        let sealed = keys.seal(&self.id, self.request.as_deref(), self.response.as_deref());
+        self.request = None;
+        self.response = None;
+        self.sealed = Some(sealed);
+    }
+
+    /// Opens sealed payloads back into `request` and `response`.
+    pub fn open(&mut self, keys: &DataKeys) -> std::result::Result<(), SealError> {
+        if let Some(sealed) = &self.sealed {
+            let (request, response) = keys.open(&self.id, sealed)?;
+            self.request = request;
+            self.response = response;
+            self.sealed = None;
+        }
+        Ok(())
+    }
 }
 
 /// What retention removed.
@@ -43,7 +73,7 @@ pub struct RetentionReport {
 }
 
 const COLUMNS: &str =
-    "id, at, request_id, model, version, api_key, status, latency_us, request, response";
+    "id, at, request_id, model, version, api_key, status, latency_us, request, response, data_key, sealed";
 
 fn partition_name(day: NaiveDate) -> String {
     format!("predictions_p{}", day.format("%Y%m%d"))
@@ -56,7 +86,7 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// signature, each row as its field count and each field's length (-1 for NULL) and bytes, then
 /// -1. Each field is in the column type's binary form: uuid as its 16 bytes, timestamptz as
 /// microseconds since 2000-01-01 UTC (finer digits dropped), smallint and bigint big-endian,
-/// text and json as their UTF-8 text. The database reads this without parsing numbers, dates
+/// text and json as their UTF-8 text, bytea as its bytes. The database reads this without parsing numbers, dates
 /// or ids from text, and nothing needs escaping.
 fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
@@ -82,6 +112,7 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
                 + r.api_key.as_ref().map_or(0, String::len)
                 + r.request.as_ref().map_or(0, String::len)
                 + r.response.as_ref().map_or(0, String::len)
+                + r.sealed.as_ref().map_or(0, |s| s.key.len() + s.data.len())
         })
         .sum();
     let mut out = Vec::with_capacity(21 + size);
@@ -90,7 +121,7 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
     out.extend_from_slice(&0i32.to_be_bytes());
     out.extend_from_slice(&0i32.to_be_bytes());
     for r in records {
-        out.extend_from_slice(&10i16.to_be_bytes());
+        out.extend_from_slice(&12i16.to_be_bytes());
         let at = r.at.timestamp_micros() - PG_EPOCH_US;
         // HTTP statuses are three digits; a latency past i64 would be 292,000 years.
         let status = i16::try_from(r.status).unwrap_or(i16::MAX);
@@ -105,6 +136,8 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
         field(&mut out, Some(&latency.to_be_bytes()));
         field(&mut out, r.request.as_deref().map(str::as_bytes));
         field(&mut out, r.response.as_deref().map(str::as_bytes));
+        field(&mut out, r.sealed.as_ref().map(|s| s.key.as_bytes()));
+        field(&mut out, r.sealed.as_ref().map(|s| s.data.as_slice()));
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -171,6 +204,61 @@ async fn copy_staged(
     Ok(new)
 }
 
+/// Which records [`Store::predictions_page`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PredictionQuery {
+    /// Only this model's records; all when `None`.
+    pub model: Option<String>,
+    /// From this time on (included).
+    pub since: Option<DateTime<Utc>>,
+    /// Up to this time (excluded).
+    pub until: Option<DateTime<Utc>>,
+    /// After this record: its time and id, as the last record of the page before.
+    pub after: Option<(DateTime<Utc>, uuid::Uuid)>,
+    /// Most records to return.
+    pub limit: u32,
+}
+
+/// Reads a record from a row of [`Store::select_columns`].
+fn record_from_row<R: Row>(r: &R) -> Result<PredictionRecord>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i16: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let id: String = r.try_get("id")?;
+    let data_key: Option<String> = r.try_get("data_key")?;
+    let sealed: Option<Vec<u8>> = r.try_get("sealed")?;
+    let sealed = match (data_key, sealed) {
+        (Some(key), Some(data)) => Some(Sealed { key, data }),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+            "prediction {id}: a sealed payload without its key id, or a key id without a payload"
+        )))
+        }
+    };
+    Ok(PredictionRecord {
+        id: id
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("prediction id {id}: {e}")))?,
+        at: r.try_get("at")?,
+        request_id: r.try_get("request_id")?,
+        model: r.try_get("model")?,
+        version: r.try_get("version")?,
+        api_key: r.try_get("api_key")?,
+        status: r.try_get::<i16, _>("status")? as u16,
+        latency_us: r.try_get::<i64, _>("latency_us")? as u64,
+        request: r.try_get("request")?,
+        response: r.try_get("response")?,
+        sealed,
+    })
+}
+
 /// Whether a batch's records may be in the log already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -221,7 +309,7 @@ impl Store {
                 let mut new = 0;
                 for r in records {
                     new += sqlx::query(&format!(
-                        "INSERT INTO predictions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
+                        "INSERT INTO predictions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING"
                     ))
                     .bind(r.id.to_string())
                     .bind(r.at.trunc_subsecs(6))
@@ -233,6 +321,8 @@ impl Store {
                     .bind(r.latency_us as i64)
                     .bind(&r.request)
                     .bind(&r.response)
+                    .bind(r.sealed.as_ref().map(|s| &s.key))
+                    .bind(r.sealed.as_ref().map(|s| &s.data))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -300,36 +390,64 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// The newest records of a model, newest first.
+    /// The newest records of a model, newest first, as stored (sealed payloads stay sealed).
     pub async fn recent_predictions(
         &self,
         model: &str,
         limit: u32,
     ) -> Result<Vec<PredictionRecord>> {
+        let sql = format!(
+            "SELECT {} FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2",
+            self.select_columns()
+        );
         on_pool!(self, pool => {
-            let sql = match self.backend() {
-                crate::Backend::Postgres => "SELECT id::text AS id, at, request_id, model, version, api_key, status, latency_us, request::text AS request, response::text AS response FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2".to_string(),
-                crate::Backend::Sqlite => format!("SELECT {COLUMNS} FROM predictions WHERE model = $1 ORDER BY at DESC LIMIT $2"),
-            };
             let rows = sqlx::query(&sql).bind(model).bind(limit as i64).fetch_all(pool).await?;
-            rows.iter()
-                .map(|r| -> Result<PredictionRecord> {
-                    let id: String = r.try_get("id")?;
-                    Ok(PredictionRecord {
-                        id: id.parse().map_err(|e| crate::StoreError::Corrupt(format!("prediction id {id}: {e}")))?,
-                        at: r.try_get("at")?,
-                        request_id: r.try_get("request_id")?,
-                        model: r.try_get("model")?,
-                        version: r.try_get("version")?,
-                        api_key: r.try_get("api_key")?,
-                        status: r.try_get::<i16, _>("status")? as u16,
-                        latency_us: r.try_get::<i64, _>("latency_us")? as u64,
-                        request: r.try_get("request")?,
-                        response: r.try_get("response")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(record_from_row).collect()
         })
+    }
+
+    /// Records in the order they arrived (by time, then id), as stored: those of `model` (or
+    /// all) from `since` up to `until` (excluded), after the record `after` (a position from
+    /// an earlier page), at most `limit`. Reading page after page with the last record's
+    /// position walks the whole range once.
+    pub async fn predictions_page(&self, query: &PredictionQuery) -> Result<Vec<PredictionRecord>> {
+        let (after_at, after_id) = match &query.after {
+            Some((at, id)) => (Some(at.trunc_subsecs(6)), Some(*id)),
+            None => (None, None),
+        };
+        let after_id = after_id.map(|id| id.to_string());
+        // SQLite keeps ids as text, PostgreSQL as uuid: compare in the column's own type.
+        let id_type = match self.backend() {
+            crate::Backend::Postgres => "::uuid",
+            crate::Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT {} FROM predictions WHERE ($1 IS NULL OR model = $1) \
+             AND ($2 IS NULL OR at >= $2) AND ($3 IS NULL OR at < $3) \
+             AND ($4 IS NULL OR at > $4 OR (at = $4 AND id > $5{id_type})) \
+             ORDER BY at, id LIMIT $6",
+            self.select_columns()
+        );
+        on_pool!(self, pool => {
+            let rows = sqlx::query(&sql)
+                .bind(query.model.as_deref())
+                .bind(query.since)
+                .bind(query.until)
+                .bind(after_at)
+                .bind(after_id)
+                .bind(i64::from(query.limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(record_from_row).collect()
+        })
+    }
+
+    /// The columns of a record as [`record_from_row`] reads them on this backend.
+    fn select_columns(&self) -> &'static str {
+        match self.backend() {
+            crate::Backend::Postgres => "id::text AS id, at, request_id, model, version, api_key, status, latency_us, request, response, data_key, sealed",
+            crate::Backend::Sqlite => COLUMNS,
+        }
     }
 
     /// Removes predictions from before the start of the day `keep_days` days before today (UTC):
@@ -403,11 +521,12 @@ mod tests {
             latency_us: 70_000,
             request: Some("{}".into()),
             response: None,
+            sealed: None,
         };
         let data = copy_binary(std::slice::from_ref(&record));
         let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
         want.extend([0, 0, 0, 0, 0, 0, 0, 0]);
-        want.extend([0, 10]);
+        want.extend([0, 12]);
         want.extend([0, 0, 0, 16]);
         want.extend(1..=16u8);
         want.extend([0, 0, 0, 8]);
@@ -422,6 +541,9 @@ mod tests {
         want.extend([0, 0, 0, 8]);
         want.extend(70_000i64.to_be_bytes());
         want.extend([0, 0, 0, 2, b'{', b'}']);
+        // No response, nothing sealed.
+        want.extend((-1i32).to_be_bytes());
+        want.extend((-1i32).to_be_bytes());
         want.extend((-1i32).to_be_bytes());
         want.extend((-1i16).to_be_bytes());
         assert_eq!(data, want);
@@ -443,6 +565,7 @@ mod tests {
                 latency_us: 0,
                 request: None,
                 response: None,
+                sealed: None,
             };
             let data = copy_binary(&[r]);
             // Header, field count, the id's length and bytes, the time's length.

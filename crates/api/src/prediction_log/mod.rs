@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
-use vatic_store::{PredictionRecord, Store};
+use vatic_store::{DataKeys, PredictionRecord, Store};
 use writer::Writer;
 
 pub use spool::{ACTIVE as SPOOL_FILE, REPLAYING as SPOOL_REPLAYING_FILE};
@@ -35,6 +35,10 @@ pub struct PredictionLogSettings {
     pub spool_dir: PathBuf,
     /// Milliseconds between attempts to replay the spool while the database is unreachable.
     pub retry_interval_ms: u64,
+    /// File of data keys (`ID=BASE64` lines, the last one in use): when set, or when the
+    /// `VATIC_DATA_KEYS` environment variable holds such entries, payloads are encrypted before
+    /// they are queued, spooled or stored (docs/security.md).
+    pub data_keys_file: Option<PathBuf>,
 }
 
 impl Default for PredictionLogSettings {
@@ -45,8 +49,34 @@ impl Default for PredictionLogSettings {
             flush_interval_ms: 200,
             spool_dir: PathBuf::from("data/spool"),
             retry_interval_ms: 1000,
+            data_keys_file: None,
         }
     }
+}
+
+/// The environment variable that may hold the data keys instead of a file.
+pub const DATA_KEYS_ENV: &str = "VATIC_DATA_KEYS";
+
+/// Reads the data keys from `data_keys_file` or [`DATA_KEYS_ENV`] (not both); `None` when
+/// neither is set, and payloads are stored in clear.
+pub fn data_keys(settings: &PredictionLogSettings) -> anyhow::Result<Option<DataKeys>> {
+    let from_env = std::env::var(DATA_KEYS_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let text = match (&settings.data_keys_file, from_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "prediction_log.data_keys_file and {DATA_KEYS_ENV} are both set: give the data keys in one place"
+        ),
+        (None, None) => return Ok(None),
+        (None, Some(text)) => (text, DATA_KEYS_ENV.to_string()),
+        (Some(path), None) => {
+            let origin = format!("prediction_log.data_keys_file {}", path.display());
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{origin}: cannot read it: {e}"))?;
+            (text, origin)
+        }
+    };
+    Ok(Some(DataKeys::parse(&text.0, &text.1)?))
 }
 
 /// Largest queue accepted; the channel refuses more than `usize::MAX >> 3`.
@@ -159,6 +189,8 @@ struct Shared {
     spool: Arc<Spool>,
     counters: Arc<Counters>,
     writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Seal payloads before they leave [`PredictionLog::log`], when configured.
+    keys: Option<Arc<DataKeys>>,
 }
 
 /// Handle on the prediction log; cheap to clone. Dropping every handle without `shutdown` lets
@@ -170,8 +202,13 @@ pub struct PredictionLog {
 
 impl PredictionLog {
     /// Opens the spool folder and starts the writer on the current tokio runtime. Spool files
-    /// left by an earlier run are replayed first.
-    pub fn start(store: Store, settings: PredictionLogSettings) -> anyhow::Result<PredictionLog> {
+    /// left by an earlier run are replayed first. With `keys`, payloads are sealed with the
+    /// newest of them as they are handed over.
+    pub fn start(
+        store: Store,
+        settings: PredictionLogSettings,
+        keys: Option<Arc<DataKeys>>,
+    ) -> anyhow::Result<PredictionLog> {
         settings.validate("prediction_log")?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("the prediction log needs a tokio runtime"))?;
@@ -198,13 +235,19 @@ impl PredictionLog {
                 spool,
                 counters,
                 writer: tokio::sync::Mutex::new(Some(handle)),
+                keys,
             }),
         })
     }
 
     /// Hands a record over without waiting for the database: to the queue, else (queue full, or
     /// after shutdown) appended to the spool file. Only if that append fails is it dropped.
-    pub fn log(&self, record: PredictionRecord) {
+    /// Its payloads are sealed first when data keys are configured, so they are in clear
+    /// nowhere outside this process.
+    pub fn log(&self, mut record: PredictionRecord) {
+        if let Some(keys) = &self.shared.keys {
+            record.seal(keys);
+        }
         let c = &self.shared.counters;
         let (record, closed) = {
             let tx = self
@@ -250,6 +293,11 @@ impl PredictionLog {
                 );
             }
         }
+    }
+
+    /// The data keys payloads are sealed with, when configured.
+    pub fn keys(&self) -> Option<&Arc<DataKeys>> {
+        self.shared.keys.as_ref()
     }
 
     /// The counters now.

@@ -333,6 +333,7 @@ mod tests {
             latency_us: 10,
             request: None,
             response: None,
+            sealed: None,
         }
     }
 

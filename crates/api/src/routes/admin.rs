@@ -187,6 +187,13 @@ pub fn configure(routes: &mut Routes<'_>) {
             )
             .add(
                 Method::GET,
+                "/admin/v1/predictions",
+                Need::Admin,
+                "Logged predictions in arrival order, payloads decrypted (audited)",
+                export_predictions,
+            )
+            .add(
+                Method::GET,
                 "/admin/v1/prediction-log",
                 Need::View,
                 "The prediction log's state",
@@ -470,6 +477,143 @@ async fn apply_retention(
         .apply_retention(body.keep_days, &actor(&req))
         .await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// Records per page of `GET /admin/v1/predictions` when the query names none, and the most.
+const EXPORT_PAGE: u32 = 1000;
+const EXPORT_PAGE_MAX: u32 = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportParams {
+    model: Option<String>,
+    /// RFC 3339, included.
+    since: Option<String>,
+    /// RFC 3339, excluded.
+    until: Option<String>,
+    /// The `next` of the page before.
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+fn rfc3339(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, AdminError> {
+    value
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| {
+                    AdminError::BadRequest(format!("{name}: '{t}' is not an RFC 3339 time: {e}"))
+                })
+        })
+        .transpose()
+}
+
+/// A page position: the last record's time, in microseconds since 1970, and id.
+fn cursor(at: chrono::DateTime<chrono::Utc>, id: &uuid::Uuid) -> String {
+    format!("{}:{id}", at.timestamp_micros())
+}
+
+fn parse_cursor(value: &str) -> Result<(chrono::DateTime<chrono::Utc>, uuid::Uuid), AdminError> {
+    let bad = || {
+        AdminError::BadRequest(format!(
+            "after: '{value}' is not a page position (use the `next` of the page before)"
+        ))
+    };
+    let (micros, id) = value.split_once(':').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+/// A stored record as the export gives it: payloads opened with the configured data keys, or
+/// the reason they could not be.
+fn exported(
+    mut record: vatic_store::PredictionRecord,
+    keys: Option<&vatic_store::DataKeys>,
+) -> vatic_schema::admin::LoggedPrediction {
+    let data_key = record.sealed.as_ref().map(|s| s.key.clone());
+    let error = match (&record.sealed, keys) {
+        (None, _) => None,
+        (Some(sealed), None) => {
+            Some(vatic_store::SealError::UnknownKey(sealed.key.clone()).to_string())
+        }
+        (Some(_), Some(keys)) => record.open(keys).err().map(|e| e.to_string()),
+    };
+    // Payloads are JSON the api parsed or encoded itself; anything else is given as text.
+    let json = |text: Option<String>| {
+        text.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)))
+    };
+    vatic_schema::admin::LoggedPrediction {
+        id: record.id.to_string(),
+        at: record
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        request_id: record.request_id,
+        model: record.model,
+        version: record.version,
+        api_key: record.api_key,
+        status: record.status,
+        latency_us: record.latency_us,
+        request: json(record.request),
+        response: json(record.response),
+        data_key,
+        error,
+    }
+}
+
+/// `GET /admin/v1/predictions`: a page of the prediction log, decrypted. Each page read is
+/// audited (`predictions_export`): decrypted payloads are the most sensitive thing vatic holds.
+async fn export_predictions(
+    s: State,
+    req: HttpRequest,
+    q: web::Query<ExportParams>,
+) -> Result<HttpResponse, AdminError> {
+    let q = q.into_inner();
+    let limit = q.limit.unwrap_or(EXPORT_PAGE);
+    if limit == 0 || limit > EXPORT_PAGE_MAX {
+        return Err(AdminError::BadRequest(format!(
+            "limit: {limit} is not between 1 and {EXPORT_PAGE_MAX}"
+        )));
+    }
+    let query = vatic_store::PredictionQuery {
+        model: q.model.clone(),
+        since: rfc3339("since", q.since.as_deref())?,
+        until: rfc3339("until", q.until.as_deref())?,
+        after: q.after.as_deref().map(parse_cursor).transpose()?,
+        limit,
+    };
+    let store = store(&s)?;
+    let records = store.predictions_page(&query).await?;
+    let next = (records.len() == limit as usize)
+        .then(|| records.last().map(|r| cursor(r.at, &r.id)))
+        .flatten();
+    let keys = s
+        .prediction_log
+        .as_ref()
+        .and_then(|log| log.keys())
+        .map(|k| &**k);
+    let records: Vec<_> = records.into_iter().map(|r| exported(r, keys)).collect();
+    let unreadable = records.iter().filter(|r| r.error.is_some()).count();
+    let detail = serde_json::json!({
+        "model": q.model, "since": q.since, "until": q.until, "after": q.after,
+        "records": records.len(), "unreadable": unreadable,
+    })
+    .to_string();
+    store
+        .audit(
+            &actor(&req),
+            "predictions_export",
+            q.model.as_deref(),
+            &detail,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(vatic_schema::admin::PredictionPage { records, next }))
 }
 
 async fn prediction_log_stats(s: State) -> Result<HttpResponse, AdminError> {

@@ -34,6 +34,7 @@ fn record(i: usize) -> PredictionRecord {
         response: i
             .is_multiple_of(3)
             .then(|| r#"{"outputs": []}"#.to_string()),
+        sealed: None,
     }
 }
 
@@ -96,7 +97,7 @@ async fn every_logged_record_is_written_once() {
     for db in TestDb::both() {
         let store = open_store(&db.url).await;
         let spool = tempfile::tempdir().unwrap();
-        let log = PredictionLog::start(store.clone(), settings(spool.path())).unwrap();
+        let log = PredictionLog::start(store.clone(), settings(spool.path()), None).unwrap();
         let n = 1234;
         for i in 0..n {
             log.log(record(i));
@@ -123,9 +124,9 @@ async fn every_logged_record_is_written_once() {
         assert_eq!(log.stats().spooled, 1);
         assert_eq!(spool_lines(spool.path()), 1);
         // The spool folder is the log's until the last handle is dropped.
-        assert!(PredictionLog::start(store.clone(), settings(spool.path())).is_err());
+        assert!(PredictionLog::start(store.clone(), settings(spool.path()), None).is_err());
         drop(log);
-        let next = PredictionLog::start(store.clone(), settings(spool.path())).unwrap();
+        let next = PredictionLog::start(store.clone(), settings(spool.path()), None).unwrap();
         next.shutdown().await;
         assert_eq!(next.stats().replayed, 1);
         assert_eq!(store.prediction_count(None).await.unwrap(), n as u64 + 1);
@@ -143,7 +144,7 @@ async fn a_full_queue_overflows_to_the_spool_which_is_replayed() {
             queue_capacity: 1,
             ..settings(spool.path())
         };
-        let log = PredictionLog::start(store.clone(), settings).unwrap();
+        let log = PredictionLog::start(store.clone(), settings, None).unwrap();
         // On this single-threaded runtime the writer cannot run until the loop ends.
         let n = 2000;
         for i in 0..n {
@@ -179,7 +180,7 @@ async fn records_logged_during_a_database_outage_arrive_once_it_is_back() {
     let proxy = TcpProxy::for_url(&db.url);
     let store = open_store(&proxy.url(&db.url)).await;
     let spool = tempfile::tempdir().unwrap();
-    let log = PredictionLog::start(store.clone(), settings(spool.path())).unwrap();
+    let log = PredictionLog::start(store.clone(), settings(spool.path()), None).unwrap();
     let mut logged = 0;
     let mut log_for = |log: &PredictionLog, ms: u64| {
         let log = log.clone();
@@ -246,7 +247,7 @@ async fn a_spool_left_by_a_crash_is_replayed_at_start() {
         let active = lines(&records[60..]) + &torn[..torn.len() / 2];
         std::fs::write(spool.path().join(SPOOL_FILE), active).unwrap();
 
-        let log = PredictionLog::start(store.clone(), settings(spool.path())).unwrap();
+        let log = PredictionLog::start(store.clone(), settings(spool.path()), None).unwrap();
         wait_for("the spool replayed", 30, &log, replayed_all).await;
         log.log(record(101));
         log.shutdown().await;
@@ -274,7 +275,7 @@ async fn shutdown_without_a_database_keeps_everything_in_the_spool() {
     let proxy = TcpProxy::for_url(&db.url);
     let store = open_store(&proxy.url(&db.url)).await;
     let spool = tempfile::tempdir().unwrap();
-    let log = PredictionLog::start(store.clone(), settings(spool.path())).unwrap();
+    let log = PredictionLog::start(store.clone(), settings(spool.path()), None).unwrap();
     for i in 0..50 {
         log.log(record(i));
     }
@@ -302,7 +303,7 @@ async fn shutdown_without_a_database_keeps_everything_in_the_spool() {
     drop(log);
     let direct = open_store(&db.url).await;
     assert_eq!(direct.prediction_count(None).await.unwrap(), 50);
-    let next = PredictionLog::start(direct.clone(), settings(spool.path())).unwrap();
+    let next = PredictionLog::start(direct.clone(), settings(spool.path()), None).unwrap();
     wait_for("the spool replayed", 30, &next, replayed_all).await;
     next.shutdown().await;
     assert_eq!(next.stats().replayed, 200, "{:?}", next.stats());
@@ -317,7 +318,7 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_rest_written() {
     let db = TestDb::postgres();
     let store = open_store(&db.url).await;
     let spool = tempfile::tempdir().unwrap();
-    let log = PredictionLog::start(store.clone(), settings(spool.path())).unwrap();
+    let log = PredictionLog::start(store.clone(), settings(spool.path()), None).unwrap();
     for i in 0..120 {
         let mut r = record(i);
         if i == 77 {
@@ -330,4 +331,113 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_rest_written() {
     assert_eq!(store.prediction_count(None).await.unwrap(), 119);
     assert_eq!((stats.written, stats.rejected), (119, 1), "{stats:?}");
     assert_eq!((stats.spooled, stats.dropped), (0, 0), "{stats:?}");
+}
+
+/// The bytes of every stored record's columns, as the database holds them.
+async fn raw_rows(url: &str) -> Vec<Vec<u8>> {
+    let sql = "SELECT id::text, request_id, model, version, api_key, request, response, data_key, sealed FROM predictions";
+    let mut rows = Vec::new();
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        for row in sqlx::query(sql).fetch_all(&pool).await.unwrap() {
+            rows.push(raw_row(&row));
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        for row in sqlx::query(&sql.replace("id::text", "id"))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        {
+            rows.push(raw_row(&row));
+        }
+        pool.close().await;
+    }
+    rows
+}
+
+fn raw_row<R: sqlx::Row>(row: &R) -> Vec<u8>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut bytes = Vec::new();
+    for i in 0..row.len() {
+        let column = match row.try_get::<Option<String>, _>(i) {
+            Ok(text) => text.map(String::into_bytes),
+            Err(_) => row.try_get::<Option<Vec<u8>>, _>(i).unwrap(),
+        };
+        bytes.extend(column.unwrap_or_default());
+        bytes.push(0);
+    }
+    bytes
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn with_a_data_key_neither_the_spool_nor_the_table_holds_a_payload_in_clear() {
+    init_tracing();
+    let keys = std::sync::Arc::new(
+        vatic_store::DataKeys::parse(&vatic_store::new_data_key("k1"), "test").unwrap(),
+    );
+    for db in TestDb::both() {
+        let store = open_store(&db.url).await;
+        let spool = tempfile::tempdir().unwrap();
+        let settings = PredictionLogSettings {
+            queue_capacity: 1,
+            ..settings(spool.path())
+        };
+        let log = PredictionLog::start(store.clone(), settings, Some(keys.clone())).unwrap();
+        let sent: Vec<PredictionRecord> = (0..100)
+            .map(|i| PredictionRecord {
+                request: Some(format!(
+                    r#"{{"inputs":[{{"name":"secret-input-{i}","data":[0.{i}1234567]}}]}}"#
+                )),
+                response: Some(format!(r#"{{"outputs":[{{"name":"secret-output-{i}"}}]}}"#)),
+                ..record(i)
+            })
+            .collect();
+        // On this single-threaded runtime the writer cannot run until the loop ends: all but
+        // one record go to the spool file first.
+        for r in &sent {
+            log.log(r.clone());
+        }
+        let spooled = std::fs::read(spool.path().join(SPOOL_FILE)).unwrap();
+        assert_eq!(
+            spooled
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            99
+        );
+        for marker in ["secret-input", "secret-output", "inputs", "1234567"] {
+            assert!(!contains(&spooled, marker), "the spool shows {marker}");
+        }
+        wait_for("the spool replayed", 30, &log, replayed_all).await;
+        log.shutdown().await;
+
+        let rows = raw_rows(&db.url).await;
+        assert_eq!(rows.len(), 100, "{}", db.url);
+        for row in &rows {
+            for marker in ["secret-input", "secret-output", "inputs", "1234567"] {
+                assert!(!contains(row, marker), "{}: a row shows {marker}", db.url);
+            }
+        }
+        // Each record opens to what was logged, with the key that sealed it.
+        let mut stored = store.recent_predictions("iris", 1000).await.unwrap();
+        assert_eq!(stored.len(), 100);
+        for got in &mut stored {
+            assert_eq!(got.sealed.as_ref().map(|s| s.key.as_str()), Some("k1"));
+            assert_eq!((&got.request, &got.response), (&None, &None));
+            got.open(&keys).unwrap();
+            let want = sent.iter().find(|r| r.id == got.id).unwrap();
+            assert_eq!(got.request, want.request);
+            assert_eq!(got.response, want.response);
+        }
+    }
 }

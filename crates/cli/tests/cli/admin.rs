@@ -118,7 +118,7 @@ fn workers_lists_the_fleet() {
         .build()
         .unwrap()
         .block_on(async {
-            let store = Store::connect_lazy(&ConnectOptions::new(app.db.url.clone())).unwrap();
+            let store = Store::connect_lazy(&ConnectOptions::new(app.db_url.clone())).unwrap();
             store.heartbeat(&beat).await.unwrap();
             store.close().await;
         });

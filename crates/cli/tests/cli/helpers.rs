@@ -86,8 +86,10 @@ pub struct RegistryApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     http: reqwest::blocking::Client,
+    /// The database's URL.
+    pub db_url: String,
     // Dropped after the api has stopped (fields drop after `Drop::drop`).
-    pub db: TestDb,
+    db: Option<TestDb>,
     _dir: tempfile::TempDir,
 }
 
@@ -153,8 +155,30 @@ impl RegistryApp {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("HTTP client"),
-            db,
+            db_url: db.url.clone(),
+            db: Some(db),
             _dir: dir,
+        }
+    }
+
+    /// Stops the api and starts it again on the same database, with settings changed by
+    /// `configure` (the uploads and spool folder are new).
+    pub fn restart_with(mut self, configure: impl FnOnce(&mut ApiSettings)) -> RegistryApp {
+        self.stop();
+        let db = self
+            .db
+            .take()
+            .expect("the database is kept until the app is dropped");
+        RegistryApp::start_with(db, configure)
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // A panic in the api thread already failed the test that caused it.
+            let _ = thread.join();
         }
     }
 
@@ -209,13 +233,7 @@ impl RegistryApp {
 
 impl Drop for RegistryApp {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            // A panic in the api thread already failed the test that caused it.
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 

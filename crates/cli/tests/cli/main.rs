@@ -8,4 +8,5 @@ mod infer;
 mod keys;
 mod migrate;
 mod models;
+mod predictions;
 mod tls;

@@ -29,6 +29,7 @@ fn record(model: &str, at: DateTime<Utc>) -> PredictionRecord {
         response: Some(
             r#"{"outputs":[{"name":"y","datatype":"INT64","shape":[1],"data":[1]}]}"#.into(),
         ),
+        sealed: None,
     }
 }
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: the Prometheus config and alert rules (promtool), docker-compose.yml and
-# elk/ (docker-compose config), every crate's unit and integration tests, then Triton's own
-# Python client against the api and a worker. Needs the Rust toolchain, python3 (with venv),
-# promtool and docker-compose (installed from Debian's prometheus and docker-compose packages
-# when missing) and a PostgreSQL server: $DATABASE_URL, else one on 127.0.0.1:5432, else a
-# throwaway cluster from the installed PostgreSQL binaries (see scripts/test-db.sh).
+# elk/ (docker-compose config), every crate's unit and integration tests, the request parsers'
+# fuzz targets for a minute each, then Triton's own Python client against the api and a worker,
+# over plain HTTP and over HTTPS with an API key.
+# Needs the Rust toolchain, python3 (with venv), promtool and docker-compose (installed from
+# Debian's prometheus and docker-compose packages when missing) and a PostgreSQL server:
+# $DATABASE_URL, else one on 127.0.0.1:5432, else a throwaway cluster from the installed
+# PostgreSQL binaries (see scripts/test-db.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,9 @@ scripts/check-compose.sh
 
 cargo build --workspace --bins
 cargo test --workspace
+# The workspace run gives each fuzz target 2.5 s; this one a minute (docs/security.md, "Fuzzing").
+# `--workspace` keeps the features, and so the build, of the run above.
+VATIC_FUZZ_SECONDS=60 cargo test --workspace --test fuzz -- --nocapture
 
 venv="${VATIC_VENV:-$HOME/.cache/vatic/venv}"
 if [ ! -x "$venv/bin/python" ]; then

@@ -372,7 +372,8 @@ fn read_tensors(
                         "{what} '{name}' has {BINARY_DATA_SIZE} but the request has no {HEADER_LENGTH} header"
                     )));
                 }
-                if at + size > binary.len() {
+                // `at` never passes the end, so this cannot overflow as `at + size` can.
+                if size > binary.len() - at {
                     return Err(SchemaError::Invalid(format!(
                         "{what} '{name}': {BINARY_DATA_SIZE} {size} runs past the end of the body \
                          ({} bytes of binary data remain)",

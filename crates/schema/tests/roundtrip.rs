@@ -263,6 +263,14 @@ fn binary_sizes_must_add_up() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("binary_data_size add up to 8"), "{err}");
+    // A size that would wrap around past the first tensor's data is refused, not a panic.
+    let header = r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": 1}}, {"name": "y", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 18446744073709551615}}]}"#;
+    let mut body = header.as_bytes().to_vec();
+    body.extend_from_slice(&[0u8; 5]);
+    let err = v2::decode_request(&Bytes::from(body), Some(header.len()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("runs past the end"), "{err}");
     let err = v2::parse_header_length(Some("abc"))
         .unwrap_err()
         .to_string();

@@ -98,10 +98,26 @@ pub struct AuditFilter<'a> {
     pub key: Option<&'a str>,
 }
 
+/// Which logged predictions to read.
+#[derive(Debug, Clone, Default)]
+pub struct PredictionFilter<'a> {
+    /// Only this model's.
+    pub model: Option<&'a str>,
+    /// From this time on.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Records per request.
+    pub page: u32,
+}
+
 /// A client of one vatic API server.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::blocking::Client,
+    /// The TLS configuration and headers `http` uses, for the async client of a push.
+    tls: Arc<rustls::ClientConfig>,
+    headers: HeaderMap,
     /// The URL as the user gave it, for messages.
     server: String,
     base: Url,
@@ -118,15 +134,19 @@ impl Client {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             bail!("--server '{server}' must be an http:// or https:// URL");
         }
+        let tls = tls_config(global)?;
+        let headers = auth_headers(global)?;
         let http = reqwest::blocking::Client::builder()
-            .use_preconfigured_tls((*tls_config(global)?).clone())
-            .default_headers(auth_headers(global)?)
+            .use_preconfigured_tls((*tls).clone())
+            .default_headers(headers.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("cannot set up the HTTP client")?;
         Ok(Client {
             http,
+            tls,
+            headers,
             server: server.to_string(),
             base,
         })
@@ -226,6 +246,35 @@ impl Client {
             if let Some(key) = filter.key {
                 query.append_pair("key", key);
             }
+        }
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `GET /admin/v1/predictions`: one page of the prediction log, decrypted.
+    pub fn predictions(
+        &self,
+        filter: &PredictionFilter<'_>,
+        after: Option<&str>,
+    ) -> anyhow::Result<vatic_schema::admin::PredictionPage> {
+        let mut url = self.admin_url(&["predictions"]);
+        {
+            let mut query = url.query_pairs_mut();
+            let time = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            };
+            if let Some(model) = filter.model {
+                query.append_pair("model", model);
+            }
+            if let Some(since) = filter.since {
+                query.append_pair("since", &time(since));
+            }
+            if let Some(until) = filter.until {
+                query.append_pair("until", &time(until));
+            }
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+            query.append_pair("limit", &filter.page.to_string());
         }
         self.json_answer(self.http.get(url.clone()), &url)
     }

@@ -65,6 +65,8 @@ impl Client {
         size: u64,
     ) -> anyhow::Result<PushResponse> {
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*self.tls).clone())
+            .default_headers(self.headers.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(PUSH_TIMEOUT)
             .build()

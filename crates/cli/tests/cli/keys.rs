@@ -38,6 +38,16 @@ fn keys_are_made_listed_used_within_their_scope_and_revoked() {
         "{run:#?}"
     );
 
+    // A push sends the key too, and is refused without it.
+    let push = ["models", "push", "cnn", "testdata/models/cnn/1/model.onnx"];
+    let run = vaticctl_with_env(&app.base, &push, None, &[]);
+    assert!(
+        run.code == Some(1) && run.stderr.contains("401"),
+        "{run:#?}"
+    );
+    let run = as_key(&admin, &push);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+
     let run = as_key(
         &admin,
         &[

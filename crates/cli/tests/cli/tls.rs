@@ -130,6 +130,13 @@ fn vaticctl_speaks_https_with_a_client_certificate_and_names_an_untrusted_server
     assert_eq!(level["succeeded"], 40, "{}", run.stdout);
     assert_eq!(level["errors"], serde_json::json!({}), "{}", run.stdout);
 
+    // A push streams the file over the same TLS connection settings.
+    let args = with("models push cnn testdata/models/cnn/1/model.onnx -o json");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = app.vaticctl(&refs);
+    run.assert_ok();
+    assert_eq!(run.json()["version"]["version"], 1, "{}", run.stdout);
+
     // A server whose CA it does not know: the error says what to pass.
     app.vaticctl(&["models", "list"]).assert_error(&[
         "TLS handshake",

@@ -1,5 +1,9 @@
 # The vatic image: vatic-api, vatic-worker and vaticctl on Debian slim, with the default configs
 # in /etc/vatic and the demo model in /usr/share/vatic/models. docker-compose.yml builds it.
+# /certs and /certs-ca are where the compose file mounts its certificate volumes: Docker gives
+# a new named volume the owner and mode of the folder it is mounted on, so the user vatic
+# (uid and gid 10001) writes the certificates and reads them back, and group 10001 (which
+# Prometheus joins) may enter /certs.
 FROM rust:1.95-bookworm AS build
 # The image's own toolchain, in place of rust-toolchain.toml's channel (which would download one).
 ENV RUSTUP_TOOLCHAIN=1.95.0
@@ -15,9 +19,12 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /var/lib/vatic vatic \
-    && mkdir -p /var/lib/vatic/data /var/log/vatic \
-    && chown -R vatic:vatic /var/lib/vatic /var/log/vatic
+    && groupadd --system --gid 10001 vatic \
+    && useradd --system --uid 10001 --gid vatic --home-dir /var/lib/vatic vatic \
+    && mkdir -p /var/lib/vatic/data /var/log/vatic /certs /certs-ca \
+    && chown -R vatic:vatic /var/lib/vatic /var/log/vatic /certs /certs-ca \
+    && chmod 0750 /certs \
+    && chmod 0700 /certs-ca
 COPY --from=build /out/ /usr/local/bin/
 COPY config/ /etc/vatic/
 COPY models/ /usr/share/vatic/models/

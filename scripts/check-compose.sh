@@ -14,7 +14,7 @@ export POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check VATIC_ADMIN_KEY=chec
 docker-compose config -q
 docker-compose --profile logging config -q
 services="$(docker-compose --profile logging config --services | sort | tr '\n' ' ')"
-expected="api elasticsearch elk-setup filebeat grafana kibana kibana-setup migrate postgres prometheus worker "
+expected="api certs elasticsearch elk-setup filebeat grafana kibana kibana-setup migrate postgres prometheus worker "
 if [ "$services" != "$expected" ]; then
   echo "docker-compose.yml has services '$services', expected '$expected'" >&2
   exit 1

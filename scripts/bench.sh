@@ -2,8 +2,10 @@
 # Measures vatic on this machine and writes docs/PERFORMANCE.md: raw tract (the profiler) beside
 # the served models (vaticctl bench) at concurrency 1, 8 and 64, JSON and binary, standalone and
 # through a separate api and worker; the prediction log off and on (full payloads, PostgreSQL);
-# the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline (benches/baseline); start to
-# ready; worker memory under load. Takes about 20 minutes on 2 cores, the release build aside.
+# what API keys with a rate limit, HTTPS and encrypting the log at rest cost, each against the
+# same build with it off; the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline
+# (benches/baseline); start to ready; worker memory under load. Takes about 22 minutes on 2
+# cores, the release build aside.
 #
 # Concurrency 1 is measured twice: with the load generator sleeping until each answer comes,
 # as the other levels are, and with it polling for them (`vaticctl bench --busy-poll`), so that

@@ -6,7 +6,9 @@ this machine). The log table is emptied before each logged run.
 
 `--indexes` also compares index sets on the log table, switched between runs: `brin` (the
 schema as migrated: one BRIN index on `at`) and `btree` (the indexes before migration 0006: the
-primary key (id, at) and a B-tree on (model, at)).
+primary key (id, at) and a B-tree on (model, at)). `--encrypted` adds, in the same rounds, full
+payloads encrypted at rest (the schema as migrated): a second server, given a data key in
+VATIC_DATA_KEYS, takes those runs, and its CPU is the one counted.
 
     python3 scripts/bench/log_cost.py --bin target/release \\
         --database-url postgres://postgres@127.0.0.1:5432/postgres --protocol v2-json --rounds 3
@@ -25,6 +27,7 @@ Standard library only; psql on the PATH. Creates and drops the database `vatic_l
 """
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -152,6 +155,8 @@ def main():
     p.add_argument("--seconds", type=int, default=5, help="length of each run, after 1 s of warm-up")
     p.add_argument("--indexes", default="brin",
                    help="index sets to compare, by comma: brin, btree (and pkey, none with --copy)")
+    p.add_argument("--encrypted", action="store_true",
+                   help="also full payloads encrypted at rest, by a second server with a data key")
     p.add_argument("--copy", type=int, metavar="N", help="measure a COPY of N records, no server")
     p.add_argument("--batch", type=int, default=500, help="records per transaction with --copy")
     a = p.parse_args()
@@ -183,50 +188,64 @@ def main():
         return
     (work / "models" / DEMO / "1").mkdir(parents=True)
     shutil.copy(ROOT / "models" / DEMO / "1/model.onnx", work / "models" / DEMO / "1/model.onnx")
-    port = 18490
-    server_url = f"http://127.0.0.1:{port}"
-    env = {
-        "VATIC_DATABASE__URL": url,
-        "VATIC_DATABASE__MIGRATE": "true",
-        "VATIC_MODELS_DIR": str(work / "models"),
-        "VATIC_LISTEN": f"127.0.0.1:{port}",
-        "VATIC_METRICS_LISTEN": "127.0.0.1:0",
-        "VATIC_LOG__FORMAT": "json",
-    }
-    server = Server("standalone", [str(binary / "vatic-api"), "--standalone", "--config",
-                                   str(ROOT / "config/standalone.toml")],
-                    env, work, f"{server_url}/v2/health/ready", work)
+    servers = {}
 
-    def ctl(*args):
+    def start(name, port, env):
+        """A standalone server in a folder of its own (its spool), on the database `url`."""
+        (work / name).mkdir()
+        server_url = f"http://127.0.0.1:{port}"
+        env = {
+            "VATIC_DATABASE__URL": url,
+            "VATIC_DATABASE__MIGRATE": "true",
+            "VATIC_MODELS_DIR": str(work / "models"),
+            "VATIC_LISTEN": f"127.0.0.1:{port}",
+            "VATIC_METRICS_LISTEN": "127.0.0.1:0",
+            "VATIC_LOG__FORMAT": "json",
+            "VATIC_AUTH__ENABLED": "false",
+            **env,
+        }
+        servers[name] = (Server(name, [str(binary / "vatic-api"), "--standalone", "--config",
+                                       str(ROOT / "config/standalone.toml")],
+                                env, work / name, f"{server_url}/v2/health/ready", work), server_url)
+
+    def ctl(server_url, *args):
         return subprocess.run([str(binary / "vaticctl"), "--server", server_url, *args],
                               capture_output=True, text=True, check=True).stdout
 
+    settings = ["off", *a.indexes.split(",")]
     print(f"{'round':>5} {'log':8} {'req/s':>9} {'p99 us':>8} {'cost':>6} {'server us/req':>14} "
           f"{'postgres us/req':>16}")
     try:
+        start("standalone", 18490, {})
+        if a.encrypted:
+            settings.append("encrypted")
+            start("encrypted", 18491,
+                  {"VATIC_DATA_KEYS": f"bench={base64.b64encode(os.urandom(32)).decode()}"})
         for round_ in range(a.rounds):
             off = None
-            for setting in ["off", *a.indexes.split(",")]:
-                ctl("models", "log", DEMO, "--mode", "off" if setting == "off" else "full",
+            for setting in settings:
+                server, server_url = servers["encrypted" if setting == "encrypted" else "standalone"]
+                ctl(server_url, "models", "log", DEMO, "--mode", "off" if setting == "off" else "full",
                     "--sample-rate", "1")
                 if setting != "off":
-                    psql(url, "TRUNCATE predictions", *INDEXES[setting])
+                    psql(url, "TRUNCATE predictions", *INDEXES["brin" if setting == "encrypted" else setting])
                 psql(url, "CHECKPOINT")
                 server0, pg0 = cpu_ticks(server.proc.pid), postgres_ticks()
-                run = json.loads(ctl("bench", DEMO, "-c", "64", "-d", f"{a.seconds}s", "--warmup", "1s",
-                                     "--protocol", a.protocol, "-o", "json"))[0]
+                run = json.loads(ctl(server_url, "bench", DEMO, "-c", "64", "-d", f"{a.seconds}s",
+                                     "--warmup", "1s", "--protocol", a.protocol, "-o", "json"))[0]
                 server1, pg1 = cpu_ticks(server.proc.pid), postgres_ticks()
                 # The CPU was read around the warm-up too: count its requests at the same rate.
                 requests = run["throughput"] * (a.seconds + 1)
                 per_request = lambda ticks: ticks / os.sysconf("SC_CLK_TCK") * 1e6 / requests
                 off = run["throughput"] if setting == "off" else off
                 cost = f"{(1 - run['throughput'] / off) * 100:5.1f}%" if setting != "off" else ""
-                label = "off" if setting == "off" else f"full/{setting}"
+                label = setting if setting in ("off", "encrypted") else f"full/{setting}"
                 print(f"{round_:>5} {label:8} {run['throughput']:9.1f} {run['latency_us']['p99']:8.0f} "
                       f"{cost:>6} {per_request(server1 - server0):14.1f} "
                       f"{per_request(pg1 - pg0):16.1f}", flush=True)
     finally:
-        server.stop()
+        for server, _ in servers.values():
+            server.stop()
         psql(admin_url, f"DROP DATABASE IF EXISTS {DATABASE}")
 
 

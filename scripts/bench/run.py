@@ -1,18 +1,22 @@
 """Measures vatic on this machine and writes docs/PERFORMANCE.md: the raw tract engine (the
 profiler) beside the served model (vaticctl bench) in the same run, standalone and through a
-separate api and worker, with the prediction log off and on (full payloads, PostgreSQL), a
-FastAPI + onnxruntime baseline, start-to-ready time and worker memory under load.
+separate api and worker, with the prediction log off and on (full payloads, PostgreSQL), what
+API keys, HTTPS and encrypting the log at rest cost, a FastAPI + onnxruntime baseline,
+start-to-ready time and worker memory under load.
 
 scripts/bench.sh builds the release binaries and the baseline's virtualenv, finds PostgreSQL,
 then runs this with the paths it prepared. Standard library only.
 """
 
 import argparse
+import base64
 import datetime
 import json
 import os
 import platform
+import secrets
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -45,9 +49,9 @@ def log(*args):
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 
 
-def http_status(url):
+def http_status(url, context=None):
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2, context=context) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -56,9 +60,10 @@ def http_status(url):
 
 
 class Server:
-    """A process started for the benchmark, stopped (SIGTERM, then SIGKILL) at the end."""
+    """A process started for the benchmark, stopped (SIGTERM, then SIGKILL) at the end.
+    `cacert` is the CA bundle an https:// `ready_url` is verified with."""
 
-    def __init__(self, name, args, env, cwd, ready_url, log_dir, timeout=300):
+    def __init__(self, name, args, env, cwd, ready_url, log_dir, timeout=300, cacert=None):
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self.started = time.monotonic()
@@ -67,7 +72,8 @@ class Server:
             stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
         )
         deadline = self.started + timeout
-        while http_status(ready_url) != 200:
+        context = ssl.create_default_context(cafile=str(cacert)) if cacert else None
+        while http_status(ready_url, context) != 200:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{name} exited: see {self.log_path}")
             if time.monotonic() > deadline:
@@ -97,6 +103,9 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="vatic-bench-"))
         self.servers = []
         self.results = {}
+        # What vaticctl needs, beyond --server, to talk to a server started with API keys or
+        # HTTPS: VATIC_API_KEY, VATIC_CACERT; by the server's URL.
+        self.client_env = {}
 
     def start(self, *args, **kwargs):
         s = Server(*args, **kwargs, log_dir=self.work)
@@ -109,7 +118,8 @@ class Bench:
 
     def ctl(self, server, *args, check=True):
         cmd = [str(self.bin / "vaticctl"), "--server", server, *args]
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, **self.client_env.get(server, {})})
         if check and r.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
         return r
@@ -131,16 +141,34 @@ class Bench:
                 for _ in range(self.a.runs)]
         return medians(runs, levels, f"{model} {protocol}{' polling' if busy_poll else ''}")
 
-    def log_cost(self, server, protocol):
-        """The demo at concurrency 64 with the log off and with full payloads, in alternating
-        runs, RUNS of each, so that a machine slower in one part of the script slows both."""
-        off, full = [], []
+    def alternate(self, sides, levels, protocol, busy_poll=False):
+        """RUNS rounds of one vaticctl bench run of the demo per side, the sides in turn, so
+        that a machine slower in one part of the script slows every side; per side, the
+        medians. `sides` maps a label to (server URL, a function called before each of its
+        runs, or None)."""
+        runs = {label: [] for label in sides}
         for _ in range(self.a.runs):
-            for mode, runs in (("off", off), ("full", full)):
-                self.ctl(server, "models", "log", DEMO, "--mode", mode, "--sample-rate", "1")
-                runs.append(self.bench(server, DEMO, [64], protocol))
-        return (medians(off, [64], f"{DEMO} {protocol} log off"),
-                medians(full, [64], f"{DEMO} {protocol} log full"))
+            for label, (server, before) in sides.items():
+                if before:
+                    before()
+                runs[label].append(self.bench(server, DEMO, levels, protocol, busy_poll=busy_poll))
+        polling = " polling" if busy_poll else ""
+        return {label: medians(of, levels, f"{DEMO} {protocol}{polling} {label}")
+                for label, of in runs.items()}
+
+    def log_mode(self, server, mode):
+        """A function that sets the demo's prediction log on `server` (sample rate 1)."""
+        return lambda: self.ctl(server, "models", "log", DEMO, "--mode", mode, "--sample-rate", "1")
+
+    def log_cost(self, server, protocol, sealed=None):
+        """The demo at concurrency 64 with the log off and with full payloads, in alternating
+        runs, RUNS of each; with `sealed`, the URL of a like server with a data key, also its
+        runs with full payloads, encrypted, in the same rounds."""
+        sides = {"log off": (server, self.log_mode(server, "off")),
+                 "log full": (server, self.log_mode(server, "full"))}
+        if sealed:
+            sides["log full, encrypted"] = (sealed, self.log_mode(sealed, "full"))
+        return self.alternate(sides, [64], protocol)
 
     def log_steady_state(self, server):
         """Brings PostgreSQL to the state of a server that has been taking the log for a while:
@@ -192,9 +220,10 @@ class Bench:
         log(f"  demo p50 {self.results['raw_demo_p50_us']} us; cnn best "
             f"{cnn['recommended']['best_samples_per_second']:.1f} samples/s")
 
-    def standalone(self, repo):
-        log("standalone on PostgreSQL")
-        port = 18480
+    def start_standalone(self, name, repo, port, env=None, scheme="http", cacert=None):
+        """A standalone server on the benchmark's PostgreSQL database, API keys off unless
+        `env` turns them on, in a folder of its own (its spool and artifact cache): the
+        Server and its URL."""
         env = {
             "VATIC_DATABASE__URL": self.a.database_url,
             "VATIC_DATABASE__MIGRATE": "true",
@@ -202,11 +231,22 @@ class Bench:
             "VATIC_LISTEN": f"127.0.0.1:{port}",
             "VATIC_METRICS_LISTEN": "127.0.0.1:0",
             "VATIC_LOG__FORMAT": "json",
+            "VATIC_AUTH__ENABLED": "false",
+            **(env or {}),
         }
-        url = f"http://127.0.0.1:{port}"
-        s = self.start("standalone", [str(self.bin / "vatic-api"), "--standalone", "--config",
-                                      str(ROOT / "config/standalone.toml")],
-                       env, self.work, f"{url}/v2/health/ready")
+        url = f"{scheme}://127.0.0.1:{port}"
+        cwd = self.work / name
+        cwd.mkdir(exist_ok=True)
+        s = self.start(name, [str(self.bin / "vatic-api"), "--standalone", "--config",
+                              str(ROOT / "config/standalone.toml")],
+                       env, cwd, f"{url}/v2/health/ready", cacert=cacert)
+        if cacert:
+            self.client_env[url] = {"VATIC_CACERT": str(cacert)}
+        return s, url
+
+    def standalone(self, repo):
+        log("standalone on PostgreSQL")
+        s, url = self.start_standalone("standalone", repo, 18480)
         for m in (DEMO, CNN):
             self.ctl(url, "models", "log", m, "--mode", "off")
         r = self.results
@@ -217,11 +257,72 @@ class Bench:
         r["polled_demo_binary"] = self.load(url, DEMO, [1], "v2-binary", busy_poll=True)
         r["served_cnn_binary"] = self.load(url, CNN, [1, 16], "v2-binary")
         r["cnn_config"] = json.loads(urllib.request.urlopen(f"{url}/v2/models/{CNN}/config").read())
-        log("prediction log: full payloads, alternating with the log off")
+        log("prediction log: full payloads, alternating with the log off and (JSON) encrypted")
         r["log_warmup_demo_json"] = self.log_steady_state(url)
-        r["unlogged_demo_json"], r["logged_demo_json"] = self.log_cost(url, "v2-json")
-        r["unlogged_demo_binary"], r["logged_demo_binary"] = self.log_cost(url, "v2-binary")
+        sealed_before = self.sealed_records()
+        sealed, sealed_url = self.start_standalone("sealed", repo, 18485, {"VATIC_DATA_KEYS": data_key()})
+        sides = self.log_cost(url, "v2-json", sealed=sealed_url)
+        self.stop(sealed)
+        if self.sealed_records() <= sealed_before:
+            raise SystemExit("the server started with VATIC_DATA_KEYS logged no encrypted payloads: "
+                             f"see {sealed.log_path}")
+        r["unlogged_demo_json"], r["logged_demo_json"] = sides["log off"], sides["log full"]
+        r["sealed_demo_json"] = sides["log full, encrypted"]
+        sides = self.log_cost(url, "v2-binary")
+        r["unlogged_demo_binary"], r["logged_demo_binary"] = sides["log off"], sides["log full"]
+        self.security(repo, url)
         self.stop(s)
+
+    def sealed_records(self):
+        """How many records of the prediction log are encrypted; checked so that the cost of
+        encryption is never read from a build that ignores VATIC_DATA_KEYS."""
+        count = subprocess.run(
+            ["psql", "-qAt", "-v", "ON_ERROR_STOP=1", self.a.database_url, "-c",
+             "SELECT count(*) FROM predictions WHERE sealed IS NOT NULL"],
+            capture_output=True, text=True)
+        if count.returncode != 0:
+            raise SystemExit("the prediction log has no encrypted payloads column (does this build "
+                             f"encrypt it?): {count.stderr.strip()}")
+        return int(count.stdout)
+
+    def security(self, repo, url):
+        """What API keys with a rate limit and HTTPS cost: the demo (JSON, the log off) on
+        `url`, open over plain HTTP, alternating with a like server with each of them on; at
+        concurrency 64, and for the keys also at concurrency 1 with the load generator polling."""
+        log("security: API keys and HTTPS, alternating with neither")
+        self.ctl(url, "models", "log", DEMO, "--mode", "off")
+        admin_key = secrets.token_urlsafe(24)
+        keyed, keyed_url = self.start_standalone(
+            "keyed", repo, 18486, {"VATIC_AUTH__ENABLED": "true", "VATIC_BOOTSTRAP_ADMIN_KEY": admin_key})
+        self.client_env[keyed_url] = {"VATIC_API_KEY": admin_key}
+        if self.ctl(keyed_url, "keys", "list", check=False).returncode != 0:
+            raise SystemExit("the database already has an admin key, so VATIC_BOOTSTRAP_ADMIN_KEY was "
+                             "not taken: give run.py a new database (scripts/bench.sh makes one)")
+        self.ctl(keyed_url, "models", "log", DEMO, "--mode", "off")
+        # A key with a limit of its own, so that every request passes the rate limiter, of a
+        # million a second, so that it refuses none.
+        predictor = self.ctl(keyed_url, "keys", "create", "--role", "predictor", "--rate", "1000000/s",
+                             "--name", "bench").stdout.strip()
+        self.client_env[keyed_url] = {"VATIC_API_KEY": predictor}
+        if http_status(f"{keyed_url}/v2/models/{DEMO}") != 401:
+            raise SystemExit(f"{keyed_url} answers without an API key: see {keyed.log_path}")
+        certs = self.work / "certs"
+        self.ctl(url, "certs", "init", str(certs))
+        tls, https_url = self.start_standalone(
+            "https", repo, 18487,
+            {"VATIC_TLS__CERT": str(certs / "api.crt"), "VATIC_TLS__KEY": str(certs / "api.key")},
+            scheme="https", cacert=certs / "ca.crt")
+        self.ctl(https_url, "models", "log", DEMO, "--mode", "off")
+        at64 = self.alternate({"open": (url, None), "API keys": (keyed_url, None),
+                               "HTTPS": (https_url, None)}, [64], "v2-json")
+        at1 = self.alternate({"open": (url, None), "API keys": (keyed_url, None)}, [1], "v2-json",
+                             busy_poll=True)
+        self.stop(tls)
+        self.stop(keyed)
+        r = self.results
+        r["security_open_demo_json"] = {**at1["open"], **at64["open"]}
+        r["security_keys_demo_json"] = {**at1["API keys"], **at64["API keys"]}
+        r["security_https_demo_json"] = at64["HTTPS"]
 
     def cluster(self, repo):
         log("separate worker and api processes")
@@ -231,10 +332,11 @@ class Bench:
                                   "--models-dir", str(repo)],
                        {}, self.work, f"http://127.0.0.1:{wport}/v2/health/ready")
         api = f"http://127.0.0.1:{aport}"
+        # Keys off, as on the standalone server: what they cost is measured on its own (security).
         a = self.start("api", [str(self.bin / "vatic-api"), "--config", str(ROOT / "config/api.toml"),
                                "--listen", f"127.0.0.1:{aport}", "--metrics-listen", "127.0.0.1:0",
                                "--workers", f"http://127.0.0.1:{wport}"],
-                       {}, self.work, f"{api}/v2/health/ready")
+                       {"VATIC_AUTH__ENABLED": "false"}, self.work, f"{api}/v2/health/ready")
         self.results["cluster_demo_json"] = self.load(api, DEMO, [1], "v2-json")
         self.results["cluster_demo_binary"] = self.load(api, DEMO, [1], "v2-binary")
         self.results["cluster_polled_demo_binary"] = self.load(api, DEMO, [1], "v2-binary", busy_poll=True)
@@ -317,6 +419,11 @@ def medians(runs, levels, label):
     return out
 
 
+def data_key():
+    """A data key entry for VATIC_DATA_KEYS: an id and 32 random bytes in base64."""
+    return f"bench={base64.b64encode(os.urandom(32)).decode()}"
+
+
 def machine():
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -347,7 +454,8 @@ def load_results(path):
     """Results saved with --json; JSON made the concurrency levels strings again."""
     results = json.loads(Path(path).read_text())
     for key, value in results.items():
-        if key.startswith(("served_", "polled_", "logged_", "unlogged_", "log_warmup_", "cluster_", "baseline_")):
+        if key.startswith(("served_", "polled_", "logged_", "unlogged_", "sealed_", "log_warmup_",
+                           "security_", "cluster_", "baseline_")):
             results[key] = {int(level): v for level, v in value.items()}
     return results
 
@@ -363,12 +471,14 @@ def main():
     p.add_argument("--soak", type=int, default=300)
     p.add_argument("--command", default="scripts/bench.sh")
     p.add_argument("--json", help="also write the raw results here")
-    p.add_argument("--render", help="only write docs/PERFORMANCE.md from results saved by --json")
+    p.add_argument("--render", help="only write the page from results saved by --json")
+    p.add_argument("--page", type=Path, default=ROOT / "docs/PERFORMANCE.md",
+                   help="where to write the page (for a trial run, somewhere else)")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import report
     if a.render:
-        (ROOT / "docs/PERFORMANCE.md").write_text(report.render(load_results(a.render)))
+        a.page.write_text(report.render(load_results(a.render)))
         return
     results = Bench(a).run()
     results["machine"] = machine()
@@ -377,8 +487,8 @@ def main():
     results["settings"] = {"runs": a.runs, "duration": a.duration, "warmup": a.warmup, "soak_s": a.soak}
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
-    (ROOT / "docs/PERFORMANCE.md").write_text(report.render(results))
-    log("wrote docs/PERFORMANCE.md")
+    a.page.write_text(report.render(results))
+    log(f"wrote {a.page}")
 
 
 if __name__ == "__main__":

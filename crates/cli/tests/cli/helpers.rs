@@ -253,6 +253,18 @@ impl Run {
         self
     }
 
+    /// Asserts what a `predictions export` that succeeded leaves: exit code 0 and one line on
+    /// stderr counting the `n` records it wrote (stdout holds the records).
+    pub fn assert_exported(&self, n: usize) -> &Run {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        assert_eq!(
+            self.stderr,
+            format!("{n} predictions exported\n"),
+            "{self:#?}"
+        );
+        self
+    }
+
     /// Asserts exit code 1, nothing on stdout, and one `error: ...` line that contains every
     /// one of `parts`.
     pub fn assert_error(&self, parts: &[&str]) {

@@ -68,13 +68,21 @@ pub fn run(global: &GlobalArgs, args: &PredictionsArgs) -> anyhow::Result<()> {
     match &args.command {
         PredictionsCommand::Export(args) => export(global, args),
         PredictionsCommand::DataKey { id } => {
-            let entry = vatic_store::new_data_key(id);
-            // Checked as the server will read it, so a bad id is caught here.
-            vatic_store::DataKeys::parse(&entry, "--id")?;
-            println!("{entry}");
+            vatic_store::check_key_id(id).map_err(|why| anyhow::anyhow!("--id {id:?}: {why}"))?;
+            println!("{}", vatic_store::new_data_key(id));
             Ok(())
         }
     }
+}
+
+/// Creates (or truncates) `path` readable and writable by its owner only: it receives
+/// decrypted payloads.
+fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 fn export(global: &GlobalArgs, args: &ExportArgs) -> anyhow::Result<()> {
@@ -87,7 +95,7 @@ fn export(global: &GlobalArgs, args: &ExportArgs) -> anyhow::Result<()> {
     };
     let mut out: Box<dyn Write> = match &args.to {
         Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
+            create_private(path)
                 .with_context(|| format!("--to {}: cannot create it", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),

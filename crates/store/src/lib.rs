@@ -24,7 +24,7 @@ pub use keys::{ApiKey, KEYS_CHANNEL};
 pub use notify::{Listener, REGISTRY_CHANNEL};
 pub use predictions::{Delivery, PredictionQuery, PredictionRecord, RetentionReport};
 pub use registry::{Actor, AuditQuery, AuditRecord, NewVersion};
-pub use sealing::{new_data_key, DataKeys, SealError, Sealed, DATA_KEY_LEN};
+pub use sealing::{check_key_id, new_data_key, DataKeys, SealError, Sealed, DATA_KEY_LEN};
 pub use settings::{redact, DatabaseSettings};
 
 use sqlx::migrate::Migrator;

@@ -107,6 +107,8 @@ impl DataKeys {
             .flat_map(|l| l.split(','))
             .map(str::trim)
             .filter(|e| !e.is_empty());
+        // Until an entry has been read whole, errors name it by its position only: an entry
+        // that is a bare key (no `ID=`) splits at the key's own `=` padding.
         for (n, entry) in entries.enumerate() {
             let at = n + 1;
             let Some((id, value)) = entry.split_once('=') else {
@@ -114,28 +116,24 @@ impl DataKeys {
                     "entry {at} is not ID=BASE64 (no '=' after the id)"
                 )));
             };
-            let id = id.trim();
-            if id.is_empty()
-                || id.len() > MAX_ID_LEN
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
+            let (id, value) = (id.trim(), value.trim());
+            if value.is_empty() {
                 return Err(bad(format!(
-                    "entry {at}: the key id must be 1 to {MAX_ID_LEN} letters, digits, '.', '_' or '-'"
+                    "entry {at} is not ID=BASE64 (nothing after the first '=')"
+                )));
+            }
+            check_key_id(id).map_err(|why| bad(format!("entry {at}: {why}")))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .map_err(|_| bad(format!("entry {at}: the key is not standard base64")))?;
+            if bytes.len() != DATA_KEY_LEN {
+                return Err(bad(format!(
+                    "entry {at}: the key is {} bytes; a data key is {DATA_KEY_LEN} random bytes, base64-encoded",
+                    bytes.len()
                 )));
             }
             if keys.iter().any(|(k, _)| k == id) {
-                return Err(bad(format!("key id {id} is given twice")));
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .map_err(|_| bad(format!("key {id} is not standard base64")))?;
-            if bytes.len() != DATA_KEY_LEN {
-                return Err(bad(format!(
-                    "key {id} is {} bytes; a data key is {DATA_KEY_LEN} random bytes, base64-encoded",
-                    bytes.len()
-                )));
+                return Err(bad(format!("entry {at}: key id {id} is given twice")));
             }
             let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes));
             keys.push((id.to_string(), cipher));
@@ -209,6 +207,22 @@ impl DataKeys {
             )
             .map_err(|_| corrupt())?;
         unframe(&plain).ok_or_else(corrupt)
+    }
+}
+
+/// Checks a data key's id: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub fn check_key_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the key id must be 1 to {MAX_ID_LEN} letters, digits, '.', '_' or '-'"
+        ))
     }
 }
 
@@ -360,11 +374,12 @@ mod tests {
             ("k1", "entry 1 is not ID=BASE64"),
             (&format!("={secret}"), "entry 1: the key id"),
             (&format!("a b={secret}"), "entry 1: the key id"),
-            ("k1=!!!notbase64", "key k1 is not standard base64"),
-            (&format!("k1={secret}"), "key k1 is 16 bytes"),
+            ("k1=!!!notbase64", "entry 1: the key is not standard base64"),
+            (&format!("k1={secret}"), "entry 1: the key is 16 bytes"),
+            ("k1=", "entry 1 is not ID=BASE64 (nothing after"),
             (
                 &format!("{},{}", entry("k1", 1), entry("k1", 2)),
-                "key id k1 is given twice",
+                "entry 2: key id k1 is given twice",
             ),
         ] {
             let e = DataKeys::parse(text, "VATIC_DATA_KEYS")
@@ -374,6 +389,23 @@ mod tests {
             assert!(msg.starts_with("VATIC_DATA_KEYS: "), "{msg}");
             assert!(msg.contains(want), "{text:?}: {msg}");
             assert!(!msg.contains(&secret) && !msg.contains("!!!"), "{msg}");
+        }
+        // A bare key, without `ID=`: its own '=' padding must not make it an id that an error
+        // then shows, in standard or URL-safe base64.
+        for alphabet in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+        ] {
+            for byte in 0..=255u8 {
+                let bare = alphabet.encode([byte; DATA_KEY_LEN]);
+                let msg = DataKeys::parse(&bare, "f")
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string();
+                let body = bare.trim_end_matches('=');
+                assert!(!msg.contains(body), "{msg}");
+                assert!(msg.starts_with("f: entry 1"), "{msg}");
+            }
         }
         let debug = format!("{:?}", keys(&entry("k1", 1)));
         assert_eq!(debug, "DataKeys { ids: [\"k1\"] }");

@@ -60,9 +60,13 @@ pub const DATA_KEYS_ENV: &str = "VATIC_DATA_KEYS";
 /// Reads the data keys from `data_keys_file` or [`DATA_KEYS_ENV`] (not both); `None` when
 /// neither is set, and payloads are stored in clear.
 pub fn data_keys(settings: &PredictionLogSettings) -> anyhow::Result<Option<DataKeys>> {
-    let from_env = std::env::var(DATA_KEYS_ENV)
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let from_env = match std::env::var(DATA_KEYS_ENV) {
+        Ok(v) => Some(v).filter(|v| !v.trim().is_empty()),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{DATA_KEYS_ENV} is not valid UTF-8: it holds ID=BASE64 entries")
+        }
+    };
     let text = match (&settings.data_keys_file, from_env) {
         (Some(_), Some(_)) => anyhow::bail!(
             "prediction_log.data_keys_file and {DATA_KEYS_ENV} are both set: give the data keys in one place"
@@ -227,7 +231,14 @@ impl PredictionLog {
         }
         let counters = Arc::new(Counters::new());
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let writer = Writer::new(store, rx, spool.clone(), counters.clone(), &settings);
+        let writer = Writer::new(
+            store,
+            rx,
+            spool.clone(),
+            counters.clone(),
+            &settings,
+            keys.clone(),
+        );
         let handle = runtime.spawn(writer.run());
         Ok(PredictionLog {
             shared: Arc::new(Shared {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use vatic_store::{Delivery, PredictionRecord, Store, StoreError};
+use vatic_store::{DataKeys, Delivery, PredictionRecord, Store, StoreError};
 
 /// How many times per flush interval a filling batch takes what has been queued.
 const FILL_POLLS: u32 = 8;
@@ -24,6 +24,8 @@ pub(super) struct Writer {
     down: bool,
     /// When to try the spool (and, while down, the database) next.
     next_replay: Instant,
+    /// Data keys: spooled records a run without them left in clear are sealed on replay.
+    keys: Option<Arc<DataKeys>>,
 }
 
 impl Writer {
@@ -33,6 +35,7 @@ impl Writer {
         spool: Arc<Spool>,
         counters: Arc<Counters>,
         settings: &PredictionLogSettings,
+        keys: Option<Arc<DataKeys>>,
     ) -> Writer {
         Writer {
             store,
@@ -44,6 +47,7 @@ impl Writer {
             retry_interval: Duration::from_millis(settings.retry_interval_ms),
             down: false,
             next_replay: Instant::now(),
+            keys,
         }
     }
 
@@ -176,7 +180,11 @@ impl Writer {
         };
         let oldest = oldest(&chunk.records);
         // Spooled records may be stored already: the batch that failed may have been committed.
-        let records = std::mem::take(&mut chunk.records);
+        let mut records = std::mem::take(&mut chunk.records);
+        if let Some(keys) = &self.keys {
+            // Sealed ones hold no clear payload and are left as they are.
+            records.iter_mut().for_each(|r| r.seal(keys));
+        }
         let outcome = insert_isolating(&self.store, records, Delivery::Retry).await;
         // Rows are new only once, so they count even when the chunk is read again later.
         add(&self.counters.replayed, outcome.inserted);

@@ -439,5 +439,35 @@ async fn with_a_data_key_neither_the_spool_nor_the_table_holds_a_payload_in_clea
             assert_eq!(got.request, want.request);
             assert_eq!(got.response, want.response);
         }
+
+        // A spool that a run without data keys left in clear is sealed as it is replayed.
+        drop(log);
+        let plain =
+            PredictionLog::start(store.clone(), self::settings(spool.path()), None).unwrap();
+        plain.shutdown().await;
+        let late = PredictionRecord {
+            request: Some(r#"{"inputs":[{"name":"late-secret"}]}"#.into()),
+            ..record(500)
+        };
+        plain.log(late.clone());
+        let spooled = std::fs::read(spool.path().join(SPOOL_FILE)).unwrap();
+        assert!(contains(&spooled, "late-secret"));
+        drop(plain);
+        let next = PredictionLog::start(
+            store.clone(),
+            self::settings(spool.path()),
+            Some(keys.clone()),
+        )
+        .unwrap();
+        next.shutdown().await;
+        assert_eq!(next.stats().replayed, 1);
+        let rows = raw_rows(&db.url).await;
+        assert_eq!(rows.len(), 101, "{}", db.url);
+        assert!(rows.iter().all(|row| !contains(row, "late-secret")));
+        let mut stored = store.recent_predictions("iris", 1000).await.unwrap();
+        let got = stored.iter_mut().find(|r| r.id == late.id).unwrap();
+        assert_eq!(got.sealed.as_ref().map(|s| s.key.as_str()), Some("k1"));
+        got.open(&keys).unwrap();
+        assert_eq!(got.request, late.request);
     }
 }

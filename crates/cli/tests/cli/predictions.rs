@@ -252,6 +252,15 @@ fn export_refuses_a_bad_query_with_what_is_wrong() {
             "after: 'yesterday' is not a page position",
         ),
         ("after=12:nope", "after: '12:nope' is not a page position"),
+        // Times no database holds: refused here, not left to fail in the database.
+        (
+            "after=-8000000000000000000:01a24d39-2480-76c6-84b4-bb5b76159e50",
+            "is not a page position",
+        ),
+        (
+            "after=253402300800000000:01a24d39-2480-76c6-84b4-bb5b76159e50",
+            "is not a page position",
+        ),
         ("since=monday", "since: 'monday' is not an RFC 3339 time"),
         (
             "until=2026-13-01T00:00:00Z",
@@ -269,9 +278,10 @@ fn export_refuses_a_bad_query_with_what_is_wrong() {
     let run = app.vaticctl(&["predictions", "export", "--since", "monday"]);
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(run.stderr.contains("neither an RFC 3339 time"), "{run:#?}");
-    let run = app.vaticctl(&["predictions", "data-key", "--id", "a b"]);
-    assert_eq!(run.code, Some(1), "{run:#?}");
-    assert!(run.stderr.contains("the key id must be"), "{run:#?}");
+    for id in ["a b", "a=b", "a,b", ""] {
+        let run = app.vaticctl(&["predictions", "data-key", "--id", id]);
+        run.assert_error(&[&format!("--id {id:?}: the key id must be 1 to 64 letters")]);
+    }
 }
 
 #[test]
@@ -309,4 +319,18 @@ fn a_page_position_walks_the_log_once_in_arrival_order() {
     let (_, rest) = app.get(&format!("/admin/v1/predictions?limit=5&after={next}"));
     assert_eq!(rest["records"].as_array().unwrap().len(), 2);
     assert!(rest["next"].is_null());
+
+    // To a file: the same lines, readable by its owner only.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.jsonl");
+    let to = file.to_str().unwrap();
+    app.vaticctl(&["predictions", "export", "--to", to])
+        .assert_exported(7);
+    assert!(run
+        .stdout
+        .lines()
+        .eq(std::fs::read_to_string(&file).unwrap().lines()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }

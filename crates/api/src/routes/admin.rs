@@ -511,6 +511,34 @@ fn rfc3339(
         .transpose()
 }
 
+/// 10000-01-01T00:00:00Z in microseconds since 1970: page positions come before it.
+const CURSOR_END_MICROS: i64 = 253_402_300_800_000_000;
+
+/// Payload bytes a page holds at most (past it, the page ends early with a `next`), so one
+/// request cannot make the api hold more than this decrypted at once; a page has at least
+/// one record.
+const EXPORT_PAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The bytes of a stored record's payloads.
+fn payload_bytes(r: &vatic_store::PredictionRecord) -> usize {
+    r.request.as_ref().map_or(0, String::len)
+        + r.response.as_ref().map_or(0, String::len)
+        + r.sealed.as_ref().map_or(0, |s| s.data.len())
+}
+
+/// How many of `records`, from the first, hold at most `budget` payload bytes together; at
+/// least one.
+fn records_within(records: &[vatic_store::PredictionRecord], budget: usize) -> usize {
+    let mut bytes = 0;
+    records
+        .iter()
+        .position(|r| {
+            bytes += payload_bytes(r);
+            bytes > budget
+        })
+        .map_or(records.len(), |past| past.max(1))
+}
+
 /// A page position: the last record's time, in microseconds since 1970, and id.
 fn cursor(at: chrono::DateTime<chrono::Utc>, id: &uuid::Uuid) -> String {
     format!("{}:{id}", at.timestamp_micros())
@@ -523,9 +551,11 @@ fn parse_cursor(value: &str) -> Result<(chrono::DateTime<chrono::Utc>, uuid::Uui
         ))
     };
     let (micros, id) = value.split_once(':').ok_or_else(bad)?;
+    // Times the databases hold: 1970 to the end of year 9999.
     let at = micros
         .parse::<i64>()
         .ok()
+        .filter(|m| (0..CURSOR_END_MICROS).contains(m))
         .and_then(chrono::DateTime::from_timestamp_micros)
         .ok_or_else(bad)?;
     Ok((at, id.parse().map_err(|_| bad())?))
@@ -589,8 +619,12 @@ async fn export_predictions(
         limit,
     };
     let store = store(&s)?;
-    let records = store.predictions_page(&query).await?;
-    let next = (records.len() == limit as usize)
+    let mut records = store.predictions_page(&query).await?;
+    let full = records.len() == limit as usize;
+    let fits = records_within(&records, EXPORT_PAGE_BYTES);
+    let cut = fits < records.len();
+    records.truncate(fits);
+    let next = (full || cut)
         .then(|| records.last().map(|r| cursor(r.at, &r.id)))
         .flatten();
     let keys = s
@@ -760,4 +794,58 @@ pub struct Uploads {
     pub dir: PathBuf,
     /// Largest model file accepted, in bytes.
     pub max_model_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(request_bytes: usize, sealed_bytes: Option<usize>) -> vatic_store::PredictionRecord {
+        vatic_store::PredictionRecord {
+            id: uuid::Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            request_id: String::new(),
+            model: "m".into(),
+            version: "1".into(),
+            api_key: None,
+            status: 200,
+            latency_us: 0,
+            request: Some("x".repeat(request_bytes)),
+            response: None,
+            sealed: sealed_bytes.map(|n| vatic_store::Sealed {
+                key: "k1".into(),
+                data: vec![0; n],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_page_ends_before_its_payloads_pass_the_budget_and_holds_at_least_one_record() {
+        let records = [record(40, None), record(0, Some(50)), record(30, None)];
+        assert_eq!(records_within(&records, 1000), 3);
+        assert_eq!(records_within(&records, 120), 3);
+        assert_eq!(records_within(&records, 119), 2);
+        assert_eq!(records_within(&records, 90), 2);
+        assert_eq!(records_within(&records, 89), 1);
+        // A record larger than the budget is still given, alone.
+        assert_eq!(records_within(&records, 10), 1);
+        assert_eq!(records_within(&[], 10), 0);
+    }
+
+    #[test]
+    fn a_page_position_is_a_time_the_databases_hold_and_an_id() {
+        let id = uuid::Uuid::now_v7();
+        let at = chrono::DateTime::from_timestamp_micros(1_765_000_000_123_456).unwrap();
+        assert_eq!(parse_cursor(&cursor(at, &id)).unwrap(), (at, id));
+        for bad in [
+            format!("-1:{id}"),
+            format!("{CURSOR_END_MICROS}:{id}"),
+            "12:nope".to_string(),
+            format!("{id}"),
+        ] {
+            let e = parse_cursor(&bad).unwrap_err().to_string();
+            assert!(e.contains("is not a page position"), "{bad}: {e}");
+        }
+        assert!(parse_cursor(&format!("{}:{id}", CURSOR_END_MICROS - 1)).is_ok());
+    }
 }

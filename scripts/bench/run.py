@@ -270,8 +270,8 @@ class Bench:
         r["sealed_demo_json"] = sides["log full, encrypted"]
         sides = self.log_cost(url, "v2-binary")
         r["unlogged_demo_binary"], r["logged_demo_binary"] = sides["log off"], sides["log full"]
-        self.security(repo, url)
         self.stop(s)
+        self.security(repo)
 
     def sealed_records(self):
         """How many records of the prediction log are encrypted; checked so that the cost of
@@ -285,11 +285,14 @@ class Bench:
                              f"encrypt it?): {count.stderr.strip()}")
         return int(count.stdout)
 
-    def security(self, repo, url):
-        """What API keys with a rate limit and HTTPS cost: the demo (JSON, the log off) on
-        `url`, open over plain HTTP, alternating with a like server with each of them on; at
-        concurrency 64, and for the keys also at concurrency 1 with the load generator polling."""
+    def security(self, repo):
+        """What API keys with a rate limit and HTTPS cost: the demo (JSON, the log off) on a
+        server open over plain HTTP, alternating with like servers with each of them on, all
+        three started afresh the same way (a server that has run the rest of the benchmark is
+        no like for like); at concurrency 64, and for the keys also at concurrency 1 with the
+        load generator polling."""
         log("security: API keys and HTTPS, alternating with neither")
+        opened, url = self.start_standalone("open", repo, 18488)
         self.ctl(url, "models", "log", DEMO, "--mode", "off")
         admin_key = secrets.token_urlsafe(24)
         keyed, keyed_url = self.start_standalone(
@@ -319,6 +322,7 @@ class Bench:
                              busy_poll=True)
         self.stop(tls)
         self.stop(keyed)
+        self.stop(opened)
         r = self.results
         r["security_open_demo_json"] = {**at1["open"], **at64["open"]}
         r["security_keys_demo_json"] = {**at1["API keys"], **at64["API keys"]}

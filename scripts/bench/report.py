@@ -75,7 +75,8 @@ def security(r):
         "",
         "What each protection costs against the same build with it off, in runs alternating with "
         "it off (the demo, V2 JSON, standalone on PostgreSQL; medians). The open, keyed and HTTPS "
-        "servers are started afresh the same way, side by side. API keys: a predictor key "
+        "servers are started afresh the same way, side by side, with the `[batching]` defaults "
+        "(no profile at load, so all three batch alike). API keys: a predictor key "
         "with a rate limit of its own, 1,000,000/s, so every request passes the limiter and none is "
         "refused. HTTPS: TLS 1.3 over keep-alive connections, certificates from `vaticctl certs "
         "init`. Encryption: the log in full mode with a data key (`VATIC_DATA_KEYS`, AES-256-GCM) "

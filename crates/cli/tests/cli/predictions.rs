@@ -61,38 +61,27 @@ fn raw_rows(url: &str) -> Vec<Vec<u8>> {
     runtime.block_on(async {
         let text = "SELECT id::text, request_id, model, version, COALESCE(api_key, ''), \
                     COALESCE(request, ''), COALESCE(response, ''), COALESCE(data_key, '') FROM predictions ORDER BY at, id";
+        let sealed_sql = "SELECT sealed FROM predictions ORDER BY at, id";
+        let (texts, sealed): (Vec<TextColumns>, Vec<Option<Vec<u8>>>) =
+            if url.starts_with("postgres") {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let texts = sqlx::query_as(text).fetch_all(&pool).await.unwrap();
+                let sealed = sqlx::query_scalar(sealed_sql).fetch_all(&pool).await.unwrap();
+                (texts, sealed)
+            } else {
+                let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+                let texts = sqlx::query_as(&text.replace("id::text", "id"))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                let sealed = sqlx::query_scalar(sealed_sql).fetch_all(&pool).await.unwrap();
+                (texts, sealed)
+            };
         let mut rows: Vec<Vec<u8>> = Vec::new();
-        if url.starts_with("postgres") {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            let texts: Vec<TextColumns> =
-                sqlx::query_as(text).fetch_all(&pool).await.unwrap();
-            let sealed: Vec<Option<Vec<u8>>> =
-                sqlx::query_scalar("SELECT sealed FROM predictions ORDER BY at, id")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-            for (t, s) in texts.into_iter().zip(sealed) {
-                let mut row = format!("{t:?}").into_bytes();
-                row.extend(s.unwrap_or_default());
-                rows.push(row);
-            }
-        } else {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            let texts: Vec<TextColumns> =
-                sqlx::query_as(&text.replace("id::text", "id"))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-            let sealed: Vec<Option<Vec<u8>>> =
-                sqlx::query_scalar("SELECT sealed FROM predictions ORDER BY at, id")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-            for (t, s) in texts.into_iter().zip(sealed) {
-                let mut row = format!("{t:?}").into_bytes();
-                row.extend(s.unwrap_or_default());
-                rows.push(row);
-            }
+        for (t, s) in texts.into_iter().zip(sealed) {
+            let mut row = format!("{t:?}").into_bytes();
+            row.extend(s.unwrap_or_default());
+            rows.push(row);
         }
         rows
     })

@@ -513,3 +513,46 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn unusable_data_keys_stop_the_start_with_a_message_that_shows_no_key() {
+    use std::os::unix::ffi::OsStrExt;
+    let bare = base64_key();
+    let cases: [(&std::ffi::OsStr, &str); 2] = [
+        (
+            std::ffi::OsStr::from_bytes(b"k1=\xff\xfe"),
+            "VATIC_DATA_KEYS is not valid UTF-8",
+        ),
+        (
+            std::ffi::OsStr::new(&bare),
+            "VATIC_DATA_KEYS: entry 1 is not ID=BASE64",
+        ),
+    ];
+    for (value, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(binary("vatic-api", "vatic-api"))
+            .arg("--config")
+            .arg(vatic_testkit::root().join("config/standalone.toml"))
+            .args(["--standalone", "--listen", "127.0.0.1:0", "--models-dir"])
+            .arg(vatic_testkit::root().join("models"))
+            .current_dir(dir.path())
+            .env("VATIC_METRICS_LISTEN", "127.0.0.1:0")
+            .env("VATIC_DATA_KEYS", value)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains(want), "{want}: {text}");
+        assert!(!text.contains(bare.trim_end_matches('=')), "{text}");
+    }
+}
+
+/// A data key given bare, without its `ID=`: 32 bytes in standard base64, ending in `=`.
+fn base64_key() -> String {
+    let entry = vatic_store::new_data_key("k");
+    entry.split_once('=').unwrap().1.to_string()
+}

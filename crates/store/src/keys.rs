@@ -104,7 +104,7 @@ impl Store {
     /// replica hears of it at once on PostgreSQL.
     pub async fn revoke_key(&self, id: &str) -> Result<bool> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(self.write_begin()).await?;
             let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now())
                 .bind(id)

@@ -154,6 +154,17 @@ impl Store {
         }
     }
 
+    /// The statement that opens a transaction that writes. SQLite's `BEGIN` takes the write
+    /// lock only at the first write, and a transaction that has read by then fails at once
+    /// with "database is locked" when another connection wrote meanwhile (its busy timeout
+    /// does not apply); `BEGIN IMMEDIATE` takes the lock first, waiting within the timeout.
+    pub(crate) fn write_begin(&self) -> &'static str {
+        match self.backend() {
+            Backend::Postgres => "BEGIN",
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+        }
+    }
+
     /// Connections of the pool now: (open, idle, most allowed).
     pub fn pool_usage(&self) -> (u32, u32, u32) {
         on_pool!(self, pool => (

@@ -67,7 +67,7 @@ impl Store {
         let at = now();
         let signature = serde_json::to_string(new.signature)?;
         let (version, stored) = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(self.write_begin()).await?;
             sqlx::query("INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(new.model)
                 .bind(at)
@@ -218,7 +218,7 @@ impl Store {
         }
         let at = now();
         let promoted = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(self.write_begin()).await?;
             if self.backend() == Backend::Postgres {
                 lock_model(&mut *tx, model).await?;
             }
@@ -282,7 +282,7 @@ impl Store {
         }
         let at = now();
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(self.write_begin()).await?;
             sqlx::query("UPDATE models SET log_mode = $1, log_sample_rate = $2 WHERE name = $3")
                 .bind(mode.as_str())
                 .bind(rate)

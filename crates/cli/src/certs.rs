@@ -16,7 +16,7 @@ pub struct CertsArgs {
 /// The `certs` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// Write ca.crt, ca.key and NAME.crt, NAME.key for nginx, api, worker and api-client
+    /// Write ca.crt, ca.key and NAME.crt, NAME.key for nginx, haproxy, api, worker and api-client
     Init(InitArgs),
 }
 
@@ -29,6 +29,10 @@ pub struct InitArgs {
     /// always covers localhost, 127.0.0.1, ::1 and nginx
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub nginx_names: Vec<String>,
+    /// More names for HAProxy's certificate (what nginx connects to); it always covers
+    /// localhost, 127.0.0.1, ::1 and haproxy
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub haproxy_names: Vec<String>,
     /// More names for the api's certificate; it always covers localhost, 127.0.0.1, ::1 and api
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub api_names: Vec<String>,
@@ -48,8 +52,9 @@ pub struct InitArgs {
 }
 
 /// The certificates `certs init` makes besides the CA: file name, use, and default names.
-const ISSUED: [(&str, Usage, &str); 4] = [
+const ISSUED: [(&str, Usage, &str); 5] = [
     ("nginx", Usage::Server, "nginx"),
+    ("haproxy", Usage::Server, "haproxy"),
     ("api", Usage::Server, "api"),
     ("worker", Usage::Server, "worker"),
     ("api-client", Usage::Client, "api"),
@@ -106,6 +111,7 @@ fn run_init(args: &InitArgs) -> anyhow::Result<()> {
     for (file, usage, own) in ISSUED {
         let names = match file {
             "nginx" => names(&args.nginx_names, own),
+            "haproxy" => names(&args.haproxy_names, own),
             "worker" => names(&args.worker_names, own),
             _ => names(&args.api_names, own),
         };

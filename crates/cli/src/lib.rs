@@ -165,7 +165,7 @@ pub enum Command {
     /// Make the certificates of a deployment: an internal CA, and certificates it signs
     ///
     /// `certs init DIR` writes ca.crt and ca.key, then NAME.crt and NAME.key for the servers
-    /// nginx, api and worker and for the client api-client (the api's certificate when it
+    /// nginx, haproxy, api and worker and for the client api-client (the api's certificate when it
     /// calls workers with mutual TLS). Keys are written readable by their owner only; no file
     /// is replaced without --force. Keep ca.key offline once the certificates are made.
     ///

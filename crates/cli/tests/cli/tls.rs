@@ -6,11 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use vatic_testkit::TestDb;
 
-const FILES: [&str; 10] = [
+const FILES: [&str; 12] = [
     "ca.crt",
     "ca.key",
     "nginx.crt",
     "nginx.key",
+    "haproxy.crt",
+    "haproxy.key",
     "api.crt",
     "api.key",
     "worker.crt",
@@ -49,7 +51,15 @@ fn names(file: &Path) -> Vec<String> {
 fn certs_init_writes_a_ca_and_its_certificates_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tls");
-    let run = init(&out, &["--api-names", "vatic.example.com,10.1.2.3"]);
+    let run = init(
+        &out,
+        &[
+            "--api-names",
+            "vatic.example.com,10.1.2.3",
+            "--haproxy-names",
+            "lb.internal",
+        ],
+    );
     run.assert_ok();
     for file in FILES {
         let mode = std::fs::metadata(out.join(file))
@@ -68,6 +78,10 @@ fn certs_init_writes_a_ca_and_its_certificates_and_never_overwrites() {
     assert_eq!(
         names(&out.join("nginx.crt")),
         ["localhost", "127.0.0.1", "::1", "nginx"]
+    );
+    assert_eq!(
+        names(&out.join("haproxy.crt")),
+        ["localhost", "127.0.0.1", "::1", "haproxy", "lb.internal"]
     );
 
     let before = std::fs::read(out.join("ca.key")).unwrap();

@@ -16,6 +16,10 @@ pub struct MigrateArgs {
     /// The registry database: postgres://user:password@host:port/db or sqlite://path/to/file.db
     #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: String,
+    /// A file holding PostgreSQL's password (a compose or Kubernetes secret), used in place of
+    /// a password in the URL
+    #[arg(long, env = "DATABASE_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Only compare the database's schema version with this build's; exit 1 when they differ
     #[arg(long)]
     pub check: bool,
@@ -38,8 +42,14 @@ pub fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store =
-            Store::connect_lazy(&ConnectOptions::new(url)).map_err(|e| store_error(&shown, e))?;
+        let mut opts = ConnectOptions::new(url);
+        if let Some(file) = &args.password_file {
+            opts.password = Some(
+                vatic_store::read_password(file, "--password-file")
+                    .map_err(|e| anyhow!("database {shown}: {e}"))?,
+            );
+        }
+        let store = Store::connect_lazy(&opts).map_err(|e| store_error(&shown, e))?;
         let result = if args.check {
             check(&store, &shown, global.output).await
         } else {

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// The URL names no backend vatic supports.
     #[error("unsupported database URL '{0}': use postgres://user@host:port/db or sqlite://path/to/file.db")]
     UnsupportedUrl(String),
+    /// A password was given for a SQLite database, which has none.
+    #[error("a password file is for PostgreSQL; a sqlite:// database has no password")]
+    PasswordForSqlite,
     /// No model of that name.
     #[error("model '{0}' not found")]
     ModelNotFound(String),

@@ -25,7 +25,7 @@ pub use notify::{Listener, REGISTRY_CHANNEL};
 pub use predictions::{Delivery, PredictionQuery, PredictionRecord, RetentionReport};
 pub use registry::{Actor, AuditQuery, AuditRecord, NewVersion};
 pub use sealing::{check_key_id, new_data_key, DataKeys, SealError, Sealed, DATA_KEY_LEN};
-pub use settings::{redact, DatabaseSettings};
+pub use settings::{read_password, redact, DatabaseSettings};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -74,6 +74,8 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// How long to wait for a connection before giving up.
     pub acquire_timeout: Duration,
+    /// PostgreSQL's password, in place of the one `url` may hold.
+    pub password: Option<String>,
 }
 
 impl ConnectOptions {
@@ -83,6 +85,7 @@ impl ConnectOptions {
             url: url.into(),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            password: None,
         }
     }
 }
@@ -101,7 +104,10 @@ impl Store {
     pub fn connect_lazy(opts: &ConnectOptions) -> Result<Store> {
         let url = opts.url.as_str();
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let connect = PgConnectOptions::from_str(url)?;
+            let mut connect = PgConnectOptions::from_str(url)?;
+            if let Some(password) = &opts.password {
+                connect = connect.password(password);
+            }
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(opts.max_connections)
@@ -109,6 +115,9 @@ impl Store {
                     .connect_lazy_with(connect),
             )
         } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if opts.password.is_some() {
+                return Err(StoreError::PasswordForSqlite);
+            }
             let path = path.split('?').next().unwrap_or(path);
             if let Some(parent) = std::path::Path::new(path).parent() {
                 if !parent.as_os_str().is_empty() {

@@ -74,6 +74,7 @@ impl ResponseError for AdminError {
                 StoreError::Migrate(_)
                 | StoreError::Open { .. }
                 | StoreError::UnsupportedUrl(_)
+                | StoreError::PasswordForSqlite
                 | StoreError::Artifact { .. }
                 | StoreError::Io(_)
                 | StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,

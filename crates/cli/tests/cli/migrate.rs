@@ -170,6 +170,36 @@ fn bad_or_unreachable_databases_are_named_without_their_password() {
 }
 
 #[test]
+fn the_password_may_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    let db = TestDb::postgres();
+    // The test server trusts every password: the file is read and the migration runs.
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    migrate(&["--database-url", &db.url, "--password-file", file_arg]).assert_ok();
+    let missing = dir.path().join("none");
+    let run = migrate(&[
+        "--database-url",
+        &db.url,
+        "--password-file",
+        missing.to_str().unwrap(),
+    ]);
+    run.assert_error(&[&format!(
+        "--password-file {}: cannot read it",
+        missing.display()
+    )]);
+    std::fs::write(&file, "\n").unwrap();
+    migrate(&["--database-url", &db.url, "--password-file", file_arg])
+        .assert_error(&[&format!("--password-file {file_arg}: is empty")]);
+    let sqlite = format!("sqlite://{}", dir.path().join("v.db").display());
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let run = migrate(&["--database-url", &sqlite, "--password-file", file_arg]);
+    run.assert_error(&["a sqlite:// database has no password"]);
+    assert!(!run.stderr.contains("s3cret"), "{run:#?}");
+}
+
+#[test]
 fn a_schema_newer_than_the_build_is_refused() {
     let db = TestDb::sqlite();
     migrate(&["--database-url", &db.url]).assert_ok();

@@ -259,19 +259,27 @@ impl WorkerPool {
     }
 
     /// Takes the fleet table's view: workers with a fresh heartbeat join (or stay, with the
-    /// versions they report ready), workers whose heartbeat is stale or gone leave. Workers
-    /// from the static list are kept as they are.
+    /// versions they report ready); workers gone from the table leave, and so do workers whose
+    /// heartbeat is stale unless they still pass this api's health checks. A worker cannot
+    /// write its heartbeat while the database is away, so after an outage every heartbeat is
+    /// stale until the workers write again: the health checks keep the workers that still
+    /// answer, and predictions go on. Workers from the static list are kept as they are.
     pub fn set_fleet(&self, workers: &[vatic_schema::admin::WorkerStatus], max_age_secs: f64) {
         let mut nodes = self.nodes.write().expect("nodes lock");
         let fresh: Vec<_> = workers
             .iter()
             .filter(|w| w.heartbeat_age_secs <= max_age_secs)
             .collect();
+        let listed = |n: &WorkerNode, among: &[&vatic_schema::admin::WorkerStatus]| {
+            among
+                .iter()
+                .any(|w| w.address.trim_end_matches('/') == n.url)
+        };
+        let all: Vec<_> = workers.iter().collect();
         nodes.retain(|n| {
             n.serves.read().expect("serves lock").is_none()
-                || fresh
-                    .iter()
-                    .any(|w| w.address.trim_end_matches('/') == n.url)
+                || listed(n, &fresh)
+                || (n.is_healthy() && listed(n, &all))
         });
         for w in fresh {
             let ready: HashSet<Served> = w
@@ -626,7 +634,9 @@ mod tests {
         );
         assert_eq!(urls(&pool), ["http://static", "http://w1", "http://w2"]);
         let w1 = pool.nodes()[1].clone();
-        // w1 now reports version 2 instead, w2's heartbeat is stale, w3 joins.
+        // w1 now reports version 2 instead, w2's heartbeat is stale and it failed its health
+        // check, w3 joins.
+        set(&pool.nodes()[2], false, 0);
         pool.set_fleet(
             &[
                 worker("http://w1", 1.0, &[("iris", 2, LoadState::Ready)]),
@@ -652,5 +662,40 @@ mod tests {
         // A fleet that is gone leaves only the static list.
         pool.set_fleet(&[], 10.0);
         assert_eq!(urls(&pool), ["http://static"]);
+    }
+
+    #[test]
+    fn a_stale_heartbeat_keeps_a_worker_that_passes_its_health_checks() {
+        // The database was away: no worker could write its heartbeat.
+        let pool = pool(&[]);
+        let ready = [("iris", 1, LoadState::Ready)];
+        pool.set_fleet(
+            &[
+                worker("http://w1", 1.0, &ready),
+                worker("http://w2", 1.0, &ready),
+            ],
+            10.0,
+        );
+        set(&pool.nodes()[1], false, 0);
+        pool.set_fleet(
+            &[
+                worker("http://w1", 25.0, &ready),
+                worker("http://w2", 25.0, &ready),
+            ],
+            10.0,
+        );
+        assert_eq!(
+            urls(&pool),
+            ["http://w1"],
+            "w1 answers its health checks and stays; w2 does not and leaves"
+        );
+        let v1 = Some(Target {
+            model: "iris",
+            version: 1,
+        });
+        assert_eq!(pool.pick(&pool.nodes(), &[], v1), Some(0));
+        // A stale worker that was not known does not join; one gone from the table leaves.
+        pool.set_fleet(&[worker("http://w3", 25.0, &ready)], 10.0);
+        assert!(urls(&pool).is_empty());
     }
 }

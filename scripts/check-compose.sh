@@ -4,26 +4,62 @@
 # Compose schema and resolves every variable, then elk/setup.sh against a local HTTP recorder:
 # the requests it makes and that their bodies are valid JSON. Installs docker-compose (Debian's
 # package) when it is missing. The log files and the field mapping are checked by the api's
-# `elk` test.
+# `elk` test. Needs vaticctl built (cargo build --workspace --bins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/need.sh docker-compose docker-compose
 
-export POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check VATIC_ADMIN_KEY=check-admin-key-0123456789abcdef
 docker-compose config -q
 docker-compose --profile logging config -q
 services="$(docker-compose --profile logging config --services | sort | tr '\n' ' ')"
-expected="api certs elasticsearch elk-setup filebeat grafana kibana kibana-setup migrate postgres prometheus worker "
+expected="api certs elasticsearch elk-setup filebeat grafana haproxy kibana kibana-setup migrate nginx nginx-exporter postgres prometheus worker "
 if [ "$services" != "$expected" ]; then
   echo "docker-compose.yml has services '$services', expected '$expected'" >&2
   exit 1
 fi
-if POSTGRES_PASSWORD="" docker-compose config -q 2>/dev/null; then
-  echo "docker-compose.yml starts without POSTGRES_PASSWORD" >&2
+# Published ports: nginx's 443 and 80, and Kibana's (profile logging) on loopback only; no
+# password or key in the file, only the secrets' files.
+docker-compose --profile logging config | python3 -c '
+import sys, yaml
+doc = yaml.safe_load(sys.stdin)
+for name, service in doc["services"].items():
+    for port in service.get("ports", []):
+        if not isinstance(port, dict):
+            parts = str(port).split(":")
+            port = {"host_ip": parts[0] if len(parts) == 3 else "", "target": parts[-1].split("/")[0]}
+        ok = (name == "nginx" and int(port["target"]) in (443, 80)) or (name == "kibana" and port.get("host_ip") == "127.0.0.1")
+        assert ok, f"{name} publishes {port}: only nginx (443, 80) may, and Kibana on 127.0.0.1"
+    for key, value in (service.get("environment") or {}).items():
+        assert not any(w in key for w in ("PASSWORD", "ADMIN_KEY")) or key.endswith("_FILE") or key.endswith("__FILE"), f"{name}: {key} is set in the file; use a secret"
+secrets = doc["secrets"]
+assert sorted(secrets) == ["admin_key", "grafana_admin_password", "postgres_password"], secrets
+assert all(s["file"].endswith("/secrets/" + n) for n, s in secrets.items()), secrets
+assert doc["services"]["api"]["deploy"]["replicas"] == 2 and doc["services"]["worker"]["deploy"]["replicas"] == 2
+'
+echo "docker-compose.yml: valid, services $services; only nginx publishes ports; secrets from secrets/"
+
+# HAProxy with the compose service's environment, on certificates made here in place of the
+# certs volume (haproxy/servers-dns.cfg resolves the api replicas at run time only).
+scripts/need.sh haproxy haproxy
+vaticctl="${CARGO_TARGET_DIR:-target}/debug/vaticctl"
+if [ ! -x "$vaticctl" ]; then
+  echo "$vaticctl is missing: run cargo build --workspace --bins first" >&2
   exit 1
 fi
-echo "docker-compose.yml: valid, services $services"
+(
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  "$vaticctl" certs init "$tmp/certs" >/dev/null
+  env_args=()
+  while IFS= read -r line; do env_args+=("${line//\/certs\//$tmp/certs/}"); done < <(
+    docker-compose config | python3 -c '
+import sys, yaml
+for k, v in yaml.safe_load(sys.stdin)["services"]["haproxy"]["environment"].items():
+    print(f"{k}={v}")')
+  env "${env_args[@]}" haproxy -c -q -f haproxy/haproxy.cfg -f haproxy/servers-dns.cfg
+  echo "haproxy/: valid with the compose service's environment"
+)
 
 bash -n elk/setup.sh
 python3 - <<'PY'

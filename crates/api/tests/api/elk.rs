@@ -21,6 +21,10 @@ const CERTS_VOLUME: &str = "certs";
 const CERTS_DIR: &str = "/certs";
 /// The volume the CA's key is moved to, which only the `certs` service mounts.
 const CA_KEY_DIR: &str = "/certs-ca";
+/// Where the `certs` service copies the CA's certificate for clients (the host's client/).
+const EXPORT_DIR: &str = "/export";
+/// Where compose mounts the secrets.
+const SECRETS_DIR: &str = "/run/secrets";
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(vatic_testkit::root().join(path)).expect(path)
@@ -61,12 +65,7 @@ fn yaml(text: &str) -> Value {
 }
 
 fn compose() -> Value {
-    let vars = HashMap::from([
-        ("POSTGRES_PASSWORD", "secret"),
-        ("GRAFANA_ADMIN_PASSWORD", "secret"),
-        ("VATIC_ADMIN_KEY", ADMIN_KEY),
-    ]);
-    yaml(&interpolate(&read("docker-compose.yml"), &vars))
+    yaml(&interpolate(&read("docker-compose.yml"), &HashMap::new()))
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -90,9 +89,9 @@ fn log_mount(service: &Value) -> (String, bool) {
 /// The first admin key of the api under test.
 const ADMIN_KEY: &str = "elk-test-admin-key-0123456789abcdef";
 
-/// Runs the `certs` service's script on this machine, with `certs` and `ca_key` in place of its
-/// volumes and `rotate` as `CERTS_ROTATE`; returns what it printed.
-fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, rotate: bool) -> String {
+/// Runs the `certs` service's script on this machine, with `certs`, `ca_key` and `export` in
+/// place of its volumes and `rotate` as `CERTS_ROTATE`; returns what it printed.
+fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, export: &Path, rotate: bool) -> String {
     let service = &compose["services"]["certs"];
     let command = strings(&service["command"]);
     assert_eq!(command[..2], ["sh", "-ec"], "{service}");
@@ -100,15 +99,21 @@ fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, rotate: bool) -> Stri
         strings(&service["volumes"]),
         [
             format!("{CERTS_VOLUME}:{CERTS_DIR}"),
-            format!("certs-ca:{CA_KEY_DIR}")
+            format!("certs-ca:{CA_KEY_DIR}"),
+            format!("./client:{EXPORT_DIR}"),
         ]
     );
     // Compose passes `$$` on as `$`. The folders are replaced in one pass each: the local
-    // path of one may hold the other's name.
+    // path of one may hold another's name.
     let script = command[2]
         .replace("$$", "$")
         .split(CA_KEY_DIR)
-        .map(|part| part.replace(CERTS_DIR, &certs.display().to_string()))
+        .map(|part| {
+            part.split(EXPORT_DIR)
+                .map(|p| p.replace(CERTS_DIR, &certs.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(&export.display().to_string())
+        })
         .collect::<Vec<_>>()
         .join(&ca_key.display().to_string());
     let vaticctl = binary("vaticctl", "vatic-cli");
@@ -133,15 +138,23 @@ fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, rotate: bool) -> Stri
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The local folders in place of a service's mounts.
+struct Mounts {
+    /// The `certs` volume.
+    certs: PathBuf,
+    /// The compose secrets, one file each.
+    secrets: PathBuf,
+}
+
 /// Runs a compose service's command as a process on this machine: `/etc/vatic/` is the
-/// repository's config/, `/certs/` is `certs`, listeners are on 127.0.0.1:0, and `env` overrides
-/// the service's environment (the database and the log folder, which name compose's hosts and
-/// volumes).
+/// repository's config/, `/certs/` and `/run/secrets/` are `mounts`' folders, listeners are on
+/// 127.0.0.1:0, and `env` overrides the service's environment (the database and the log
+/// folder, which name compose's hosts and volumes).
 fn run_service(
     compose: &Value,
     name: &str,
     env: &[(&str, String)],
-    certs: &Path,
+    mounts: &Mounts,
     workdir: &Path,
 ) -> ServerProcess {
     let service = &compose["services"][name];
@@ -162,10 +175,18 @@ fn run_service(
         .expect("an environment map")
     {
         let v = v.as_str().expect("a string value");
-        match v.strip_prefix(&format!("{CERTS_DIR}/")) {
-            Some(file) => cmd.env(k, certs.join(file)),
-            None => cmd.env(k, v),
-        };
+        if let Some(file) = v.strip_prefix(&format!("{CERTS_DIR}/")) {
+            cmd.env(k, mounts.certs.join(file));
+        } else if let Some(file) = v.strip_prefix(&format!("{SECRETS_DIR}/")) {
+            let listed = strings(&service["secrets"]);
+            assert!(
+                listed.iter().any(|s| s == file),
+                "{name} reads the secret {file}, which it does not list"
+            );
+            cmd.env(k, mounts.secrets.join(file));
+        } else {
+            cmd.env(k, v);
+        }
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let ready = if program == "vatic-api" {
@@ -362,8 +383,10 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     let (certs, ca_key) = (dir.path().join("certs"), dir.path().join("certs-ca"));
+    let export = dir.path().join("client");
     std::fs::create_dir_all(&ca_key).unwrap();
-    run_certs(&compose, &certs, &ca_key, false);
+    std::fs::create_dir_all(&export).unwrap();
+    run_certs(&compose, &certs, &ca_key, &export, false);
     let mode = |f: &str| {
         std::fs::metadata(certs.join(f))
             .unwrap()
@@ -376,7 +399,13 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
         "the CA's key is not left in the volume"
     );
     assert!(ca_key.join("ca.key").is_file());
+    assert_eq!(
+        std::fs::read(export.join("ca.crt")).unwrap(),
+        std::fs::read(certs.join("ca.crt")).unwrap(),
+        "clients get the CA's certificate"
+    );
     assert_eq!(mode("api.key"), 0o600);
+    assert_eq!(mode("haproxy.key"), 0o600);
     assert_eq!(
         mode("api-client.key"),
         0o640,
@@ -384,27 +413,53 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
     );
     // Run again, as on every `up`, it keeps the certificates; CERTS_ROTATE=1 makes new ones.
     let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-    let kept = run_certs(&compose, &certs, &ca_key, false);
+    let kept = run_certs(&compose, &certs, &ca_key, &export, false);
     assert!(kept.contains("keeping"), "{kept}");
     assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), ca);
-    run_certs(&compose, &certs, &ca_key, true);
+    run_certs(&compose, &certs, &ca_key, &export, true);
     assert_ne!(std::fs::read(certs.join("ca.crt")).unwrap(), ca);
+    assert_eq!(
+        std::fs::read(export.join("ca.crt")).unwrap(),
+        std::fs::read(certs.join("ca.crt")).unwrap()
+    );
     assert!(!certs.join("ca.key").exists());
     assert_eq!(mode("api-client.key"), 0o640);
+    // The secrets, as scripts/compose-setup.sh makes them (PostgreSQL here trusts any
+    // password).
+    let mounts = Mounts {
+        certs: certs.clone(),
+        secrets: dir.path().join("secrets"),
+    };
+    std::fs::create_dir_all(&mounts.secrets).unwrap();
+    std::fs::write(mounts.secrets.join("postgres_password"), "secret\n").unwrap();
+    std::fs::write(mounts.secrets.join("admin_key"), format!("{ADMIN_KEY}\n")).unwrap();
     let migrate = &compose["services"]["migrate"];
+    assert_eq!(
+        migrate["environment"]["DATABASE_PASSWORD_FILE"],
+        format!("{SECRETS_DIR}/postgres_password")
+    );
     let migrated = Command::new(binary("vaticctl", "vatic-cli"))
         .args(&strings(&migrate["command"])[1..])
         .env("DATABASE_URL", &db.url)
+        .env(
+            "DATABASE_PASSWORD_FILE",
+            mounts.secrets.join("postgres_password"),
+        )
         .output()
         .unwrap();
     assert!(migrated.status.success(), "{migrated:?}");
-    let database = compose["services"]["api"]["environment"]["VATIC_DATABASE__URL"]
-        .as_str()
-        .unwrap();
-    assert!(
-        database.starts_with("postgres://vatic:secret@postgres:5432/"),
-        "{database}"
-    );
+    for service in ["api", "worker"] {
+        let env = &compose["services"][service]["environment"];
+        assert_eq!(
+            env["VATIC_DATABASE__URL"], "postgres://vatic@postgres:5432/vatic",
+            "{service}: no password in the URL"
+        );
+        assert_eq!(
+            env["VATIC_DATABASE__PASSWORD_FILE"],
+            format!("{SECRETS_DIR}/postgres_password")
+        );
+    }
+
     let local = |extra: &[(&'static str, &str)]| {
         let mut env = vec![
             ("VATIC_DATABASE__URL", db.url.clone()),
@@ -425,15 +480,15 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
             ("VATIC_REGISTRY__POLL_MS", "200"),
             ("VATIC_REGISTRY__HEARTBEAT_MS", "200"),
         ]),
-        &certs,
+        &mounts,
         &worker_dir,
     );
-    // The compose api requires keys: its first admin key comes from VATIC_ADMIN_KEY.
+    // The compose api requires keys: its first admin key is the secret admin_key.
     let mut api = run_service(
         &compose,
         "api",
         &local(&[("VATIC_FLEET_REFRESH_MS", "200")]),
-        &certs,
+        &mounts,
         &api_dir,
     );
     assert!(api.url.starts_with("https://"), "{}", api.url);
@@ -514,7 +569,7 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
             ),
             ("VATIC_REGISTRY__HEARTBEAT_MS", "200".into()),
         ],
-        &certs,
+        &mounts,
         &worker_dir,
     );
     let ready = format!("{}/v2/models/breast_cancer/ready", doomed.url);

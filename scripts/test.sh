@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: the Prometheus config and alert rules (promtool), docker-compose.yml and
-# elk/ (docker-compose config), every crate's unit and integration tests, the request parsers'
-# fuzz targets for a minute each, then Triton's own Python client against the api and a worker,
-# over plain HTTP and over HTTPS with an API key.
-# Needs the Rust toolchain, python3 (with venv), promtool and docker-compose (installed from
-# Debian's prometheus and docker-compose packages when missing) and a PostgreSQL server:
+# The whole test suite: the Prometheus config and alert rules (promtool), docker-compose.yml,
+# haproxy/ and elk/ (docker-compose config, haproxy -c), the Kubernetes manifests of deploy/k8s
+# (kubernetes-validate), every crate's unit and integration tests, the request parsers' fuzz
+# targets for a minute each, Triton's own Python client against the api and a worker, over plain
+# HTTP and over HTTPS with an API key, then the production stack end to end through nginx and
+# HAProxy with faults (scripts/e2e.sh).
+# Needs the Rust toolchain, python3 (with venv), promtool, docker-compose, haproxy and nginx
+# (installed from Debian's packages when missing) and a PostgreSQL server:
 # $DATABASE_URL, else one on 127.0.0.1:5432, else a throwaway cluster from the installed
 # PostgreSQL binaries (see scripts/test-db.sh).
 set -euo pipefail
@@ -15,9 +17,9 @@ export DATABASE_URL
 echo "tests use PostgreSQL at ${DATABASE_URL}"
 
 scripts/check-prometheus.sh
-scripts/check-compose.sh
-
 cargo build --workspace --bins
+scripts/check-compose.sh
+scripts/check-k8s.sh
 cargo test --workspace
 # The workspace run gives each fuzz target 2.5 s; this one a minute (docs/security.md, "Fuzzing").
 # `--workspace` keeps the features, and so the build, of the run above.
@@ -30,3 +32,5 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/interop/requirements.txt
 target="${CARGO_TARGET_DIR:-target}/debug"
 "$venv/bin/python" scripts/interop/triton_client.py "$target"
+
+scripts/e2e.sh

@@ -416,7 +416,12 @@ class Stack:
         status, _, out = call(f"{self.nginx_status}/stub_status")
         expect(status == 200 and b"Active connections" in out, "nginx stub_status answers on its port")
         status, _, out = call(f"http://127.0.0.1:{self.lb_metrics}/metrics")
-        expect(status == 200 and b"haproxy_backend_active_servers" in out, "HAProxy's Prometheus endpoint")
+        expect(status == 200, f"HAProxy's Prometheus endpoint: {status}")
+        exported = set(re.findall(r"^(haproxy_[a-z_]+)", out.decode(), re.M))
+        used = set()
+        for dashboard in (ROOT / "grafana" / "dashboards").glob("*.json"):
+            used |= set(re.findall(r"haproxy_[a-z_]+", dashboard.read_text()))
+        expect(used and used <= exported, f"HAProxy exports the metrics the dashboards use: {used - exported}")
 
         # nginx's own refusals, from the same template with a tight limit and a small body size.
         ports, _ = self.render_nginx("nginx-tight", NGINX_RATE="1r/m", NGINX_BURST="1", NGINX_MAX_BODY_SIZE="1k")

@@ -74,7 +74,8 @@ def security(r):
         "## Security",
         "",
         "What each protection costs against the same build with it off, in runs alternating with "
-        "it off (the demo, V2 JSON, standalone on PostgreSQL; medians). The open, keyed and HTTPS "
+        "it off (the demo, V2 JSON, standalone on PostgreSQL; medians; at concurrency 64 twice as "
+        "many rounds as elsewhere, for the costs are smaller than the run-to-run noise). The open, keyed and HTTPS "
         "servers are started afresh the same way, side by side, with the `[batching]` defaults "
         "(no profile at load, so all three batch alike). API keys: a predictor key "
         "with a rate limit of its own, 1,000,000/s, so every request passes the limiter and none is "

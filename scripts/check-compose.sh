@@ -61,6 +61,25 @@ for k, v in yaml.safe_load(sys.stdin)["services"]["haproxy"]["environment"].item
   echo "haproxy/: valid with the compose service's environment"
 )
 
+# scripts/compose-setup.sh in a copy: new secrets of 64 characters in a folder only its owner
+# enters; the values of an earlier .env kept; nothing changed on a second run.
+(
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir "$tmp/scripts"
+  cp scripts/compose-setup.sh "$tmp/scripts/"
+  cp .env.example "$tmp/"
+  printf 'POSTGRES_PASSWORD="from-old-env"\n' >"$tmp/.env"
+  "$tmp/scripts/compose-setup.sh" >/dev/null
+  [ "$(cat "$tmp/secrets/postgres_password")" = from-old-env ]
+  [ "$(wc -c <"$tmp/secrets/admin_key")" = 64 ] && [ "$(wc -c <"$tmp/secrets/grafana_admin_password")" = 64 ]
+  [ "$(stat -c %a "$tmp/secrets")" = 700 ] && [ -d "$tmp/client" ]
+  before="$(cat "$tmp"/secrets/*)"
+  "$tmp/scripts/compose-setup.sh" >/dev/null
+  [ "$(cat "$tmp"/secrets/*)" = "$before" ]
+  echo "scripts/compose-setup.sh: secrets made, an earlier .env's kept, a second run changes nothing"
+)
+
 bash -n elk/setup.sh
 python3 - <<'PY'
 import http.server, json, os, subprocess, threading

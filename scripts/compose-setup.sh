@@ -2,7 +2,9 @@
 # Prepares this folder for `docker compose up`, once: the compose secrets in secrets/ (the
 # PostgreSQL password, the first admin key, Grafana's admin password), each a new random value,
 # client/ for the CA's certificate the stack exports, and .env from .env.example. Keeps every
-# file that exists, so running it again changes nothing.
+# file that exists, so running it again changes nothing. A .env of an earlier vatic that holds
+# POSTGRES_PASSWORD, VATIC_ADMIN_KEY or GRAFANA_ADMIN_PASSWORD gives those secrets their
+# values, so an existing database and Grafana keep working.
 #
 #   scripts/compose-setup.sh && docker compose up -d
 set -euo pipefail
@@ -16,16 +18,30 @@ random() {
 # The folder keeps other users of this host out; the files inside are readable by all, because
 # compose mounts each into its container as it is, where services run as users of their own
 # (vatic 10001, postgres, grafana 472).
+from_env() {
+  # The value of $1 in an existing .env, without quotes; empty when absent.
+  [ -f .env ] || return 0
+  sed -n "s/^$1=//p" .env | tail -n 1 | sed -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'$/\1/"
+}
+
 mkdir -p secrets
 chmod 0700 secrets
-for name in postgres_password admin_key grafana_admin_password; do
-  if [ ! -s "secrets/$name" ]; then
-    random >"secrets/$name"
-    chmod 0644 "secrets/$name"
-    echo "secrets/$name: made"
-  else
+for pair in postgres_password:POSTGRES_PASSWORD admin_key:VATIC_ADMIN_KEY \
+  grafana_admin_password:GRAFANA_ADMIN_PASSWORD; do
+  name="${pair%%:*}" old="${pair#*:}"
+  if [ -s "secrets/$name" ]; then
     echo "secrets/$name: kept"
+    continue
   fi
+  value="$(from_env "$old")"
+  if [ -n "$value" ]; then
+    printf '%s' "$value" >"secrets/$name"
+    echo "secrets/$name: from $old in .env (remove it from .env)"
+  else
+    random >"secrets/$name"
+    echo "secrets/$name: made"
+  fi
+  chmod 0644 "secrets/$name"
 done
 
 mkdir -p client

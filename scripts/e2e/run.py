@@ -166,7 +166,8 @@ def tls_context(ca, cert=None, key=None):
 
 
 def call(url, method="GET", body=None, headers=None, ctx=None, timeout=30):
-    """(status, headers as a dict with lower-case names, body) of one request."""
+    """(status, headers as a dict with lower-case names, body) of one request; a header sent
+    twice has its values joined with ", ", so that a duplicate shows."""
     scheme, rest = url.split("://", 1)
     host, _, path = rest.partition("/")
     if scheme == "https":
@@ -176,7 +177,11 @@ def call(url, method="GET", body=None, headers=None, ctx=None, timeout=30):
     try:
         conn.request(method, "/" + path, body=body, headers=headers or {})
         r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        headers = {}
+        for k, v in r.getheaders():
+            k = k.lower()
+            headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        return r.status, headers, r.read()
     finally:
         conn.close()
 
@@ -220,8 +225,8 @@ class Stack:
         p = Proc(f"worker-{n}", [str(self.bin / "vatic-worker"), "--config", str(ROOT / "config/worker.toml"),
                                  "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
                  self.work, env, cwd=home)
-        p.addr = p.wait_for_line("worker listening")["addr"]
         self.procs.append(p)
+        p.addr = p.wait_for_line("worker listening")["addr"]
         return p
 
     def start_api(self, n, port):
@@ -234,13 +239,15 @@ class Stack:
                "VATIC_TLS__KEY": str(self.certs / "api.key"),
                "VATIC_WORKER_TLS__CA": str(self.ca),
                "VATIC_WORKER_TLS__CERT": str(self.certs / "api-client.crt"),
-               "VATIC_WORKER_TLS__KEY": str(self.certs / "api-client.key")}
+               "VATIC_WORKER_TLS__KEY": str(self.certs / "api-client.key"),
+               # As the compose file: idle connections outlive HAProxy's.
+               "VATIC_KEEP_ALIVE_SECS": "300"}
         p = Proc(f"api-{n}", [str(self.bin / "vatic-api"), "--config", str(ROOT / "config/api.toml"),
                               "--listen", f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0"],
                  self.work, env, cwd=home)
+        self.procs.append(p)
         p.wait_for_line("api listening")
         p.url = f"https://127.0.0.1:{port}"
-        self.procs.append(p)
         return p
 
     def restart(self, p):
@@ -251,24 +258,30 @@ class Stack:
         p.wait_for_line("api listening", after=offset)
 
     def start_haproxy(self):
-        self.lb_port, self.lb_stats, self.lb_metrics = free_port(), free_port(), free_port()
-        servers = self.work / "haproxy-servers.cfg"
-        listed = subprocess.run([str(ROOT / "haproxy/servers-list.sh"), *[a.url.split("//")[1] for a in self.apis]],
-                                check=True, capture_output=True, text=True).stdout
-        servers.write_text(listed)
-        env = {"HAPROXY_HTTPS_BIND": f"127.0.0.1:{self.lb_port}",
-               "HAPROXY_CERT": str(self.certs / "haproxy.crt"),
-               "HAPROXY_STATS_BIND": f"127.0.0.1:{self.lb_stats}",
-               "HAPROXY_METRICS_BIND": f"127.0.0.1:{self.lb_metrics}",
-               "VATIC_CA": str(self.ca),
-               "VATIC_API_TLS_NAME": "api"}
-        cmd = ["haproxy", "-db", "-f", str(ROOT / "haproxy/haproxy.cfg"), "-f", str(servers)]
-        checked = subprocess.run([*cmd[:1], "-c", *cmd[2:]], env=dict(os.environ, **env), capture_output=True, text=True)
-        expect(checked.returncode == 0, f"haproxy -c: {checked.stdout}{checked.stderr}")
-        log("haproxy -c: configuration valid")
-        self.procs.append(Proc("haproxy", cmd, self.work, env))
+        self.lb_port, self.lb_stats, self.lb_metrics = self.run_haproxy("haproxy", [a.url.split("//")[1] for a in self.apis])
         wait_until(lambda: self.haproxy_status("api1") == "UP" and self.haproxy_status("api2") == "UP",
                    60, "HAProxy sees both api replicas up")
+
+    def run_haproxy(self, name, servers):
+        """HAProxy from haproxy/ in front of `servers` (host:port); its three ports."""
+        ports = free_port(), free_port(), free_port()
+        listed = self.work / f"{name}-servers.cfg"
+        listed.write_text(subprocess.run([str(ROOT / "haproxy/servers-list.sh"), *servers],
+                                         check=True, capture_output=True, text=True).stdout)
+        env = {"HAPROXY_HTTPS_BIND": f"127.0.0.1:{ports[0]}",
+               "HAPROXY_CERT": str(self.certs / "haproxy.crt"),
+               "HAPROXY_STATS_BIND": f"127.0.0.1:{ports[1]}",
+               "HAPROXY_METRICS_BIND": f"127.0.0.1:{ports[2]}",
+               "VATIC_CA": str(self.ca),
+               "VATIC_API_TLS_NAME": "api",
+               "HAPROXY_ERRORS": str(ROOT / "haproxy" / "errors")}
+        cmd = ["haproxy", "-db", "-f", str(ROOT / "haproxy/haproxy.cfg"), "-f", str(listed)]
+        checked = subprocess.run([*cmd[:1], "-c", *cmd[2:]], env=dict(os.environ, **env), capture_output=True, text=True)
+        expect(checked.returncode == 0, f"haproxy -c: {checked.stdout}{checked.stderr}")
+        log(f"haproxy -c ({name}): configuration valid")
+        self.procs.append(Proc(name, cmd, self.work, env))
+        wait_until(lambda: port_open(ports[0]), 30, f"{name} listens")
+        return ports
 
     def haproxy_status(self, server):
         try:
@@ -303,6 +316,7 @@ class Stack:
                "NGINX_UPSTREAM_NAME": "haproxy",
                "NGINX_UPSTREAM_CA": str(self.ca),
                "NGINX_MAX_BODY_SIZE": "64m",
+               "NGINX_MAX_MODEL_SIZE": "2g",
                "NGINX_RATE": "100000r/s",
                "NGINX_BURST": "100000",
                "NGINX_ACCESS_LOG": str(home / "access.log"),
@@ -427,7 +441,7 @@ class Stack:
         ports, _ = self.render_nginx("nginx-tight", NGINX_RATE="1r/m", NGINX_BURST="1", NGINX_MAX_BODY_SIZE="1k")
         tight = f"https://127.0.0.1:{ports['https']}"
         status, _, out = call(f"{tight}{infer}", "POST", "x" * 4096, headers, ctx)
-        expect(status == 413 and "larger than the edge allows (1k)" in json.loads(out)["error"],
+        expect(status == 413 and "larger than the edge allows (1k;" in json.loads(out)["error"],
                f"an oversized body: 413 in JSON ({status} {out[:200]})")
         statuses = []
         for _ in range(4):
@@ -436,7 +450,14 @@ class Stack:
         expect(statuses.count(429) >= 2 and h.get("retry-after") == "1" and
                "the edge allows 1r/m" in json.loads(out)["error"],
                f"over the per-address limit: 429 in JSON with Retry-After ({statuses}, {out[:200]})")
-        log("edge: redirect, request ids, HSTS, 401, 413, 429, stub_status and HAProxy metrics as expected")
+        # HAProxy's own refusal, in JSON: one whose only api replica is a closed port.
+        closed = free_port()
+        lonely, _, _ = self.run_haproxy("haproxy-without-api", [f"127.0.0.1:{closed}"])
+        status, h, out = call(f"https://127.0.0.1:{lonely}{infer}", "POST", body, headers,
+                              tls_context(self.ca))
+        expect(status == 503 and h.get("retry-after") == "1" and "no api replica is ready" in json.loads(out)["error"],
+               f"HAProxy without a replica: 503 in JSON ({status} {out[:200]})")
+        log("edge: redirect, request ids, HSTS, 401, 413, 429, HAProxy's 503, stub_status and HAProxy metrics as expected")
 
         results = []
         url = self.edge.split("//")[1]
@@ -461,11 +482,17 @@ class Stack:
              "--key", self.predictor, "--seconds", str(seconds)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         curl = CurlLoad(self, seconds)
-        notes = fault() if fault else ""
-        out, err = bench.communicate(timeout=seconds + 120)
+        try:
+            notes = fault() if fault else ""
+            out, err = bench.communicate(timeout=seconds + 120)
+            t_out, t_err = triton.communicate(timeout=seconds + 120)
+        finally:
+            for child in (bench, triton):
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
         expect(bench.returncode == 0, f"vaticctl bench in phase '{name}': {err}")
         level = json.loads(out)[0]
-        t_out, t_err = triton.communicate(timeout=seconds + 120)
         expect(triton.returncode == 0, f"tritonclient load in phase '{name}': {t_err}")
         t = json.loads(t_out)
         curl.join()
@@ -495,6 +522,7 @@ class Stack:
         api.signal(signal.SIGTERM)
         out_of_pool = None
         while api.alive():
+            expect(time.time() - sent < 90, f"{api.name} stopped within 90 s of SIGTERM")
             if out_of_pool is None and (self.haproxy_status("api1") or "").startswith(("DOWN", "NOLB", "MAINT")):
                 out_of_pool = time.time() - sent
             time.sleep(0.1)

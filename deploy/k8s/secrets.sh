@@ -11,12 +11,20 @@
 #   deploy/k8s/secrets.sh NAMESPACE HOST [CA_DIR] > secrets.yaml && kubectl apply -f secrets.yaml
 #
 # The CA's certificate and key are left in CA_DIR (default ./vatic-ca-NAMESPACE): give ca.crt
-# to clients, keep ca.key offline. Needs vaticctl on the PATH (or $VATICCTL).
+# to clients, keep ca.key offline. It refuses to run when CA_DIR already holds a CA: new
+# certificates for a running deployment are a rotation (docs/deployment.md, "Kubernetes").
+# Values it makes are printed once, to stderr; write the output where only you can read it (the
+# script's files are made with umask 077). Needs vaticctl on the PATH (or $VATICCTL).
 set -euo pipefail
+umask 077
 namespace="${1:?usage: secrets.sh NAMESPACE HOST [CA_DIR]}"
 host="${2:?usage: secrets.sh NAMESPACE HOST [CA_DIR]}"
 ca_dir="${3:-./vatic-ca-$namespace}"
 vaticctl="${VATICCTL:-vaticctl}"
+if [ -e "$ca_dir/ca.key" ] || [ -e "$ca_dir/ca.crt" ]; then
+  echo "secrets.sh: $ca_dir already holds a CA; move it away to make a new one" >&2
+  exit 1
+fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -80,4 +88,5 @@ echo "  admin_key: $(printf '%s' "$admin_key" | b64)"
 mkdir -p "$ca_dir"
 cp "$work/certs/ca.crt" "$work/certs/ca.key" "$ca_dir/"
 chmod 0600 "$ca_dir/ca.key"
+chmod 0644 "$ca_dir/ca.crt"
 echo "secrets.sh: the CA is in $ca_dir (ca.crt for clients; keep ca.key offline)" >&2

@@ -52,12 +52,16 @@ fi
   trap 'rm -rf "$tmp"' EXIT
   "$vaticctl" certs init "$tmp/certs" >/dev/null
   env_args=()
-  while IFS= read -r line; do env_args+=("${line//\/certs\//$tmp/certs/}"); done < <(
+  # The certs volume and the haproxy/ bind mount, where they are here.
+  while IFS= read -r line; do
+    line="${line//\/certs\//$tmp/certs/}"
+    env_args+=("${line//\/usr\/local\/etc\/haproxy\//$PWD/haproxy/}")
+  done < <(
     docker-compose config | python3 -c '
 import sys, yaml
 for k, v in yaml.safe_load(sys.stdin)["services"]["haproxy"]["environment"].items():
     print(f"{k}={v}")')
-  env "${env_args[@]}" haproxy -c -q -f haproxy/haproxy.cfg -f haproxy/servers-dns.cfg
+  env "${env_args[@]}" haproxy -c -f haproxy/haproxy.cfg -f haproxy/servers-dns.cfg >/dev/null
   echo "haproxy/: valid with the compose service's environment"
 )
 

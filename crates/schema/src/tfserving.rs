@@ -8,11 +8,14 @@ use crate::{DataType, Parameters, SchemaError, TensorMetadata};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+/// The one signature an ONNX model has, as TF-Serving names a model's default signature.
+pub const SIGNATURE: &str = "serving_default";
+
 /// `POST /v1/models/{m}:predict` body: `instances` (row form) or `inputs` (columnar form).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    /// Ignored: an ONNX model has one signature.
+    /// [`SIGNATURE`], or empty or absent for it: an ONNX model has one signature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_name: Option<String>,
     /// Row form: a list of instances.
@@ -151,6 +154,13 @@ pub fn to_infer_request(
     req: PredictRequest,
     inputs: &[TensorMetadata],
 ) -> Result<(InferRequest, PredictForm), SchemaError> {
+    if let Some(name) = req.signature_name.as_deref() {
+        if !name.is_empty() && name != SIGNATURE {
+            return Err(SchemaError::Invalid(format!(
+                "signature_name '{name}': the model has no such signature; its signatures: {SIGNATURE}"
+            )));
+        }
+    }
     let (tensors, form) = match (req.instances, req.inputs) {
         (Some(_), Some(_)) => {
             return Err(SchemaError::Invalid(
@@ -365,7 +375,7 @@ fn signature_tensors(tensors: &[TensorMetadata]) -> Value {
 }
 
 /// `GET /v1/models/{m}[/versions/{v}]/metadata` in TF-Serving's form, with one signature,
-/// `serving_default`.
+/// [`SIGNATURE`].
 pub fn metadata(
     name: &str,
     version: &str,
@@ -375,7 +385,7 @@ pub fn metadata(
     json!({
         "model_spec": {"name": name, "signature_name": "", "version": version},
         "metadata": {"signature_def": {
-            "signature_def": {"serving_default": {
+            "signature_def": {SIGNATURE: {
                 "inputs": signature_tensors(inputs),
                 "outputs": signature_tensors(outputs),
                 "method_name": "tensorflow/serving/predict",

@@ -42,6 +42,25 @@ async fn predict_row_and_columnar_forms() {
         body["outputs"]["probabilities"].as_array().unwrap().len(),
         3
     );
+    // The one signature, also by an empty name; any other name is refused and the one named.
+    let (status, body) = api
+        .post_json(
+            "/v1/models/breast_cancer:predict",
+            &json!({"signature_name": "", "instances": rows}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api
+        .post_json(
+            "/v1/models/breast_cancer:predict",
+            &json!({"signature_name": "classify_v2", "instances": rows}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "signature_name 'classify_v2': the model has no such signature; its signatures: serving_default"
+    );
     // A lone row without the batch dimension is refused with a hint, not misread.
     let (status, body) = api
         .post_json(

@@ -196,6 +196,20 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         if self.state.datatype != DataType::Bytes {
+            // The tokens TF Serving's reader takes for floats (see [`quote_non_finite`]).
+            let float = matches!(
+                self.state.datatype,
+                DataType::Fp16 | DataType::Fp32 | DataType::Fp64
+            );
+            let special = match v {
+                "NaN" => Some(f64::NAN),
+                "Infinity" => Some(f64::INFINITY),
+                "-Infinity" => Some(f64::NEG_INFINITY),
+                _ => None,
+            };
+            if let (true, Some(x)) = (float, special) {
+                return self.state.float(x, self.depth);
+            }
             return Err(self.state.wrong(&format!("the string {v:?}")));
         }
         self.state.items.push(Bytes::copy_from_slice(v.as_bytes()));
@@ -278,6 +292,59 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
     }
 }
 
+/// The JSON tokens `NaN`, `Infinity` and `-Infinity`, which TF Serving's reader accepts as
+/// numbers and standard JSON does not, turned into the strings `"NaN"`, `"Infinity"` and
+/// `"-Infinity"`, which the element reader takes as those values for float tensors. Text in
+/// strings is left as it is. `None` when the document has no such token.
+pub fn quote_non_finite(json: &[u8]) -> Option<Vec<u8>> {
+    const TOKENS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        let found = TOKENS.iter().find(|t| {
+            json[i..].starts_with(t)
+                && (i == 0 || !word(json[i - 1]))
+                && json.get(i + t.len()).is_none_or(|&next| !word(next))
+        });
+        match found {
+            Some(token) => {
+                let o = out.get_or_insert_with(|| Vec::with_capacity(json.len() + 16));
+                o.extend_from_slice(&json[copied..i]);
+                o.push(b'"');
+                o.extend_from_slice(token);
+                o.push(b'"');
+                i += token.len();
+                copied = i;
+            }
+            None => i += 1,
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&json[copied..]);
+    Some(out)
+}
+
 /// Refuses a JSON document with more than `max` values, counted without parsing it: every
 /// array and object, and every element or member after an array's or object's first, at any
 /// depth (so a count within one of the document's number of values). Cheaper than the parse
@@ -318,6 +385,49 @@ pub fn check_values(json: &[u8], max: usize) -> Result<(), SchemaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_tokens_become_strings_outside_strings_only() {
+        let quoted =
+            |s: &str| quote_non_finite(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            quoted(r#"{"instances": [[NaN, Infinity, -Infinity, 1.5]]}"#).as_deref(),
+            Some(r#"{"instances": [["NaN", "Infinity", "-Infinity", 1.5]]}"#)
+        );
+        assert_eq!(
+            quoted(r#"[NaN,"NaN and Infinity",-Infinity]"#).as_deref(),
+            Some(r#"["NaN","NaN and Infinity","-Infinity"]"#)
+        );
+        assert_eq!(quoted(r#"{"a": "\"NaN", "b": [1e5, -2]}"#), None);
+        assert_eq!(quoted("[NaNa, xNaN, Infinity_, NAN, nan]"), None);
+        assert_eq!(quoted("NaN").as_deref(), Some(r#""NaN""#));
+        let parsed = parse_elements(
+            "x",
+            DataType::Fp32,
+            r#"["NaN", "Infinity", "-Infinity", 2]"#,
+        )
+        .unwrap();
+        let TensorData::Fixed(bytes) = &parsed.data else {
+            panic!("fixed-size elements")
+        };
+        let v: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(
+            v.len() == 4
+                && v[0].is_nan()
+                && v[1] == f32::INFINITY
+                && v[2] == f32::NEG_INFINITY
+                && v[3] == 2.0,
+            "{v:?}"
+        );
+        let err = parse_elements("x", DataType::Int32, r#"["NaN"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the string \"NaN\""), "{err}");
+        assert!(parse_elements("x", DataType::Fp64, r#"["nan"]"#).is_err());
+    }
 
     #[test]
     fn check_values_counts_containers_and_elements_outside_strings() {

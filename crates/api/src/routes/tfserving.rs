@@ -111,8 +111,10 @@ async fn predict(
     };
     let body = read_body(req, payload, &s.body).await?;
     s.body.check_json(&body)?;
-    let predict: PredictRequest =
-        serde_json::from_slice(&body).map_err(|e| SchemaError::Json(e.to_string()))?;
+    // NaN, Infinity and -Infinity, which TF Serving's reader takes as numbers.
+    let quoted = vatic_schema::json::quote_non_finite(&body);
+    let predict: PredictRequest = serde_json::from_slice(quoted.as_deref().unwrap_or(&body))
+        .map_err(|e| SchemaError::Json(e.to_string()))?;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
     let id = RequestId::of(req);

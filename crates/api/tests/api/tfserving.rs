@@ -145,3 +145,73 @@ async fn status_metadata_and_errors() {
     assert_eq!(api.get("/v1/models/breast_cancer/versions/3").await.0, 404);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn nan_and_infinity_tokens_are_read_as_tf_serving_reads_them() {
+    let api = TestApi::standalone().await;
+    let reference = vatic_testkit::demo_reference();
+    let row = |i: usize, at: usize, token: &str| {
+        let mut cells: Vec<String> = reference.inputs[i].iter().map(|x| x.to_string()).collect();
+        cells[at] = token.to_string();
+        format!("[{}]", cells.join(","))
+    };
+    let post = |body: String| {
+        let (client, url) = (
+            api.client.clone(),
+            format!("{}/v1/models/breast_cancer:predict", api.base),
+        );
+        async move {
+            let r = client
+                .post(url)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    // An infinite feature saturates the model as the largest finite float does.
+    let body = format!(
+        r#"{{"instances": [{}, {}, {}]}}"#,
+        row(0, 3, "Infinity"),
+        row(1, 0, "-Infinity"),
+        row(2, 7, "NaN")
+    );
+    let (status, answer) = post(body).await;
+    assert_eq!(status, 200, "{answer}");
+    let predictions = answer["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 3);
+    // NaN through a linear model is NaN, which JSON answers carry as null.
+    assert_eq!(
+        predictions[2]["probabilities"],
+        json!([null, null]),
+        "{answer}"
+    );
+    let body = format!(
+        r#"{{"instances": [{}, {}]}}"#,
+        row(0, 3, "3.4e38"),
+        row(1, 0, "-3.4e38")
+    );
+    let (status, finite) = post(body).await;
+    assert_eq!(status, 200, "{finite}");
+    assert_eq!(
+        predictions[..2],
+        finite["predictions"].as_array().unwrap()[..],
+        "{answer} {finite}"
+    );
+    // A misspelt token is refused.
+    let (status, answer) = post(format!(r#"{{"instances": [{}]}}"#, row(0, 1, "Nan"))).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON body"),
+        "{answer}"
+    );
+    api.stop().await;
+}

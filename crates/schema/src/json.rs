@@ -292,6 +292,35 @@ impl<'de> Visitor<'de> for Elem<'_, '_> {
     }
 }
 
+/// Follows a JSON text byte by byte and tells which bytes lie outside its strings (a string's
+/// quotes count as inside), without parsing it.
+#[derive(Default)]
+struct OutsideStrings {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl OutsideStrings {
+    /// Whether `b`, the next byte, lies outside every string.
+    fn outside(&mut self, b: u8) -> bool {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+            false
+        } else if b == b'"' {
+            self.in_string = true;
+            false
+        } else {
+            true
+        }
+    }
+}
+
 /// The JSON tokens `NaN`, `Infinity` and `-Infinity`, which TF Serving's reader accepts as
 /// numbers and standard JSON does not, turned into the strings `"NaN"`, `"Infinity"` and
 /// `"-Infinity"`, which the element reader takes as those values for float tensors. Text in
@@ -301,24 +330,12 @@ pub fn quote_non_finite(json: &[u8]) -> Option<Vec<u8>> {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut scan = OutsideStrings::default();
     let mut i = 0;
     while i < json.len() {
         let b = json[i];
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            i += 1;
-            continue;
-        }
-        if b == b'"' {
-            in_string = true;
+        // The tokens hold no quote, so skipping one leaves the scan where it was.
+        if !scan.outside(b) || !matches!(b, b'N' | b'I' | b'-') {
             i += 1;
             continue;
         }
@@ -352,21 +369,12 @@ pub fn quote_non_finite(json: &[u8]) -> Option<Vec<u8>> {
 /// size alone does not (an empty array is two bytes on the wire and tens in memory).
 pub fn check_values(json: &[u8], max: usize) -> Result<(), SchemaError> {
     let mut count = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut scan = OutsideStrings::default();
     for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if !scan.outside(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' | b',' => {
                 count += 1;
                 if count > max {

@@ -58,9 +58,7 @@ def apply_op(doc, op):
 
 def containers(doc):
     spec = doc.get("spec", {})
-    pod = spec.get("template", {}).get("spec") if doc["kind"] != "Pod" else spec
-    if doc["kind"] == "Job":
-        pod = spec["template"]["spec"]
+    pod = spec.get("template", {}).get("spec")
     if not pod:
         return []
     return pod.get("containers", []) + pod.get("initContainers", [])

@@ -270,16 +270,12 @@ impl WorkerPool {
             .iter()
             .filter(|w| w.heartbeat_age_secs <= max_age_secs)
             .collect();
-        let listed = |n: &WorkerNode, among: &[&vatic_schema::admin::WorkerStatus]| {
-            among
-                .iter()
-                .any(|w| w.address.trim_end_matches('/') == n.url)
-        };
-        let all: Vec<_> = workers.iter().collect();
         nodes.retain(|n| {
             n.serves.read().expect("serves lock").is_none()
-                || listed(n, &fresh)
-                || (n.is_healthy() && listed(n, &all))
+                || workers
+                    .iter()
+                    .find(|w| w.address.trim_end_matches('/') == n.url)
+                    .is_some_and(|w| w.heartbeat_age_secs <= max_age_secs || n.is_healthy())
         });
         for w in fresh {
             let ready: HashSet<Served> = w

@@ -257,6 +257,20 @@ class Stack:
         p.start()
         p.wait_for_line("api listening", after=offset)
 
+    def check_script_errors(self):
+        """The helper scripts refuse what would make a broken config, and say why."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NGINX_")}
+        out = subprocess.run([str(ROOT / "nginx/render.sh"), str(self.work / "unrendered")],
+                             env=dict(env, NGINX_RATE="1r/s"), capture_output=True, text=True)
+        expect(out.returncode == 1 and "NGINX_ACCESS_LOG is not set (vatic.conf.template uses it)" in out.stderr
+               and not list((self.work / "unrendered").glob("*.conf")),
+               f"render.sh refuses a template variable that is not set: {out}")
+        out = subprocess.run([str(ROOT / "haproxy/servers-list.sh"), "127.0.0.1:8080", "api-2"],
+                             capture_output=True, text=True)
+        expect(out.returncode == 1 and "api-2 is not HOST:PORT" in out.stderr,
+               f"servers-list.sh refuses an address without a port: {out}")
+        log("render.sh and servers-list.sh refuse bad input")
+
     def start_haproxy(self):
         self.lb_port, self.lb_stats, self.lb_metrics = self.run_haproxy("haproxy", [a.url.split("//")[1] for a in self.apis])
         wait_until(lambda: self.haproxy_status("api1") == "UP" and self.haproxy_status("api2") == "UP",
@@ -350,6 +364,7 @@ class Stack:
         self.workers = [self.start_worker(1), self.start_worker(2)]
         self.apis = [self.start_api(1, free_port()), self.start_api(2, free_port())]
         log("2 workers and 2 api replicas up")
+        self.check_script_errors()
         self.start_haproxy()
         ports, self.nginx_home = self.render_nginx("nginx")
         self.edge = f"https://127.0.0.1:{ports['https']}"

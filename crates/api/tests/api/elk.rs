@@ -92,6 +92,19 @@ const ADMIN_KEY: &str = "elk-test-admin-key-0123456789abcdef";
 /// Runs the `certs` service's script on this machine, with `certs`, `ca_key` and `export` in
 /// place of its volumes and `rotate` as `CERTS_ROTATE`; returns what it printed.
 fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, export: &Path, rotate: bool) -> String {
+    let out = certs_script(compose, certs, ca_key, export, rotate);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// [`run_certs`], its outcome whatever it is.
+fn certs_script(
+    compose: &Value,
+    certs: &Path,
+    ca_key: &Path,
+    export: &Path,
+    rotate: bool,
+) -> std::process::Output {
     let service = &compose["services"]["certs"];
     let command = strings(&service["command"]);
     assert_eq!(command[..2], ["sh", "-ec"], "{service}");
@@ -133,9 +146,7 @@ fn run_certs(compose: &Value, certs: &Path, ca_key: &Path, export: &Path, rotate
     if rotate {
         cmd.env("CERTS_ROTATE", "1");
     }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    cmd.output().unwrap()
 }
 
 /// The local folders in place of a service's mounts.
@@ -416,7 +427,17 @@ fn compose_log_files_reach_filebeat_and_every_line_fits_the_elasticsearch_mappin
     let kept = run_certs(&compose, &certs, &ca_key, &export, false);
     assert!(kept.contains("keeping"), "{kept}");
     assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), ca);
+    // A set made by a vatic without HAProxy's certificate is refused, and a rotation named.
+    std::fs::remove_file(certs.join("haproxy.crt")).unwrap();
+    let old = certs_script(&compose, &certs, &ca_key, &export, false);
+    let said = String::from_utf8_lossy(&old.stderr);
+    assert!(!old.status.success(), "{old:?}");
+    assert!(
+        said.contains("/certs has no haproxy.crt") && said.contains("CERTS_ROTATE=1"),
+        "{said}"
+    );
     run_certs(&compose, &certs, &ca_key, &export, true);
+    assert!(certs.join("haproxy.crt").is_file());
     assert_ne!(std::fs::read(certs.join("ca.crt")).unwrap(), ca);
     assert_eq!(
         std::fs::read(export.join("ca.crt")).unwrap(),

@@ -2,6 +2,7 @@
 
 use crate::TensorMetadata;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -45,6 +46,16 @@ impl VersionState {
     /// Whether workers load versions in this state.
     pub fn is_served(self) -> bool {
         self != VersionState::Retired
+    }
+
+    /// The built-in label a version in this state carries: `stable`, `canary` or `shadow`.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            VersionState::Stable => Some("stable"),
+            VersionState::Canary => Some("canary"),
+            VersionState::Shadow => Some("shadow"),
+            VersionState::Staged | VersionState::Retired => None,
+        }
     }
 }
 
@@ -155,15 +166,117 @@ pub struct ModelInfo {
     pub log_sample_rate: f64,
     /// Its versions, oldest first.
     pub versions: Vec<ModelVersionInfo>,
+    /// Every label and the version it names: `stable`, `canary` and `shadow` (from the
+    /// versions' states) and the operators' own.
+    #[serde(default)]
+    pub labels: BTreeMap<String, u64>,
+    /// How unversioned requests are split, and what a rollback returns to.
+    #[serde(default)]
+    pub traffic: Traffic,
 }
+
+/// A model's traffic beyond its stable version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Percent of unversioned requests the canary answers, 0 to 100; 0 without a canary.
+    #[serde(default)]
+    pub canary_weight: u32,
+    /// Percent of requests copied to the shadow, 0 to 100; 0 without a shadow.
+    #[serde(default)]
+    pub shadow_sample: u32,
+    /// After a promote: the version that was stable, which a rollback returns to while it
+    /// stays loaded.
+    #[serde(default)]
+    pub previous_stable: Option<u64>,
+    /// Until when it stays loaded (RFC 3339); it is retired then.
+    #[serde(default)]
+    pub previous_until: Option<String>,
+}
+
+/// The labels every model has, set by rollouts rather than by `models label`.
+pub const BUILTIN_LABELS: [&str; 3] = ["stable", "canary", "shadow"];
 
 impl ModelInfo {
     /// The version that answers requests naming no version: the stable one.
     pub fn default_version(&self) -> Option<&ModelVersionInfo> {
-        self.versions
-            .iter()
-            .find(|v| v.state == VersionState::Stable)
+        self.in_state(VersionState::Stable)
     }
+
+    /// The version in `state` (stable, canary and shadow have at most one).
+    pub fn in_state(&self, state: VersionState) -> Option<&ModelVersionInfo> {
+        self.versions.iter().find(|v| v.state == state)
+    }
+
+    /// The canary and the percent of unversioned requests it answers.
+    pub fn canary(&self) -> Option<(u64, u32)> {
+        self.in_state(VersionState::Canary)
+            .map(|v| (v.version, self.traffic.canary_weight))
+    }
+
+    /// The shadow and the percent of requests copied to it.
+    pub fn shadow(&self) -> Option<(u64, u32)> {
+        self.in_state(VersionState::Shadow)
+            .map(|v| (v.version, self.traffic.shadow_sample))
+    }
+}
+
+/// Body of `PUT /admin/v1/models/{name}/labels/{label}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSet {
+    /// The version the label names.
+    pub version: u64,
+}
+
+/// Body of `POST /admin/v1/models/{name}/rollout`: start a canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStart {
+    /// The version to send traffic to.
+    pub version: u64,
+    /// Percent of unversioned requests it answers, 0 to 100.
+    pub canary: u32,
+}
+
+/// Body of `PATCH /admin/v1/models/{name}/rollout`: change the canary's share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSet {
+    /// Percent of unversioned requests the canary answers, 0 to 100.
+    pub canary: u32,
+}
+
+/// Body of `POST /admin/v1/models/{name}/rollout/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Why, for the history.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /admin/v1/models/{name}/rollout` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// The model, its versions, labels and traffic.
+    pub model: ModelInfo,
+    /// Whether each served version is ready on at least one worker, by version.
+    pub ready: BTreeMap<u64, bool>,
+}
+
+/// One change of a model's labels or traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who: an API key, or `controller` for the automatic rollout.
+    pub actor: String,
+    /// What: `label`, `unlabel`, `start`, `set`, `promote`, `rollback`, `expire`.
+    pub action: String,
+    /// The version it concerns, if one.
+    pub version: Option<u64>,
+    /// The details (weights, labels, the reason of a rollback).
+    pub detail: serde_json::Value,
 }
 
 /// `POST /admin/v1/models/{name}/versions` answer.

@@ -42,6 +42,16 @@ pub enum StoreError {
         /// Version asked for.
         version: u64,
     },
+    /// The model has no such label.
+    #[error("model '{model}' has no label '{label}'; its labels: {labels}")]
+    LabelNotFound {
+        /// Model name.
+        model: String,
+        /// Label asked for.
+        label: String,
+        /// The labels it has.
+        labels: String,
+    },
     /// The change contradicts what the registry holds.
     #[error("{0}")]
     Conflict(String),

@@ -14,6 +14,7 @@ mod keys;
 mod notify;
 mod predictions;
 mod registry;
+mod rollout;
 mod sealing;
 mod settings;
 
@@ -24,6 +25,7 @@ pub use keys::{ApiKey, KEYS_CHANNEL};
 pub use notify::{Listener, REGISTRY_CHANNEL};
 pub use predictions::{Delivery, PredictionQuery, PredictionRecord, RetentionReport};
 pub use registry::{Actor, AuditQuery, AuditRecord, NewVersion};
+pub use rollout::{plan, Change, RolloutOp};
 pub use sealing::{check_key_id, new_data_key, DataKeys, SealError, Sealed, DATA_KEY_LEN};
 pub use settings::{read_password, redact, DatabaseSettings};
 

@@ -7,7 +7,8 @@ use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
 use vatic_schema::admin::{
-    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, Signature, VersionState,
+    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, Signature, Traffic,
+    VersionState,
 };
 
 /// A version to record, its ONNX file already checked.
@@ -154,36 +155,79 @@ impl Store {
         }
     }
 
-    /// Every model with its versions, by name.
+    /// Every model with its versions, labels and traffic, by name.
     pub async fn models(&self) -> Result<Vec<ModelInfo>> {
-        let (models, versions) = on_pool!(self, pool => {
-            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate FROM models ORDER BY name")
-                .fetch_all(pool)
+        let (models, versions, labels, traffic) = on_pool!(self, pool => {
+            // One transaction, so a change between the reads cannot show half of itself.
+            let mut tx = pool.begin().await?;
+            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, previous_stable, previous_until FROM models ORDER BY name")
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| -> Result<ModelInfo> {
                     let mode: String = r.try_get("log_mode")?;
+                    let until: Option<DateTime<Utc>> = r.try_get("previous_until")?;
                     Ok(ModelInfo {
                         name: r.try_get("name")?,
                         created_at: rfc3339(r.try_get("created_at")?),
                         log_mode: LogMode::from_str(&mode).map_err(StoreError::Corrupt)?,
                         log_sample_rate: r.try_get("log_sample_rate")?,
                         versions: Vec::new(),
+                        labels: Default::default(),
+                        traffic: Traffic {
+                            previous_stable: r.try_get::<Option<i64>, _>("previous_stable")?.map(|v| v as u64),
+                            previous_until: until.map(rfc3339),
+                            ..Traffic::default()
+                        },
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let versions = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM model_versions ORDER BY model, version"))
-                .fetch_all(pool)
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(version_from_row)
                 .collect::<Result<Vec<_>>>()?;
-            (models, versions)
+            let labels = sqlx::query("SELECT model, label, version FROM model_labels")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| -> Result<(String, String, u64)> {
+                    Ok((r.try_get("model")?, r.try_get("label")?, r.try_get::<i64, _>("version")? as u64))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let traffic = sqlx::query("SELECT model, weight, shadow FROM traffic")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| -> Result<(String, u32, bool)> {
+                    Ok((r.try_get("model")?, r.try_get::<i32, _>("weight")? as u32, r.try_get("shadow")?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tx.commit().await?;
+            (models, versions, labels, traffic)
         });
         let mut models = models;
         for v in versions {
             if let Some(m) = models.iter_mut().find(|m| m.name == v.model) {
+                if let Some(label) = v.state.label() {
+                    m.labels.insert(label.to_string(), v.version);
+                }
                 m.versions.push(v);
+            }
+        }
+        for (model, label, version) in labels {
+            if let Some(m) = models.iter_mut().find(|m| m.name == model) {
+                m.labels.insert(label, version);
+            }
+        }
+        for (model, weight, shadow) in traffic {
+            if let Some(m) = models.iter_mut().find(|m| m.name == model) {
+                if shadow {
+                    m.traffic.shadow_sample = weight;
+                } else {
+                    m.traffic.canary_weight = weight;
+                }
             }
         }
         Ok(models)
@@ -228,8 +272,24 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let from = VersionState::from_str(&state).map_err(StoreError::Corrupt)?;
+            let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM model_labels WHERE model = $1 AND version = $2 ORDER BY label")
+                .bind(model)
+                .bind(version as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+            if !labels.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "model '{model}' version {version} carries the label(s) {}; point them elsewhere or remove them first (vaticctl models label)",
+                    labels.join(", ")
+                )));
+            }
             set_state_in(&mut *tx, model, version as i64, VersionState::Retired, &actor.label, at).await?;
             sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
+                .bind(model)
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE models SET previous_stable = NULL, previous_until = NULL WHERE name = $1 AND previous_stable = $2")
                 .bind(model)
                 .bind(version as i64)
                 .execute(&mut *tx)
@@ -243,6 +303,12 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                 if let Some(next) = successor {
+                    // A canary that becomes stable no longer takes a share.
+                    sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
+                        .bind(model)
+                        .bind(next)
+                        .execute(&mut *tx)
+                        .await?;
                     set_state_in(&mut *tx, model, next, VersionState::Stable, &actor.label, at).await?;
                     let detail = serde_json::json!({"to": VersionState::Stable, "because": format!("version {version} was retired")}).to_string();
                     audit_in(&mut *tx, at, actor, "promote", Some(model), Some(next), &detail).await?;
@@ -464,7 +530,7 @@ pub struct AuditRecord {
     pub outcome: String,
 }
 
-async fn audit_in<'e, E, DB>(
+pub(crate) async fn audit_in<'e, E, DB>(
     conn: E,
     at: DateTime<Utc>,
     actor: &Actor,
@@ -510,7 +576,7 @@ where
 
 /// Holds the model's row until the transaction ends (PostgreSQL; SQLite runs one writer at a
 /// time anyway).
-async fn lock_model<'e, E, DB>(conn: E, model: &str) -> Result<()>
+pub(crate) async fn lock_model<'e, E, DB>(conn: E, model: &str) -> Result<()>
 where
     E: sqlx::Executor<'e, Database = DB>,
     DB: sqlx::Database,
@@ -552,7 +618,7 @@ where
 }
 
 /// Announces a change to a model on the registry channel; PostgreSQL delivers it on commit.
-async fn announce<'e, E, DB>(conn: E, model: &str) -> Result<()>
+pub(crate) async fn announce<'e, E, DB>(conn: E, model: &str) -> Result<()>
 where
     E: sqlx::Executor<'e, Database = DB>,
     DB: sqlx::Database,

@@ -1,0 +1,671 @@
+//! Rollouts: labels, the canary's share, promote and rollback. Each operation is planned from
+//! the model as the registry holds it ([`plan`], no database) and applied in one transaction
+//! ([`Store::apply`]) that checks every version is still in the state the plan read, so two
+//! operators (or an operator and the controller) cannot interleave half-changes.
+
+use crate::registry::{announce, audit_in, lock_model, Actor};
+use crate::{now, on_pool, rfc3339, Backend, Result, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::Row;
+use std::time::Duration;
+use vatic_schema::admin::{ModelInfo, RolloutEvent, VersionState, BUILTIN_LABELS};
+
+/// A change asked of a model's labels or traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RolloutOp {
+    /// Points an operator's label at a version.
+    Label {
+        /// The label.
+        label: String,
+        /// The version.
+        version: u64,
+    },
+    /// Removes an operator's label.
+    Unlabel {
+        /// The label.
+        label: String,
+    },
+    /// Makes a staged (or shadow) version the canary with a share of unversioned requests.
+    Start {
+        /// The version.
+        version: u64,
+        /// Percent of unversioned requests, 0 to 100.
+        weight: u32,
+    },
+    /// Changes the canary's share.
+    Set {
+        /// Percent of unversioned requests, 0 to 100.
+        weight: u32,
+    },
+    /// Makes the canary stable; the stable version stays loaded for `grace` so a rollback to
+    /// it is instant.
+    Promote {
+        /// How long the version that was stable stays loaded.
+        grace: Duration,
+    },
+    /// Ends the canary and shadow (traffic returns to stable), or, with neither running,
+    /// returns to the version that was stable before the last promote.
+    Rollback {
+        /// Why, for the history.
+        reason: Option<String>,
+    },
+    /// Retires the version a promote left loaded, its grace period over.
+    Expire,
+}
+
+/// What an operation does to the registry, as [`plan`] works it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The history's and audit log's name of it.
+    pub action: &'static str,
+    /// The version it is about, if one.
+    pub version: Option<u64>,
+    /// What the history records.
+    pub detail: serde_json::Value,
+    /// Version state changes `(version, from, to)`, in the order they run (a version leaves
+    /// stable before another enters it); `from == to` only checks the version is unchanged.
+    pub states: Vec<(u64, VersionState, VersionState)>,
+    /// The canary and its share afterwards.
+    pub canary: Option<(u64, u32)>,
+    /// The shadow and its sample afterwards.
+    pub shadow: Option<(u64, u32)>,
+    /// Labels set (`Some`) or removed (`None`).
+    pub labels: Vec<(String, Option<u64>)>,
+    /// The version a rollback returns to, and until when it stays loaded, afterwards.
+    pub previous: (Option<u64>, Option<DateTime<Utc>>),
+}
+
+fn conflict(message: String) -> StoreError {
+    StoreError::Conflict(message)
+}
+
+fn check_weight(weight: u32) -> Result<()> {
+    if weight > 100 {
+        return Err(conflict(format!(
+            "a canary share is a percent from 0 to 100, got {weight}"
+        )));
+    }
+    Ok(())
+}
+
+/// Works out what `op` does to `model` at `at`, or why it is refused.
+pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Change> {
+    let name = &model.name;
+    let version_of = |version: u64| -> Result<VersionState> {
+        model
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| v.state)
+            .ok_or_else(|| StoreError::VersionNotFound {
+                model: name.clone(),
+                version,
+            })
+    };
+    let previous_until = model
+        .traffic
+        .previous_until
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let mut change = Change {
+        action: "",
+        version: None,
+        detail: json!({}),
+        states: Vec::new(),
+        canary: model.canary(),
+        shadow: model.shadow(),
+        labels: Vec::new(),
+        previous: (model.traffic.previous_stable, previous_until),
+    };
+    let stable = model.default_version().map(|v| v.version);
+    let custom_labels = |version: u64| -> Vec<&str> {
+        model
+            .labels
+            .iter()
+            .filter(|(l, v)| **v == version && !BUILTIN_LABELS.contains(&l.as_str()))
+            .map(|(l, _)| l.as_str())
+            .collect()
+    };
+    match op {
+        RolloutOp::Label { label, version } => {
+            let state = version_of(*version)?;
+            if state == VersionState::Retired {
+                return Err(conflict(format!(
+                    "model '{name}' version {version} is retired; a label can name only a served version"
+                )));
+            }
+            change.action = "label";
+            change.version = Some(*version);
+            change.detail = json!({"label": label, "from": model.labels.get(label), "to": version});
+            change.states.push((*version, state, state));
+            change.labels.push((label.clone(), Some(*version)));
+        }
+        RolloutOp::Unlabel { label } => {
+            let Some(version) = model.labels.get(label) else {
+                return Err(StoreError::LabelNotFound {
+                    model: name.clone(),
+                    label: label.clone(),
+                    labels: model.labels.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            };
+            change.action = "unlabel";
+            change.version = Some(*version);
+            change.detail = json!({"label": label, "from": version});
+            change.labels.push((label.clone(), None));
+        }
+        RolloutOp::Start { version, weight } => {
+            check_weight(*weight)?;
+            let state = version_of(*version)?;
+            if let Some((canary, share)) = model.canary() {
+                return Err(conflict(if canary == *version {
+                    format!("model '{name}' version {version} is the canary already ({share}%); change its share with `vaticctl rollout set`")
+                } else {
+                    format!("model '{name}' version {canary} is the canary ({share}%); promote it or roll it back before starting another")
+                }));
+            }
+            let Some(stable) = stable else {
+                return Err(conflict(format!(
+                    "model '{name}' has no stable version to split traffic with"
+                )));
+            };
+            match state {
+                VersionState::Staged | VersionState::Shadow => {}
+                VersionState::Stable => {
+                    return Err(conflict(format!(
+                        "model '{name}' version {version} is the stable version already"
+                    )))
+                }
+                VersionState::Retired => {
+                    return Err(conflict(format!(
+                        "model '{name}' version {version} is retired; push it again to roll it out"
+                    )))
+                }
+                VersionState::Canary => unreachable!("a canary was found above"),
+            }
+            change.action = "start";
+            change.version = Some(*version);
+            change.detail = json!({"canary": version, "weight": weight, "stable": stable});
+            change
+                .states
+                .push((stable, VersionState::Stable, VersionState::Stable));
+            change.states.push((*version, state, VersionState::Canary));
+            if state == VersionState::Shadow {
+                change.shadow = None;
+            }
+            change.canary = Some((*version, *weight));
+        }
+        RolloutOp::Set { weight } => {
+            check_weight(*weight)?;
+            let Some((canary, from)) = model.canary() else {
+                return Err(conflict(format!(
+                    "model '{name}' has no canary; start one with `vaticctl rollout start {name} --version N --canary {weight}`"
+                )));
+            };
+            change.action = "set";
+            change.version = Some(canary);
+            change.detail = json!({"canary": canary, "from": from, "to": weight});
+            change
+                .states
+                .push((canary, VersionState::Canary, VersionState::Canary));
+            change.canary = Some((canary, *weight));
+        }
+        RolloutOp::Promote { grace } => {
+            let Some((canary, share)) = model.canary() else {
+                return Err(conflict(format!(
+                    "model '{name}' has no canary to promote; start one with `vaticctl rollout start {name} --version N --canary 10`"
+                )));
+            };
+            change.action = "promote";
+            change.version = Some(canary);
+            let until = at + chrono::Duration::from_std(*grace).unwrap_or(chrono::Duration::MAX);
+            // A version an earlier promote left loaded is superseded now: retired, unless an
+            // operator's label keeps it.
+            let mut retired = None;
+            if let Some(earlier) = model.traffic.previous_stable {
+                if Some(earlier) != stable
+                    && version_of(earlier).ok() == Some(VersionState::Staged)
+                    && custom_labels(earlier).is_empty()
+                {
+                    change
+                        .states
+                        .push((earlier, VersionState::Staged, VersionState::Retired));
+                    retired = Some(earlier);
+                }
+            }
+            if let Some(stable) = stable {
+                change
+                    .states
+                    .push((stable, VersionState::Stable, VersionState::Staged));
+            }
+            change
+                .states
+                .push((canary, VersionState::Canary, VersionState::Stable));
+            change.canary = None;
+            change.previous = (stable, stable.map(|_| until));
+            change.detail = json!({
+                "stable": canary, "from": stable, "canary_weight": share,
+                "previous_until": stable.map(|_| rfc3339(until)), "retired": retired,
+            });
+        }
+        RolloutOp::Rollback { reason } => {
+            let (canary, shadow) = (model.canary(), model.shadow());
+            if canary.is_some() || shadow.is_some() {
+                change.action = "rollback";
+                change.version = canary.or(shadow).map(|(v, _)| v);
+                for (v, state) in [
+                    (canary, VersionState::Canary),
+                    (shadow, VersionState::Shadow),
+                ] {
+                    if let Some((v, _)) = v {
+                        change.states.push((v, state, VersionState::Staged));
+                    }
+                }
+                change.canary = None;
+                change.shadow = None;
+                change.detail = json!({
+                    "canary": canary.map(|c| c.0), "canary_weight": canary.map(|c| c.1),
+                    "shadow": shadow.map(|s| s.0), "stable": stable, "reason": reason,
+                });
+            } else {
+                let previous = model
+                    .traffic
+                    .previous_stable
+                    .filter(|v| version_of(*v).ok() == Some(VersionState::Staged));
+                let (Some(previous), Some(current)) = (previous, stable) else {
+                    return Err(conflict(format!(
+                        "model '{name}' has nothing to roll back: no canary or shadow runs, and no version that was stable before a promote is still loaded"
+                    )));
+                };
+                change.action = "rollback";
+                change.version = Some(previous);
+                change
+                    .states
+                    .push((current, VersionState::Stable, VersionState::Staged));
+                change
+                    .states
+                    .push((previous, VersionState::Staged, VersionState::Stable));
+                change.previous = (None, None);
+                change.detail = json!({"stable": previous, "from": current, "reason": reason});
+            }
+        }
+        RolloutOp::Expire => {
+            let Some(previous) = model.traffic.previous_stable else {
+                return Err(conflict(format!(
+                    "model '{name}' has no version left loaded by a promote"
+                )));
+            };
+            change.action = "expire";
+            change.version = Some(previous);
+            change.previous = (None, None);
+            let labels = custom_labels(previous);
+            let state = version_of(previous)?;
+            if state == VersionState::Staged && labels.is_empty() {
+                change
+                    .states
+                    .push((previous, VersionState::Staged, VersionState::Retired));
+                change.detail = json!({"retired": previous});
+            } else {
+                change.detail = json!({"kept": previous, "state": state, "labels": labels});
+            }
+        }
+    }
+    Ok(change)
+}
+
+impl Store {
+    /// Plans `op` on the model as the registry holds it now and applies it; returns the model
+    /// afterwards and what changed.
+    pub async fn rollout(
+        &self,
+        model: &str,
+        op: &RolloutOp,
+        actor: &Actor,
+    ) -> Result<(ModelInfo, Change)> {
+        let current = self.model(model).await?;
+        let change = plan(&current, op, now())?;
+        self.apply(model, &change, actor).await?;
+        Ok((self.model(model).await?, change))
+    }
+
+    /// Applies a planned change in one transaction, with its history and audit records; refuses
+    /// it when a version is no longer in the state the plan read.
+    pub async fn apply(&self, model: &str, change: &Change, actor: &Actor) -> Result<()> {
+        let at = now();
+        let detail = change.detail.to_string();
+        let version = change.version.map(|v| v as i64);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.write_begin()).await?;
+            if self.backend() == Backend::Postgres {
+                lock_model(&mut *tx, model).await?;
+            }
+            for (v, from, to) in &change.states {
+                let done = sqlx::query("UPDATE model_versions SET state = $1, updated_by = $2, updated_at = $3 WHERE model = $4 AND version = $5 AND state = $6")
+                    .bind(to.as_str())
+                    .bind(&actor.label)
+                    .bind(at)
+                    .bind(model)
+                    .bind(*v as i64)
+                    .bind(from.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done != 1 {
+                    return Err(conflict(format!(
+                        "model '{model}' version {v} is no longer {from}: the model changed while this change was made; look at it again (vaticctl rollout status {model}) and retry"
+                    )));
+                }
+            }
+            sqlx::query("DELETE FROM traffic WHERE model = $1")
+                .bind(model)
+                .execute(&mut *tx)
+                .await?;
+            for (share, shadow) in [(change.canary, false), (change.shadow, true)] {
+                if let Some((v, weight)) = share {
+                    sqlx::query("INSERT INTO traffic (model, version, weight, shadow) VALUES ($1, $2, $3, $4)")
+                        .bind(model)
+                        .bind(v as i64)
+                        .bind(weight as i32)
+                        .bind(shadow)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            for (label, target) in &change.labels {
+                match target {
+                    Some(v) => sqlx::query("INSERT INTO model_labels (model, label, version, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                                            ON CONFLICT (model, label) DO UPDATE SET version = $3, updated_by = $4, updated_at = $5")
+                        .bind(model)
+                        .bind(label)
+                        .bind(*v as i64)
+                        .bind(&actor.label)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?,
+                    None => sqlx::query("DELETE FROM model_labels WHERE model = $1 AND label = $2")
+                        .bind(model)
+                        .bind(label)
+                        .execute(&mut *tx)
+                        .await?,
+                };
+            }
+            sqlx::query("UPDATE models SET previous_stable = $1, previous_until = $2 WHERE name = $3")
+                .bind(change.previous.0.map(|v| v as i64))
+                .bind(change.previous.1)
+                .bind(model)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO rollout_history (model, at, actor, action, version, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(model)
+                .bind(at)
+                .bind(&actor.label)
+                .bind(change.action)
+                .bind(version)
+                .bind(&detail)
+                .execute(&mut *tx)
+                .await?;
+            audit_in(&mut *tx, at, actor, change.action, Some(model), version, &detail).await?;
+            if self.backend() == Backend::Postgres {
+                announce(&mut *tx, model).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The newest `limit` changes of a model's labels and traffic, newest first.
+    pub async fn rollout_history(&self, model: &str, limit: u32) -> Result<Vec<RolloutEvent>> {
+        self.model(model).await?;
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT at, actor, action, version, detail FROM rollout_history WHERE model = $1 ORDER BY id DESC LIMIT $2")
+                .bind(model)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> Result<RolloutEvent> {
+                    let detail: String = r.try_get("detail")?;
+                    Ok(RolloutEvent {
+                        at: rfc3339(r.try_get("at")?),
+                        actor: r.try_get("actor")?,
+                        action: r.try_get("action")?,
+                        version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u64),
+                        detail: serde_json::from_str(&detail)?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vatic_schema::admin::{LogMode, ModelVersionInfo, Signature, Traffic};
+
+    fn model(states: &[VersionState], canary_weight: u32) -> ModelInfo {
+        let versions: Vec<ModelVersionInfo> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ModelVersionInfo {
+                model: "m".into(),
+                version: i as u64 + 1,
+                state: *s,
+                sha256: String::new(),
+                size: 0,
+                signature: Signature {
+                    inputs: vec![],
+                    outputs: vec![],
+                    batched: true,
+                },
+                config: String::new(),
+                created_by: String::new(),
+                created_at: String::new(),
+                updated_by: String::new(),
+                updated_at: String::new(),
+            })
+            .collect();
+        let labels = versions
+            .iter()
+            .filter_map(|v| v.state.label().map(|l| (l.to_string(), v.version)))
+            .collect();
+        ModelInfo {
+            name: "m".into(),
+            created_at: String::new(),
+            log_mode: LogMode::Off,
+            log_sample_rate: 1.0,
+            versions,
+            labels,
+            traffic: Traffic {
+                canary_weight,
+                ..Traffic::default()
+            },
+        }
+    }
+
+    use VersionState::{Canary, Retired, Shadow, Stable, Staged};
+
+    fn refused(m: &ModelInfo, op: RolloutOp) -> String {
+        plan(m, &op, Utc::now()).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_canary_starts_from_a_staged_or_shadow_version_and_only_one_runs() {
+        let m = model(&[Stable, Staged, Shadow], 0);
+        let c = plan(
+            &m,
+            &RolloutOp::Start {
+                version: 2,
+                weight: 10,
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(c.canary, Some((2, 10)));
+        assert_eq!(c.states, [(1, Stable, Stable), (2, Staged, Canary)]);
+        let c = plan(
+            &m,
+            &RolloutOp::Start {
+                version: 3,
+                weight: 5,
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!((c.canary, c.shadow), (Some((3, 5)), None));
+
+        let running = model(&[Stable, Canary, Staged], 10);
+        assert!(refused(
+            &running,
+            RolloutOp::Start {
+                version: 3,
+                weight: 10
+            }
+        )
+        .contains("version 2 is the canary (10%)"));
+        assert!(refused(
+            &running,
+            RolloutOp::Start {
+                version: 2,
+                weight: 10
+            }
+        )
+        .contains("rollout set"));
+        assert!(refused(
+            &m,
+            RolloutOp::Start {
+                version: 1,
+                weight: 10
+            }
+        )
+        .contains("stable version already"));
+        assert!(refused(
+            &model(&[Retired, Stable], 0),
+            RolloutOp::Start {
+                version: 1,
+                weight: 10
+            }
+        )
+        .contains("retired"));
+        assert!(refused(
+            &m,
+            RolloutOp::Start {
+                version: 2,
+                weight: 101
+            }
+        )
+        .contains("0 to 100, got 101"));
+        assert!(refused(
+            &m,
+            RolloutOp::Start {
+                version: 9,
+                weight: 1
+            }
+        )
+        .contains("has no version 9"));
+    }
+
+    #[test]
+    fn promote_keeps_the_old_stable_for_the_grace_and_rollback_returns_to_it() {
+        let at = Utc::now();
+        let m = model(&[Stable, Canary], 50);
+        let c = plan(
+            &m,
+            &RolloutOp::Promote {
+                grace: Duration::from_secs(60),
+            },
+            at,
+        )
+        .unwrap();
+        assert_eq!(c.states, [(1, Stable, Staged), (2, Canary, Stable)]);
+        assert_eq!(c.canary, None);
+        assert_eq!(
+            c.previous,
+            (Some(1), Some(at + chrono::Duration::seconds(60)))
+        );
+
+        let mut after = model(&[Staged, Stable], 0);
+        after.traffic.previous_stable = Some(1);
+        let c = plan(&after, &RolloutOp::Rollback { reason: None }, at).unwrap();
+        assert_eq!(c.states, [(2, Stable, Staged), (1, Staged, Stable)]);
+        assert_eq!(c.previous, (None, None));
+
+        let expired = model(&[Retired, Stable], 0);
+        assert!(refused(&expired, RolloutOp::Rollback { reason: None })
+            .contains("nothing to roll back"));
+        assert!(refused(
+            &expired,
+            RolloutOp::Promote {
+                grace: Duration::ZERO
+            }
+        )
+        .contains("no canary to promote"));
+    }
+
+    #[test]
+    fn rollback_ends_the_canary_and_the_shadow_at_once() {
+        let mut m = model(&[Stable, Canary, Shadow], 30);
+        m.traffic.shadow_sample = 25;
+        let c = plan(
+            &m,
+            &RolloutOp::Rollback {
+                reason: Some("errors".into()),
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(c.states, [(2, Canary, Staged), (3, Shadow, Staged)]);
+        assert_eq!((c.canary, c.shadow), (None, None));
+        assert_eq!(c.detail["reason"], "errors");
+    }
+
+    #[test]
+    fn a_second_promote_retires_the_first_ones_leftover_unless_a_label_keeps_it() {
+        let mut m = model(&[Staged, Stable, Canary], 100);
+        m.traffic.previous_stable = Some(1);
+        let grace = Duration::from_secs(1);
+        let c = plan(&m, &RolloutOp::Promote { grace }, Utc::now()).unwrap();
+        assert_eq!(c.states[0], (1, Staged, Retired));
+        m.labels.insert("blue".into(), 1);
+        let c = plan(&m, &RolloutOp::Promote { grace }, Utc::now()).unwrap();
+        assert!(c.states.iter().all(|s| s.0 != 1));
+        let c = plan(&m, &RolloutOp::Expire, Utc::now()).unwrap();
+        assert!(c.states.is_empty(), "the labelled version stays");
+        assert_eq!(c.previous, (None, None));
+    }
+
+    #[test]
+    fn labels_name_served_versions_and_unknown_labels_are_named() {
+        let m = model(&[Stable, Retired, Staged], 0);
+        let c = plan(
+            &m,
+            &RolloutOp::Label {
+                label: "blue".into(),
+                version: 3,
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(c.labels, [("blue".to_string(), Some(3))]);
+        assert!(refused(
+            &m,
+            RolloutOp::Label {
+                label: "blue".into(),
+                version: 2
+            }
+        )
+        .contains("retired"));
+        let e = refused(
+            &m,
+            RolloutOp::Unlabel {
+                label: "green".into(),
+            },
+        );
+        assert!(
+            e.contains("no label 'green'") && e.contains("stable"),
+            "{e}"
+        );
+        assert!(refused(&m, RolloutOp::Set { weight: 5 }).contains("has no canary"));
+    }
+}

@@ -1,0 +1,35 @@
+-- Rollout: operators' labels of versions, the version a rollback returns to after a promote,
+-- and the history of every label and traffic change. The built-in labels stable, canary and
+-- shadow follow the versions' states and are not stored here.
+
+CREATE TABLE model_labels (
+    model      TEXT NOT NULL REFERENCES models (name),
+    label      TEXT NOT NULL,
+    version    BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (model, label),
+    FOREIGN KEY (model, version) REFERENCES model_versions (model, version)
+);
+
+-- After a promote, the version that was stable stays loaded until previous_until so that a
+-- rollback to it is instant; then it is retired.
+ALTER TABLE models ADD COLUMN previous_stable BIGINT;
+ALTER TABLE models ADD COLUMN previous_until TIMESTAMPTZ;
+
+-- At most one canary and one shadow per model.
+CREATE UNIQUE INDEX model_versions_one_canary ON model_versions (model) WHERE state = 'canary';
+CREATE UNIQUE INDEX model_versions_one_shadow ON model_versions (model) WHERE state = 'shadow';
+
+CREATE TABLE rollout_history (
+    id      BIGSERIAL PRIMARY KEY,
+    model   TEXT NOT NULL,
+    at      TIMESTAMPTZ NOT NULL,
+    actor   TEXT NOT NULL,
+    -- label, unlabel, start, set, promote, rollback, expire, ...
+    action  TEXT NOT NULL,
+    version BIGINT,
+    -- JSON: what changed (weights, labels, the reason of a rollback).
+    detail  TEXT NOT NULL
+);
+CREATE INDEX rollout_history_model ON rollout_history (model, id);

@@ -4,6 +4,7 @@
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::pool::{Target, WorkerPool};
+use crate::rollout::Selector;
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::Value;
@@ -45,7 +46,9 @@ fn resolve<'a>(
     model: &'a str,
     version: Option<&str>,
 ) -> Result<Route<'a>, ApiError> {
-    let number = catalog.resolve(model, version)?;
+    // Without a version: the stable one (`ready` never lets the split pick the canary).
+    let selector = version.map_or(Selector::Split { key: None }, Selector::Version);
+    let number = catalog.resolve(model, selector, |_| false)?.map(|(v, _)| v);
     Ok(Route {
         version: version
             .map(str::to_string)
@@ -61,6 +64,17 @@ impl Backend {
         match self {
             Backend::Local(host) => host.engine.has_model(model),
             Backend::Remote(_, catalog) => catalog.knows(model),
+        }
+    }
+
+    /// Whether a version can serve now: in this process, or on at least one healthy worker.
+    pub fn version_ready(&self, model: &str, version: u64) -> bool {
+        match self {
+            Backend::Local(host) => host
+                .engine
+                .model_ready(model, Some(&version.to_string()))
+                .unwrap_or(false),
+            Backend::Remote(pool, _) => pool.has_ready(Target { model, version }),
         }
     }
 

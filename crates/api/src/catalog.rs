@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::pool::WorkerPool;
+use crate::rollout::{self, Selector, Side};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,36 +35,62 @@ impl Catalog {
             .is_none_or(|models| models.contains_key(model))
     }
 
-    /// The version number a request goes to: the one it names, else the model's stable one.
-    /// Once the registry has been read, a model or version it does not serve is refused here
-    /// with 404; before that (or with no registry) the request passes on as it is, and a
-    /// version that is not a number resolves to none.
-    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
-        let named = version.and_then(|v| v.parse::<u64>().ok());
+    /// The version a request goes to, and by which side: the version it names, the one its
+    /// label names, else the stable version or the canary by the model's split (a canary only
+    /// while `ready` says it can serve). Once the registry has been read, a model, version or
+    /// label it does not serve is refused here with 404; before that (or with no registry) a
+    /// numbered version passes on as it is, and anything else resolves to none.
+    pub fn resolve(
+        &self,
+        model: &str,
+        selector: Selector<'_>,
+        ready: impl Fn(u64) -> bool,
+    ) -> Result<Option<(u64, Side)>, ApiError> {
         let view = self.models.read().expect("catalog lock");
         let Some(models) = view.as_ref() else {
-            return Ok(named);
+            return match selector {
+                Selector::Version(v) => Ok(v.parse::<u64>().ok().map(|n| (n, Side::Named))),
+                Selector::Split { .. } => Ok(None),
+                Selector::Label(label) => Err(ApiError::LabelNotFound {
+                    model: model.to_string(),
+                    label: label.to_string(),
+                    labels: "none: labels live in the registry, and this process has none".into(),
+                }),
+            };
         };
         let Some(info) = models.get(model) else {
             return Err(ApiError::ModelNotFound(model.to_string()));
         };
         let served = || info.versions.iter().filter(|v| v.state.is_served());
-        match version {
-            None => info
-                .default_version()
-                .map(|v| Some(v.version))
+        match selector {
+            Selector::Split { key } => rollout::split(info, key, ready)
+                .map(Some)
                 .ok_or_else(|| ApiError::ModelNotFound(model.to_string())),
-            Some(asked) => match named.filter(|n| served().any(|v| v.version == *n)) {
-                Some(n) => Ok(Some(n)),
-                None => Err(ApiError::VersionNotFound {
+            Selector::Label(label) => match info.labels.get(label) {
+                Some(v) => Ok(Some((*v, Side::Named))),
+                None => Err(ApiError::LabelNotFound {
                     model: model.to_string(),
-                    version: asked.to_string(),
-                    available: served()
-                        .map(|v| v.version.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    label: label.to_string(),
+                    labels: info.labels.keys().cloned().collect::<Vec<_>>().join(", "),
                 }),
             },
+            Selector::Version(asked) => {
+                match asked
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| served().any(|v| v.version == *n))
+                {
+                    Some(n) => Ok(Some((n, Side::Named))),
+                    None => Err(ApiError::VersionNotFound {
+                        model: model.to_string(),
+                        version: asked.to_string(),
+                        available: served()
+                            .map(|v| v.version.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                }
+            }
         }
     }
 
@@ -99,7 +126,12 @@ pub fn watch(
             }
             let pass = passes.begin();
             let result = async {
-                catalog.replace(store.models().await?);
+                let models = store.models().await?;
+                let due = rollout::expired_promotes(&models, chrono::Utc::now());
+                catalog.replace(models);
+                for model in due {
+                    rollout::expire(&store, &model).await;
+                }
                 if let Some(pool) = &pool {
                     pool.set_fleet(&store.workers().await?, stale_after.as_secs_f64());
                 }

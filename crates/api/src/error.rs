@@ -32,6 +32,16 @@ pub enum ApiError {
         /// Versions that serve, comma-separated.
         available: String,
     },
+    /// The model has no such label.
+    #[error("model '{model}' has no label '{label}' (labels: {labels})")]
+    LabelNotFound {
+        /// Model name.
+        model: String,
+        /// Label asked for.
+        label: String,
+        /// The labels it has, comma-separated.
+        labels: String,
+    },
     /// A TF-Serving method vatic does not serve.
     #[error("{0}")]
     NotImplemented(String),
@@ -76,6 +86,7 @@ impl ApiError {
             | ApiError::BadRequest(_)
             | ApiError::ModelNotFound(_)
             | ApiError::VersionNotFound { .. }
+            | ApiError::LabelNotFound { .. }
             | ApiError::NotImplemented(_)
             | ApiError::BadGateway(_) => None,
         }
@@ -87,7 +98,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Request(e) => e.status(),
             ApiError::Schema(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_)
+            | ApiError::VersionNotFound { .. }
+            | ApiError::LabelNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Engine(e) => status_from(e.status()),
             ApiError::Upstream { status, .. } => status_from(*status),

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pool;
 pub mod prediction_log;
 pub mod registry;
+pub mod rollout;
 pub mod routes;
 pub mod settings;
 pub mod state;
@@ -62,6 +63,7 @@ impl Application {
             catalog,
             metrics,
             keys,
+            rollout: settings.rollout.clone(),
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");

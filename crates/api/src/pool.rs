@@ -300,6 +300,15 @@ impl WorkerPool {
         }
     }
 
+    /// Whether a healthy worker can take requests for `target`.
+    pub fn has_ready(&self, target: Target<'_>) -> bool {
+        self.nodes
+            .read()
+            .expect("nodes lock")
+            .iter()
+            .any(|n| n.is_healthy() && n.can_serve(Some(target)))
+    }
+
     /// The healthy worker able to serve `target` with the fewest requests in flight (ties
     /// rotate), skipping `tried`; when none is healthy, any untried one that serves it, so
     /// the caller hears the worker's own reason.

@@ -3,6 +3,7 @@
 
 use crate::auth::AuthSettings;
 use crate::prediction_log::PredictionLogSettings;
+use crate::rollout::RolloutSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vatic_server::{ProcessSettings, ServerSettings};
@@ -70,6 +71,8 @@ pub struct ApiSettings {
     pub prediction_log: PredictionLogSettings,
     /// API keys.
     pub auth: AuthSettings,
+    /// Traffic splitting and promotes.
+    pub rollout: RolloutSettings,
 }
 
 impl Default for ApiSettings {
@@ -90,6 +93,7 @@ impl Default for ApiSettings {
             max_model_bytes: 2 << 30,
             prediction_log: PredictionLogSettings::default(),
             auth: AuthSettings::default(),
+            rollout: RolloutSettings::default(),
         }
     }
 }
@@ -116,6 +120,7 @@ impl ApiSettings {
         self.server.validate()?;
         self.prediction_log.validate("prediction_log")?;
         self.auth.validate()?;
+        self.rollout.validate()?;
         if self.fleet_refresh_ms == 0 || self.heartbeat_timeout_ms == 0 {
             anyhow::bail!("fleet_refresh_ms and heartbeat_timeout_ms must be at least 1");
         }

@@ -6,8 +6,9 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::{ApiMetrics, Protocol, UNKNOWN_MODEL};
 use crate::prediction_log::PredictionLog;
+use crate::rollout::{RolloutSettings, Selector, Side};
 use crate::routes::admin::Uploads;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,18 @@ pub struct AppState {
     pub metrics: ApiMetrics,
     /// The API keys callers must present; `None` when the api runs open.
     pub keys: Option<Arc<KeyRing>>,
+    /// Traffic splitting and promotes.
+    pub rollout: RolloutSettings,
+}
+
+/// Where a request was routed: the version to ask for (`None` leaves the choice to the
+/// engine, without a registry) and the side of the split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The version.
+    pub version: Option<String>,
+    /// How it was chosen.
+    pub side: Side,
 }
 
 /// Shared state as handlers receive it.
@@ -57,6 +70,58 @@ impl AppState {
             if !passes.run(REGISTRY_CHANGE_WAIT).await {
                 tracing::warn!("the registry change is not applied in this process yet; it will be on the next pass");
             }
+        }
+    }
+
+    /// The version an inference request goes to: the one `version` or `label` names, else the
+    /// stable version or the canary by the split, sticky by the route key header of `req`.
+    pub fn route(
+        &self,
+        req: &HttpRequest,
+        model: &str,
+        version: Option<&str>,
+        label: Option<&str>,
+    ) -> Result<Routed, ApiError> {
+        let selector = match (version, label) {
+            (Some(v), _) => Selector::Version(v),
+            (None, Some(l)) => Selector::Label(l),
+            (None, None) => Selector::Split {
+                key: req
+                    .headers()
+                    .get(self.rollout.route_key_header.as_str())
+                    .map(|v| v.as_bytes())
+                    .filter(|k| !k.is_empty()),
+            },
+        };
+        let routed = self
+            .catalog
+            .resolve(model, selector, |v| self.backend.version_ready(model, v))?;
+        Ok(match routed {
+            Some((v, side)) => Routed {
+                version: Some(v.to_string()),
+                side,
+            },
+            None => Routed {
+                version: version.map(str::to_string),
+                side: Side::Named,
+            },
+        })
+    }
+
+    /// The version a non-inference request names: its version, or the one its label names;
+    /// `None` for the model's stable version.
+    pub fn named_version(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        label: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        match (version, label) {
+            (None, Some(label)) => Ok(self
+                .catalog
+                .resolve(model, Selector::Label(label), |_| false)?
+                .map(|(v, _)| v.to_string())),
+            _ => Ok(version.map(str::to_string)),
         }
     }
 

@@ -18,6 +18,9 @@ pub struct ModelPath {
     /// Version, when the path names one.
     #[serde(default)]
     pub version: Option<String>,
+    /// Label, when the path names one (the api's `/labels/{label}` routes).
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// Registers `handler` for `method` at `/v2/models/{model}{suffix}` and

@@ -42,6 +42,9 @@ pub enum AdminError {
     /// Something failed that the caller cannot fix.
     #[error("{0}")]
     Internal(String),
+    /// The change would send requests to a version that cannot answer them.
+    #[error("{0}")]
+    NotReady(String),
 }
 
 impl From<PushError> for AdminError {
@@ -62,10 +65,11 @@ impl ResponseError for AdminError {
             AdminError::NoDatabase => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Io(_) | AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::NotReady(_) => StatusCode::CONFLICT,
             AdminError::Store(e) => match e {
-                StoreError::ModelNotFound(_) | StoreError::VersionNotFound { .. } => {
-                    StatusCode::NOT_FOUND
-                }
+                StoreError::ModelNotFound(_)
+                | StoreError::VersionNotFound { .. }
+                | StoreError::LabelNotFound { .. } => StatusCode::NOT_FOUND,
                 StoreError::Conflict(_) => StatusCode::CONFLICT,
                 StoreError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StoreError::SchemaTooNew { .. } | StoreError::SchemaBehind { .. } => {
@@ -97,6 +101,14 @@ impl ResponseError for AdminError {
     }
 }
 
+/// The admin routes' group: its resources' extractor errors are the admin API's.
+pub(crate) fn admin_group() -> Group {
+    Group {
+        tag: "admin",
+        decorate: admin_resource,
+    }
+}
+
 /// The admin routes' resources: their extractors' errors are the admin API's.
 fn admin_resource(resource: actix_web::Resource) -> actix_web::Resource {
     resource
@@ -117,11 +129,7 @@ fn admin_resource(resource: actix_web::Resource) -> actix_web::Resource {
 
 /// Registers the admin routes, under `/admin/v1`.
 pub fn configure(routes: &mut Routes<'_>) {
-    let group = Group {
-        tag: "admin",
-        decorate: admin_resource,
-    };
-    routes.group(group, |routes| {
+    routes.group(admin_group(), |routes| {
         routes
             .add(
                 Method::GET,
@@ -224,12 +232,12 @@ pub fn configure(routes: &mut Routes<'_>) {
     });
 }
 
-fn store(s: &State) -> Result<&Store, AdminError> {
+pub(crate) fn store(s: &State) -> Result<&Store, AdminError> {
     s.store.as_ref().ok_or(AdminError::NoDatabase)
 }
 
 /// Who made the request, as the audit log records them.
-fn actor(req: &HttpRequest) -> Actor {
+pub(crate) fn actor(req: &HttpRequest) -> Actor {
     let caller = req
         .extensions()
         .get::<Caller>()

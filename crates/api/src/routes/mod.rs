@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource; the probes are the server runtime's.
 
 pub mod admin;
+pub mod rollout;
 pub mod tfserving;
 pub mod v2;
 
@@ -13,6 +14,7 @@ pub fn configure(routes: &mut vatic_server::Routes<'_>) {
     v2::configure(routes);
     tfserving::configure(routes);
     admin::configure(routes);
+    rollout::configure(routes);
 }
 
 /// When a request arrived: by the clock, for the log, and by the monotonic clock, for its
@@ -39,7 +41,8 @@ impl Arrival {
 pub struct Answered<'a> {
     /// The model asked for.
     pub model: &'a str,
-    /// The version asked for, if the path named one.
+    /// The version the request was routed to (named by version or label, or picked by the
+    /// split), when it is known before the answer.
     pub version: Option<&'a str>,
     /// The request id the middleware assigned.
     pub request_id: Option<&'a str>,
@@ -123,4 +126,17 @@ pub fn key_id(req: &actix_web::HttpRequest) -> Option<String> {
     req.extensions()
         .get::<vatic_server::auth::Caller>()
         .and_then(|c| c.key_id.clone())
+}
+
+/// The response header naming the version that answered, on every protocol.
+pub const MODEL_VERSION_HEADER: &str = "x-vatic-model-version";
+
+/// Names the version that answered in `response`'s headers.
+pub fn name_version(response: &mut actix_web::HttpResponse, version: Option<&str>) {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    if let Some(value) = version.and_then(|v| HeaderValue::from_str(v).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(MODEL_VERSION_HEADER), value);
+    }
 }

@@ -1,5 +1,5 @@
-//! TF-Serving's REST API: `POST /v1/models/{m}[/versions/{v}]:predict` (row and columnar forms),
-//! `GET /v1/models/{m}[/versions/{v}]` (status) and `.../metadata`.
+//! TF-Serving's REST API: `POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict` (row and
+//! columnar forms), `GET /v1/models/{m}[/versions/{v}|/labels/{l}]` (status) and `.../metadata`.
 
 use super::{key_id, log_prediction, Answered, Arrival};
 use crate::error::ApiError;
@@ -32,11 +32,32 @@ pub fn configure(routes: &mut Routes<'_>) {
                 post_verb,
             )
             .add(
+                Method::POST,
+                "/v1/models/{model}/labels/{label}",
+                Need::Infer,
+                "Prediction on a labelled version: .../labels/{label}:predict",
+                post_verb,
+            )
+            .add(
                 Method::GET,
                 "/v1/models/{model}",
                 Need::ModelRead,
                 "Model status",
                 get_status,
+            )
+            .add(
+                Method::GET,
+                "/v1/models/{model}/labels/{label}",
+                Need::ModelRead,
+                "Labelled version status",
+                get_status,
+            )
+            .add(
+                Method::GET,
+                "/v1/models/{model}/labels/{label}/metadata",
+                Need::ModelRead,
+                "Labelled version metadata (signature)",
+                get_metadata,
             )
             .add(
                 Method::GET,
@@ -67,6 +88,8 @@ struct StatusPath {
     model: String,
     #[serde(default)]
     version: Option<String>,
+    #[serde(default)]
+    label: Option<String>,
 }
 
 /// Splits `name:verb` (the last path segment) and checks the verb.
@@ -105,9 +128,11 @@ async fn predict(
     payload: web::Payload,
     arrived: Arrival,
 ) -> Result<(HttpResponse, Option<String>), ApiError> {
-    let (model, version) = match &p.version {
-        None => (split_verb(&p.model)?.to_string(), None),
-        Some(v) => (p.model.clone(), Some(split_verb(v)?.to_string())),
+    // The verb ends the last segment: the model's, the version's or the label's.
+    let (model, version, label) = match (&p.version, &p.label) {
+        (Some(v), _) => (p.model.clone(), Some(split_verb(v)?.to_string()), None),
+        (None, Some(l)) => (p.model.clone(), None, Some(split_verb(l)?.to_string())),
+        (None, None) => (split_verb(&p.model)?.to_string(), None, None),
     };
     let body = read_body(req, payload, &s.body).await?;
     s.body.check_json(&body)?;
@@ -115,6 +140,8 @@ async fn predict(
     let quoted = vatic_schema::json::quote_non_finite(&body);
     let predict: PredictRequest = serde_json::from_slice(quoted.as_deref().unwrap_or(&body))
         .map_err(|e| SchemaError::Json(e.to_string()))?;
+    let routed = s.route(req, &model, version.as_deref(), label.as_deref())?;
+    let version = routed.version;
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
     let id = RequestId::of(req);
@@ -139,22 +166,24 @@ async fn predict(
         },
     );
     let response = answer?;
-    let answer = HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?);
+    let mut answer = HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?);
+    super::name_version(&mut answer, response.model_version.as_deref());
     Ok((answer, response.model_version))
 }
 
 async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, ApiError> {
+    let version = s.named_version(&p.model, p.version.as_deref(), p.label.as_deref())?;
     let versions: Vec<VersionStatus> = s
         .backend
         .index()
         .await?
         .into_iter()
-        .filter(|m| m.name == p.model && p.version.as_ref().is_none_or(|v| *v == m.version))
+        .filter(|m| m.name == p.model && version.as_ref().is_none_or(|v| *v == m.version))
         .map(|m| VersionStatus::of(m.version, m.state, m.reason))
         .collect();
     if versions.is_empty() {
         // Let the backend say which it is: unknown model, or unknown version with the known ones.
-        s.backend.metadata(&p.model, p.version.as_deref()).await?;
+        s.backend.metadata(&p.model, version.as_deref()).await?;
         return Err(ApiError::ModelNotFound(p.model.clone()));
     }
     Ok(HttpResponse::Ok().json(ModelStatus {
@@ -163,8 +192,9 @@ async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, 
 }
 
 async fn get_metadata(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, ApiError> {
-    let meta = s.backend.metadata(&p.model, p.version.as_deref()).await?;
-    let version = match &p.version {
+    let version = s.named_version(&p.model, p.version.as_deref(), p.label.as_deref())?;
+    let meta = s.backend.metadata(&p.model, version.as_deref()).await?;
+    let version = match &version {
         Some(v) => v.clone(),
         None => meta
             .versions

@@ -15,7 +15,7 @@ use vatic_server::{Group, Need, Routes};
 pub fn configure(routes: &mut Routes<'_>) {
     // Inference first: actix tries the route patterns in order, by regex.
     routes.group(Group::plain("V2"), |routes| {
-        model_route(
+        labelled_route(
             routes,
             &Method::POST,
             "/infer",
@@ -38,7 +38,7 @@ pub fn configure(routes: &mut Routes<'_>) {
                 "The model repository index (Triton)",
                 post_index,
             );
-        model_route(
+        labelled_route(
             routes,
             &Method::GET,
             "",
@@ -46,7 +46,7 @@ pub fn configure(routes: &mut Routes<'_>) {
             "Model metadata: inputs, outputs, versions",
             get_metadata,
         );
-        model_route(
+        labelled_route(
             routes,
             &Method::GET,
             "/ready",
@@ -54,7 +54,7 @@ pub fn configure(routes: &mut Routes<'_>) {
             "Model readiness: 200 when ready, else 400",
             get_model_ready,
         );
-        model_route(
+        labelled_route(
             routes,
             &Method::GET,
             "/config",
@@ -62,7 +62,7 @@ pub fn configure(routes: &mut Routes<'_>) {
             "Model configuration (Triton)",
             get_config,
         );
-        model_route(
+        labelled_route(
             routes,
             &Method::GET,
             "/stats",
@@ -73,29 +73,51 @@ pub fn configure(routes: &mut Routes<'_>) {
     });
 }
 
+/// Registers `handler` at the model's route with no version, with `/versions/{version}`
+/// (both as the worker has them) and with `/labels/{label}` (a vatic extension).
+fn labelled_route<F, Args>(
+    routes: &mut Routes<'_>,
+    method: &Method,
+    suffix: &str,
+    need: Need,
+    summary: &'static str,
+    handler: F,
+) where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    model_route(routes, method, suffix, need, summary, handler.clone());
+    routes.add(
+        method.clone(),
+        format!("/v2/models/{{model}}/labels/{{label}}{suffix}"),
+        need,
+        summary,
+        handler,
+    );
+}
+
 async fn get_metadata(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(s.backend.metadata(&p.model, p.version.as_deref()).await?))
+    let version = s.named_version(&p.model, p.version.as_deref(), p.label.as_deref())?;
+    Ok(HttpResponse::Ok().json(s.backend.metadata(&p.model, version.as_deref()).await?))
 }
 
 async fn get_model_ready(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
+    let version = s.named_version(&p.model, p.version.as_deref(), p.label.as_deref())?;
     Ok(model_ready_response(
         &p.model,
-        s.backend
-            .model_ready(&p.model, p.version.as_deref())
-            .await?,
+        s.backend.model_ready(&p.model, version.as_deref()).await?,
     ))
 }
 
 async fn get_config(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(s.backend.config(&p.model, p.version.as_deref()).await?))
+    let version = s.named_version(&p.model, p.version.as_deref(), p.label.as_deref())?;
+    Ok(HttpResponse::Ok().json(s.backend.config(&p.model, version.as_deref()).await?))
 }
 
 async fn get_stats(s: State, p: web::Path<ModelPath>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(
-        s.backend
-            .stats(Some(&p.model), p.version.as_deref())
-            .await?,
-    ))
+    let version = s.named_version(&p.model, p.version.as_deref(), p.label.as_deref())?;
+    Ok(HttpResponse::Ok().json(s.backend.stats(Some(&p.model), version.as_deref()).await?))
 }
 
 async fn get_all_stats(s: State) -> Result<HttpResponse, ApiError> {
@@ -132,11 +154,12 @@ async fn infer(
     s.body
         .check_json(vatic_server::v2::json_part(&body, binary_request))?;
     let request = v2::decode_request(&body, binary_request)?;
+    let routed = s.route(req, &p.model, p.version.as_deref(), p.label.as_deref())?;
     let id = RequestId::of(req);
     let answer = until_client_gone(
         req,
         s.backend
-            .infer(&p.model, p.version.as_deref(), &request, id.as_deref()),
+            .infer(&p.model, routed.version.as_deref(), &request, id.as_deref()),
     )
     .await;
     // Encoded once, for the client and, when it is all JSON, for the log.
@@ -148,7 +171,7 @@ async fn infer(
         s,
         Answered {
             model: &p.model,
-            version: p.version.as_deref(),
+            version: routed.version.as_deref(),
             request_id: id.as_deref(),
             key_id: key_id(req),
             arrived,
@@ -163,6 +186,7 @@ async fn infer(
         },
     );
     let (response, encoded) = answer?;
-    let answer = v2_response(encoded);
+    let mut answer = v2_response(encoded);
+    super::name_version(&mut answer, response.model_version.as_deref());
     Ok((answer, response.model_version))
 }

@@ -1,0 +1,259 @@
+//! The admin API of rollouts, `/admin/v1/models/{name}/labels/...` and `.../rollout...`:
+//! labels, the canary's share, promote, rollback, status and history. Every change is one
+//! transaction with its history and audit records; a label or a canary can name only a version
+//! that is ready somewhere, so no request is sent where it cannot be answered.
+
+use super::admin::{actor, admin_group, store, AdminError};
+use crate::state::State;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use std::time::Duration;
+use vatic_schema::admin::{
+    LabelSet, RollbackRequest, RolloutSet, RolloutStart, RolloutStatus, VersionState,
+    BUILTIN_LABELS,
+};
+use vatic_server::{Need, Routes};
+use vatic_store::RolloutOp;
+
+/// Registers the rollout routes.
+pub fn configure(routes: &mut Routes<'_>) {
+    routes.group(admin_group(), |routes| {
+        routes
+            .add(
+                Method::PUT,
+                "/admin/v1/models/{name}/labels/{label}",
+                Need::Deploy,
+                "Point a label at a ready version",
+                put_label,
+            )
+            .add(
+                Method::DELETE,
+                "/admin/v1/models/{name}/labels/{label}",
+                Need::Deploy,
+                "Remove a label",
+                delete_label,
+            )
+            .add(
+                Method::GET,
+                "/admin/v1/models/{name}/rollout",
+                Need::ModelRead,
+                "The model's split, labels and what each version's readiness is",
+                get_status,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/models/{name}/rollout",
+                Need::Deploy,
+                "Start a canary: a version takes a share of unversioned requests",
+                start,
+            )
+            .add(
+                Method::PATCH,
+                "/admin/v1/models/{name}/rollout",
+                Need::Deploy,
+                "Change the canary's share",
+                set,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/models/{name}/rollout/promote",
+                Need::Deploy,
+                "Make the canary stable; the old stable stays loaded for the grace period",
+                promote,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/models/{name}/rollout/rollback",
+                Need::Deploy,
+                "End the canary, or return to the version stable before the last promote",
+                rollback,
+            )
+            .add(
+                Method::GET,
+                "/admin/v1/models/{name}/rollout/history",
+                Need::ModelRead,
+                "Every change of the model's labels and traffic, newest first",
+                history,
+            );
+    });
+}
+
+/// Labels an operator may set: a letter, then letters, digits, `_`, `-` or `.`; at most 64;
+/// not one of the labels rollouts set.
+fn check_label(label: &str) -> Result<(), AdminError> {
+    if BUILTIN_LABELS.contains(&label) {
+        return Err(AdminError::BadRequest(format!(
+            "the label '{label}' is set by rollouts: use `vaticctl rollout start`, `promote` or `rollback`"
+        )));
+    }
+    let ok = label.len() <= 64
+        && label
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        return Err(AdminError::BadRequest(format!(
+            "invalid label '{label}': use letters, digits, '_', '-' and '.', starting with a letter, at most 64 characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to send requests to a version no worker (or, standalone, this process) has ready.
+fn check_ready(s: &State, model: &str, version: u64, what: &str) -> Result<(), AdminError> {
+    if s.backend.version_ready(model, version) {
+        return Ok(());
+    }
+    Err(AdminError::NotReady(format!(
+        "model '{model}' version {version} is not ready on any worker (still loading, or it failed to load); {what} can name only a ready version: see `vaticctl workers` and retry when it is READY"
+    )))
+}
+
+/// Applies `op`, brings this replica up to date and answers with the model afterwards.
+async fn change(
+    s: &State,
+    req: &HttpRequest,
+    model: &str,
+    op: RolloutOp,
+) -> Result<HttpResponse, AdminError> {
+    let actor = actor(req);
+    let (info, change) = store(s)?.rollout(model, &op, &actor).await?;
+    tracing::info!(model, action = change.action, version = ?change.version, detail = %change.detail, actor = %actor.label, "rollout change");
+    s.registry_changed().await;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn put_label(
+    s: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<LabelSet>,
+) -> Result<HttpResponse, AdminError> {
+    let (name, label) = path.into_inner();
+    check_label(&label)?;
+    store(&s)?.model_version(&name, body.version).await?;
+    check_ready(&s, &name, body.version, "a label")?;
+    let op = RolloutOp::Label {
+        label,
+        version: body.version,
+    };
+    change(&s, &req, &name, op).await
+}
+
+async fn delete_label(
+    s: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AdminError> {
+    let (name, label) = path.into_inner();
+    check_label(&label)?;
+    change(&s, &req, &name, RolloutOp::Unlabel { label }).await
+}
+
+async fn start(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<RolloutStart>,
+) -> Result<HttpResponse, AdminError> {
+    check_share(body.canary)?;
+    store(&s)?.model_version(&name, body.version).await?;
+    check_ready(&s, &name, body.version, "a canary")?;
+    let op = RolloutOp::Start {
+        version: body.version,
+        weight: body.canary,
+    };
+    change(&s, &req, &name, op).await
+}
+
+async fn set(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<RolloutSet>,
+) -> Result<HttpResponse, AdminError> {
+    check_share(body.canary)?;
+    let op = RolloutOp::Set {
+        weight: body.canary,
+    };
+    change(&s, &req, &name, op).await
+}
+
+fn check_share(percent: u32) -> Result<(), AdminError> {
+    if percent > 100 {
+        return Err(AdminError::BadRequest(format!(
+            "canary: a share is a percent from 0 to 100, got {percent}"
+        )));
+    }
+    Ok(())
+}
+
+async fn promote(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+) -> Result<HttpResponse, AdminError> {
+    let model = store(&s)?.model(&name).await?;
+    if let Some((canary, _)) = model.canary() {
+        check_ready(&s, &name, canary, "the stable version")?;
+    }
+    let op = RolloutOp::Promote {
+        grace: Duration::from_secs(s.rollout.promote_grace_secs),
+    };
+    change(&s, &req, &name, op).await
+}
+
+async fn rollback(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AdminError> {
+    let body: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let model = store(&s)?.model(&name).await?;
+    // Returning to the previous stable version sends every request there: it must be ready.
+    if model.canary().is_none() && model.shadow().is_none() {
+        if let Some(previous) = model.traffic.previous_stable {
+            check_ready(&s, &name, previous, "a rollback")?;
+        }
+    }
+    let op = RolloutOp::Rollback {
+        reason: body.reason,
+    };
+    change(&s, &req, &name, op).await
+}
+
+async fn get_status(s: State, name: web::Path<String>) -> Result<HttpResponse, AdminError> {
+    let model = store(&s)?.model(&name).await?;
+    let ready = model
+        .versions
+        .iter()
+        .filter(|v| v.state != VersionState::Retired)
+        .map(|v| (v.version, s.backend.version_ready(&name, v.version)))
+        .collect();
+    Ok(HttpResponse::Ok().json(RolloutStatus { model, ready }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+async fn history(
+    s: State,
+    name: web::Path<String>,
+    q: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, AdminError> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(HttpResponse::Ok().json(store(&s)?.rollout_history(&name, limit).await?))
+}

@@ -14,7 +14,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use vatic_schema::admin::{
-    CreatedKey, KeyCreate, KeyInfo, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse,
+    CreatedKey, KeyCreate, KeyInfo, LabelSet, ModelInfo, ModelSettings, ModelVersionInfo,
+    RetireResponse, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus,
     WorkerStatus,
 };
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
@@ -218,6 +219,57 @@ impl Client {
     pub fn update_model(&self, name: &str, settings: &ModelSettings) -> anyhow::Result<ModelInfo> {
         let url = self.admin_url(&["models", name]);
         self.json_answer(self.http.patch(url.clone()).json(settings), &url)
+    }
+
+    /// `PUT /admin/v1/models/{m}/labels/{l}`: points a label at a version.
+    pub fn set_label(&self, name: &str, label: &str, version: u64) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "labels", label]);
+        let body = LabelSet { version };
+        self.json_answer(self.http.put(url.clone()).json(&body), &url)
+    }
+
+    /// `DELETE /admin/v1/models/{m}/labels/{l}`.
+    pub fn remove_label(&self, name: &str, label: &str) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "labels", label]);
+        self.json_answer(self.http.delete(url.clone()), &url)
+    }
+
+    /// `GET /admin/v1/models/{m}/rollout`.
+    pub fn rollout_status(&self, name: &str) -> anyhow::Result<RolloutStatus> {
+        let url = self.admin_url(&["models", name, "rollout"]);
+        self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `POST /admin/v1/models/{m}/rollout`: starts a canary.
+    pub fn rollout_start(&self, name: &str, body: &RolloutStart) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout"]);
+        self.json_answer(self.http.post(url.clone()).json(body), &url)
+    }
+
+    /// `PATCH /admin/v1/models/{m}/rollout`: changes the canary's share.
+    pub fn rollout_set(&self, name: &str, body: &RolloutSet) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout"]);
+        self.json_answer(self.http.patch(url.clone()).json(body), &url)
+    }
+
+    /// `POST /admin/v1/models/{m}/rollout/promote`.
+    pub fn promote(&self, name: &str) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout", "promote"]);
+        self.json_answer(self.http.post(url.clone()), &url)
+    }
+
+    /// `POST /admin/v1/models/{m}/rollout/rollback`.
+    pub fn rollback(&self, name: &str, body: &RollbackRequest) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout", "rollback"]);
+        self.json_answer(self.http.post(url.clone()).json(body), &url)
+    }
+
+    /// `GET /admin/v1/models/{m}/rollout/history?limit=N`, newest first.
+    pub fn rollout_history(&self, name: &str, limit: u32) -> anyhow::Result<Vec<RolloutEvent>> {
+        let mut url = self.admin_url(&["models", name, "rollout", "history"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string());
+        self.json_answer(self.http.get(url.clone()), &url)
     }
 
     /// `GET /admin/v1/workers`.

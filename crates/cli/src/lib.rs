@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod models;
 pub mod output;
 pub mod predictions;
+pub mod rollout;
 
 use clap::{Args, Parser, Subcommand};
 use output::OutputFormat;
@@ -104,16 +105,28 @@ pub enum Command {
     ///   vaticctl infer breast_cancer --json request.json --binary --output json
     #[command(verbatim_doc_comment)]
     Infer(infer::InferArgs),
-    /// Manage the model registry: push, list, describe and retire model versions
+    /// Manage the model registry: push, list, describe, label and retire model versions
     ///
     /// Examples:
     ///   vaticctl models push fraud fraud-v7.onnx --config model.toml
     ///   vaticctl models list
     ///   vaticctl models describe fraud
     ///   vaticctl models retire fraud 6
+    ///   vaticctl models label fraud 7 --as blue
     ///   vaticctl models log fraud --mode full --sample-rate 0.05
     #[command(verbatim_doc_comment)]
     Models(models::ModelsArgs),
+    /// Roll a model version out: canary share, promote, rollback, status and history
+    ///
+    /// Examples:
+    ///   vaticctl rollout start fraud --version 8 --canary 10
+    ///   vaticctl rollout set fraud --canary 50
+    ///   vaticctl rollout promote fraud
+    ///   vaticctl rollout rollback fraud --reason "error ratio doubled"
+    ///   vaticctl rollout status fraud
+    ///   vaticctl rollout history fraud
+    #[command(verbatim_doc_comment)]
+    Rollout(rollout::RolloutArgs),
     /// List the workers of the fleet and the model versions each one holds
     ///
     /// One line per worker that sent a heartbeat: its id, the address the api reaches it at,
@@ -202,6 +215,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Infer(args) => infer::run(&cli.global, &args),
         Command::Models(args) => models::run(&cli.global, &args),
+        Command::Rollout(args) => rollout::run(&cli.global, &args),
         Command::Workers => admin::run_workers(&cli.global),
         Command::Retention(args) => admin::run_retention(&cli.global, &args),
         Command::Audit(args) => admin::run_audit(&cli.global, &args),

@@ -66,6 +66,24 @@ pub enum ModelsCommand {
     ///   vaticctl models retire fraud 6
     #[command(verbatim_doc_comment)]
     Retire(RetireArgs),
+    /// Point a label of your own at a version, addressable like a version number
+    ///
+    /// Callers then reach the version at /v2/models/MODEL/labels/LABEL/infer and TF-Serving's
+    /// /v1/models/MODEL/labels/LABEL:predict; moving the label moves them, atomically. The
+    /// version must be ready on at least one worker. stable, canary and shadow are set by
+    /// `vaticctl rollout`.
+    ///
+    /// Examples:
+    ///   vaticctl models label fraud 7 --as blue
+    ///   vaticctl models unlabel fraud blue
+    #[command(verbatim_doc_comment)]
+    Label(LabelArgs),
+    /// Remove a label of your own
+    ///
+    /// Example:
+    ///   vaticctl models unlabel fraud blue
+    #[command(verbatim_doc_comment)]
+    Unlabel(UnlabelArgs),
     /// Show or set what the prediction log keeps of a model's requests
     ///
     /// Without --mode or --sample-rate, prints the current settings.
@@ -115,6 +133,28 @@ pub struct RetireArgs {
     pub version: u64,
 }
 
+/// Arguments of `vaticctl models label`.
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Model name
+    pub model: String,
+    /// The version the label names
+    #[arg(id = "model_version", value_name = "VERSION", value_parser = version_number)]
+    pub version: u64,
+    /// The label: letters, digits, '_', '-' and '.', starting with a letter
+    #[arg(long = "as", value_name = "LABEL")]
+    pub label: String,
+}
+
+/// Arguments of `vaticctl models unlabel`.
+#[derive(Debug, Args)]
+pub struct UnlabelArgs {
+    /// Model name
+    pub model: String,
+    /// The label to remove
+    pub label: String,
+}
+
 /// Arguments of `vaticctl models log`.
 #[derive(Debug, Args)]
 pub struct LogArgs {
@@ -134,7 +174,8 @@ pub struct LogArgs {
     pub sample_rate: Option<f64>,
 }
 
-fn version_number(s: &str) -> Result<u64, String> {
+/// A version number: 1 or more.
+pub fn version_number(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(v) if v >= 1 => Ok(v),
         _ => Err(format!("'{s}' is not a version number (1, 2, ...)")),
@@ -185,6 +226,14 @@ pub fn run(global: &GlobalArgs, args: &ModelsArgs) -> anyhow::Result<()> {
         ModelsCommand::Retire(args) => {
             print_retired(&client.retire(&args.model, args.version)?, format, out)
         }
+        ModelsCommand::Label(args) => print_labels(
+            &client.set_label(&args.model, &args.label, args.version)?,
+            format,
+            out,
+        ),
+        ModelsCommand::Unlabel(args) => {
+            print_labels(&client.remove_label(&args.model, &args.label)?, format, out)
+        }
         ModelsCommand::Log(args) => {
             let model = if args.mode.is_none() && args.sample_rate.is_none() {
                 client.model(&args.model)?
@@ -227,6 +276,23 @@ fn print_retired(
             retired.version.version, promoted.version
         )?;
     }
+    Ok(())
+}
+
+fn print_labels(
+    model: &ModelInfo,
+    format: OutputFormat,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        return output::print_json(model, out);
+    }
+    let mut table = output::table(["model", "label", "version"]);
+    for (label, version) in &model.labels {
+        table.add_row([model.name.clone(), label.clone(), version.to_string()]);
+    }
+    output::align_right(&mut table, &[2]);
+    writeln!(out, "{table}")?;
     Ok(())
 }
 
@@ -289,7 +355,14 @@ fn print_list(
     if format == OutputFormat::Json {
         return output::print_json(&models, out);
     }
-    let mut table = output::table(["model", "versions", "stable", "log", "sample rate"]);
+    let mut table = output::table([
+        "model",
+        "versions",
+        "stable",
+        "labels",
+        "log",
+        "sample rate",
+    ]);
     for model in models {
         let versions = model
             .versions
@@ -307,13 +380,31 @@ fn print_list(
             model.name.clone(),
             versions,
             stable,
+            labels(model),
             model.log_mode.as_str().to_string(),
             model.log_sample_rate.to_string(),
         ]);
     }
-    output::align_right(&mut table, &[2, 4]);
+    output::align_right(&mut table, &[2, 5]);
     writeln!(out, "{table}")?;
     Ok(())
+}
+
+/// `canary=8 (10%), stable=7, blue=6`: every label but none for a model without labels.
+fn labels(model: &ModelInfo) -> String {
+    let list: Vec<String> = model
+        .labels
+        .iter()
+        .map(|(label, version)| match (label.as_str(), model.canary()) {
+            ("canary", Some((_, weight))) => format!("canary={version} ({weight}%)"),
+            _ => format!("{label}={version}"),
+        })
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// A model's versions, then the signature and model.toml of the version that answers requests
@@ -333,6 +424,7 @@ fn print_model(
         model.log_mode.as_str(),
         model.log_sample_rate
     )?;
+    writeln!(out, "labels: {}", labels(model))?;
     writeln!(out, "{}", versions_table(&model.versions))?;
     let shown = model.default_version().or(model.versions.last());
     if let Some(version) = shown {

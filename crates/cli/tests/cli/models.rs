@@ -66,11 +66,11 @@ fn a_pushed_model_is_listed_described_served_then_retired() {
     let table = run.assert_ok().table();
     assert_eq!(
         table[0],
-        ["model", "versions", "stable", "log", "sample rate"]
+        ["model", "versions", "stable", "labels", "log", "sample rate"]
     );
     assert_eq!(
         row(&run, &table, "cnn"),
-        ["cnn", "1 stable", "1", "metadata", "1"]
+        ["cnn", "1 stable", "1", "stable=1", "metadata", "1"]
     );
     assert_eq!(row(&run, &table, "breast_cancer")[1], "1 stable");
 

@@ -1,0 +1,280 @@
+//! `vaticctl rollout`: send a share of a model's unversioned requests to a new version, change
+//! the share, promote it, roll it back, and see where traffic goes and how it got there.
+
+use crate::client::Client;
+use crate::output::{self, OutputFormat};
+use crate::GlobalArgs;
+use clap::{Args, Subcommand};
+use std::io::Write;
+use vatic_schema::admin::{
+    ModelInfo, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus, VersionState,
+};
+
+/// Arguments of `vaticctl rollout`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+/// The `vaticctl rollout` commands.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Make a staged version the canary: it answers a share of the requests that name no version
+    ///
+    /// The version must be ready on at least one worker. Requests that name a version or a
+    /// label are not split. With a route key header (X-Vatic-Route-Key by default) a caller
+    /// stays on one side of the split.
+    ///
+    /// Example:
+    ///   vaticctl rollout start fraud --version 8 --canary 10
+    #[command(verbatim_doc_comment)]
+    Start(StartArgs),
+    /// Change the canary's share of unversioned requests
+    ///
+    /// Example:
+    ///   vaticctl rollout set fraud --canary 50
+    #[command(verbatim_doc_comment)]
+    Set(SetArgs),
+    /// Make the canary the stable version, in one step
+    ///
+    /// The version that was stable stays loaded for the grace period (rollout.promote_grace_secs)
+    /// so that a rollback to it is instant, then it is retired.
+    ///
+    /// Example:
+    ///   vaticctl rollout promote fraud
+    #[command(verbatim_doc_comment)]
+    Promote(ModelArg),
+    /// Send every request back to the stable version, or undo the last promote
+    ///
+    /// With a canary or shadow running, ends them (their versions go back to staged). Without,
+    /// makes the version that was stable before the last promote stable again, while it is
+    /// still loaded.
+    ///
+    /// Examples:
+    ///   vaticctl rollout rollback fraud
+    ///   vaticctl rollout rollback fraud --reason "p99 doubled"
+    #[command(verbatim_doc_comment)]
+    Rollback(RollbackArgs),
+    /// Show where a model's traffic goes: stable, canary and its share, labels, readiness
+    ///
+    /// Example:
+    ///   vaticctl rollout status fraud
+    #[command(verbatim_doc_comment)]
+    Status(ModelArg),
+    /// Show every change of a model's labels and traffic, newest first
+    ///
+    /// Example:
+    ///   vaticctl rollout history fraud --limit 20
+    #[command(verbatim_doc_comment)]
+    History(HistoryArgs),
+}
+
+/// A model name.
+#[derive(Debug, Args)]
+pub struct ModelArg {
+    /// Model name
+    pub model: String,
+}
+
+/// Arguments of `vaticctl rollout start`. `--version` is the model version here.
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct StartArgs {
+    /// Model name
+    pub model: String,
+    /// The version to send traffic to
+    #[arg(long, value_name = "N", value_parser = crate::models::version_number)]
+    pub version: u64,
+    /// Percent of unversioned requests it answers, 0 to 100
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
+    pub canary: u32,
+}
+
+/// Arguments of `vaticctl rollout set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Model name
+    pub model: String,
+    /// Percent of unversioned requests the canary answers, 0 to 100
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
+    pub canary: u32,
+}
+
+/// Arguments of `vaticctl rollout rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Model name
+    pub model: String,
+    /// Why, for the history and the audit log
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// Arguments of `vaticctl rollout history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Model name
+    pub model: String,
+    /// At most this many changes
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// `10`, `10%` or `2.5%` is not a share: whole percents from 0 to 100.
+pub fn percent(s: &str) -> Result<u32, String> {
+    match s.trim_end_matches('%').parse::<u32>() {
+        Ok(p) if p <= 100 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a percent: use a whole number from 0 to 100"
+        )),
+    }
+}
+
+/// Runs a `vaticctl rollout` command.
+pub fn run(global: &GlobalArgs, args: &RolloutArgs) -> anyhow::Result<()> {
+    let client = Client::new(global)?;
+    let out = &mut std::io::stdout().lock();
+    let format = global.output;
+    let model = match &args.command {
+        RolloutCommand::Start(a) => client.rollout_start(
+            &a.model,
+            &RolloutStart {
+                version: a.version,
+                canary: a.canary,
+            },
+        )?,
+        RolloutCommand::Set(a) => client.rollout_set(&a.model, &RolloutSet { canary: a.canary })?,
+        RolloutCommand::Promote(a) => client.promote(&a.model)?,
+        RolloutCommand::Rollback(a) => client.rollback(
+            &a.model,
+            &RollbackRequest {
+                reason: a.reason.clone(),
+            },
+        )?,
+        RolloutCommand::Status(a) => {
+            let status = client.rollout_status(&a.model)?;
+            return match format {
+                OutputFormat::Json => output::print_json(&status, out),
+                OutputFormat::Table => print_status(&status, out),
+            };
+        }
+        RolloutCommand::History(a) => {
+            let events = client.rollout_history(&a.model, a.limit)?;
+            return match format {
+                OutputFormat::Json => output::print_json(&events, out),
+                OutputFormat::Table => print_history(&events, out),
+            };
+        }
+    };
+    match format {
+        OutputFormat::Json => output::print_json(&model, out),
+        OutputFormat::Table => print_split(&model, out),
+    }
+}
+
+/// Where unversioned requests go, in one line per side.
+fn print_split(model: &ModelInfo, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut table = output::table(["model", "side", "version", "share"]);
+    let canary = model.canary();
+    let canary_share = canary.map_or(0, |(_, w)| w);
+    if let Some(stable) = model.default_version() {
+        table.add_row([
+            model.name.clone(),
+            "stable".into(),
+            stable.version.to_string(),
+            format!("{}%", 100 - canary_share),
+        ]);
+    }
+    if let Some((v, w)) = canary {
+        table.add_row([
+            model.name.clone(),
+            "canary".into(),
+            v.to_string(),
+            format!("{w}%"),
+        ]);
+    }
+    if let Some((v, sample)) = model.shadow() {
+        table.add_row([
+            model.name.clone(),
+            "shadow".into(),
+            v.to_string(),
+            format!("copy of {sample}%"),
+        ]);
+    }
+    output::align_right(&mut table, &[2, 3]);
+    writeln!(out, "{table}")?;
+    if let (Some(v), Some(until)) = (model.traffic.previous_stable, &model.traffic.previous_until) {
+        writeln!(
+            out,
+            "version {v} was stable before the last promote and stays loaded until {until}: `vaticctl rollout rollback {}` returns to it",
+            model.name
+        )?;
+    }
+    Ok(())
+}
+
+fn print_status(status: &RolloutStatus, out: &mut impl Write) -> anyhow::Result<()> {
+    let model = &status.model;
+    print_split(model, out)?;
+    let mut table = output::table(["version", "state", "labels", "ready"]);
+    for v in model
+        .versions
+        .iter()
+        .filter(|v| v.state != VersionState::Retired)
+    {
+        let labels = model
+            .labels
+            .iter()
+            .filter(|(_, n)| **n == v.version)
+            .map(|(l, _)| l.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ready = match status.ready.get(&v.version) {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        table.add_row([
+            v.version.to_string(),
+            v.state.to_string(),
+            labels,
+            ready.to_string(),
+        ]);
+    }
+    output::align_right(&mut table, &[0]);
+    writeln!(out, "{table}")?;
+    Ok(())
+}
+
+fn print_history(events: &[RolloutEvent], out: &mut impl Write) -> anyhow::Result<()> {
+    let mut table = output::table(["at", "actor", "action", "version", "detail"]);
+    for e in events {
+        table.add_row([
+            e.at.clone(),
+            e.actor.clone(),
+            e.action.clone(),
+            e.version.map_or_else(|| "-".into(), |v| v.to_string()),
+            e.detail.to_string(),
+        ]);
+    }
+    output::align_right(&mut table, &[3]);
+    writeln!(out, "{table}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_is_a_whole_percent() {
+        assert_eq!(percent("10"), Ok(10));
+        assert_eq!(percent("25%"), Ok(25));
+        assert_eq!(percent("100"), Ok(100));
+        for bad in ["101", "-1", "2.5", "ten", ""] {
+            assert!(percent(bad).unwrap_err().contains("whole number"), "{bad}");
+        }
+    }
+}

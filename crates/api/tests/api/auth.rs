@@ -69,20 +69,34 @@ fn request_for(method: &Method, pattern: &str, throwaway: &str) -> (String, Opti
         .replace("{id}", throwaway);
     if tf_predict && path.ends_with("{version}") {
         path = path.replace("{version}", "1:predict");
+    } else if tf_predict && path.ends_with("{label}") {
+        path = path.replace("{label}", "stable:predict");
     } else if tf_predict {
         path = path.replace("{model}", "breast_cancer:predict");
     }
-    // Retiring the version the walk pushed (it needs the demo model's version 1 afterwards).
+    // Retiring the version the walk pushed (version 2, staged before the walk, is rolled out
+    // by the walk's rollout routes; it needs the demo model's version 1 afterwards).
     let version = if pattern.ends_with("/retire") {
-        "2"
+        "3"
     } else {
         "1"
     };
+    // Inference and metadata by the label every model has; the admin routes set and remove
+    // one of their own.
+    let label = if pattern.starts_with("/admin/") {
+        "blue"
+    } else {
+        "stable"
+    };
     let path = path
         .replace("{model}", "breast_cancer")
-        .replace("{version}", version);
+        .replace("{version}", version)
+        .replace("{label}", label);
     let reference = vatic_testkit::demo_reference();
     let body = match (method.as_str(), pattern) {
+        ("PUT", p) if p.contains("/labels/") => Some(json!({"version": 1})),
+        ("POST", "/admin/v1/models/{name}/rollout") => Some(json!({"version": 2, "canary": 10})),
+        ("PATCH", "/admin/v1/models/{name}/rollout") => Some(json!({"canary": 20})),
         ("POST", p) if p.ends_with("/infer") => Some(reference.v2_request(0..1)),
         ("POST", p) if p.starts_with("/v1/") => {
             let row = reference.v2_request(0..1)["inputs"][0]["data"].clone();
@@ -149,6 +163,30 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
         .as_str()
         .unwrap()
         .starts_with(&format!("vk_{throwaway}_")));
+
+    // Version 2, for the rollout routes to start, promote and roll back.
+    let (status, pushed) = send(
+        &api,
+        &Method::POST,
+        "/admin/v1/models/breast_cancer/versions",
+        None,
+        Some(&bearer(&keys.admin)),
+    )
+    .await;
+    assert_eq!(status, 201, "{pushed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ready = "/v2/models/breast_cancer/versions/2/ready";
+    while send(&api, &Method::GET, ready, None, Some(&bearer(&keys.admin)))
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 2 never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let rules = vatic_server::all_routes::<AppState>(None, std::sync::Arc::new(|| true));
     assert!(rules.len() > 30, "{} routes", rules.len());

@@ -28,6 +28,16 @@ impl TestApi {
     }
 
     pub async fn start(settings: ApiSettings, repo: Option<tempfile::TempDir>) -> TestApi {
+        Self::start_until(settings, repo, "/v2/health/ready").await
+    }
+
+    /// Starts an api and waits until it answers 200 at `probe` (`/v2/health/live` for one
+    /// that cannot be ready, such as a cluster api with no worker).
+    pub async fn start_until(
+        settings: ApiSettings,
+        repo: Option<tempfile::TempDir>,
+        probe: &str,
+    ) -> TestApi {
         if std::env::var_os("TEST_LOG").is_some() {
             if let Some(log) =
                 vatic_server::telemetry::init(&Default::default(), "test").expect("logging")
@@ -45,7 +55,7 @@ impl TestApi {
                 .build()
                 .unwrap(),
         };
-        vatic_testkit::wait_ok(&client, &format!("{base}/v2/health/ready")).await;
+        vatic_testkit::wait_ok(&client, &format!("{base}{probe}")).await;
         TestApi {
             base,
             client,

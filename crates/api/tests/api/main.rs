@@ -14,6 +14,7 @@ mod metrics;
 mod prediction_log;
 mod readme;
 mod registry;
+mod rollout;
 mod standalone;
 mod tfserving;
 mod tls;

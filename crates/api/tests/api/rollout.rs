@@ -1,0 +1,678 @@
+//! Rollouts: labels, the canary's share (random and sticky), promote, rollback and the grace
+//! period, on standalone SQLite and on a PostgreSQL cluster of worker processes under load.
+
+use crate::helpers::{
+    binary, migrated, registry_api, registry_standalone_settings, registry_worker, wait_status,
+    ServerProcess, TestApi, Traffic,
+};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use vatic_testkit::TestDb;
+
+const MODEL: &str = "breast_cancer";
+
+/// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime).
+async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
+        .current_dir(vatic_testkit::root())
+        .arg("--server")
+        .arg(&api.base)
+        .args(args)
+        .output()
+        .await
+        .expect("running vaticctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs vaticctl and expects it to succeed.
+async fn ctl(api: &TestApi, args: &[&str]) -> String {
+    let (ok, out) = vaticctl(api, args).await;
+    assert!(ok, "vaticctl {args:?}: {out}");
+    out
+}
+
+/// Pushes the demo model's file again as a new version; returns its number.
+async fn push_demo(api: &TestApi) -> u64 {
+    let out = ctl(
+        api,
+        &[
+            "models",
+            "push",
+            MODEL,
+            "models/breast_cancer/1/model.onnx",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let pushed: Value = serde_json::from_str(&out).expect("push answer");
+    pushed["version"]["version"].as_u64().expect("version")
+}
+
+/// A standalone api on a SQLite registry holding the demo model as version 1.
+async fn standalone(dir: &std::path::Path, grace_secs: u64) -> TestApi {
+    let url = format!("sqlite://{}", dir.join("vatic.db").display());
+    let mut settings =
+        registry_standalone_settings(&url, vatic_testkit::root().join("models"), dir);
+    settings.rollout.promote_grace_secs = grace_secs;
+    settings.fleet_refresh_ms = 100;
+    TestApi::start(settings, None).await
+}
+
+/// One unversioned inference at `path`: the version that answered, by its header, after
+/// checking the body says the same and the outputs are the demo's.
+async fn answered_by(api: &TestApi, path: &str, key: Option<&str>) -> String {
+    let rows = 0..2;
+    let mut request = api
+        .client
+        .post(format!("{}{path}", api.base))
+        .json(&vatic_testkit::demo_reference().v2_request(rows.clone()));
+    if let Some(key) = key {
+        request = request.header("X-Vatic-Route-Key", key);
+    }
+    let r = request.send().await.expect("infer");
+    assert_eq!(r.status(), 200);
+    let header = r
+        .headers()
+        .get("x-vatic-model-version")
+        .expect("X-Vatic-Model-Version")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["model_version"], header.as_str());
+    vatic_testkit::demo_reference().check_response(&body, rows);
+    header
+}
+
+/// Waits until `version` of the model reports ready through the api.
+async fn wait_ready(api: &TestApi, version: u64) {
+    wait_status(
+        &api.client,
+        &format!("{}/v2/models/{MODEL}/versions/{version}/ready", api.base),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_takes_its_share_and_a_route_key_keeps_its_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = standalone(dir.path(), 3600).await;
+    let v2 = push_demo(&api).await;
+    wait_ready(&api, v2).await;
+    let out = ctl(
+        &api,
+        &[
+            "rollout",
+            "start",
+            MODEL,
+            "--version",
+            &v2.to_string(),
+            "--canary",
+            "20",
+        ],
+    )
+    .await;
+    assert!(
+        out.contains("canary") && out.contains("20%") && out.contains("80%"),
+        "{out}"
+    );
+
+    // 10 000 unversioned requests, 16 at a time: the canary answers 18-22% of them.
+    let path = format!("/v2/models/{MODEL}/infer");
+    let counts: HashMap<String, usize> = {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (client, url) = (api.client.clone(), format!("{}{path}", api.base));
+            let body = vatic_testkit::demo_reference().v2_request(0..1);
+            tasks.push(tokio::spawn(async move {
+                let mut seen: HashMap<String, usize> = HashMap::new();
+                for _ in 0..625 {
+                    let r = client.post(&url).json(&body).send().await.expect("infer");
+                    assert_eq!(r.status(), 200);
+                    let v = r.headers()["x-vatic-model-version"]
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    *seen.entry(v).or_default() += 1;
+                }
+                seen
+            }));
+        }
+        let mut all = HashMap::new();
+        for t in tasks {
+            for (v, n) in t.await.unwrap() {
+                *all.entry(v).or_default() += n;
+            }
+        }
+        all
+    };
+    let canary = counts.get(&v2.to_string()).copied().unwrap_or(0);
+    let total: usize = counts.values().sum();
+    assert_eq!(total, 10_000);
+    assert_eq!(
+        canary + counts.get("1").copied().unwrap_or(0),
+        total,
+        "{counts:?}"
+    );
+    let share = canary as f64 / total as f64;
+    eprintln!("canary share at 20%: {share:.4} of {total}");
+    assert!((0.18..=0.22).contains(&share), "canary share {share}");
+
+    // At a fixed weight a key never switches sides; keys split by the weight too.
+    let mut sides = HashMap::new();
+    for round in 0..3 {
+        for k in 0..100 {
+            let key = format!("customer-{k}");
+            let v = answered_by(&api, &path, Some(&key)).await;
+            if round == 0 {
+                sides.insert(key, v);
+            } else {
+                assert_eq!(sides[&key], v, "{key} switched sides in round {round}");
+            }
+        }
+    }
+    let keyed_canary = sides.values().filter(|v| **v == v2.to_string()).count();
+    assert!(
+        (5..=40).contains(&keyed_canary),
+        "{keyed_canary} of 100 keys"
+    );
+    // Keys on the canary at 20% stay there at 50%.
+    ctl(&api, &["rollout", "set", MODEL, "--canary", "50"]).await;
+    for (key, v) in &sides {
+        if *v == v2.to_string() {
+            assert_eq!(answered_by(&api, &path, Some(key)).await, *v, "{key}");
+        }
+    }
+
+    // A request naming a version or a label is not split.
+    for _ in 0..20 {
+        assert_eq!(
+            answered_by(&api, &format!("/v2/models/{MODEL}/versions/1/infer"), None).await,
+            "1"
+        );
+        assert_eq!(
+            answered_by(
+                &api,
+                &format!("/v2/models/{MODEL}/labels/stable/infer"),
+                None
+            )
+            .await,
+            "1"
+        );
+        assert_eq!(
+            answered_by(
+                &api,
+                &format!("/v2/models/{MODEL}/labels/canary/infer"),
+                None
+            )
+            .await,
+            v2.to_string()
+        );
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_address_versions_on_both_protocols_and_every_refusal_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = standalone(dir.path(), 3600).await;
+    let v2 = push_demo(&api).await;
+    wait_ready(&api, v2).await;
+    let out = ctl(
+        &api,
+        &["models", "label", MODEL, &v2.to_string(), "--as", "blue"],
+    )
+    .await;
+    assert!(out.contains("blue") && out.contains("stable"), "{out}");
+
+    // V2 and TF-Serving, inference, metadata, status and readiness, by label.
+    assert_eq!(
+        answered_by(&api, &format!("/v2/models/{MODEL}/labels/blue/infer"), None).await,
+        v2.to_string()
+    );
+    let instances = json!({"instances": vatic_testkit::demo_reference().inputs[0..1]});
+    let r = api
+        .client
+        .post(format!(
+            "{}/v1/models/{MODEL}/labels/blue:predict",
+            api.base
+        ))
+        .json(&instances)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-vatic-model-version"],
+        v2.to_string().as_str()
+    );
+    let (status, meta) = api
+        .get(&format!("/v1/models/{MODEL}/labels/blue/metadata"))
+        .await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["model_spec"]["version"], v2.to_string());
+    let (status, st) = api.get(&format!("/v1/models/{MODEL}/labels/blue")).await;
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(st["model_version_status"][0]["version"], v2.to_string());
+    assert_eq!(st["model_version_status"].as_array().unwrap().len(), 1);
+    let (status, meta) = api.get(&format!("/v2/models/{MODEL}/labels/blue")).await;
+    assert_eq!(status, 200, "{meta}");
+    let (status, _) = api
+        .get(&format!("/v2/models/{MODEL}/labels/blue/ready"))
+        .await;
+    assert_eq!(status, 200);
+    // The unversioned TF-Serving answer names the version too.
+    let r = api
+        .client
+        .post(format!("{}/v1/models/{MODEL}:predict", api.base))
+        .json(&instances)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-vatic-model-version"], "1");
+
+    // Unknown labels, on every path, name the labels there are.
+    let v2_request = vatic_testkit::demo_reference().v2_request(0..1);
+    for (path, request) in [
+        (
+            format!("/v2/models/{MODEL}/labels/green/infer"),
+            &v2_request,
+        ),
+        (
+            format!("/v1/models/{MODEL}/labels/green:predict"),
+            &instances,
+        ),
+    ] {
+        let (status, body) = api.post_json(&path, request).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let e = body["error"].as_str().unwrap();
+        assert!(
+            e.contains("no label 'green'") && e.contains("blue") && e.contains("stable"),
+            "{e}"
+        );
+    }
+    let (status, body) = api.get(&format!("/v1/models/{MODEL}/labels/green")).await;
+    assert_eq!(status, 404, "{body}");
+
+    // Refused changes, each with its reason, and nothing changed by them.
+    for (args, want) in [
+        (
+            vec!["models", "label", MODEL, "1", "--as", "stable"],
+            "set by rollouts",
+        ),
+        (
+            vec!["models", "label", MODEL, "1", "--as", "9lives"],
+            "invalid label",
+        ),
+        (
+            vec!["models", "label", MODEL, "7", "--as", "red"],
+            "has no version 7",
+        ),
+        (
+            vec!["models", "label", "nope", "1", "--as", "red"],
+            "not found",
+        ),
+        (
+            vec!["models", "unlabel", MODEL, "green"],
+            "no label 'green'",
+        ),
+        (
+            vec!["rollout", "set", MODEL, "--canary", "10"],
+            "has no canary",
+        ),
+        (vec!["rollout", "promote", MODEL], "no canary to promote"),
+        (vec!["rollout", "rollback", MODEL], "nothing to roll back"),
+        (
+            vec!["rollout", "start", MODEL, "--version", "1", "--canary", "5"],
+            "stable version already",
+        ),
+        (
+            vec![
+                "rollout",
+                "start",
+                MODEL,
+                "--version",
+                "2",
+                "--canary",
+                "101",
+            ],
+            "0 to 100",
+        ),
+        (
+            vec!["models", "retire", MODEL, &v2.to_string()],
+            "carries the label(s) blue",
+        ),
+    ] {
+        let (ok, out) = vaticctl(&api, &args).await;
+        assert!(!ok && out.contains(want), "vaticctl {args:?}: {out}");
+    }
+    // The same refusals through the API, with their statuses.
+    let put = |label: &str, body: Value| {
+        api.client
+            .put(format!(
+                "{}/admin/v1/models/{MODEL}/labels/{label}",
+                api.base
+            ))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        put("canary", json!({"version": 1})).await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        put("red", json!({"version": 7})).await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        put("red", json!({"versio": 1})).await.unwrap().status(),
+        400
+    );
+    let r = api
+        .client
+        .patch(format!("{}/admin/v1/models/{MODEL}/rollout", api.base))
+        .json(&json!({"canary": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = api
+        .client
+        .post(format!(
+            "{}/admin/v1/models/{MODEL}/rollout/rollback",
+            api.base
+        ))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Moving and removing a label: history and audit record each change.
+    ctl(&api, &["models", "label", MODEL, "1", "--as", "blue"]).await;
+    assert_eq!(
+        answered_by(&api, &format!("/v2/models/{MODEL}/labels/blue/infer"), None).await,
+        "1"
+    );
+    ctl(&api, &["models", "unlabel", MODEL, "blue"]).await;
+    let (status, _) = api
+        .post_json(
+            &format!("/v2/models/{MODEL}/labels/blue/infer"),
+            &v2_request,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let history: Vec<Value> =
+        serde_json::from_str(&ctl(&api, &["rollout", "history", MODEL, "-o", "json"]).await)
+            .unwrap();
+    let actions: Vec<(&str, &Value)> = history
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), &e["detail"]))
+        .collect();
+    assert_eq!(
+        actions.iter().map(|a| a.0).collect::<Vec<_>>(),
+        ["unlabel", "label", "label"],
+        "{history:?}"
+    );
+    assert_eq!(actions[1].1["from"], v2);
+    assert_eq!(actions[1].1["to"], 1);
+    let (_, audit) = api.get("/admin/v1/audit?action=label").await;
+    assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_keeps_the_old_version_for_a_rollback_until_its_grace_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = standalone(dir.path(), 3600).await;
+    let v2 = push_demo(&api).await;
+    wait_ready(&api, v2).await;
+    let path = format!("/v2/models/{MODEL}/infer");
+    ctl(
+        &api,
+        &[
+            "rollout",
+            "start",
+            MODEL,
+            "--version",
+            &v2.to_string(),
+            "--canary",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(answered_by(&api, &path, None).await, v2.to_string());
+    let out = ctl(&api, &["rollout", "promote", MODEL]).await;
+    assert!(
+        out.contains("version 1 was stable before the last promote"),
+        "{out}"
+    );
+    assert_eq!(answered_by(&api, &path, None).await, v2.to_string());
+    let status: Value =
+        serde_json::from_str(&ctl(&api, &["rollout", "status", MODEL, "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(status["model"]["labels"]["stable"], v2);
+    assert_eq!(status["model"]["traffic"]["previous_stable"], 1);
+    assert_eq!(
+        status["ready"]["1"], true,
+        "the old stable stays loaded: {status}"
+    );
+
+    // Rollback returns to version 1 at once.
+    let out = ctl(&api, &["rollout", "rollback", MODEL, "--reason", "drift"]).await;
+    assert!(out.contains("stable"), "{out}");
+    assert_eq!(answered_by(&api, &path, None).await, "1");
+    let history: Vec<Value> =
+        serde_json::from_str(&ctl(&api, &["rollout", "history", MODEL, "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(history[0]["action"], "rollback");
+    assert_eq!(history[0]["detail"]["reason"], "drift");
+    assert_eq!(history[1]["action"], "promote");
+    assert_eq!(history[2]["action"], "start");
+    api.stop().await;
+
+    // With no grace, the old stable version is retired right after the promote.
+    let dir = tempfile::tempdir().unwrap();
+    let api = standalone(dir.path(), 0).await;
+    let v2 = push_demo(&api).await;
+    wait_ready(&api, v2).await;
+    ctl(
+        &api,
+        &[
+            "rollout",
+            "start",
+            MODEL,
+            "--version",
+            &v2.to_string(),
+            "--canary",
+            "10",
+        ],
+    )
+    .await;
+    ctl(&api, &["rollout", "promote", MODEL]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+        if model["versions"][0]["state"] == "retired" {
+            assert_eq!(model["traffic"]["previous_stable"], Value::Null);
+            assert_eq!(model["versions"][0]["updated_by"], "controller");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version 1 is still {}",
+            model["versions"][0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out) = vaticctl(&api, &["rollout", "rollback", MODEL]).await;
+    assert!(!ok && out.contains("nothing to roll back"), "{out}");
+    api.stop().await;
+}
+
+/// Versions a cluster api refuses to send traffic to while no worker has them ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_or_canary_cannot_name_a_version_no_worker_has_ready() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::cluster_settings(Vec::new());
+    settings.server.database.url = Some(db.url.clone());
+    settings.upload_dir = dir.path().join("uploads");
+    settings.prediction_log.spool_dir = dir.path().join("spool");
+    let api = TestApi::start_until(settings, None, "/v2/health/live").await;
+    let v1 = push_demo(&api).await;
+    let v2 = push_demo(&api).await;
+    for args in [
+        vec!["models", "label", MODEL, &v1.to_string(), "--as", "blue"],
+        vec![
+            "rollout",
+            "start",
+            MODEL,
+            "--version",
+            &v2.to_string(),
+            "--canary",
+            "10",
+        ],
+    ] {
+        let (ok, out) = vaticctl(&api, &args).await;
+        assert!(!ok && out.contains("is not ready on any worker"), "{out}");
+    }
+    let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+    assert_eq!(model["labels"], json!({"stable": v1}), "nothing changed");
+    api.stop().await;
+}
+
+/// Two api replicas and two worker processes on PostgreSQL, under load from 16 clients:
+/// canary 10 -> 50 -> promote -> rollback fails no request, and the replica that did not make a
+/// change applies it by notification (its own refresh is set to a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_under_load_across_two_replicas_fails_no_request() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let workers: Vec<ServerProcess> = (0..2)
+        .map(|i| registry_worker(&db.url, &dir.path().join(format!("cache-{i}"))))
+        .collect();
+    let api = registry_api(&db, dir.path()).await;
+    let v1 = push_demo(&api).await;
+    let v2 = push_demo(&api).await;
+    for w in &workers {
+        for v in [v1, v2] {
+            wait_status(
+                &api.client,
+                &format!("{}/v2/models/{MODEL}/versions/{v}/ready", w.url),
+                200,
+                Duration::from_secs(60),
+            )
+            .await;
+        }
+    }
+    let other = {
+        let mut settings = crate::helpers::cluster_settings(Vec::new());
+        settings.server.database.url = Some(db.url.clone());
+        settings.fleet_refresh_ms = 60_000;
+        settings.heartbeat_timeout_ms = 120_000;
+        settings.upload_dir = dir.path().join("uploads-2");
+        settings.prediction_log.spool_dir = dir.path().join("spool-2");
+        TestApi::start(settings, None).await
+    };
+    // Both replicas route to both workers once their heartbeats report v2 ready.
+    for replica in [&api, &other] {
+        crate::helpers::wait_post(
+            replica,
+            &format!("/v2/models/{MODEL}/versions/{v2}/infer"),
+            &vatic_testkit::demo_reference().v2_request(0..1),
+            200,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    let traffic = Traffic::start(&api, 8);
+    let traffic_other = Traffic::start(&other, 8);
+    let path = format!("/v2/models/{MODEL}/infer");
+    // `other` sees each change by notification: poll it until it routes as the change says.
+    let follows = |want: &'static str| {
+        let (other, path) = (&other, path.clone());
+        async move {
+            let started = Instant::now();
+            loop {
+                let mut seen = Vec::new();
+                for _ in 0..20 {
+                    seen.push(answered_by(other, &path, None).await);
+                }
+                let ok = match want {
+                    "both" => seen.iter().any(|v| *v == "1") && seen.iter().any(|v| *v == "2"),
+                    v => seen.iter().all(|s| s == v),
+                };
+                if ok {
+                    return started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "replica 2 routes {seen:?}, not {want}"
+                );
+            }
+        }
+    };
+    ctl(
+        &api,
+        &[
+            "rollout",
+            "start",
+            MODEL,
+            "--version",
+            &v2.to_string(),
+            "--canary",
+            "10",
+        ],
+    )
+    .await;
+    eprintln!(
+        "canary 10: the other replica followed in {:?}",
+        follows("both").await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ctl(&api, &["rollout", "set", MODEL, "--canary", "50"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ctl(&api, &["rollout", "promote", MODEL]).await;
+    eprintln!(
+        "promote: the other replica followed in {:?}",
+        follows("2").await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ctl(&api, &["rollout", "rollback", MODEL]).await;
+    eprintln!(
+        "rollback: the other replica followed in {:?}",
+        follows("1").await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (served, failures) = traffic.stop().await;
+    let (served_other, failures_other) = traffic_other.stop().await;
+    eprintln!("served {served} + {served_other} requests during the rollout");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        failures_other.is_empty(),
+        "{} failed: {:?}",
+        failures_other.len(),
+        &failures_other[..failures_other.len().min(5)]
+    );
+    assert!(served > 100 && served_other > 100);
+    other.stop().await;
+    api.stop().await;
+    drop(workers);
+}

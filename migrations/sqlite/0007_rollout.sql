@@ -33,3 +33,18 @@ CREATE TABLE rollout_history (
     detail  TEXT NOT NULL
 );
 CREATE INDEX rollout_history_model ON rollout_history (model, id);
+
+-- What each api replica counted of each side of a rollout (stable, canary, shadow), written every
+-- few seconds; a window's figures are the sum of its rows. Kept a day.
+CREATE TABLE rollout_stats (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    model   TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    side    TEXT NOT NULL,
+    -- JSON: requests, errors, latency buckets, and for a shadow the comparison.
+    stats   TEXT NOT NULL
+);
+CREATE INDEX rollout_stats_model_at ON rollout_stats (model, at);
+CREATE INDEX rollout_stats_at ON rollout_stats (at);

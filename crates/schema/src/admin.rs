@@ -246,6 +246,21 @@ pub struct RolloutSet {
     pub canary: u32,
 }
 
+/// Body of `PUT /admin/v1/models/{name}/rollout/shadow`: start (or resample) a shadow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowStart {
+    /// The version that gets the copies.
+    pub version: u64,
+    /// Percent of requests copied to it, 1 to 100.
+    #[serde(default = "all")]
+    pub sample: u32,
+}
+
+fn all() -> u32 {
+    100
+}
+
 /// Body of `POST /admin/v1/models/{name}/rollout/rollback`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +277,12 @@ pub struct RolloutStatus {
     pub model: ModelInfo,
     /// Whether each served version is ready on at least one worker, by version.
     pub ready: BTreeMap<u64, bool>,
+    /// The seconds `sides` covers, up to now.
+    #[serde(default)]
+    pub window_secs: u64,
+    /// Each side's figures over the window, across every api replica.
+    #[serde(default)]
+    pub sides: Vec<crate::rollout::SideSummary>,
 }
 
 /// One change of a model's labels or traffic.
@@ -271,7 +292,8 @@ pub struct RolloutEvent {
     pub at: String,
     /// Who: an API key, or `controller` for the automatic rollout.
     pub actor: String,
-    /// What: `label`, `unlabel`, `start`, `set`, `promote`, `rollback`, `expire`.
+    /// What: `label`, `unlabel`, `start`, `set`, `shadow`, `unshadow`, `promote`, `rollback`,
+    /// `expire`.
     pub action: String,
     /// The version it concerns, if one.
     pub version: Option<u64>,

@@ -12,6 +12,7 @@ mod datatype;
 mod error;
 pub mod json;
 mod metadata;
+pub mod rollout;
 mod tensor;
 pub mod tfserving;
 pub mod v2;

@@ -10,6 +10,7 @@ use serde_json::json;
 use sqlx::Row;
 use std::time::Duration;
 use vatic_schema::admin::{ModelInfo, RolloutEvent, VersionState, BUILTIN_LABELS};
+use vatic_schema::rollout::SideStats;
 
 /// A change asked of a model's labels or traffic.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +39,17 @@ pub enum RolloutOp {
         /// Percent of unversioned requests, 0 to 100.
         weight: u32,
     },
+    /// Makes a staged version the shadow: it gets a copy of `sample` percent of the requests
+    /// the split serves, and its answers are compared, never returned. With the shadow running
+    /// already, changes its sample.
+    Shadow {
+        /// The version.
+        version: u64,
+        /// Percent of requests copied, 1 to 100.
+        sample: u32,
+    },
+    /// Ends the shadow: its version goes back to staged.
+    ShadowStop,
     /// Makes the canary stable; the stable version stays loaded for `grace` so a rollback to
     /// it is instant.
     Promote {
@@ -210,6 +222,47 @@ pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Chan
                 .states
                 .push((canary, VersionState::Canary, VersionState::Canary));
             change.canary = Some((canary, *weight));
+        }
+        RolloutOp::Shadow { version, sample } => {
+            if !(1..=100).contains(sample) {
+                return Err(conflict(format!(
+                    "a shadow sample is a percent from 1 to 100, got {sample}"
+                )));
+            }
+            let state = version_of(*version)?;
+            if let Some((shadow, _)) = model.shadow() {
+                if shadow != *version {
+                    return Err(conflict(format!(
+                        "model '{name}' version {shadow} is the shadow; stop it (`vaticctl rollout shadow {name} --stop`) before shadowing another"
+                    )));
+                }
+            }
+            match state {
+                VersionState::Staged | VersionState::Shadow => {}
+                other => {
+                    return Err(conflict(format!(
+                        "model '{name}' version {version} is {other}; only a staged version can be the shadow"
+                    )))
+                }
+            }
+            change.action = "shadow";
+            change.version = Some(*version);
+            change.detail =
+                json!({"shadow": version, "from": model.shadow().map(|s| s.1), "sample": sample});
+            change.states.push((*version, state, VersionState::Shadow));
+            change.shadow = Some((*version, *sample));
+        }
+        RolloutOp::ShadowStop => {
+            let Some((shadow, sample)) = model.shadow() else {
+                return Err(conflict(format!("model '{name}' has no shadow to stop")));
+            };
+            change.action = "unshadow";
+            change.version = Some(shadow);
+            change.detail = json!({"shadow": shadow, "sample": sample});
+            change
+                .states
+                .push((shadow, VersionState::Shadow, VersionState::Staged));
+            change.shadow = None;
         }
         RolloutOp::Promote { grace } => {
             let Some((canary, share)) = model.canary() else {
@@ -414,6 +467,69 @@ impl Store {
         Ok(())
     }
 
+    /// Writes what this replica counted of each rollout side since its last write, and drops
+    /// records older than `keep`.
+    pub async fn write_rollout_stats(
+        &self,
+        replica: &str,
+        rows: &[(String, u64, String, SideStats)],
+        keep: Duration,
+    ) -> Result<()> {
+        let at = now();
+        let oldest = at - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.write_begin()).await?;
+            for (model, version, side, stats) in rows {
+                sqlx::query("INSERT INTO rollout_stats (at, replica, model, version, side, stats) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(at)
+                    .bind(replica)
+                    .bind(model)
+                    .bind(*version as i64)
+                    .bind(side)
+                    .bind(serde_json::to_string(stats)?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM rollout_stats WHERE at < $1")
+                .bind(oldest)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Each side's figures of a model since `since`, summed over every replica: `(version,
+    /// side, figures)`.
+    pub async fn rollout_window(
+        &self,
+        model: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(u64, String, SideStats)>> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query("SELECT version, side, stats FROM rollout_stats WHERE model = $1 AND at >= $2")
+                .bind(model)
+                .bind(since)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| -> Result<(u64, String, String)> {
+                    Ok((r.try_get::<i64, _>("version")? as u64, r.try_get("side")?, r.try_get("stats")?))
+                })
+                .collect::<Result<Vec<_>>>()?
+        });
+        let mut sums: Vec<(u64, String, SideStats)> = Vec::new();
+        for (version, side, stats) in rows {
+            let stats: SideStats = serde_json::from_str(&stats)?;
+            match sums.iter_mut().find(|s| s.0 == version && s.1 == side) {
+                Some(sum) => sum.2.merge(&stats),
+                None => sums.push((version, side, stats)),
+            }
+        }
+        sums.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(sums)
+    }
+
     /// The newest `limit` changes of a model's labels and traffic, newest first.
     pub async fn rollout_history(&self, model: &str, limit: u32) -> Result<Vec<RolloutEvent>> {
         self.model(model).await?;
@@ -601,6 +717,64 @@ mod tests {
             }
         )
         .contains("no canary to promote"));
+    }
+
+    #[test]
+    fn a_staged_version_shadows_and_only_one_at_a_time() {
+        let m = model(&[Stable, Staged, Staged], 0);
+        let c = plan(
+            &m,
+            &RolloutOp::Shadow {
+                version: 2,
+                sample: 25,
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(c.states, [(2, Staged, Shadow)]);
+        assert_eq!(c.shadow, Some((2, 25)));
+        let mut running = model(&[Stable, Shadow, Staged], 0);
+        running.traffic.shadow_sample = 25;
+        let c = plan(
+            &running,
+            &RolloutOp::Shadow {
+                version: 2,
+                sample: 100,
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.shadow, c.detail["from"].clone()),
+            (Some((2, 100)), json!(25))
+        );
+        assert!(refused(
+            &running,
+            RolloutOp::Shadow {
+                version: 3,
+                sample: 5
+            }
+        )
+        .contains("version 2 is the shadow"));
+        assert!(refused(
+            &m,
+            RolloutOp::Shadow {
+                version: 1,
+                sample: 5
+            }
+        )
+        .contains("only a staged version"));
+        assert!(refused(
+            &m,
+            RolloutOp::Shadow {
+                version: 2,
+                sample: 0
+            }
+        )
+        .contains("1 to 100, got 0"));
+        let c = plan(&running, &RolloutOp::ShadowStop, Utc::now()).unwrap();
+        assert_eq!((c.states, c.shadow), (vec![(2, Shadow, Staged)], None));
+        assert!(refused(&m, RolloutOp::ShadowStop).contains("no shadow to stop"));
     }
 
     #[test]

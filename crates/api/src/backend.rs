@@ -48,7 +48,9 @@ fn resolve<'a>(
 ) -> Result<Route<'a>, ApiError> {
     // Without a version: the stable one (`ready` never lets the split pick the canary).
     let selector = version.map_or(Selector::Split { key: None }, Selector::Version);
-    let number = catalog.resolve(model, selector, |_| false)?.map(|(v, _)| v);
+    let number = catalog
+        .resolve(model, selector, |_| false)?
+        .map(|r| r.version);
     Ok(Route {
         version: version
             .map(str::to_string)

@@ -5,7 +5,7 @@
 
 use crate::error::ApiError;
 use crate::pool::WorkerPool;
-use crate::rollout::{self, Selector, Side};
+use crate::rollout::{self, Resolved, Selector};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -45,11 +45,11 @@ impl Catalog {
         model: &str,
         selector: Selector<'_>,
         ready: impl Fn(u64) -> bool,
-    ) -> Result<Option<(u64, Side)>, ApiError> {
+    ) -> Result<Option<Resolved>, ApiError> {
         let view = self.models.read().expect("catalog lock");
         let Some(models) = view.as_ref() else {
             return match selector {
-                Selector::Version(v) => Ok(v.parse::<u64>().ok().map(|n| (n, Side::Named))),
+                Selector::Version(v) => Ok(v.parse::<u64>().ok().map(Resolved::named)),
                 Selector::Split { .. } => Ok(None),
                 Selector::Label(label) => Err(ApiError::LabelNotFound {
                     model: model.to_string(),
@@ -67,7 +67,7 @@ impl Catalog {
                 .map(Some)
                 .ok_or_else(|| ApiError::ModelNotFound(model.to_string())),
             Selector::Label(label) => match info.labels.get(label) {
-                Some(v) => Ok(Some((*v, Side::Named))),
+                Some(v) => Ok(Some(Resolved::named(*v))),
                 None => Err(ApiError::LabelNotFound {
                     model: model.to_string(),
                     label: label.to_string(),
@@ -80,7 +80,7 @@ impl Catalog {
                     .ok()
                     .filter(|n| served().any(|v| v.version == *n))
                 {
-                    Some(n) => Ok(Some((n, Side::Named))),
+                    Some(n) => Ok(Some(Resolved::named(n))),
                     None => Err(ApiError::VersionNotFound {
                         model: model.to_string(),
                         version: asked.to_string(),

@@ -46,7 +46,26 @@ impl Application {
         let keys = auth::start(settings, store.as_ref()).await?;
         let metrics = ApiMetrics::default();
         let catalog = Arc::new(Catalog::default());
-        let backend = start_backend(settings, store.as_ref(), &catalog, &metrics).await?;
+        let backend = Arc::new(start_backend(settings, store.as_ref(), &catalog, &metrics).await?);
+        let tally = Arc::new(rollout::stats::Tally::default());
+        let mirror = match &store {
+            Some(store) => {
+                rollout::stats::flush(
+                    store.clone(),
+                    tally.clone(),
+                    uuid::Uuid::new_v4().to_string(),
+                    Duration::from_millis(settings.rollout.stats_flush_ms),
+                );
+                Some(rollout::shadow::Mirror::start(
+                    backend.clone(),
+                    tally.clone(),
+                    settings.rollout.shadow_queue,
+                    settings.rollout.shadow_concurrency,
+                    metrics.registry(),
+                )?)
+            }
+            None => None,
+        };
         let catalog_passes = follow_registry(settings, store.as_ref(), &catalog, &backend);
         let prediction_log = start_prediction_log(settings, store.as_ref(), &metrics)?;
         let state = AppState {
@@ -64,6 +83,8 @@ impl Application {
             metrics,
             keys,
             rollout: settings.rollout.clone(),
+            tally,
+            mirror,
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");

@@ -6,12 +6,15 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::{ApiMetrics, Protocol, UNKNOWN_MODEL};
 use crate::prediction_log::PredictionLog;
+use crate::rollout::shadow::{Mirror, ShadowCopy};
+use crate::rollout::stats::Tally;
 use crate::rollout::{RolloutSettings, Selector, Side};
 use crate::routes::admin::Uploads;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vatic_schema::{InferRequest, InferResponse};
 use vatic_server::auth::KeyRing;
 use vatic_server::{Passes, Service};
 use vatic_store::Store;
@@ -23,7 +26,7 @@ const REGISTRY_CHANGE_WAIT: Duration = Duration::from_secs(10);
 /// What every handler shares.
 pub struct AppState {
     /// Where inference runs.
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
     /// What a request body may be.
     pub body: vatic_server::BodyLimits,
     /// The registry, when a database is configured.
@@ -45,16 +48,24 @@ pub struct AppState {
     pub keys: Option<Arc<KeyRing>>,
     /// Traffic splitting and promotes.
     pub rollout: RolloutSettings,
+    /// This replica's count of the rollout sides it served.
+    pub tally: Arc<Tally>,
+    /// The shadow's queue, when a database is configured.
+    pub mirror: Option<Mirror>,
 }
 
 /// Where a request was routed: the version to ask for (`None` leaves the choice to the
-/// engine, without a registry) and the side of the split.
+/// engine, without a registry), the side of the split, and the shadow that gets a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
     /// The version.
     pub version: Option<String>,
     /// How it was chosen.
     pub side: Side,
+    /// Whether the answer counts in the model's rollout figures.
+    pub tracked: bool,
+    /// The shadow version a copy goes to.
+    pub shadow: Option<u64>,
 }
 
 /// Shared state as handlers receive it.
@@ -97,15 +108,57 @@ impl AppState {
             .catalog
             .resolve(model, selector, |v| self.backend.version_ready(model, v))?;
         Ok(match routed {
-            Some((v, side)) => Routed {
-                version: Some(v.to_string()),
-                side,
+            Some(r) => Routed {
+                version: Some(r.version.to_string()),
+                side: r.side,
+                tracked: r.tracked,
+                shadow: r.shadow,
             },
             None => Routed {
                 version: version.map(str::to_string),
                 side: Side::Named,
+                tracked: false,
+                shadow: None,
             },
         })
+    }
+
+    /// After an inference answer: counts it in the model's rollout figures, and hands a copy of
+    /// the request and the answer to the shadow when the split picked one.
+    pub fn after_answer(
+        &self,
+        model: &str,
+        routed: &Routed,
+        outcome: Result<(InferRequest, InferResponse), u16>,
+        arrived: Instant,
+        request_id: Option<&str>,
+    ) {
+        if !routed.tracked {
+            return;
+        }
+        let (Some(side), Some(version)) = (
+            routed.side.name(),
+            routed
+                .version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            return;
+        };
+        let status = outcome.as_ref().err().copied().unwrap_or(200);
+        let ms = arrived.elapsed().as_secs_f64() * 1000.0;
+        self.tally.answered(model, version, side, status, ms);
+        if let (Some(shadow), Some(mirror), Ok((request, served))) =
+            (routed.shadow, &self.mirror, outcome)
+        {
+            mirror.offer(ShadowCopy {
+                model: model.to_string(),
+                version: shadow,
+                request,
+                served,
+                request_id: request_id.map(str::to_string),
+            });
+        }
     }
 
     /// The version a non-inference request names: its version, or the one its label names;
@@ -120,7 +173,7 @@ impl AppState {
             (None, Some(label)) => Ok(self
                 .catalog
                 .resolve(model, Selector::Label(label), |_| false)?
-                .map(|(v, _)| v.to_string())),
+                .map(|r| r.version.to_string())),
             _ => Ok(version.map(str::to_string)),
         }
     }
@@ -173,7 +226,7 @@ impl Service for AppState {
 
     fn registries(&self) -> Vec<&Registry> {
         let mut registries = vec![self.metrics.registry()];
-        if let Backend::Local(host) = &self.backend {
+        if let Backend::Local(host) = &*self.backend {
             registries.push(host.engine.metrics().registry());
         }
         registries
@@ -183,7 +236,7 @@ impl Service for AppState {
         if let Some(log) = &self.prediction_log {
             log.refresh_metrics();
         }
-        match &self.backend {
+        match &*self.backend {
             Backend::Local(host) => host.engine.refresh_metrics(),
             Backend::Remote(pool, _) => pool.refresh_metrics(),
         }
@@ -192,7 +245,7 @@ impl Service for AppState {
     /// Stops following the registry, answers the queued requests (standalone), then writes out
     /// the prediction log.
     async fn finish(&self) {
-        if let Backend::Local(host) = &self.backend {
+        if let Backend::Local(host) = &*self.backend {
             host.stop_following().await;
             host.shutdown().await;
         }

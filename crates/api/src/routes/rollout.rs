@@ -10,9 +10,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use std::time::Duration;
 use vatic_schema::admin::{
-    LabelSet, RollbackRequest, RolloutSet, RolloutStart, RolloutStatus, VersionState,
+    LabelSet, RollbackRequest, RolloutSet, RolloutStart, RolloutStatus, ShadowStart, VersionState,
     BUILTIN_LABELS,
 };
+use vatic_schema::rollout::SideSummary;
 use vatic_server::{Need, Routes};
 use vatic_store::RolloutOp;
 
@@ -40,6 +41,20 @@ pub fn configure(routes: &mut Routes<'_>) {
                 Need::ModelRead,
                 "The model's split, labels and what each version's readiness is",
                 get_status,
+            )
+            .add(
+                Method::PUT,
+                "/admin/v1/models/{name}/rollout/shadow",
+                Need::Deploy,
+                "Copy a sample of requests to a staged version and compare its answers",
+                put_shadow,
+            )
+            .add(
+                Method::DELETE,
+                "/admin/v1/models/{name}/rollout/shadow",
+                Need::Deploy,
+                "Stop the shadow",
+                delete_shadow,
             )
             .add(
                 Method::POST,
@@ -232,15 +247,74 @@ async fn rollback(
     change(&s, &req, &name, op).await
 }
 
-async fn get_status(s: State, name: web::Path<String>) -> Result<HttpResponse, AdminError> {
-    let model = store(&s)?.model(&name).await?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// Seconds back from now.
+    window: Option<u64>,
+}
+
+async fn get_status(
+    s: State,
+    name: web::Path<String>,
+    q: web::Query<StatusQuery>,
+) -> Result<HttpResponse, AdminError> {
+    let window_secs = q.window.unwrap_or(300);
+    if window_secs == 0 || window_secs > 86_400 {
+        return Err(AdminError::BadRequest(format!(
+            "window: from 1 to 86400 seconds, got {window_secs}"
+        )));
+    }
+    let store = store(&s)?;
+    let model = store.model(&name).await?;
     let ready = model
         .versions
         .iter()
         .filter(|v| v.state != VersionState::Retired)
         .map(|v| (v.version, s.backend.version_ready(&name, v.version)))
         .collect();
-    Ok(HttpResponse::Ok().json(RolloutStatus { model, ready }))
+    let since = chrono::Utc::now() - chrono::Duration::seconds(window_secs as i64);
+    let sides = store
+        .rollout_window(&name, since)
+        .await?
+        .iter()
+        .map(|(version, side, stats)| SideSummary::of(side, *version, stats))
+        .collect();
+    Ok(HttpResponse::Ok().json(RolloutStatus {
+        model,
+        ready,
+        window_secs,
+        sides,
+    }))
+}
+
+async fn put_shadow(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<ShadowStart>,
+) -> Result<HttpResponse, AdminError> {
+    if !(1..=100).contains(&body.sample) {
+        return Err(AdminError::BadRequest(format!(
+            "sample: a percent from 1 to 100, got {}",
+            body.sample
+        )));
+    }
+    store(&s)?.model_version(&name, body.version).await?;
+    check_ready(&s, &name, body.version, "a shadow")?;
+    let op = RolloutOp::Shadow {
+        version: body.version,
+        sample: body.sample,
+    };
+    change(&s, &req, &name, op).await
+}
+
+async fn delete_shadow(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+) -> Result<HttpResponse, AdminError> {
+    change(&s, &req, &name, RolloutOp::ShadowStop).await
 }
 
 #[derive(Deserialize)]

@@ -141,7 +141,7 @@ async fn predict(
     let predict: PredictRequest = serde_json::from_slice(quoted.as_deref().unwrap_or(&body))
         .map_err(|e| SchemaError::Json(e.to_string()))?;
     let routed = s.route(req, &model, version.as_deref(), label.as_deref())?;
-    let version = routed.version;
+    let version = routed.version.clone();
     let metadata = s.backend.metadata(&model, version.as_deref()).await?;
     let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
     let id = RequestId::of(req);
@@ -165,10 +165,20 @@ async fn predict(
             response_json: None,
         },
     );
-    let response = answer?;
+    let response = match answer {
+        Ok(response) => response,
+        Err(e) => {
+            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            s.after_answer(&model, &routed, Err(status), arrived.instant, id.as_deref());
+            return Err(e);
+        }
+    };
     let mut answer = HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?);
     super::name_version(&mut answer, response.model_version.as_deref());
-    Ok((answer, response.model_version))
+    let version = response.model_version.clone();
+    let done = Ok((request, response));
+    s.after_answer(&model, &routed, done, arrived.instant, id.as_deref());
+    Ok((answer, version))
 }
 
 async fn get_status(s: State, p: web::Path<StatusPath>) -> Result<HttpResponse, ApiError> {

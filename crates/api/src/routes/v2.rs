@@ -185,8 +185,25 @@ async fn infer(
                 .map(|(_, e)| &e.body[..]),
         },
     );
-    let (response, encoded) = answer?;
-    let mut answer = v2_response(encoded);
-    super::name_version(&mut answer, response.model_version.as_deref());
-    Ok((answer, response.model_version))
+    match answer {
+        Ok((response, encoded)) => {
+            let mut answer = v2_response(encoded);
+            super::name_version(&mut answer, response.model_version.as_deref());
+            let version = response.model_version.clone();
+            let done = Ok((request, response));
+            s.after_answer(&p.model, &routed, done, arrived.instant, id.as_deref());
+            Ok((answer, version))
+        }
+        Err(e) => {
+            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            s.after_answer(
+                &p.model,
+                &routed,
+                Err(status),
+                arrived.instant,
+                id.as_deref(),
+            );
+            Err(e)
+        }
+    }
 }

@@ -127,7 +127,7 @@ async fn killing_a_worker_mid_load_fails_no_request() {
     // Both workers healthy before the load starts.
     for _ in 0..100 {
         if api.app.state().backend.is_ready()
-            && matches!(&api.app.state().backend, vatic_api::backend::Backend::Remote(p, _) if p.nodes().iter().all(|n| n.is_healthy()))
+            && matches!(&*api.app.state().backend, vatic_api::backend::Backend::Remote(p, _) if p.nodes().iter().all(|n| n.is_healthy()))
         {
             break;
         }

@@ -3,6 +3,9 @@
 //! key (a header, `X-Vatic-Route-Key` by default) the split is sticky: at a fixed weight a key
 //! always lands on the same side, and as the canary's weight grows the keys already on it stay.
 
+pub mod shadow;
+pub mod stats;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vatic_schema::admin::ModelInfo;
@@ -18,6 +21,12 @@ pub struct RolloutSettings {
     /// Seconds the version that was stable stays loaded after a promote, so that a rollback
     /// to it is instant; it is retired then.
     pub promote_grace_secs: u64,
+    /// Copies of requests waiting for the shadow; more are dropped (and counted).
+    pub shadow_queue: usize,
+    /// Copies the shadow runs at once from this replica.
+    pub shadow_concurrency: usize,
+    /// Milliseconds between writes of this replica's rollout figures to the database.
+    pub stats_flush_ms: u64,
 }
 
 impl Default for RolloutSettings {
@@ -25,6 +34,9 @@ impl Default for RolloutSettings {
         RolloutSettings {
             route_key_header: "X-Vatic-Route-Key".into(),
             promote_grace_secs: 3600,
+            shadow_queue: 256,
+            shadow_concurrency: 2,
+            stats_flush_ms: 2000,
         }
     }
 }
@@ -39,6 +51,9 @@ impl RolloutSettings {
                 "rollout.route_key_header: '{}' is not a valid header name",
                 self.route_key_header
             );
+        }
+        if self.shadow_queue == 0 || self.shadow_concurrency == 0 || self.stats_flush_ms == 0 {
+            anyhow::bail!("rollout.shadow_queue, rollout.shadow_concurrency and rollout.stats_flush_ms must be at least 1");
         }
         Ok(())
     }
@@ -96,20 +111,74 @@ fn takes_canary(bucket: u64, weight: u32) -> bool {
     bucket < u64::from(weight.min(100)) * BUCKETS / 100
 }
 
-/// The version a request naming neither version nor label goes to, and its side: the canary
-/// when the split picks it and `ready` says it can serve, else the stable version.
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// The version that answers.
+    pub version: u64,
+    /// How it was chosen.
+    pub side: Side,
+    /// Whether the model has a rollout running (a canary or a shadow), so the answer counts in
+    /// its figures.
+    pub tracked: bool,
+    /// The shadow version a copy of the request goes to, when the sample picked it.
+    pub shadow: Option<u64>,
+}
+
+/// Where a request naming neither version nor label goes: the canary when the split picks it
+/// and `ready` says it can serve, else the stable version; and a copy to the shadow for its
+/// sample of requests.
 pub fn split(
     info: &ModelInfo,
     key: Option<&[u8]>,
     ready: impl Fn(u64) -> bool,
-) -> Option<(u64, Side)> {
+) -> Option<Resolved> {
     let stable = info.default_version().map(|v| v.version);
-    if let Some((canary, weight)) = info.canary() {
+    let canary = info.canary();
+    let shadow = info.shadow();
+    let tracked = canary.is_some() || shadow.is_some();
+    let shadow = shadow
+        .filter(|(_, sample)| *sample >= 100 || rand::random::<u32>() % 100 < *sample)
+        .map(|(v, _)| v);
+    if let Some((canary, weight)) = canary {
         if weight > 0 && takes_canary(bucket(&info.name, key), weight) && ready(canary) {
-            return Some((canary, Side::Canary));
+            return Some(Resolved {
+                version: canary,
+                side: Side::Canary,
+                tracked,
+                shadow,
+            });
         }
     }
-    stable.map(|v| (v, Side::Stable))
+    stable.map(|version| Resolved {
+        version,
+        side: Side::Stable,
+        tracked,
+        shadow,
+    })
+}
+
+impl Resolved {
+    /// A version the request named, by number or label.
+    pub fn named(version: u64) -> Resolved {
+        Resolved {
+            version,
+            side: Side::Named,
+            tracked: false,
+            shadow: None,
+        }
+    }
+}
+
+impl Side {
+    /// The side's name in the figures: `stable` or `canary`; none for a named version.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Side::Stable => Some("stable"),
+            Side::Canary => Some("canary"),
+            Side::Named => None,
+        }
+    }
 }
 
 /// The models whose promote grace is over: the version a promote left loaded is due to be
@@ -174,6 +243,54 @@ mod tests {
             .map(|k| takes_canary(bucket("other", Some(k.as_bytes())), 20))
             .collect();
         assert_ne!(at_20, other_model, "each model splits its callers afresh");
+    }
+
+    #[test]
+    fn the_shadow_gets_its_sample_of_requests_and_the_split_is_tracked() {
+        use vatic_schema::admin::{LogMode, ModelVersionInfo, Signature, Traffic, VersionState};
+        let version = |version: u64, state: VersionState| ModelVersionInfo {
+            model: "m".into(),
+            version,
+            state,
+            sha256: String::new(),
+            size: 0,
+            signature: Signature {
+                inputs: vec![],
+                outputs: vec![],
+                batched: true,
+            },
+            config: String::new(),
+            created_by: String::new(),
+            created_at: String::new(),
+            updated_by: String::new(),
+            updated_at: String::new(),
+        };
+        let mut info = ModelInfo {
+            name: "m".into(),
+            created_at: String::new(),
+            log_mode: LogMode::Off,
+            log_sample_rate: 1.0,
+            versions: vec![
+                version(1, VersionState::Stable),
+                version(2, VersionState::Shadow),
+            ],
+            labels: Default::default(),
+            traffic: Traffic {
+                shadow_sample: 25,
+                ..Traffic::default()
+            },
+        };
+        let n = 20_000;
+        let copies = (0..n)
+            .filter_map(|_| split(&info, None, |_| true))
+            .inspect(|r| assert_eq!((r.version, r.side, r.tracked), (1, Side::Stable, true)))
+            .filter(|r| r.shadow == Some(2))
+            .count() as f64
+            / n as f64;
+        assert!((0.23..0.27).contains(&copies), "{copies}");
+        info.versions[1].state = VersionState::Staged;
+        let plain = split(&info, None, |_| true).unwrap();
+        assert_eq!((plain.tracked, plain.shadow), (false, None));
     }
 
     #[test]

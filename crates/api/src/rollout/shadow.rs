@@ -1,0 +1,307 @@
+//! Shadow traffic: a copy of a served request goes to the shadow version off the request path,
+//! and its answer is compared with the one the caller got, never returned. Copies wait in a
+//! bounded queue; when the shadow falls behind, new copies are dropped and counted, so the
+//! caller pays only for a copy and a non-blocking enqueue.
+
+use super::stats::Tally;
+use crate::backend::Backend;
+use crate::routes::Arrival;
+use prometheus::{IntCounterVec, Opts, Registry};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Mutex};
+use vatic_schema::rollout::SideStats;
+use vatic_schema::{DataType, InferRequest, InferResponse, Tensor};
+
+/// One copy to run on the shadow.
+pub struct ShadowCopy {
+    /// Model name.
+    pub model: String,
+    /// The shadow version.
+    pub version: u64,
+    /// The request as the served version got it.
+    pub request: InferRequest,
+    /// The served answer.
+    pub served: InferResponse,
+    /// The request's id, which the shadow's call carries too.
+    pub request_id: Option<String>,
+}
+
+/// The shadow's queue and the tasks that empty it.
+pub struct Mirror {
+    queue: mpsc::Sender<ShadowCopy>,
+    tally: Arc<Tally>,
+    copies: IntCounterVec,
+}
+
+impl Mirror {
+    /// Starts `concurrency` tasks running copies on `backend`, fed by a queue of `capacity`;
+    /// each answer is compared into `tally`.
+    pub fn start(
+        backend: Arc<Backend>,
+        tally: Arc<Tally>,
+        capacity: usize,
+        concurrency: usize,
+        registry: &Registry,
+    ) -> prometheus::Result<Mirror> {
+        let copies = IntCounterVec::new(
+            Opts::new(
+                "vatic_shadow_copies_total",
+                "Copies of served requests for a shadow version, by outcome: compared, error (the shadow failed), dropped (it fell behind).",
+            ),
+            &["model", "version", "outcome"],
+        )?;
+        registry.register(Box::new(copies.clone()))?;
+        let (queue, receiver) = mpsc::channel::<ShadowCopy>(capacity.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..concurrency.max(1) {
+            let (backend, tally, receiver, copies) = (
+                backend.clone(),
+                tally.clone(),
+                receiver.clone(),
+                copies.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let Some(copy) = receiver.lock().await.recv().await else {
+                        return;
+                    };
+                    let started = Arrival::now();
+                    let version = copy.version.to_string();
+                    let answer = backend
+                        .infer(
+                            &copy.model,
+                            Some(&version),
+                            &copy.request,
+                            copy.request_id.as_deref(),
+                        )
+                        .await;
+                    let elapsed_ms = started.instant.elapsed().as_secs_f64() * 1000.0;
+                    let mut stats = SideStats::default();
+                    match answer {
+                        Ok(shadow) => {
+                            stats.answered(200, elapsed_ms);
+                            compare(&copy.served, &shadow, &mut stats);
+                            stats.compared = 1;
+                            copies
+                                .with_label_values(&[&copy.model, &version, "compared"])
+                                .inc();
+                        }
+                        Err(e) => {
+                            use actix_web::ResponseError;
+                            let status = e.status_code().as_u16();
+                            // A shadow that cannot answer is an error of the shadow, whatever
+                            // the status: the served version answered the same request.
+                            stats.answered(status.max(500), elapsed_ms);
+                            copies
+                                .with_label_values(&[&copy.model, &version, "error"])
+                                .inc();
+                            tracing::debug!(model = %copy.model, version = %version, error = %e, "shadow copy failed");
+                        }
+                    }
+                    tally.add(&copy.model, copy.version, "shadow", &stats);
+                }
+            });
+        }
+        Ok(Mirror {
+            queue,
+            tally,
+            copies,
+        })
+    }
+
+    /// Queues a copy without waiting; drops and counts it when the queue is full.
+    pub fn offer(&self, copy: ShadowCopy) {
+        if let Err(
+            mpsc::error::TrySendError::Full(copy) | mpsc::error::TrySendError::Closed(copy),
+        ) = self.queue.try_send(copy)
+        {
+            let stats = SideStats {
+                dropped: 1,
+                ..SideStats::default()
+            };
+            self.tally.add(&copy.model, copy.version, "shadow", &stats);
+            self.copies
+                .with_label_values(&[&copy.model, &copy.version.to_string(), "dropped"])
+                .inc();
+        }
+    }
+}
+
+fn is_float(dt: DataType) -> bool {
+    matches!(dt, DataType::Fp16 | DataType::Fp32 | DataType::Fp64)
+}
+
+/// Rows of a tensor and the elements per row: by its first dimension (one row for a scalar).
+fn rows(t: &Tensor) -> (usize, usize) {
+    let count: u64 = t.shape.iter().product();
+    match t.shape.first() {
+        Some(&rows) if rows > 0 => (rows as usize, (count / rows) as usize),
+        _ => (1, count as usize),
+    }
+}
+
+/// Compares the shadow's answer with the served one into `stats`: for every output both have,
+/// the absolute differences of its elements, and per row whether the shadow agrees. A row
+/// agrees when every integer or boolean output (a label) is equal in it, and every float output
+/// with more than one element per row (scores) has its largest element at the same place. An
+/// output missing from the shadow's answer, or of another shape, disagrees on every row.
+pub fn compare(served: &InferResponse, shadow: &InferResponse, stats: &mut SideStats) {
+    let Some(first) = served.outputs.first() else {
+        return;
+    };
+    let (row_count, _) = rows(first);
+    let mut agree = vec![true; row_count];
+    let mut measured = false;
+    for s in &served.outputs {
+        let (n, width) = rows(s);
+        let other = shadow
+            .outputs
+            .iter()
+            .find(|o| o.name == s.name && o.shape == s.shape);
+        let Some(other) = other else {
+            measured = true;
+            agree.iter_mut().for_each(|a| *a = false);
+            continue;
+        };
+        let (a, b) = (s.data.to_f64(s.datatype), other.data.to_f64(other.datatype));
+        if a.is_empty() || a.len() != b.len() || n != row_count {
+            // BYTES outputs, or a row count that differs between outputs: compared as a whole.
+            if s.data != other.data {
+                measured = true;
+                agree.iter_mut().for_each(|x| *x = false);
+            }
+            continue;
+        }
+        let diff = stats.outputs.entry(s.name.clone()).or_default();
+        for (x, y) in a.iter().zip(&b) {
+            let d = (x - y).abs();
+            let d = if d.is_nan() {
+                if x.is_nan() && y.is_nan() {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            } else {
+                d
+            };
+            diff.max_abs = diff.max_abs.max(d);
+            diff.sum_abs += d;
+            diff.count += 1;
+        }
+        let label = !is_float(s.datatype);
+        if !label && width < 2 {
+            continue;
+        }
+        measured = true;
+        for (row, ok) in agree.iter_mut().enumerate() {
+            let (x, y) = (
+                &a[row * width..(row + 1) * width],
+                &b[row * width..(row + 1) * width],
+            );
+            let same = if label {
+                x == y
+            } else {
+                argmax(x) == argmax(y)
+            };
+            *ok &= same;
+        }
+    }
+    if measured {
+        stats.rows += row_count as u64;
+        stats.agreeing_rows += agree.iter().filter(|a| **a).count() as u64;
+    }
+}
+
+fn argmax(values: &[f64]) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vatic_schema::TensorData;
+
+    fn response(label: &[i64], probs: &[f32]) -> InferResponse {
+        let rows = label.len() as u64;
+        InferResponse {
+            model_name: "m".into(),
+            model_version: Some("1".into()),
+            id: None,
+            parameters: Default::default(),
+            outputs: vec![
+                Tensor::new(
+                    "label",
+                    DataType::Int64,
+                    vec![rows],
+                    TensorData::from_values(label),
+                )
+                .unwrap(),
+                Tensor::new(
+                    "probabilities",
+                    DataType::Fp32,
+                    vec![rows, 2],
+                    TensorData::from_values(probs),
+                )
+                .unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn rows_agree_on_labels_and_argmax_and_differences_are_measured() {
+        let served = response(&[0, 1, 1], &[0.9, 0.1, 0.2, 0.8, 0.4, 0.6]);
+        // Row 2 flips its label and argmax; row 1 keeps them with other scores.
+        let shadow = response(&[0, 1, 0], &[0.9, 0.1, 0.3, 0.7, 0.6, 0.4]);
+        let mut stats = SideStats::default();
+        compare(&served, &shadow, &mut stats);
+        assert_eq!((stats.rows, stats.agreeing_rows), (3, 2));
+        let p = &stats.outputs["probabilities"];
+        assert_eq!(p.count, 6);
+        assert!((p.max_abs - 0.2).abs() < 1e-6, "{}", p.max_abs);
+        assert!((p.sum_abs - 0.6).abs() < 1e-6, "{}", p.sum_abs);
+        assert_eq!(stats.outputs["label"].max_abs, 1.0);
+
+        let mut same = SideStats::default();
+        compare(&served, &served, &mut same);
+        assert_eq!((same.rows, same.agreeing_rows), (3, 3));
+        assert_eq!(same.outputs["probabilities"].max_abs, 0.0);
+    }
+
+    #[test]
+    fn a_missing_output_disagrees_on_every_row() {
+        let served = response(&[0, 1], &[0.9, 0.1, 0.2, 0.8]);
+        let mut shadow = served.clone();
+        shadow.outputs.remove(0);
+        let mut stats = SideStats::default();
+        compare(&served, &shadow, &mut stats);
+        assert_eq!((stats.rows, stats.agreeing_rows), (2, 0));
+        assert_eq!(stats.outputs["probabilities"].max_abs, 0.0);
+    }
+
+    #[test]
+    fn a_regression_output_is_measured_without_an_agreement() {
+        let one = |v: f32| InferResponse {
+            model_name: "m".into(),
+            model_version: None,
+            id: None,
+            parameters: Default::default(),
+            outputs: vec![Tensor::new(
+                "y",
+                DataType::Fp32,
+                vec![1, 1],
+                TensorData::from_values(&[v]),
+            )
+            .unwrap()],
+        };
+        let mut stats = SideStats::default();
+        compare(&one(1.0), &one(1.5), &mut stats);
+        assert_eq!(stats.rows, 0);
+        assert_eq!(stats.agreement(), None);
+        assert_eq!(stats.outputs["y"].max_abs, 0.5);
+    }
+}

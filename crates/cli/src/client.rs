@@ -16,7 +16,7 @@ use std::time::Duration;
 use vatic_schema::admin::{
     CreatedKey, KeyCreate, KeyInfo, LabelSet, ModelInfo, ModelSettings, ModelVersionInfo,
     RetireResponse, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus,
-    WorkerStatus,
+    ShadowStart, WorkerStatus,
 };
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
@@ -234,10 +234,24 @@ impl Client {
         self.json_answer(self.http.delete(url.clone()), &url)
     }
 
-    /// `GET /admin/v1/models/{m}/rollout`.
-    pub fn rollout_status(&self, name: &str) -> anyhow::Result<RolloutStatus> {
-        let url = self.admin_url(&["models", name, "rollout"]);
+    /// `GET /admin/v1/models/{m}/rollout?window=S`.
+    pub fn rollout_status(&self, name: &str, window_secs: u64) -> anyhow::Result<RolloutStatus> {
+        let mut url = self.admin_url(&["models", name, "rollout"]);
+        url.query_pairs_mut()
+            .append_pair("window", &window_secs.to_string());
         self.json_answer(self.http.get(url.clone()), &url)
+    }
+
+    /// `PUT /admin/v1/models/{m}/rollout/shadow`: starts or resamples a shadow.
+    pub fn shadow(&self, name: &str, body: &ShadowStart) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout", "shadow"]);
+        self.json_answer(self.http.put(url.clone()).json(body), &url)
+    }
+
+    /// `DELETE /admin/v1/models/{m}/rollout/shadow`.
+    pub fn stop_shadow(&self, name: &str) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout", "shadow"]);
+        self.json_answer(self.http.delete(url.clone()), &url)
     }
 
     /// `POST /admin/v1/models/{m}/rollout`: starts a canary.

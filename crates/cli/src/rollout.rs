@@ -7,7 +7,8 @@ use crate::GlobalArgs;
 use clap::{Args, Subcommand};
 use std::io::Write;
 use vatic_schema::admin::{
-    ModelInfo, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus, VersionState,
+    ModelInfo, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus, ShadowStart,
+    VersionState,
 };
 
 /// Arguments of `vaticctl rollout`.
@@ -37,6 +38,18 @@ pub enum RolloutCommand {
     ///   vaticctl rollout set fraud --canary 50
     #[command(verbatim_doc_comment)]
     Set(SetArgs),
+    /// Copy a sample of live requests to a staged version and compare its answers
+    ///
+    /// The copies run off the request path: callers get the served version's answer at the
+    /// same speed, and when the shadow falls behind, copies are dropped and counted. Its
+    /// answers are compared with the served ones (label or argmax agreement, absolute
+    /// differences per output, errors) and never returned; `rollout status` shows the figures.
+    ///
+    /// Examples:
+    ///   vaticctl rollout shadow fraud --version 8 --sample 25%
+    ///   vaticctl rollout shadow fraud --stop
+    #[command(verbatim_doc_comment)]
+    Shadow(ShadowArgs),
     /// Make the canary the stable version, in one step
     ///
     /// The version that was stable stays loaded for the grace period (rollout.promote_grace_secs)
@@ -57,12 +70,18 @@ pub enum RolloutCommand {
     ///   vaticctl rollout rollback fraud --reason "p99 doubled"
     #[command(verbatim_doc_comment)]
     Rollback(RollbackArgs),
-    /// Show where a model's traffic goes: stable, canary and its share, labels, readiness
+    /// Show where a model's traffic goes and how each side does over the last window
     ///
-    /// Example:
+    /// The split, each version's state, labels and readiness; then per side (stable, canary,
+    /// shadow), counted by every api replica over --window: requests, 5xx error ratio, p50 and
+    /// p99 latency, and for a shadow the copies compared and dropped, the agreement and the
+    /// largest difference per output.
+    ///
+    /// Examples:
     ///   vaticctl rollout status fraud
+    ///   vaticctl rollout status fraud --window 15m --output json
     #[command(verbatim_doc_comment)]
-    Status(ModelArg),
+    Status(StatusArgs),
     /// Show every change of a model's labels and traffic, newest first
     ///
     /// Example:
@@ -100,6 +119,49 @@ pub struct SetArgs {
     /// Percent of unversioned requests the canary answers, 0 to 100
     #[arg(long, value_name = "PERCENT", value_parser = percent)]
     pub canary: u32,
+}
+
+/// Arguments of `vaticctl rollout shadow`. `--version` is the model version here.
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct ShadowArgs {
+    /// Model name
+    pub model: String,
+    /// The staged version that gets the copies
+    #[arg(long, value_name = "N", value_parser = crate::models::version_number, required_unless_present = "stop", conflicts_with = "stop")]
+    pub version: Option<u64>,
+    /// Percent of requests copied, 1 to 100
+    #[arg(long, value_name = "PERCENT", value_parser = percent, default_value = "100", conflicts_with = "stop")]
+    pub sample: u32,
+    /// Stop the shadow: its version goes back to staged
+    #[arg(long)]
+    pub stop: bool,
+}
+
+/// Arguments of `vaticctl rollout status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Model name
+    pub model: String,
+    /// How far back the figures go: seconds, or a number with s, m or h
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = window)]
+    pub window: u64,
+}
+
+/// `300`, `90s`, `15m`, `1h`: seconds, from 1 to a day.
+fn window(s: &str) -> Result<u64, String> {
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n >= 1 && n * unit <= 86_400 => Ok(n * unit),
+        _ => Err(format!(
+            "'{s}' is not a window: use seconds, or a number with s, m or h, up to 24h"
+        )),
+    }
 }
 
 /// Arguments of `vaticctl rollout rollback`.
@@ -146,6 +208,16 @@ pub fn run(global: &GlobalArgs, args: &RolloutArgs) -> anyhow::Result<()> {
             },
         )?,
         RolloutCommand::Set(a) => client.rollout_set(&a.model, &RolloutSet { canary: a.canary })?,
+        RolloutCommand::Shadow(a) => match a.version {
+            Some(version) if !a.stop => client.shadow(
+                &a.model,
+                &ShadowStart {
+                    version,
+                    sample: a.sample,
+                },
+            )?,
+            _ => client.stop_shadow(&a.model)?,
+        },
         RolloutCommand::Promote(a) => client.promote(&a.model)?,
         RolloutCommand::Rollback(a) => client.rollback(
             &a.model,
@@ -154,7 +226,7 @@ pub fn run(global: &GlobalArgs, args: &RolloutArgs) -> anyhow::Result<()> {
             },
         )?,
         RolloutCommand::Status(a) => {
-            let status = client.rollout_status(&a.model)?;
+            let status = client.rollout_status(&a.model, a.window)?;
             return match format {
                 OutputFormat::Json => output::print_json(&status, out),
                 OutputFormat::Table => print_status(&status, out),
@@ -245,7 +317,69 @@ fn print_status(status: &RolloutStatus, out: &mut impl Write) -> anyhow::Result<
     }
     output::align_right(&mut table, &[0]);
     writeln!(out, "{table}")?;
+    if status.sides.is_empty() {
+        writeln!(
+            out,
+            "no requests counted on a rollout side in the last {}",
+            duration(status.window_secs)
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "over the last {}:", duration(status.window_secs))?;
+    let mut table = output::table([
+        "side",
+        "version",
+        "requests",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "compared",
+        "dropped",
+        "agreement",
+        "largest difference",
+    ]);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
+    for s in &status.sides {
+        let shadow = s.side == "shadow";
+        let or_dash = |v: String| if shadow { v } else { "-".into() };
+        let largest = s
+            .outputs
+            .iter()
+            .map(|(name, d)| format!("{name} {:.4}", d.max_abs))
+            .collect::<Vec<_>>()
+            .join(", ");
+        table.add_row([
+            s.side.clone(),
+            s.version.to_string(),
+            s.requests.to_string(),
+            format!("{:.2}%", s.error_ratio * 100.0),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            or_dash(s.compared.to_string()),
+            or_dash(s.dropped.to_string()),
+            or_dash(
+                s.agreement
+                    .map_or_else(|| "-".into(), |a| format!("{:.2}%", a * 100.0)),
+            ),
+            or_dash(if largest.is_empty() {
+                "-".into()
+            } else {
+                largest
+            }),
+        ]);
+    }
+    output::align_right(&mut table, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    writeln!(out, "{table}")?;
     Ok(())
+}
+
+/// `5m`, `90s`, `1h`.
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn print_history(events: &[RolloutEvent], out: &mut impl Write) -> anyhow::Result<()> {
@@ -267,6 +401,19 @@ fn print_history(events: &[RolloutEvent], out: &mut impl Write) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_is_seconds_or_a_duration() {
+        assert_eq!(window("300"), Ok(300));
+        assert_eq!(window("90s"), Ok(90));
+        assert_eq!(window("15m"), Ok(900));
+        assert_eq!(window("24h"), Ok(86_400));
+        for bad in ["0", "25h", "5x", "m", "-5m", ""] {
+            assert!(window(bad).unwrap_err().contains("not a window"), "{bad}");
+        }
+        assert_eq!(duration(300), "5m");
+        assert_eq!(duration(90), "90s");
+    }
 
     #[test]
     fn a_share_is_a_whole_percent() {

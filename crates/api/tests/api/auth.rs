@@ -97,6 +97,7 @@ fn request_for(method: &Method, pattern: &str, throwaway: &str) -> (String, Opti
         ("PUT", p) if p.contains("/labels/") => Some(json!({"version": 1})),
         ("POST", "/admin/v1/models/{name}/rollout") => Some(json!({"version": 2, "canary": 10})),
         ("PATCH", "/admin/v1/models/{name}/rollout") => Some(json!({"canary": 20})),
+        ("PUT", "/admin/v1/models/{name}/rollout/shadow") => Some(json!({"version": 2})),
         ("POST", p) if p.ends_with("/infer") => Some(reference.v2_request(0..1)),
         ("POST", p) if p.starts_with("/v1/") => {
             let row = reference.v2_request(0..1)["inputs"][0]["data"].clone();

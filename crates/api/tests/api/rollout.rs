@@ -676,3 +676,224 @@ async fn a_rollout_under_load_across_two_replicas_fails_no_request() {
     api.stop().await;
     drop(workers);
 }
+
+/// Sends `n` unversioned requests, `clients` at a time; checks every answer is the stable
+/// version's, with the demo model's outputs.
+async fn served_by_stable(api: &TestApi, n: usize, clients: usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url) = (
+            api.client.clone(),
+            format!("{}/v2/models/{MODEL}/infer", api.base),
+        );
+        tasks.push(tokio::spawn(async move {
+            let reference = vatic_testkit::demo_reference();
+            for i in 0..n / clients {
+                let rows = i % 4..i % 4 + 2;
+                let r = client
+                    .post(&url)
+                    .json(&reference.v2_request(rows.clone()))
+                    .send()
+                    .await
+                    .expect("infer");
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.headers()["x-vatic-model-version"], "1");
+                let body: Value = r.json().await.unwrap();
+                reference.check_response(&body, rows);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The rollout figures of `side` once they count `n` requests (they are written every 100 ms).
+async fn side_figures(api: &TestApi, side: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = api
+            .get(&format!("/admin/v1/models/{MODEL}/rollout?window=600"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let found = body["sides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["side"] == side)
+            .cloned();
+        if let Some(s) = found {
+            let counted = s["requests"].as_u64().unwrap() + s["dropped"].as_u64().unwrap();
+            if counted >= n {
+                assert_eq!(counted, n, "{s}");
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{side} never counted {n}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_never_changes_an_answer_and_its_comparison_counts_every_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vatic.db").display());
+    let mut settings =
+        registry_standalone_settings(&url, vatic_testkit::root().join("models"), dir.path());
+    settings.rollout.stats_flush_ms = 100;
+    let api = TestApi::start(settings, None).await;
+    let v2 = push_demo(&api).await;
+    wait_ready(&api, v2).await;
+    let out = ctl(
+        &api,
+        &["rollout", "shadow", MODEL, "--version", &v2.to_string()],
+    )
+    .await;
+    assert!(
+        out.contains("shadow") && out.contains("copy of 100%"),
+        "{out}"
+    );
+
+    // The same file as the shadow: every copy is compared, and agrees exactly.
+    served_by_stable(&api, 200, 4).await;
+    let shadow = side_figures(&api, "shadow", 200).await;
+    eprintln!("shadow of the same model: {shadow}");
+    assert_eq!(shadow["version"], v2);
+    assert_eq!(
+        shadow["compared"].as_u64().unwrap() + shadow["dropped"].as_u64().unwrap(),
+        200,
+        "{shadow}"
+    );
+    assert!(shadow["compared"].as_u64().unwrap() > 0);
+    assert_eq!(shadow["error_ratio"], 0.0);
+    assert_eq!(shadow["agreement"], 1.0);
+    assert_eq!(shadow["outputs"]["probabilities"]["max_abs"], 0.0);
+    let stable = side_figures(&api, "stable", 200).await;
+    assert_eq!(stable["version"], 1);
+    assert_eq!(stable["error_ratio"], 0.0);
+    // The shadow answers requests that name its label, like any version.
+    assert_eq!(
+        answered_by(
+            &api,
+            &format!("/v2/models/{MODEL}/labels/shadow/infer"),
+            None
+        )
+        .await,
+        v2.to_string()
+    );
+    let out = ctl(&api, &["rollout", "status", MODEL, "--window", "10m"]).await;
+    assert!(
+        out.contains("over the last 10m") && out.contains("100.00%"),
+        "{out}"
+    );
+
+    // A shadow that cannot answer these requests (another model's file): its errors are
+    // counted, the callers see nothing of them.
+    ctl(&api, &["rollout", "shadow", MODEL, "--stop"]).await;
+    let out = ctl(
+        &api,
+        &[
+            "models",
+            "push",
+            MODEL,
+            "testdata/models/cnn/1/model.onnx",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let v3 = serde_json::from_str::<Value>(&out).unwrap()["version"]["version"]
+        .as_u64()
+        .unwrap();
+    wait_ready(&api, v3).await;
+    ctl(
+        &api,
+        &[
+            "rollout",
+            "shadow",
+            MODEL,
+            "--version",
+            &v3.to_string(),
+            "--sample",
+            "50%",
+        ],
+    )
+    .await;
+    served_by_stable(&api, 400, 4).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failing = loop {
+        let (_, body) = api
+            .get(&format!("/admin/v1/models/{MODEL}/rollout?window=600"))
+            .await;
+        let s = body["sides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["side"] == "shadow" && s["version"] == v3)
+            .cloned();
+        if let Some(s) = s.filter(|s| s["requests"].as_u64().unwrap() > 100) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("shadow that fails: {failing}");
+    assert_eq!(failing["error_ratio"], 1.0, "{failing}");
+    assert_eq!(failing["compared"], 0);
+
+    // Refusals, with a shadow running and after a rollback ended it.
+    let (ok, out) = vaticctl(
+        &api,
+        &["rollout", "shadow", MODEL, "--version", &v2.to_string()],
+    )
+    .await;
+    assert!(!ok && out.contains("version 3 is the shadow"), "{out}");
+    ctl(&api, &["rollout", "rollback", MODEL]).await;
+    let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+    assert_eq!(model["labels"], json!({"stable": 1}), "{model}");
+    for (args, want) in [
+        (
+            vec!["rollout", "shadow", MODEL, "--version", "1"],
+            "only a staged version",
+        ),
+        (
+            vec![
+                "rollout",
+                "shadow",
+                MODEL,
+                "--version",
+                "2",
+                "--sample",
+                "0",
+            ],
+            "from 1 to 100",
+        ),
+        (
+            vec!["rollout", "shadow", MODEL, "--stop"],
+            "no shadow to stop",
+        ),
+        (vec!["rollout", "shadow", MODEL], "--version"),
+    ] {
+        let (ok, out) = vaticctl(&api, &args).await;
+        assert!(!ok && out.contains(want), "vaticctl {args:?}: {out}");
+    }
+    let r = api
+        .client
+        .put(format!(
+            "{}/admin/v1/models/{MODEL}/rollout/shadow",
+            api.base
+        ))
+        .json(&json!({"version": 2, "sample": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (status, body) = api
+        .get(&format!("/admin/v1/models/{MODEL}/rollout?window=0"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    api.stop().await;
+}

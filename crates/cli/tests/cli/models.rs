@@ -66,7 +66,14 @@ fn a_pushed_model_is_listed_described_served_then_retired() {
     let table = run.assert_ok().table();
     assert_eq!(
         table[0],
-        ["model", "versions", "stable", "labels", "log", "sample rate"]
+        [
+            "model",
+            "versions",
+            "stable",
+            "labels",
+            "log",
+            "sample rate"
+        ]
     );
     assert_eq!(
         row(&run, &table, "cnn"),

@@ -48,3 +48,34 @@ CREATE TABLE rollout_stats (
 );
 CREATE INDEX rollout_stats_model_at ON rollout_stats (model, at);
 CREATE INDEX rollout_stats_at ON rollout_stats (at);
+
+-- Automatic progressive rollouts: one row per model, the last one started (running or how it
+-- ended). The controller steps the canary's share up while it holds up and rolls back on a breach.
+CREATE TABLE rollout_plans (
+    model           TEXT PRIMARY KEY REFERENCES models (name),
+    version         BIGINT NOT NULL,
+    -- JSON list of the canary's shares, in percent.
+    steps           TEXT NOT NULL,
+    -- Index into steps of the share now.
+    step            INTEGER NOT NULL,
+    interval_ms     BIGINT NOT NULL,
+    max_error_ratio DOUBLE PRECISION NOT NULL,
+    max_p99         DOUBLE PRECISION NOT NULL,
+    min_requests    BIGINT NOT NULL,
+    min_agreement   DOUBLE PRECISION,
+    error_floor     DOUBLE PRECISION NOT NULL,
+    -- running | succeeded | rolled_back | cancelled
+    state           TEXT NOT NULL,
+    -- The last decision or why it ended.
+    reason          TEXT NOT NULL,
+    started_by      TEXT NOT NULL,
+    started_at      TIMESTAMPTZ NOT NULL,
+    step_started_at TIMESTAMPTZ NOT NULL
+);
+
+-- Leases: the api replica named `holder` runs the rollout controller until `until`.
+CREATE TABLE controller_lease (
+    name   TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until  TIMESTAMPTZ NOT NULL
+);

@@ -176,7 +176,7 @@ pub struct ModelInfo {
 }
 
 /// A model's traffic beyond its stable version.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Traffic {
     /// Percent of unversioned requests the canary answers, 0 to 100; 0 without a canary.
     #[serde(default)]
@@ -191,6 +191,80 @@ pub struct Traffic {
     /// Until when it stays loaded (RFC 3339); it is retired then.
     #[serde(default)]
     pub previous_until: Option<String>,
+    /// The last automatic rollout started, running or how it ended.
+    #[serde(default)]
+    pub auto: Option<AutoPlan>,
+}
+
+/// An automatic progressive rollout: the canary's share steps up while, over each interval,
+/// its error ratio and p99 stay within bounds relative to the stable version; on a breach it is
+/// rolled back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoPlan {
+    /// The version rolled out.
+    pub version: u64,
+    /// The canary's shares, in percent, in order; after the last the canary is promoted.
+    pub steps: Vec<u32>,
+    /// Index into `steps` of the share now.
+    pub step: usize,
+    /// How long each share must hold up, in seconds.
+    pub interval_secs: u64,
+    /// Largest canary error ratio, as a multiple of the stable version's.
+    pub max_error_ratio: f64,
+    /// Largest canary p99, as a multiple of the stable version's.
+    pub max_p99: f64,
+    /// Fewest canary requests a step is judged on.
+    pub min_requests: u64,
+    /// Smallest share of rows a shadow phase of the version must have agreed on, if one ran.
+    pub min_agreement: Option<f64>,
+    /// Error ratio allowed whatever the stable version's (so one error in a thousand does not
+    /// fail a canary beside a stable version with none).
+    pub error_floor: f64,
+    /// `running`, `succeeded`, `rolled_back` or `cancelled`.
+    pub state: String,
+    /// The last decision, or why it ended.
+    pub reason: String,
+    /// Who started it.
+    pub started_by: String,
+    /// When (RFC 3339).
+    pub started_at: String,
+    /// When the share now began (RFC 3339).
+    pub step_started_at: String,
+}
+
+impl AutoPlan {
+    /// Whether the controller is still stepping it.
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// Body of `POST /admin/v1/models/{name}/rollout/auto`: start an automatic rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoStart {
+    /// The version to roll out (staged, or the shadow).
+    pub version: u64,
+    /// The canary's shares, in percent, increasing, each from 1 to 100.
+    pub steps: Vec<u32>,
+    /// Seconds each share must hold up.
+    pub interval_secs: u64,
+    /// Largest canary error ratio, as a multiple of the stable version's.
+    pub max_error_ratio: f64,
+    /// Largest canary p99, as a multiple of the stable version's.
+    pub max_p99: f64,
+    /// Fewest canary requests a step is judged on.
+    pub min_requests: u64,
+    /// Smallest share of rows (0 to 1) a shadow phase must have agreed on, if one ran.
+    #[serde(default)]
+    pub min_agreement: Option<f64>,
+    /// Error ratio (0 to 1) allowed whatever the stable version's.
+    #[serde(default = "default_error_floor")]
+    pub error_floor: f64,
+}
+
+fn default_error_floor() -> f64 {
+    0.005
 }
 
 /// The labels every model has, set by rollouts rather than by `models label`.
@@ -283,6 +357,22 @@ pub struct RolloutStatus {
     /// Each side's figures over the window, across every api replica.
     #[serde(default)]
     pub sides: Vec<crate::rollout::SideSummary>,
+    /// The api replica running the automatic rollout controller, and until when its lease
+    /// lasts; none before one took it.
+    #[serde(default)]
+    pub controller: Option<ControllerLease>,
+    /// The id of the api replica that answered.
+    #[serde(default)]
+    pub replica: String,
+}
+
+/// Who runs the automatic rollout controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerLease {
+    /// The api replica's id.
+    pub holder: String,
+    /// Until when its lease lasts unless renewed (RFC 3339).
+    pub until: String,
 }
 
 /// One change of a model's labels or traffic.

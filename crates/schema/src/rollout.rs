@@ -28,7 +28,8 @@ pub struct DiffStats {
 pub struct SideStats {
     /// Requests answered (for a shadow: copies it answered or failed).
     pub requests: u64,
-    /// Of them, answers with a 5xx status (the server's fault, not the caller's).
+    /// Of them, answers that were not a success: a request the stable version answers and
+    /// this side refuses (a changed signature) fails the side as much as a crash does.
     pub errors: u64,
     /// Request counts per latency bucket ([`LATENCY_BOUNDS_MS`], then the rest).
     pub latency: Vec<u64>,
@@ -53,7 +54,7 @@ impl SideStats {
     /// Counts one answer.
     pub fn answered(&mut self, status: u16, latency_ms: f64) {
         self.requests += 1;
-        if status >= 500 {
+        if !(200..300).contains(&status) {
             self.errors += 1;
         }
         if self.latency.len() < LATENCY_BOUNDS_MS.len() + 1 {
@@ -142,7 +143,7 @@ pub struct SideSummary {
     pub version: u64,
     /// Requests answered in the window.
     pub requests: u64,
-    /// 5xx answers per request.
+    /// Answers other than a success, per request.
     pub error_ratio: f64,
     /// Median latency, milliseconds.
     pub p50_ms: Option<f64>,

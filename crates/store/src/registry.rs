@@ -7,8 +7,8 @@ use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
 use vatic_schema::admin::{
-    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, Signature, Traffic,
-    VersionState,
+    AutoPlan, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, Signature,
+    Traffic, VersionState,
 };
 
 /// A version to record, its ONNX file already checked.
@@ -157,7 +157,7 @@ impl Store {
 
     /// Every model with its versions, labels and traffic, by name.
     pub async fn models(&self) -> Result<Vec<ModelInfo>> {
-        let (models, versions, labels, traffic) = on_pool!(self, pool => {
+        let (mut models, versions, labels, traffic, plans) = on_pool!(self, pool => {
             // One transaction, so a change between the reads cannot show half of itself.
             let mut tx = pool.begin().await?;
             let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, previous_stable, previous_until FROM models ORDER BY name")
@@ -204,10 +204,38 @@ impl Store {
                     Ok((r.try_get("model")?, r.try_get::<i32, _>("weight")? as u32, r.try_get("shadow")?))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let plans = sqlx::query("SELECT model, version, steps, step, interval_ms, max_error_ratio, max_p99, min_requests, min_agreement, error_floor, state, reason, started_by, started_at, step_started_at FROM rollout_plans")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| -> Result<(String, AutoPlan)> {
+                    let steps: String = r.try_get("steps")?;
+                    Ok((r.try_get("model")?, AutoPlan {
+                        version: r.try_get::<i64, _>("version")? as u64,
+                        steps: serde_json::from_str(&steps)?,
+                        step: r.try_get::<i32, _>("step")? as usize,
+                        interval_secs: r.try_get::<i64, _>("interval_ms")? as u64 / 1000,
+                        max_error_ratio: r.try_get("max_error_ratio")?,
+                        max_p99: r.try_get("max_p99")?,
+                        min_requests: r.try_get::<i64, _>("min_requests")? as u64,
+                        min_agreement: r.try_get("min_agreement")?,
+                        error_floor: r.try_get("error_floor")?,
+                        state: r.try_get("state")?,
+                        reason: r.try_get("reason")?,
+                        started_by: r.try_get("started_by")?,
+                        started_at: rfc3339(r.try_get("started_at")?),
+                        step_started_at: rfc3339(r.try_get("step_started_at")?),
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()?;
             tx.commit().await?;
-            (models, versions, labels, traffic)
+            (models, versions, labels, traffic, plans)
         });
-        let mut models = models;
+        for (model, plan) in plans {
+            if let Some(m) = models.iter_mut().find(|m| m.name == model) {
+                m.traffic.auto = Some(plan);
+            }
+        }
         for v in versions {
             if let Some(m) = models.iter_mut().find(|m| m.name == v.model) {
                 if let Some(label) = v.state.label() {

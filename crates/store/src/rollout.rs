@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::Row;
 use std::time::Duration;
-use vatic_schema::admin::{ModelInfo, RolloutEvent, VersionState, BUILTIN_LABELS};
+use vatic_schema::admin::{
+    AutoPlan, AutoStart, ModelInfo, RolloutEvent, VersionState, BUILTIN_LABELS,
+};
 use vatic_schema::rollout::SideStats;
 
 /// A change asked of a model's labels or traffic.
@@ -64,6 +66,24 @@ pub enum RolloutOp {
     },
     /// Retires the version a promote left loaded, its grace period over.
     Expire,
+    /// Starts an automatic rollout: the version becomes the canary at the first step's share.
+    Auto {
+        /// What was asked.
+        start: AutoStart,
+    },
+    /// The controller's step: the canary held up over its interval, so it takes the next
+    /// share, or after the last is promoted.
+    Advance {
+        /// The figures it was judged on.
+        reason: String,
+        /// How long a promoted-over stable version stays loaded.
+        grace: Duration,
+    },
+    /// Ends a running automatic rollout without changing the traffic.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What an operation does to the registry, as [`plan`] works it out.
@@ -86,6 +106,8 @@ pub struct Change {
     pub labels: Vec<(String, Option<u64>)>,
     /// The version a rollback returns to, and until when it stays loaded, afterwards.
     pub previous: (Option<u64>, Option<DateTime<Utc>>),
+    /// The automatic rollout's row afterwards, when the change touches it.
+    pub plan: Option<AutoPlan>,
 }
 
 fn conflict(message: String) -> StoreError {
@@ -130,7 +152,9 @@ pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Chan
         shadow: model.shadow(),
         labels: Vec::new(),
         previous: (model.traffic.previous_stable, previous_until),
+        plan: None,
     };
+    let running = model.traffic.auto.clone().filter(AutoPlan::is_running);
     let stable = model.default_version().map(|v| v.version);
     let custom_labels = |version: u64| -> Vec<&str> {
         model
@@ -363,6 +387,107 @@ pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Chan
                 change.detail = json!({"kept": previous, "state": state, "labels": labels});
             }
         }
+        RolloutOp::Auto { start } => {
+            let first = *start
+                .steps
+                .first()
+                .ok_or_else(|| conflict("steps: at least one share".into()))?;
+            let mut started = plan(
+                model,
+                &RolloutOp::Start {
+                    version: start.version,
+                    weight: first,
+                },
+                at,
+            )?;
+            started.action = "auto";
+            started.detail = json!({
+                "canary": start.version, "steps": start.steps, "interval_secs": start.interval_secs,
+                "max_error_ratio": start.max_error_ratio, "max_p99": start.max_p99,
+                "min_requests": start.min_requests, "min_agreement": start.min_agreement,
+                "error_floor": start.error_floor, "stable": stable,
+            });
+            started.plan = Some(AutoPlan {
+                version: start.version,
+                steps: start.steps.clone(),
+                step: 0,
+                interval_secs: start.interval_secs,
+                max_error_ratio: start.max_error_ratio,
+                max_p99: start.max_p99,
+                min_requests: start.min_requests,
+                min_agreement: start.min_agreement,
+                error_floor: start.error_floor,
+                state: "running".into(),
+                reason: format!("started at {first}%"),
+                started_by: String::new(),
+                started_at: rfc3339(at),
+                step_started_at: rfc3339(at),
+            });
+            return Ok(started);
+        }
+        RolloutOp::Advance { reason, grace } => {
+            let Some(mut auto) = running.clone() else {
+                return Err(conflict(format!(
+                    "model '{name}' has no automatic rollout running"
+                )));
+            };
+            let mut next = match auto.steps.get(auto.step + 1) {
+                Some(weight) => {
+                    let mut set = plan(model, &RolloutOp::Set { weight: *weight }, at)?;
+                    auto.step += 1;
+                    auto.reason = format!("{reason}; now at {weight}%");
+                    auto.step_started_at = rfc3339(at);
+                    set.action = "auto_step";
+                    set.detail["reason"] = json!(reason);
+                    set
+                }
+                None => {
+                    let mut promoted = plan(model, &RolloutOp::Promote { grace: *grace }, at)?;
+                    auto.state = "succeeded".into();
+                    auto.reason = format!("{reason}; promoted");
+                    promoted.action = "auto_promote";
+                    promoted.detail["reason"] = json!(reason);
+                    promoted
+                }
+            };
+            next.plan = Some(auto);
+            return Ok(next);
+        }
+        RolloutOp::Cancel { reason } => {
+            let Some(mut auto) = running.clone() else {
+                return Err(conflict(format!(
+                    "model '{name}' has no automatic rollout running"
+                )));
+            };
+            auto.state = "cancelled".into();
+            auto.reason = reason.clone();
+            change.action = "auto_cancel";
+            change.version = Some(auto.version);
+            change.detail = json!({"reason": reason});
+            change.plan = Some(auto);
+        }
+    }
+    // A change by hand of the canary ends an automatic rollout: a rollback as rolled back,
+    // anything else as taken over.
+    if let Some(mut auto) = running {
+        let ended = match op {
+            RolloutOp::Rollback { reason } => Some((
+                "rolled_back",
+                reason
+                    .clone()
+                    .unwrap_or_else(|| "rolled back by hand".into()),
+            )),
+            RolloutOp::Set { .. } | RolloutOp::Promote { .. } => Some((
+                "cancelled",
+                format!("taken over by hand: {}", change.action),
+            )),
+            _ => None,
+        };
+        if let Some((state, reason)) = ended {
+            auto.state = state.into();
+            auto.reason = reason;
+            change.plan = Some(auto);
+        }
     }
     Ok(change)
 }
@@ -449,6 +574,31 @@ impl Store {
                 .bind(model)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(auto) = &change.plan {
+                let started_by = if auto.started_by.is_empty() { actor.label.as_str() } else { auto.started_by.as_str() };
+                let time = |t: &str| DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).unwrap_or(at);
+                sqlx::query("INSERT INTO rollout_plans (model, version, steps, step, interval_ms, max_error_ratio, max_p99, min_requests, min_agreement, error_floor, state, reason, started_by, started_at, step_started_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                             ON CONFLICT (model) DO UPDATE SET version = $2, steps = $3, step = $4, interval_ms = $5, max_error_ratio = $6, max_p99 = $7, min_requests = $8, \
+                             min_agreement = $9, error_floor = $10, state = $11, reason = $12, started_by = $13, started_at = $14, step_started_at = $15")
+                    .bind(model)
+                    .bind(auto.version as i64)
+                    .bind(serde_json::to_string(&auto.steps)?)
+                    .bind(auto.step as i32)
+                    .bind((auto.interval_secs * 1000) as i64)
+                    .bind(auto.max_error_ratio)
+                    .bind(auto.max_p99)
+                    .bind(auto.min_requests as i64)
+                    .bind(auto.min_agreement)
+                    .bind(auto.error_floor)
+                    .bind(&auto.state)
+                    .bind(&auto.reason)
+                    .bind(started_by)
+                    .bind(time(&auto.started_at))
+                    .bind(time(&auto.step_started_at))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query("INSERT INTO rollout_history (model, at, actor, action, version, detail) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(model)
                 .bind(at)
@@ -528,6 +678,71 @@ impl Store {
         }
         sums.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Ok(sums)
+    }
+
+    /// Records the controller's last decision on a running automatic rollout (no history: it
+    /// changes nothing).
+    pub async fn note_plan(&self, model: &str, reason: &str) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE rollout_plans SET reason = $1 WHERE model = $2 AND state = 'running'")
+                .bind(reason)
+                .bind(model)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `for_` from now, when it is free,
+    /// expired or `holder`'s already; returns whether `holder` has it.
+    pub async fn take_lease(&self, name: &str, holder: &str, for_: Duration) -> Result<bool> {
+        let at = now();
+        let until = at + chrono::Duration::from_std(for_).unwrap_or(chrono::Duration::MAX);
+        let held = on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.write_begin()).await?;
+            sqlx::query("INSERT INTO controller_lease (name, holder, until) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
+            let taken = sqlx::query("UPDATE controller_lease SET holder = $1, until = $2 WHERE name = $3 AND (holder = $1 OR until < $4)")
+                .bind(holder)
+                .bind(until)
+                .bind(name)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            taken == 1
+        });
+        Ok(held)
+    }
+
+    /// Who holds the lease `name`, and until when.
+    pub async fn lease(&self, name: &str) -> Result<Option<(String, String)>> {
+        let row = on_pool!(self, pool => {
+            sqlx::query("SELECT holder, until FROM controller_lease WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| -> Result<(String, String)> { Ok((r.try_get("holder")?, rfc3339(r.try_get("until")?))) })
+                .transpose()?
+        });
+        Ok(row)
+    }
+
+    /// Gives the lease `name` up, when `holder` has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM controller_lease WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(holder)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The newest `limit` changes of a model's labels and traffic, newest first.

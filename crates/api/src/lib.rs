@@ -47,29 +47,25 @@ impl Application {
         let metrics = ApiMetrics::default();
         let catalog = Arc::new(Catalog::default());
         let backend = Arc::new(start_backend(settings, store.as_ref(), &catalog, &metrics).await?);
+        let catalog_passes = follow_registry(settings, store.as_ref(), &catalog, &backend);
+        let registry_passes = registry_passes(&backend, catalog_passes);
         let tally = Arc::new(rollout::stats::Tally::default());
+        let replica = uuid::Uuid::new_v4().to_string();
         let mirror = match &store {
-            Some(store) => {
-                rollout::stats::flush(
-                    store.clone(),
-                    tally.clone(),
-                    uuid::Uuid::new_v4().to_string(),
-                    Duration::from_millis(settings.rollout.stats_flush_ms),
-                );
-                Some(rollout::shadow::Mirror::start(
-                    backend.clone(),
-                    tally.clone(),
-                    settings.rollout.shadow_queue,
-                    settings.rollout.shadow_concurrency,
-                    metrics.registry(),
-                )?)
-            }
+            Some(store) => Some(start_rollouts(
+                settings,
+                store,
+                &backend,
+                &tally,
+                &replica,
+                &metrics,
+                &registry_passes,
+            )?),
             None => None,
         };
-        let catalog_passes = follow_registry(settings, store.as_ref(), &catalog, &backend);
         let prediction_log = start_prediction_log(settings, store.as_ref(), &metrics)?;
         let state = AppState {
-            registry_passes: registry_passes(&backend, catalog_passes),
+            registry_passes,
             backend,
             body: vatic_server::BodyLimits::from_settings(&settings.server),
             store,
@@ -85,6 +81,7 @@ impl Application {
             rollout: settings.rollout.clone(),
             tally,
             mirror,
+            replica,
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");
@@ -203,6 +200,39 @@ fn registry_passes(backend: &Backend, catalog: Option<Passes>) -> Vec<Passes> {
         Backend::Remote(..) => None,
     };
     engine.into_iter().chain(catalog).collect()
+}
+
+/// Starts what rollouts need beside the routes: the writer of this replica's figures, the
+/// automatic rollout controller, and the shadow's queue (returned).
+fn start_rollouts(
+    settings: &ApiSettings,
+    store: &Store,
+    backend: &Arc<Backend>,
+    tally: &Arc<rollout::stats::Tally>,
+    replica: &str,
+    metrics: &ApiMetrics,
+    passes: &[Passes],
+) -> anyhow::Result<rollout::shadow::Mirror> {
+    rollout::stats::flush(
+        store.clone(),
+        tally.clone(),
+        replica.to_string(),
+        Duration::from_millis(settings.rollout.stats_flush_ms),
+    );
+    rollout::controller::start(
+        store.clone(),
+        settings.rollout.clone(),
+        replica.to_string(),
+        rollout::controller::ControllerMetrics::register(metrics.registry())?,
+        passes.to_vec(),
+    );
+    Ok(rollout::shadow::Mirror::start(
+        backend.clone(),
+        tally.clone(),
+        settings.rollout.shadow_queue,
+        settings.rollout.shadow_concurrency,
+        metrics.registry(),
+    )?)
 }
 
 /// Starts the prediction log writer, its metrics in the api's registry; none without a

@@ -52,6 +52,8 @@ pub struct AppState {
     pub tally: Arc<Tally>,
     /// The shadow's queue, when a database is configured.
     pub mirror: Option<Mirror>,
+    /// This process's id among the api replicas (the rollout controller's lease holder).
+    pub replica: String,
 }
 
 /// Where a request was routed: the version to ask for (`None` leaves the choice to the
@@ -251,6 +253,13 @@ impl Service for AppState {
         }
         if let Some(log) = &self.prediction_log {
             log.shutdown().await;
+        }
+        // Hands the rollout controller over at once rather than when the lease runs out.
+        if let Some(store) = &self.store {
+            let lease = crate::rollout::controller::LEASE;
+            if let Err(e) = store.release_lease(lease, &self.replica).await {
+                tracing::warn!(error = %e, "the rollout controller's lease was not given up; it runs out by itself");
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! key (a header, `X-Vatic-Route-Key` by default) the split is sticky: at a fixed weight a key
 //! always lands on the same side, and as the canary's weight grows the keys already on it stay.
 
+pub mod controller;
 pub mod shadow;
 pub mod stats;
 
@@ -27,6 +28,11 @@ pub struct RolloutSettings {
     pub shadow_concurrency: usize,
     /// Milliseconds between writes of this replica's rollout figures to the database.
     pub stats_flush_ms: u64,
+    /// Milliseconds between the automatic rollout controller's passes.
+    pub controller_tick_ms: u64,
+    /// Milliseconds the replica running the controller holds it without renewing; another
+    /// takes over after that when it stops.
+    pub controller_lease_ms: u64,
 }
 
 impl Default for RolloutSettings {
@@ -37,6 +43,8 @@ impl Default for RolloutSettings {
             shadow_queue: 256,
             shadow_concurrency: 2,
             stats_flush_ms: 2000,
+            controller_tick_ms: 1000,
+            controller_lease_ms: 10_000,
         }
     }
 }
@@ -52,8 +60,19 @@ impl RolloutSettings {
                 self.route_key_header
             );
         }
-        if self.shadow_queue == 0 || self.shadow_concurrency == 0 || self.stats_flush_ms == 0 {
-            anyhow::bail!("rollout.shadow_queue, rollout.shadow_concurrency and rollout.stats_flush_ms must be at least 1");
+        if self.shadow_queue == 0
+            || self.shadow_concurrency == 0
+            || self.stats_flush_ms == 0
+            || self.controller_tick_ms == 0
+        {
+            anyhow::bail!("rollout.shadow_queue, rollout.shadow_concurrency, rollout.stats_flush_ms and rollout.controller_tick_ms must be at least 1");
+        }
+        if self.controller_lease_ms < 2 * self.controller_tick_ms {
+            anyhow::bail!(
+                "rollout.controller_lease_ms ({}) must be at least twice rollout.controller_tick_ms ({}): the controller renews its lease every tick",
+                self.controller_lease_ms,
+                self.controller_tick_ms
+            );
         }
         Ok(())
     }

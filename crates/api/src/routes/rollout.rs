@@ -10,8 +10,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use std::time::Duration;
 use vatic_schema::admin::{
-    LabelSet, RollbackRequest, RolloutSet, RolloutStart, RolloutStatus, ShadowStart, VersionState,
-    BUILTIN_LABELS,
+    AutoStart, ControllerLease, LabelSet, RollbackRequest, RolloutSet, RolloutStart, RolloutStatus,
+    ShadowStart, VersionState, BUILTIN_LABELS,
 };
 use vatic_schema::rollout::SideSummary;
 use vatic_server::{Need, Routes};
@@ -58,10 +58,10 @@ pub fn configure(routes: &mut Routes<'_>) {
             )
             .add(
                 Method::POST,
-                "/admin/v1/models/{name}/rollout",
+                "/admin/v1/models/{name}/rollout/auto",
                 Need::Deploy,
-                "Start a canary: a version takes a share of unversioned requests",
-                start,
+                "Start an automatic rollout: the share steps up while the canary holds up, and rolls back on a breach",
+                start_auto,
             )
             .add(
                 Method::PATCH,
@@ -83,6 +83,13 @@ pub fn configure(routes: &mut Routes<'_>) {
                 Need::Deploy,
                 "End the canary, or return to the version stable before the last promote",
                 rollback,
+            )
+            .add(
+                Method::POST,
+                "/admin/v1/models/{name}/rollout",
+                Need::Deploy,
+                "Start a canary: a version takes a share of unversioned requests",
+                start,
             )
             .add(
                 Method::GET,
@@ -280,11 +287,17 @@ async fn get_status(
         .iter()
         .map(|(version, side, stats)| SideSummary::of(side, *version, stats))
         .collect();
+    let controller = store
+        .lease(crate::rollout::controller::LEASE)
+        .await?
+        .map(|(holder, until)| ControllerLease { holder, until });
     Ok(HttpResponse::Ok().json(RolloutStatus {
         model,
         ready,
         window_secs,
         sides,
+        controller,
+        replica: s.replica.clone(),
     }))
 }
 
@@ -305,6 +318,71 @@ async fn put_shadow(
     let op = RolloutOp::Shadow {
         version: body.version,
         sample: body.sample,
+    };
+    change(&s, &req, &name, op).await
+}
+
+/// Checks an automatic rollout's settings, naming the one at fault.
+fn check_auto(a: &AutoStart) -> Result<(), AdminError> {
+    let bad = |m: String| Err(AdminError::BadRequest(m));
+    if a.steps.is_empty() || a.steps.len() > 100 {
+        return bad(format!(
+            "steps: from 1 to 100 shares, got {}",
+            a.steps.len()
+        ));
+    }
+    if a.steps.iter().any(|s| !(1..=100).contains(s)) || a.steps.windows(2).any(|w| w[0] >= w[1]) {
+        return bad(format!(
+            "steps: increasing percents from 1 to 100, got {:?}",
+            a.steps
+        ));
+    }
+    if !(1..=86_400).contains(&a.interval_secs) {
+        return bad(format!(
+            "interval_secs: from 1 to 86400, got {}",
+            a.interval_secs
+        ));
+    }
+    for (name, v) in [
+        ("max_error_ratio", a.max_error_ratio),
+        ("max_p99", a.max_p99),
+    ] {
+        if !(v.is_finite() && v >= 1.0) {
+            return bad(format!(
+                "{name}: a multiple of the stable version's, at least 1, got {v}"
+            ));
+        }
+    }
+    if a.min_requests == 0 {
+        return bad("min_requests: at least 1".into());
+    }
+    if let Some(v) = a.min_agreement {
+        if !(v > 0.0 && v <= 1.0) {
+            return bad(format!(
+                "min_agreement: a share above 0 and at most 1, got {v}"
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&a.error_floor) {
+        return bad(format!(
+            "error_floor: a share from 0 to 1, got {}",
+            a.error_floor
+        ));
+    }
+    Ok(())
+}
+
+async fn start_auto(
+    s: State,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<AutoStart>,
+) -> Result<HttpResponse, AdminError> {
+    check_auto(&body)?;
+    store(&s)?.model_version(&name, body.version).await?;
+    check_ready(&s, &name, body.version, "an automatic rollout")?;
+    let op = RolloutOp::Auto {
+        start: body.into_inner(),
     };
     change(&s, &req, &name, op).await
 }

@@ -14,9 +14,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use vatic_schema::admin::{
-    CreatedKey, KeyCreate, KeyInfo, LabelSet, ModelInfo, ModelSettings, ModelVersionInfo,
-    RetireResponse, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus,
-    ShadowStart, WorkerStatus,
+    AutoStart, CreatedKey, KeyCreate, KeyInfo, LabelSet, ModelInfo, ModelSettings,
+    ModelVersionInfo, RetireResponse, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart,
+    RolloutStatus, ShadowStart, WorkerStatus,
 };
 use vatic_schema::v2::{self, Encoded, HEADER_LENGTH};
 use vatic_schema::{ErrorBody, InferResponse, ModelMetadata};
@@ -264,6 +264,12 @@ impl Client {
     pub fn rollout_set(&self, name: &str, body: &RolloutSet) -> anyhow::Result<ModelInfo> {
         let url = self.admin_url(&["models", name, "rollout"]);
         self.json_answer(self.http.patch(url.clone()).json(body), &url)
+    }
+
+    /// `POST /admin/v1/models/{m}/rollout/auto`: starts an automatic rollout.
+    pub fn rollout_auto(&self, name: &str, body: &AutoStart) -> anyhow::Result<ModelInfo> {
+        let url = self.admin_url(&["models", name, "rollout", "auto"]);
+        self.json_answer(self.http.post(url.clone()).json(body), &url)
     }
 
     /// `POST /admin/v1/models/{m}/rollout/promote`.

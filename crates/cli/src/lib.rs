@@ -116,12 +116,13 @@ pub enum Command {
     ///   vaticctl models log fraud --mode full --sample-rate 0.05
     #[command(verbatim_doc_comment)]
     Models(models::ModelsArgs),
-    /// Roll a model version out: canary share, shadow, promote, rollback, status and history
+    /// Roll a model version out: canary share, shadow, automatic rollout, promote, rollback, status and history
     ///
     /// Examples:
     ///   vaticctl rollout start fraud --version 8 --canary 10
     ///   vaticctl rollout set fraud --canary 50
     ///   vaticctl rollout shadow fraud --version 9 --sample 25%
+    ///   vaticctl rollout auto fraud --version 9 --steps 5,25,50,100 --interval 2m
     ///   vaticctl rollout promote fraud
     ///   vaticctl rollout rollback fraud --reason "error ratio doubled"
     ///   vaticctl rollout status fraud

@@ -7,8 +7,8 @@ use crate::GlobalArgs;
 use clap::{Args, Subcommand};
 use std::io::Write;
 use vatic_schema::admin::{
-    ModelInfo, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus, ShadowStart,
-    VersionState,
+    AutoStart, ModelInfo, RollbackRequest, RolloutEvent, RolloutSet, RolloutStart, RolloutStatus,
+    ShadowStart, VersionState,
 };
 
 /// Arguments of `vaticctl rollout`.
@@ -50,6 +50,23 @@ pub enum RolloutCommand {
     ///   vaticctl rollout shadow fraud --stop
     #[command(verbatim_doc_comment)]
     Shadow(ShadowArgs),
+    /// Roll a version out by itself: the share steps up while it holds up, and rolls back on a breach
+    ///
+    /// The version becomes the canary at the first share. Once it has answered --min-requests
+    /// at a share, its error ratio and p99 are compared with the stable version's: above
+    /// --max-error-ratio or --max-p99 times the stable's (the error ratio at least
+    /// --error-floor), it is rolled back at once, with the reason in the history and the audit
+    /// log. A share that holds up for the whole --interval moves to the next; after the last
+    /// the canary is promoted. With --min-agreement, a shadow phase of the version (if one
+    /// ran) must have agreed on at least that share of rows. One api replica runs the
+    /// controller; another takes over if it dies. `rollout set`, `promote` or `rollback` by
+    /// hand end it.
+    ///
+    /// Example:
+    ///   vaticctl rollout auto fraud --version 8 --steps 5,25,50,100 --interval 2m \
+    ///     --max-error-ratio 2x --max-p99 1.5x --min-requests 200
+    #[command(verbatim_doc_comment)]
+    Auto(AutoArgs),
     /// Make the canary the stable version, in one step
     ///
     /// The version that was stable stays loaded for the grace period (rollout.promote_grace_secs)
@@ -73,7 +90,7 @@ pub enum RolloutCommand {
     /// Show where a model's traffic goes and how each side does over the last window
     ///
     /// The split, each version's state, labels and readiness; then per side (stable, canary,
-    /// shadow), counted by every api replica over --window: requests, 5xx error ratio, p50 and
+    /// shadow), counted by every api replica over --window: requests, error ratio, p50 and
     /// p99 latency, and for a shadow the copies compared and dropped, the agreement and the
     /// largest difference per output.
     ///
@@ -164,6 +181,62 @@ fn window(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Arguments of `vaticctl rollout auto`. `--version` is the model version here.
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct AutoArgs {
+    /// Model name
+    pub model: String,
+    /// The staged (or shadow) version to roll out
+    #[arg(long, value_name = "N", value_parser = crate::models::version_number)]
+    pub version: u64,
+    /// The canary's shares, in percent, increasing; after the last it is promoted
+    #[arg(long, value_name = "P,P,...", value_delimiter = ',', value_parser = percent, default_value = "5,25,50,100")]
+    pub steps: Vec<u32>,
+    /// How long each share must hold up: seconds, or a number with s, m or h
+    #[arg(long, value_name = "DURATION", value_parser = window, default_value = "2m")]
+    pub interval: u64,
+    /// Largest canary error ratio, as a multiple of the stable version's
+    #[arg(long, value_name = "MULTIPLE", value_parser = multiple, default_value = "2x")]
+    pub max_error_ratio: f64,
+    /// Largest canary p99 latency, as a multiple of the stable version's
+    #[arg(long, value_name = "MULTIPLE", value_parser = multiple, default_value = "1.5x")]
+    pub max_p99: f64,
+    /// Fewest canary requests a share is judged on
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub min_requests: u64,
+    /// Smallest share of rows a shadow phase of the version must have agreed on, if one ran
+    #[arg(long, value_name = "PERCENT", value_parser = fraction)]
+    pub min_agreement: Option<f64>,
+    /// Error ratio allowed whatever the stable version's
+    #[arg(long, value_name = "PERCENT", value_parser = fraction, default_value = "0.5%")]
+    pub error_floor: f64,
+}
+
+/// `2x` or `2`: a multiple of at least 1.
+fn multiple(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('x').parse::<f64>() {
+        Ok(m) if m.is_finite() && m >= 1.0 => Ok(m),
+        _ => Err(format!(
+            "'{s}' is not a multiple: use a number of at least 1, like 2x or 1.5x"
+        )),
+    }
+}
+
+/// `99%` or `0.99`: a share from 0 to 1.
+fn fraction(s: &str) -> Result<f64, String> {
+    let value = match s.strip_suffix('%') {
+        Some(p) => p.parse::<f64>().map(|p| p / 100.0),
+        None => s.parse::<f64>(),
+    };
+    match value {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "'{s}' is not a share: use a percent like 99% or 0.5%, or a number from 0 to 1"
+        )),
+    }
+}
+
 /// Arguments of `vaticctl rollout rollback`.
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -218,6 +291,19 @@ pub fn run(global: &GlobalArgs, args: &RolloutArgs) -> anyhow::Result<()> {
             )?,
             _ => client.stop_shadow(&a.model)?,
         },
+        RolloutCommand::Auto(a) => client.rollout_auto(
+            &a.model,
+            &AutoStart {
+                version: a.version,
+                steps: a.steps.clone(),
+                interval_secs: a.interval,
+                max_error_ratio: a.max_error_ratio,
+                max_p99: a.max_p99,
+                min_requests: a.min_requests,
+                min_agreement: a.min_agreement,
+                error_floor: a.error_floor,
+            },
+        )?,
         RolloutCommand::Promote(a) => client.promote(&a.model)?,
         RolloutCommand::Rollback(a) => client.rollback(
             &a.model,
@@ -277,6 +363,24 @@ fn print_split(model: &ModelInfo, out: &mut impl Write) -> anyhow::Result<()> {
     }
     output::align_right(&mut table, &[2, 3]);
     writeln!(out, "{table}")?;
+    if let Some(auto) = &model.traffic.auto {
+        let steps: Vec<String> = auto.steps.iter().map(|s| format!("{s}%")).collect();
+        let at = if auto.is_running() {
+            format!(
+                "step {} of {} ({})",
+                auto.step + 1,
+                auto.steps.len(),
+                steps.join(" > ")
+            )
+        } else {
+            auto.state.replace('_', " ")
+        };
+        writeln!(
+            out,
+            "automatic rollout of version {}: {at}; {}",
+            auto.version, auto.reason
+        )?;
+    }
     if let (Some(v), Some(until)) = (model.traffic.previous_stable, &model.traffic.previous_until) {
         writeln!(
             out,
@@ -413,6 +517,24 @@ mod tests {
         }
         assert_eq!(duration(300), "5m");
         assert_eq!(duration(90), "90s");
+    }
+
+    #[test]
+    fn multiples_and_shares_read_as_operators_write_them() {
+        assert_eq!(multiple("2x"), Ok(2.0));
+        assert_eq!(multiple("1.5"), Ok(1.5));
+        for bad in ["0.5x", "x", "two", "infx"] {
+            assert!(
+                multiple(bad).unwrap_err().contains("not a multiple"),
+                "{bad}"
+            );
+        }
+        assert_eq!(fraction("99%"), Ok(0.99));
+        assert_eq!(fraction("0.5%"), Ok(0.005));
+        assert_eq!(fraction("0.9"), Ok(0.9));
+        for bad in ["101%", "2", "-1%", "%"] {
+            assert!(fraction(bad).unwrap_err().contains("not a share"), "{bad}");
+        }
     }
 
     #[test]

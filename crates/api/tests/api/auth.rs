@@ -75,7 +75,8 @@ fn request_for(method: &Method, pattern: &str, throwaway: &str) -> (String, Opti
         path = path.replace("{model}", "breast_cancer:predict");
     }
     // Retiring the version the walk pushed (version 2, staged before the walk, is rolled out
-    // by the walk's rollout routes; it needs the demo model's version 1 afterwards).
+    // by the walk's rollout routes, in the order they are registered: shadowed, rolled out
+    // automatically, set by hand, promoted, rolled back, started again).
     let version = if pattern.ends_with("/retire") {
         "3"
     } else {
@@ -98,6 +99,10 @@ fn request_for(method: &Method, pattern: &str, throwaway: &str) -> (String, Opti
         ("POST", "/admin/v1/models/{name}/rollout") => Some(json!({"version": 2, "canary": 10})),
         ("PATCH", "/admin/v1/models/{name}/rollout") => Some(json!({"canary": 20})),
         ("PUT", "/admin/v1/models/{name}/rollout/shadow") => Some(json!({"version": 2})),
+        ("POST", "/admin/v1/models/{name}/rollout/auto") => Some(json!({
+            "version": 2, "steps": [10, 100], "interval_secs": 60, "max_error_ratio": 2.0,
+            "max_p99": 1.5, "min_requests": 100
+        })),
         ("POST", p) if p.ends_with("/infer") => Some(reference.v2_request(0..1)),
         ("POST", p) if p.starts_with("/v1/") => {
             let row = reference.v2_request(0..1)["inputs"][0]["data"].clone();

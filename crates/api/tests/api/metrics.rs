@@ -298,36 +298,80 @@ fn referenced(text: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
-/// The families an api started with `settings` exports after one successful request.
+/// The families an api started with `settings` exports after one successful request; with
+/// `shadow`, after a version 2 of the demo model shadowed that request.
 async fn families_after_one_request(
     mut settings: vatic_api::settings::ApiSettings,
+    shadow: bool,
 ) -> std::collections::BTreeSet<String> {
     settings.server.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
+    if shadow {
+        let model =
+            std::fs::read(vatic_testkit::model_dir("breast_cancer").join("1/model.onnx")).unwrap();
+        let r = api
+            .client
+            .post(format!(
+                "{}/admin/v1/models/breast_cancer/versions",
+                api.base
+            ))
+            .header("Content-Type", "application/octet-stream")
+            .body(model)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let ready = format!("{}/v2/models/breast_cancer/versions/2/ready", api.base);
+        crate::helpers::wait_status(&api.client, &ready, 200, std::time::Duration::from_secs(60))
+            .await;
+        let r = api
+            .client
+            .put(format!(
+                "{}/admin/v1/models/breast_cancer/rollout/shadow",
+                api.base
+            ))
+            .json(&serde_json::json!({"version": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
     let request = vatic_testkit::demo_reference().v2_request(0..1);
     let (status, body) = api
         .post_json("/v2/models/breast_cancer/infer", &request)
         .await;
     assert_eq!(status, 200, "{body}");
     let metrics = api.app.server.metrics_addr.expect("a metrics port");
-    let scraped = api
-        .client
-        .get(format!("{}://{metrics}/metrics", api.app.server.scheme))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let exported = families(&scraped);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exported = loop {
+        let scraped = api
+            .client
+            .get(format!("{}://{metrics}/metrics", api.app.server.scheme))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let exported = families(&scraped);
+        // The shadow's copy is counted once it has been answered, off the request path.
+        if !shadow || exported.contains("vatic_shadow_copies_total") {
+            break exported;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shadow copy was never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     api.stop().await;
     exported
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
-    // Standalone with a database: the api's, the engine's and the prediction log's families;
-    // over HTTPS, the certificate's.
+    // Standalone with a database: the api's, the engine's, the prediction log's and the
+    // rollouts' families (with a shadow running); over HTTPS, the certificate's.
     let db = vatic_testkit::TestDb::sqlite();
     let dir = tempfile::tempdir().unwrap();
     let mut standalone = crate::helpers::registry_standalone_settings(
@@ -341,11 +385,11 @@ async fn every_metric_the_alert_rules_and_dashboards_use_is_exported() {
         client_ca: None,
         self_signed: true,
     };
-    let mut exported = families_after_one_request(standalone).await;
+    let mut exported = families_after_one_request(standalone, true).await;
     // A cluster api: the upstream families.
     let worker = crate::helpers::ServerProcess::start();
     let cluster = crate::helpers::cluster_settings(vec![worker.url.clone()]);
-    exported.extend(families_after_one_request(cluster).await);
+    exported.extend(families_after_one_request(cluster, false).await);
 
     let root = vatic_testkit::root();
     let mut files = vec![root.join("prometheus/alerts.yml")];

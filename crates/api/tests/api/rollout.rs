@@ -897,3 +897,387 @@ async fn a_shadow_never_changes_an_answer_and_its_comparison_counts_every_copy()
     assert_eq!(status, 400, "{body}");
     api.stop().await;
 }
+
+/// A standalone api whose controller and figures move fast: a tick and a write every 100 ms.
+async fn fast_controller(dir: &std::path::Path) -> TestApi {
+    let url = format!("sqlite://{}", dir.join("vatic.db").display());
+    let mut settings =
+        registry_standalone_settings(&url, vatic_testkit::root().join("models"), dir);
+    settings.rollout.stats_flush_ms = 100;
+    settings.rollout.controller_tick_ms = 100;
+    settings.rollout.controller_lease_ms = 1000;
+    TestApi::start(settings, None).await
+}
+
+/// Waits until the model's automatic rollout is no longer running; returns its plan.
+async fn auto_outcome(api: &TestApi) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+        let plan = &model["traffic"]["auto"];
+        if plan["state"] != "running" {
+            return plan.clone();
+        }
+        assert!(Instant::now() < deadline, "still running: {plan}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts an automatic rollout of `version` with vaticctl.
+async fn auto(api: &TestApi, version: u64, steps: &str, min_requests: &str) -> String {
+    ctl(
+        api,
+        &[
+            "rollout",
+            "auto",
+            MODEL,
+            "--version",
+            &version.to_string(),
+            "--steps",
+            steps,
+            "--interval",
+            "1s",
+            "--max-error-ratio",
+            "2x",
+            "--max-p99",
+            "1.5x",
+            "--min-requests",
+            min_requests,
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_rollout_promotes_a_good_version_and_rolls_back_a_failing_or_slow_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = fast_controller(dir.path()).await;
+    let traffic = Traffic::start(&api, 4);
+
+    // A good version (the same file): every step holds, and it is promoted.
+    let v2 = push_demo(&api).await;
+    wait_ready(&api, v2).await;
+    let out = auto(&api, v2, "10,50,100", "20").await;
+    assert!(
+        out.contains("automatic rollout of version 2: step 1 of 3"),
+        "{out}"
+    );
+    let plan = auto_outcome(&api).await;
+    assert_eq!(plan["state"], "succeeded", "{plan}");
+    let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+    assert_eq!(model["labels"]["stable"], v2, "{model}");
+    let history: Vec<Value> =
+        serde_json::from_str(&ctl(&api, &["rollout", "history", MODEL, "-o", "json"]).await)
+            .unwrap();
+    let actions: Vec<&str> = history
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["auto_promote", "auto_step", "auto_step", "auto"],
+        "{history:?}"
+    );
+    assert!(history[..3].iter().all(|e| e["actor"] == "controller"));
+    let (_, failures) = traffic.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // A version that fails requests (another model's file, which refuses the demo's input):
+    // rolled back by itself, the reason in the history and the audit log.
+    let traffic = Traffic::start(&api, 4);
+    let out = ctl(
+        &api,
+        &[
+            "models",
+            "push",
+            MODEL,
+            "testdata/models/cnn/1/model.onnx",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let bad = serde_json::from_str::<Value>(&out).unwrap()["version"]["version"]
+        .as_u64()
+        .unwrap();
+    wait_ready(&api, bad).await;
+    auto(&api, bad, "20,100", "20").await;
+    let plan = auto_outcome(&api).await;
+    eprintln!("failing version: {plan}");
+    assert_eq!(plan["state"], "rolled_back", "{plan}");
+    assert!(
+        plan["reason"].as_str().unwrap().contains("error ratio"),
+        "{plan}"
+    );
+    let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+    assert_eq!(model["labels"], json!({"stable": v2}), "{model}");
+    let history: Vec<Value> =
+        serde_json::from_str(&ctl(&api, &["rollout", "history", MODEL, "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(history[0]["action"], "rollback");
+    assert_eq!(history[0]["actor"], "controller");
+    assert!(history[0]["detail"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("automatic: canary error ratio"));
+    let (_, audit) = api.get("/admin/v1/audit?action=rollback").await;
+    assert_eq!(audit[0]["actor"], "controller", "{audit}");
+    // Only requests the canary answered failed, each with the canary's reason.
+    let (_, failures) = traffic.stop().await;
+    assert!(!failures.is_empty());
+    assert!(
+        failures.iter().all(|f| f.starts_with("400")),
+        "{failures:?}"
+    );
+
+    // A slow version (the same file, batching that waits 100 ms for company): rolled back on
+    // its p99.
+    let traffic = Traffic::start(&api, 4);
+    let toml = dir.path().join("slow.toml");
+    std::fs::write(
+        &toml,
+        "[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 100000\ninstances = 1\n",
+    )
+    .unwrap();
+    let out = ctl(
+        &api,
+        &[
+            "models",
+            "push",
+            MODEL,
+            "models/breast_cancer/1/model.onnx",
+            "--config",
+            toml.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let slow = serde_json::from_str::<Value>(&out).unwrap()["version"]["version"]
+        .as_u64()
+        .unwrap();
+    wait_ready(&api, slow).await;
+    auto(&api, slow, "50,100", "10").await;
+    let plan = auto_outcome(&api).await;
+    eprintln!("slow version: {plan}");
+    assert_eq!(plan["state"], "rolled_back", "{plan}");
+    assert!(plan["reason"].as_str().unwrap().contains("p99"), "{plan}");
+    let (_, failures) = traffic.stop().await;
+    assert!(
+        failures.is_empty(),
+        "a slow canary fails nothing: {failures:?}"
+    );
+    let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
+    assert_eq!(model["labels"], json!({"stable": v2}), "{model}");
+
+    // Refusals, each naming the setting at fault.
+    for (args, want) in [
+        (vec!["--steps", "50,10"], "increasing"),
+        (vec!["--steps", "0,10"], "0"),
+        (vec!["--max-p99", "0.5x"], "not a multiple"),
+        (vec!["--min-agreement", "120%"], "not a share"),
+    ] {
+        let mut all = vec!["rollout", "auto", MODEL, "--version", "1"];
+        all.extend(args.iter().copied());
+        let (ok, out) = vaticctl(&api, &all).await;
+        assert!(!ok && out.contains(want), "vaticctl {all:?}: {out}");
+    }
+    let r = api
+        .client
+        .post(format!("{}/admin/v1/models/{MODEL}/rollout/auto", api.base))
+        .json(&json!({"version": slow, "steps": [10], "interval_secs": 0, "max_error_ratio": 2.0, "max_p99": 1.5, "min_requests": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("interval_secs"));
+    api.stop().await;
+}
+
+/// Two api processes on PostgreSQL: the one holding the controller's lease is killed with
+/// kill -9 mid-rollout, and the other carries the rollout on to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_moves_to_another_replica_when_its_holder_is_killed() {
+    let db = TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = registry_worker(&db.url, &dir.path().join("cache"));
+    let start_api = |i: usize| {
+        let mut cmd = std::process::Command::new(binary("vatic-api", "vatic-api"));
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env("VATIC_DATABASE__URL", &db.url)
+            .env("VATIC_AUTH__ENABLED", "false")
+            .env("VATIC_FLEET_REFRESH_MS", "200")
+            .env("VATIC_UPLOAD_DIR", dir.path().join(format!("uploads-{i}")))
+            .env(
+                "VATIC_PREDICTION_LOG__SPOOL_DIR",
+                dir.path().join(format!("spool-{i}")),
+            )
+            .env("VATIC_ROLLOUT__STATS_FLUSH_MS", "200")
+            .env("VATIC_ROLLOUT__CONTROLLER_TICK_MS", "200")
+            .env("VATIC_ROLLOUT__CONTROLLER_LEASE_MS", "2000");
+        ServerProcess::spawn(cmd, "api listening")
+    };
+    let mut apis = vec![start_api(0), start_api(1)];
+    let client = reqwest::Client::new();
+    let ctl_at = |url: String, args: Vec<String>| async move {
+        let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
+            .current_dir(vatic_testkit::root())
+            .arg("--server")
+            .arg(url)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let push = ["models", "push", MODEL, "models/breast_cancer/1/model.onnx"];
+    for _ in 0..2 {
+        ctl_at(
+            apis[0].url.clone(),
+            push.iter().map(|s| s.to_string()).collect(),
+        )
+        .await;
+    }
+    for v in [1, 2] {
+        wait_status(
+            &client,
+            &format!("{}/v2/models/{MODEL}/versions/{v}/ready", worker.url),
+            200,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    // Both replicas route to version 2 once the worker's heartbeat reports it ready.
+    let body = vatic_testkit::demo_reference().v2_request(0..1);
+    for api in &apis {
+        let url = format!("{}/v2/models/{MODEL}/versions/2/infer", api.url);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while vatic_testkit::post_json(&client, &url, &body).await.0 != 200 {
+            assert!(Instant::now() < deadline, "{url} never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The replica whose id holds the lease leads.
+    let status_of = |api: &ServerProcess| {
+        let (client, url) = (
+            client.clone(),
+            format!("{}/admin/v1/models/{MODEL}/rollout", api.url),
+        );
+        async move { vatic_testkit::get_json(&client, &url).await.1 }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let mut found = None;
+        for (i, api) in apis.iter().enumerate() {
+            let status = status_of(api).await;
+            if status["controller"]["holder"] == status["replica"] {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no replica took the controller");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let survivor = 1 - leader;
+
+    // Load on both replicas, then the rollout: 4 shares of 2 seconds each.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for api in &apis {
+        for _ in 0..4 {
+            let (client, url, stop) = (
+                client.clone(),
+                format!("{}/v2/models/{MODEL}/infer", api.url),
+                stop.clone(),
+            );
+            load.push(tokio::spawn(async move {
+                let body = vatic_testkit::demo_reference().v2_request(0..1);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client.post(&url).json(&body).send().await;
+                }
+            }));
+        }
+    }
+    let args: Vec<String> = [
+        "rollout",
+        "auto",
+        MODEL,
+        "--version",
+        "2",
+        "--steps",
+        "10,25,50,100",
+        "--interval",
+        "2s",
+        "--min-requests",
+        "10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    ctl_at(apis[survivor].url.clone(), args).await;
+    // Once the first step has passed, kill the leader.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, model) = vatic_testkit::get_json(
+            &client,
+            &format!("{}/admin/v1/models/{MODEL}", apis[survivor].url),
+        )
+        .await;
+        if model["traffic"]["auto"]["step"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first step never passed: {model}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    apis[leader].child.kill().unwrap();
+    apis[leader].child.wait().unwrap();
+    let killed_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let plan = loop {
+        let (_, model) = vatic_testkit::get_json(
+            &client,
+            &format!("{}/admin/v1/models/{MODEL}", apis[survivor].url),
+        )
+        .await;
+        if model["traffic"]["auto"]["state"] != "running" {
+            break model["traffic"]["auto"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollout stopped with its controller: {model}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        let _ = t.await;
+    }
+    eprintln!(
+        "finished {:?} after the leader was killed: {plan}",
+        killed_at.elapsed()
+    );
+    assert_eq!(plan["state"], "succeeded", "{plan}");
+    let status = status_of(&apis[survivor]).await;
+    assert_eq!(
+        status["controller"]["holder"], status["replica"],
+        "the survivor took the controller over"
+    );
+    let (_, model) = vatic_testkit::get_json(
+        &client,
+        &format!("{}/admin/v1/models/{MODEL}", apis[survivor].url),
+    )
+    .await;
+    assert_eq!(model["labels"]["stable"], 2, "{model}");
+    drop(worker);
+}

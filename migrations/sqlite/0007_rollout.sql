@@ -61,6 +61,7 @@ CREATE TABLE rollout_plans (
     interval_ms     BIGINT NOT NULL,
     max_error_ratio REAL NOT NULL,
     max_p99         REAL NOT NULL,
+    p99_slack_ms    REAL NOT NULL,
     min_requests    BIGINT NOT NULL,
     min_agreement   REAL,
     error_floor     REAL NOT NULL,
@@ -79,3 +80,6 @@ CREATE TABLE controller_lease (
     holder TEXT NOT NULL,
     until  TEXT NOT NULL
 );
+
+-- Requests a worker was answering at its last heartbeat (`vaticctl workers`).
+ALTER TABLE workers ADD COLUMN in_flight BIGINT NOT NULL DEFAULT 0;

@@ -516,6 +516,7 @@ mod tests {
             started_at: String::new(),
             heartbeat_at: String::new(),
             heartbeat_age_secs: age,
+            in_flight: 0,
             loaded: loaded
                 .iter()
                 .map(|(model, version, state)| LoadedVersionStatus {

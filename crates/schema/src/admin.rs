@@ -213,6 +213,9 @@ pub struct AutoPlan {
     pub max_error_ratio: f64,
     /// Largest canary p99, as a multiple of the stable version's.
     pub max_p99: f64,
+    /// Milliseconds the canary's p99 may exceed the stable version's whatever the multiple
+    /// (so a millisecond of noise on a 2 ms p99 is not a regression).
+    pub p99_slack_ms: f64,
     /// Fewest canary requests a step is judged on.
     pub min_requests: u64,
     /// Smallest share of rows a shadow phase of the version must have agreed on, if one ran.
@@ -253,6 +256,9 @@ pub struct AutoStart {
     pub max_error_ratio: f64,
     /// Largest canary p99, as a multiple of the stable version's.
     pub max_p99: f64,
+    /// Milliseconds the canary's p99 may exceed the stable version's whatever the multiple.
+    #[serde(default = "default_p99_slack_ms")]
+    pub p99_slack_ms: f64,
     /// Fewest canary requests a step is judged on.
     pub min_requests: u64,
     /// Smallest share of rows (0 to 1) a shadow phase must have agreed on, if one ran.
@@ -265,6 +271,10 @@ pub struct AutoStart {
 
 fn default_error_floor() -> f64 {
     0.005
+}
+
+fn default_p99_slack_ms() -> f64 {
+    5.0
 }
 
 /// The labels every model has, set by rollouts rather than by `models label`.
@@ -464,6 +474,9 @@ pub struct WorkerStatus {
     pub heartbeat_age_secs: f64,
     /// What it holds.
     pub loaded: Vec<LoadedVersionStatus>,
+    /// Requests it was answering at its last heartbeat.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// Body of `POST /admin/v1/keys`: a new API key.

@@ -16,6 +16,8 @@ pub struct Heartbeat {
     pub started_at: DateTime<Utc>,
     /// The versions it holds and their state.
     pub loaded: Vec<LoadedVersionStatus>,
+    /// Requests it is answering now.
+    pub in_flight: u64,
 }
 
 impl Store {
@@ -24,14 +26,15 @@ impl Store {
         let loaded = serde_json::to_string(&beat.loaded)?;
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO workers (id, address, started_at, heartbeat_at, loaded) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (id) DO UPDATE SET address = excluded.address, heartbeat_at = excluded.heartbeat_at, loaded = excluded.loaded",
+                "INSERT INTO workers (id, address, started_at, heartbeat_at, loaded, in_flight) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET address = excluded.address, heartbeat_at = excluded.heartbeat_at, loaded = excluded.loaded, in_flight = excluded.in_flight",
             )
             .bind(&beat.id)
             .bind(&beat.address)
             .bind(beat.started_at)
             .bind(now())
             .bind(&loaded)
+            .bind(i64::try_from(beat.in_flight).unwrap_or(i64::MAX))
             .execute(pool)
             .await?;
         });
@@ -62,7 +65,7 @@ impl Store {
     pub async fn workers(&self) -> Result<Vec<WorkerStatus>> {
         let at = now();
         on_pool!(self, pool => {
-            let rows = sqlx::query("SELECT id, address, started_at, heartbeat_at, loaded FROM workers ORDER BY heartbeat_at DESC, id")
+            let rows = sqlx::query("SELECT id, address, started_at, heartbeat_at, loaded, in_flight FROM workers ORDER BY heartbeat_at DESC, id")
                 .fetch_all(pool)
                 .await?;
             rows.iter()
@@ -76,6 +79,7 @@ impl Store {
                         heartbeat_at: rfc3339(heartbeat),
                         heartbeat_age_secs: (at - heartbeat).num_milliseconds().max(0) as f64 / 1000.0,
                         loaded: serde_json::from_str(&loaded)?,
+                        in_flight: r.try_get::<i64, _>("in_flight")?.max(0) as u64,
                     })
                 })
                 .collect()

@@ -204,7 +204,7 @@ impl Store {
                     Ok((r.try_get("model")?, r.try_get::<i32, _>("weight")? as u32, r.try_get("shadow")?))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let plans = sqlx::query("SELECT model, version, steps, step, interval_ms, max_error_ratio, max_p99, min_requests, min_agreement, error_floor, state, reason, started_by, started_at, step_started_at FROM rollout_plans")
+            let plans = sqlx::query("SELECT model, version, steps, step, interval_ms, max_error_ratio, max_p99, p99_slack_ms, min_requests, min_agreement, error_floor, state, reason, started_by, started_at, step_started_at FROM rollout_plans")
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -217,6 +217,7 @@ impl Store {
                         interval_secs: r.try_get::<i64, _>("interval_ms")? as u64 / 1000,
                         max_error_ratio: r.try_get("max_error_ratio")?,
                         max_p99: r.try_get("max_p99")?,
+                        p99_slack_ms: r.try_get("p99_slack_ms")?,
                         min_requests: r.try_get::<i64, _>("min_requests")? as u64,
                         min_agreement: r.try_get("min_agreement")?,
                         error_floor: r.try_get("error_floor")?,

@@ -403,7 +403,7 @@ pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Chan
             started.action = "auto";
             started.detail = json!({
                 "canary": start.version, "steps": start.steps, "interval_secs": start.interval_secs,
-                "max_error_ratio": start.max_error_ratio, "max_p99": start.max_p99,
+                "max_error_ratio": start.max_error_ratio, "max_p99": start.max_p99, "p99_slack_ms": start.p99_slack_ms,
                 "min_requests": start.min_requests, "min_agreement": start.min_agreement,
                 "error_floor": start.error_floor, "stable": stable,
             });
@@ -414,6 +414,7 @@ pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Chan
                 interval_secs: start.interval_secs,
                 max_error_ratio: start.max_error_ratio,
                 max_p99: start.max_p99,
+                p99_slack_ms: start.p99_slack_ms,
                 min_requests: start.min_requests,
                 min_agreement: start.min_agreement,
                 error_floor: start.error_floor,
@@ -577,10 +578,10 @@ impl Store {
             if let Some(auto) = &change.plan {
                 let started_by = if auto.started_by.is_empty() { actor.label.as_str() } else { auto.started_by.as_str() };
                 let time = |t: &str| DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).unwrap_or(at);
-                sqlx::query("INSERT INTO rollout_plans (model, version, steps, step, interval_ms, max_error_ratio, max_p99, min_requests, min_agreement, error_floor, state, reason, started_by, started_at, step_started_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                sqlx::query("INSERT INTO rollout_plans (model, version, steps, step, interval_ms, max_error_ratio, max_p99, min_requests, min_agreement, error_floor, state, reason, started_by, started_at, step_started_at, p99_slack_ms) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                              ON CONFLICT (model) DO UPDATE SET version = $2, steps = $3, step = $4, interval_ms = $5, max_error_ratio = $6, max_p99 = $7, min_requests = $8, \
-                             min_agreement = $9, error_floor = $10, state = $11, reason = $12, started_by = $13, started_at = $14, step_started_at = $15")
+                             min_agreement = $9, error_floor = $10, state = $11, reason = $12, started_by = $13, started_at = $14, step_started_at = $15, p99_slack_ms = $16")
                     .bind(model)
                     .bind(auto.version as i64)
                     .bind(serde_json::to_string(&auto.steps)?)
@@ -596,6 +597,7 @@ impl Store {
                     .bind(started_by)
                     .bind(time(&auto.started_at))
                     .bind(time(&auto.step_started_at))
+                    .bind(auto.p99_slack_ms)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -73,11 +73,11 @@ pub fn judge(
         ));
     }
     if let (Some(c), Some(s)) = (canary.quantile_ms(0.99), stable.quantile_ms(0.99)) {
-        if c > s * plan.max_p99 {
+        let allowed = (s * plan.max_p99).max(s + plan.p99_slack_ms);
+        if c > allowed {
             return Verdict::Breach(format!(
-                "canary p99 {c:.1} ms, above {:.1} ms ({}x stable's {s:.1} ms)",
-                s * plan.max_p99,
-                plan.max_p99
+                "canary p99 {c:.1} ms, above {allowed:.1} ms ({}x stable's {s:.1} ms, at least {} ms more)",
+                plan.max_p99, plan.p99_slack_ms
             ));
         }
     }
@@ -286,6 +286,7 @@ mod tests {
             interval_secs: 60,
             max_error_ratio: 2.0,
             max_p99: 1.5,
+            p99_slack_ms: 5.0,
             min_requests: 100,
             min_agreement: Some(0.99),
             error_floor: 0.005,
@@ -342,6 +343,10 @@ mod tests {
             matches!(&v, Verdict::Breach(r) if r.contains("p99")),
             "{v:?}"
         );
+        // Within the slack: 4 ms against 1.5 ms is more than 1.5x, but less than 5 ms more.
+        let quick = side(1000, 0, 1.5);
+        let v = judge(&p, &side(200, 0, 4.0), &quick, None, minute);
+        assert!(matches!(v, Verdict::Pass(_)), "{v:?}");
         // A shadow phase that disagreed too often fails the rollout at once.
         let mut shadow = SideStats {
             rows: 100,

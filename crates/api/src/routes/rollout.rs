@@ -353,6 +353,12 @@ fn check_auto(a: &AutoStart) -> Result<(), AdminError> {
             ));
         }
     }
+    if !(a.p99_slack_ms.is_finite() && a.p99_slack_ms >= 0.0) {
+        return bad(format!(
+            "p99_slack_ms: milliseconds, at least 0, got {}",
+            a.p99_slack_ms
+        ));
+    }
     if a.min_requests == 0 {
         return bad("min_requests: at least 1".into());
     }

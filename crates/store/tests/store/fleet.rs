@@ -21,6 +21,7 @@ fn beat(id: &str, address: &str, loaded: Vec<LoadedVersionStatus>) -> Heartbeat 
         address: address.into(),
         started_at: (Utc::now() - Duration::minutes(3)).trunc_subsecs(3),
         loaded,
+        in_flight: 0,
     }
 }
 
@@ -69,6 +70,7 @@ async fn a_heartbeat_inserts_then_updates_one_row() {
                     "input 'x': unsupported datatype",
                 ),
             ],
+            in_flight: 7,
             ..first.clone()
         };
         store.heartbeat(&second).await.unwrap();
@@ -76,6 +78,7 @@ async fn a_heartbeat_inserts_then_updates_one_row() {
         assert_eq!(workers.len(), 1, "{b}: the same worker keeps one row");
         assert_eq!(workers[0].address, "http://10.0.0.1:9001", "{b}");
         assert_eq!(workers[0].loaded, second.loaded, "{b}");
+        assert_eq!(workers[0].in_flight, 7, "{b}");
         let mut raw = Raw::connect(&db).await;
         assert_eq!(raw.count("SELECT COUNT(*) FROM workers").await, 1, "{b}");
     }

@@ -81,7 +81,14 @@ fn print_workers(
     if format == OutputFormat::Json {
         return output::print_json(&workers, out);
     }
-    let mut table = output::table(["id", "address", "heartbeat", "started at", "loaded"]);
+    let mut table = output::table([
+        "id",
+        "address",
+        "heartbeat",
+        "in flight",
+        "started at",
+        "loaded",
+    ]);
     for w in workers {
         let loaded = w
             .loaded
@@ -103,6 +110,7 @@ fn print_workers(
             w.id.clone(),
             w.address.clone(),
             format!("{:.1} s ago", w.heartbeat_age_secs),
+            w.in_flight.to_string(),
             w.started_at.clone(),
             if loaded.is_empty() {
                 "-".into()
@@ -111,7 +119,7 @@ fn print_workers(
             },
         ]);
     }
-    output::align_right(&mut table, &[2]);
+    output::align_right(&mut table, &[2, 3]);
     writeln!(out, "{table}")?;
     Ok(())
 }

@@ -61,13 +61,25 @@ const ISSUED: [(&str, Usage, &str); 5] = [
 ];
 
 /// Runs `vaticctl certs`.
-pub fn run(args: &CertsArgs) -> anyhow::Result<()> {
+pub fn run(global: &crate::GlobalArgs, args: &CertsArgs) -> anyhow::Result<()> {
     match &args.command {
-        CertsCommand::Init(init) => run_init(init),
+        CertsCommand::Init(init) => run_init(init, global.output),
     }
 }
 
-fn run_init(args: &InitArgs) -> anyhow::Result<()> {
+/// One file `certs init` wrote, as `--output json` lists it.
+#[derive(serde::Serialize)]
+struct Written {
+    /// The certificate's path.
+    file: String,
+    /// `ca`, `server` or `client`.
+    kind: &'static str,
+    /// The names it is valid for (none for the CA).
+    names: Vec<String>,
+}
+
+fn run_init(args: &InitArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+    let mut written = Vec::new();
     let names = |extra: &[String], own: &str| {
         let mut names = generate::local_names();
         names.push(own.to_string());
@@ -121,17 +133,30 @@ fn run_init(args: &InitArgs) -> anyhow::Result<()> {
             Usage::Server => "server",
             Usage::Client => "client",
         };
-        println!(
-            "{}: {kind} certificate for {}",
-            args.dir.join(format!("{file}.crt")).display(),
-            names.join(", ")
-        );
+        written.push(Written {
+            file: args.dir.join(format!("{file}.crt")).display().to_string(),
+            kind,
+            names,
+        });
     }
-    println!(
-        "{}: the CA; clients trust it with --cacert. Keep {} offline.",
-        args.dir.join("ca.crt").display(),
-        args.dir.join("ca.key").display()
-    );
+    written.push(Written {
+        file: args.dir.join("ca.crt").display().to_string(),
+        kind: "ca",
+        names: Vec::new(),
+    });
+    if format == crate::output::OutputFormat::Json {
+        return crate::output::print_json(&written, &mut std::io::stdout().lock());
+    }
+    for w in &written {
+        match w.kind {
+            "ca" => println!(
+                "{}: the CA; clients trust it with --cacert. Keep {} offline.",
+                w.file,
+                args.dir.join("ca.key").display()
+            ),
+            kind => println!("{}: {kind} certificate for {}", w.file, w.names.join(", ")),
+        }
+    }
     Ok(())
 }
 

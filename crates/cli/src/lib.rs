@@ -210,6 +210,18 @@ pub enum Command {
     ///   vaticctl predictions data-key --id 2026-12 >> /etc/vatic/data-keys
     #[command(verbatim_doc_comment)]
     Predictions(predictions::PredictionsArgs),
+    /// Print a shell completion script for vaticctl
+    ///
+    /// Examples:
+    ///   vaticctl completions bash > /etc/bash_completion.d/vaticctl
+    ///   vaticctl completions zsh > "${fpath[1]}/_vaticctl"
+    ///   vaticctl completions fish > ~/.config/fish/completions/vaticctl.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs a parsed command line.
@@ -223,9 +235,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => admin::run_audit(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
         Command::Migrate(args) => migrate::run(&cli.global, &args),
-        Command::Certs(args) => certs::run(&args),
+        Command::Certs(args) => certs::run(&cli.global, &args),
         Command::Keys(args) => keys::run(&cli.global, &args),
         Command::Predictions(args) => predictions::run(&cli.global, &args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "vaticctl",
+                &mut std::io::stdout().lock(),
+            );
+            Ok(())
+        }
     }
 }
 
@@ -237,6 +259,30 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_name_every_command() {
+        use clap::CommandFactory;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vaticctl", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for command in [
+                "rollout",
+                "models",
+                "keys",
+                "completions",
+                "promote",
+                "shadow",
+            ] {
+                assert!(script.contains(command), "{shell}: {command}");
+            }
+        }
     }
 
     #[test]

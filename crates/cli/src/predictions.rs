@@ -69,8 +69,17 @@ pub fn run(global: &GlobalArgs, args: &PredictionsArgs) -> anyhow::Result<()> {
         PredictionsCommand::Export(args) => export(global, args),
         PredictionsCommand::DataKey { id } => {
             vatic_store::check_key_id(id).map_err(|why| anyhow::anyhow!("--id {id:?}: {why}"))?;
-            println!("{}", vatic_store::new_data_key(id));
-            Ok(())
+            let entry = vatic_store::new_data_key(id);
+            match global.output {
+                crate::output::OutputFormat::Json => crate::output::print_json(
+                    &serde_json::json!({ "id": id, "entry": entry }),
+                    &mut std::io::stdout().lock(),
+                ),
+                crate::output::OutputFormat::Table => {
+                    println!("{entry}");
+                    Ok(())
+                }
+            }
         }
     }
 }

@@ -202,6 +202,10 @@ pub struct AutoArgs {
     /// Largest canary p99 latency, as a multiple of the stable version's
     #[arg(long, value_name = "MULTIPLE", value_parser = multiple, default_value = "1.5x")]
     pub max_p99: f64,
+    /// How much more than the stable version's the canary's p99 may be whatever the multiple:
+    /// milliseconds, or a duration like 5ms or 1s
+    #[arg(long, value_name = "DURATION", value_parser = millis, default_value = "5ms")]
+    pub p99_slack: f64,
     /// Fewest canary requests a share is judged on
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub min_requests: u64,
@@ -219,6 +223,23 @@ fn multiple(s: &str) -> Result<f64, String> {
         Ok(m) if m.is_finite() && m >= 1.0 => Ok(m),
         _ => Err(format!(
             "'{s}' is not a multiple: use a number of at least 1, like 2x or 1.5x"
+        )),
+    }
+}
+
+/// `5`, `5ms`, `0.5s`: milliseconds.
+fn millis(s: &str) -> Result<f64, String> {
+    let value = if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse::<f64>()
+    } else if let Some(secs) = s.strip_suffix('s') {
+        secs.parse::<f64>().map(|s| s * 1000.0)
+    } else {
+        s.parse::<f64>()
+    };
+    match value {
+        Ok(ms) if ms.is_finite() && ms >= 0.0 => Ok(ms),
+        _ => Err(format!(
+            "'{s}' is not a duration: use milliseconds, like 5ms or 0.5s"
         )),
     }
 }
@@ -299,6 +320,7 @@ pub fn run(global: &GlobalArgs, args: &RolloutArgs) -> anyhow::Result<()> {
                 interval_secs: a.interval,
                 max_error_ratio: a.max_error_ratio,
                 max_p99: a.max_p99,
+                p99_slack_ms: a.p99_slack,
                 min_requests: a.min_requests,
                 min_agreement: a.min_agreement,
                 error_floor: a.error_floor,
@@ -529,6 +551,10 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(millis("5ms"), Ok(5.0));
+        assert_eq!(millis("0.5s"), Ok(500.0));
+        assert_eq!(millis("2"), Ok(2.0));
+        assert!(millis("-1ms").unwrap_err().contains("not a duration"));
         assert_eq!(fraction("99%"), Ok(0.99));
         assert_eq!(fraction("0.5%"), Ok(0.005));
         assert_eq!(fraction("0.9"), Ok(0.9));

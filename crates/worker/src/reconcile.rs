@@ -246,6 +246,7 @@ async fn beat(
             address: identity.address.clone(),
             started_at: identity.started_at,
             loaded: engine.status(),
+            in_flight: engine.metrics().in_flight().get().max(0) as u64,
         };
         if let Err(e) = store.heartbeat(&beat).await {
             tracing::warn!(error = %e, "heartbeat not written");

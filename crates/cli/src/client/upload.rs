@@ -8,6 +8,7 @@ use super::{server_error, Client, CONNECT_TIMEOUT};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Url};
@@ -71,7 +72,8 @@ impl Client {
             .timeout(PUSH_TIMEOUT)
             .build()
             .context("cannot set up the HTTP client")?;
-        let body = Body::wrap_stream(chunks(file));
+        let bar = progress_bar(size);
+        let body = Body::wrap_stream(chunks(file, bar.clone()));
         let request = http.post(url.clone());
         let request = match push.config {
             None => request
@@ -92,7 +94,9 @@ impl Client {
                 request.multipart(Form::new().part("model", model).part("config", config))
             }
         };
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let response = request.send().await;
+        bar.finish_and_clear();
+        let response = response.map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let body = response
             .bytes()
@@ -109,15 +113,39 @@ impl Client {
     }
 }
 
-/// The file's bytes, [`CHUNK`] at a time.
-fn chunks(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> {
-    futures_util::stream::try_unfold(file, |mut file| async move {
+/// A progress bar of the upload on standard error, drawn only when that is a terminal; once
+/// the file is sent it says the server is checking it.
+fn progress_bar(size: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message("uploading");
+    bar
+}
+
+/// The file's bytes, [`CHUNK`] at a time, counted on `bar`.
+fn chunks(file: tokio::fs::File, bar: ProgressBar) -> impl Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::try_unfold((file, bar), |(mut file, bar)| async move {
         let mut buf = BytesMut::with_capacity(CHUNK);
         while buf.len() < CHUNK {
             if file.read_buf(&mut buf).await? == 0 {
                 break;
             }
         }
-        Ok((!buf.is_empty()).then(|| (buf.freeze(), file)))
+        bar.inc(buf.len() as u64);
+        if buf.is_empty() {
+            // Sent: the server loads and runs the model before it answers.
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .expect("a valid template"),
+            );
+            bar.set_message("the server is checking the model");
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        Ok((!buf.is_empty()).then(|| (buf.freeze(), (file, bar))))
     })
 }

@@ -91,7 +91,14 @@ fn audit_lists_admin_changes_newest_first() {
 fn workers_lists_the_fleet() {
     // In standalone mode the api serves models itself: the fleet table starts empty.
     let app = RegistryApp::start(TestDb::sqlite());
-    let header = vec!["id", "address", "heartbeat", "started at", "loaded"];
+    let header = vec![
+        "id",
+        "address",
+        "heartbeat",
+        "in flight",
+        "started at",
+        "loaded",
+    ];
     let run = app.vaticctl(&["workers"]);
     assert_eq!(run.assert_ok().table(), std::slice::from_ref(&header));
     let workers = app.vaticctl(&["workers", "-o", "json"]).assert_ok().json();
@@ -112,6 +119,7 @@ fn workers_lists_the_fleet() {
             loaded("breast_cancer", LoadState::Ready, ""),
             loaded("cnn", LoadState::Unavailable, "no such file"),
         ],
+        in_flight: 3,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,13 +137,15 @@ fn workers_lists_the_fleet() {
     assert_eq!(table[0], header);
     assert_eq!(table[1][..2], ["w-1", "http://10.0.0.5:8081"]);
     assert!(table[1][2].ends_with(" s ago"), "{}", run.stdout);
+    assert_eq!(table[1][3], "3", "requests in flight: {}", run.stdout);
     assert_eq!(
-        table[1][4],
+        table[1][5],
         "breast_cancer/1 ready; cnn/1 unavailable (no such file)"
     );
     let workers = app.vaticctl(&["workers", "-o", "json"]).assert_ok().json();
     assert_eq!(workers[0]["id"], "w-1", "{workers}");
     assert_eq!(workers[0]["loaded"][1]["state"], "UNAVAILABLE", "{workers}");
+    assert_eq!(workers[0]["in_flight"], 3, "{workers}");
 }
 
 #[test]

@@ -166,3 +166,52 @@ fn vaticctl_speaks_https_with_a_client_certificate_and_names_an_untrusted_server
     let run = app.vaticctl(&["--cert", client_cert.as_str(), "models", "list"]);
     assert_eq!(run.code, Some(2), "clap wants --key with --cert: {run:#?}");
 }
+
+#[test]
+fn certs_init_lists_what_it_wrote_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tls");
+    let run = init(&out, &["--output", "json"]);
+    let written = run.assert_ok().json();
+    let files: Vec<&str> = written
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 6, "{written}");
+    for (w, file) in written.as_array().unwrap().iter().zip(&files) {
+        assert!(Path::new(file).is_file(), "{file}");
+        match w["kind"].as_str().unwrap() {
+            "ca" => assert!(file.ends_with("ca.crt")),
+            "server" | "client" => {
+                let listed: Vec<String> = w["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_string())
+                    .collect();
+                assert_eq!(listed, names(Path::new(file)), "{file}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+}
+
+#[test]
+fn completion_scripts_come_out_for_each_shell_and_a_data_key_as_json() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = vaticctl("http://127.0.0.1:1", &["completions", shell], None);
+        assert!(run.assert_ok().stdout.contains("rollout"), "{shell}");
+    }
+    let run = vaticctl("http://127.0.0.1:1", &["completions", "tcsh"], None);
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    let run = vaticctl(
+        "http://127.0.0.1:1",
+        &["predictions", "data-key", "--id", "k9", "-o", "json"],
+        None,
+    );
+    let key = run.assert_ok().json();
+    assert_eq!(key["id"], "k9");
+    assert!(key["entry"].as_str().unwrap().starts_with("k9="), "{key}");
+}

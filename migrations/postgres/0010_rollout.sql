@@ -83,3 +83,7 @@ CREATE TABLE controller_lease (
 
 -- Requests a worker was answering at its last heartbeat (`vaticctl workers`).
 ALTER TABLE workers ADD COLUMN in_flight BIGINT NOT NULL DEFAULT 0;
+
+-- A shadow version's answer to a copy of a served request, stored beside the served record
+-- (same request id) when the prediction log keeps that request.
+ALTER TABLE predictions ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE;

@@ -49,21 +49,15 @@ impl Application {
         let backend = Arc::new(start_backend(settings, store.as_ref(), &catalog, &metrics).await?);
         let catalog_passes = follow_registry(settings, store.as_ref(), &catalog, &backend);
         let registry_passes = registry_passes(&backend, catalog_passes);
-        let tally = Arc::new(rollout::stats::Tally::default());
-        let replica = uuid::Uuid::new_v4().to_string();
-        let mirror = match &store {
-            Some(store) => Some(start_rollouts(
-                settings,
-                store,
-                &backend,
-                &tally,
-                &replica,
-                &metrics,
-                &registry_passes,
-            )?),
-            None => None,
-        };
         let prediction_log = start_prediction_log(settings, store.as_ref(), &metrics)?;
+        let rollouts = start_rollouts(
+            settings,
+            store.as_ref(),
+            &backend,
+            &metrics,
+            &registry_passes,
+            prediction_log.clone(),
+        )?;
         let state = AppState {
             registry_passes,
             backend,
@@ -79,9 +73,9 @@ impl Application {
             metrics,
             keys,
             rollout: settings.rollout.clone(),
-            tally,
-            mirror,
-            replica,
+            tally: rollouts.tally,
+            mirror: rollouts.mirror,
+            replica: rollouts.replica,
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");
@@ -202,37 +196,62 @@ fn registry_passes(backend: &Backend, catalog: Option<Passes>) -> Vec<Passes> {
     engine.into_iter().chain(catalog).collect()
 }
 
-/// Starts what rollouts need beside the routes: the writer of this replica's figures, the
-/// automatic rollout controller, and the shadow's queue (returned).
+/// What rollouts need beside the routes.
+struct Rollouts {
+    /// This replica's count of the sides it served.
+    tally: Arc<rollout::stats::Tally>,
+    /// This replica's id.
+    replica: String,
+    /// The shadow's queue; none without a database.
+    mirror: Option<rollout::shadow::Mirror>,
+}
+
+/// Starts what rollouts need beside the routes: with a database, the writer of this replica's
+/// figures, the automatic rollout controller, and the shadow's queue, whose answers go to
+/// `log`.
 fn start_rollouts(
     settings: &ApiSettings,
-    store: &Store,
+    store: Option<&Store>,
     backend: &Arc<Backend>,
-    tally: &Arc<rollout::stats::Tally>,
-    replica: &str,
     metrics: &ApiMetrics,
     passes: &[Passes],
-) -> anyhow::Result<rollout::shadow::Mirror> {
+    log: Option<PredictionLog>,
+) -> anyhow::Result<Rollouts> {
+    let tally = Arc::new(rollout::stats::Tally::default());
+    let replica = uuid::Uuid::new_v4().to_string();
+    let Some(store) = store else {
+        return Ok(Rollouts {
+            tally,
+            replica,
+            mirror: None,
+        });
+    };
     rollout::stats::flush(
         store.clone(),
         tally.clone(),
-        replica.to_string(),
+        replica.clone(),
         Duration::from_millis(settings.rollout.stats_flush_ms),
     );
     rollout::controller::start(
         store.clone(),
         settings.rollout.clone(),
-        replica.to_string(),
+        replica.clone(),
         rollout::controller::ControllerMetrics::register(metrics.registry())?,
         passes.to_vec(),
     );
-    Ok(rollout::shadow::Mirror::start(
+    let mirror = rollout::shadow::Mirror::start(
         backend.clone(),
         tally.clone(),
         settings.rollout.shadow_queue,
         settings.rollout.shadow_concurrency,
         metrics.registry(),
-    )?)
+        log,
+    )?;
+    Ok(Rollouts {
+        tally,
+        replica,
+        mirror: Some(mirror),
+    })
 }
 
 /// Starts the prediction log writer, its metrics in the api's registry; none without a

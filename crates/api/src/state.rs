@@ -56,6 +56,18 @@ pub struct AppState {
     pub replica: String,
 }
 
+/// What the prediction log knows of a served request, for its shadow's record.
+pub struct Served<'a> {
+    /// When it arrived.
+    pub arrived: crate::routes::Arrival,
+    /// Its id.
+    pub request_id: Option<&'a str>,
+    /// The API key it came with.
+    pub key_id: Option<String>,
+    /// What the prediction log kept of it, if it was kept.
+    pub logged: Option<vatic_schema::admin::LogMode>,
+}
+
 /// Where a request was routed: the version to ask for (`None` leaves the choice to the
 /// engine, without a registry), the side of the split, and the shadow that gets a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +144,7 @@ impl AppState {
         model: &str,
         routed: &Routed,
         outcome: Result<(InferRequest, InferResponse), u16>,
-        arrived: Instant,
-        request_id: Option<&str>,
+        served: Served<'_>,
     ) {
         if !routed.tracked {
             return;
@@ -148,17 +159,20 @@ impl AppState {
             return;
         };
         let status = outcome.as_ref().err().copied().unwrap_or(200);
-        let ms = arrived.elapsed().as_secs_f64() * 1000.0;
+        let ms = served.arrived.instant.elapsed().as_secs_f64() * 1000.0;
         self.tally.answered(model, version, side, status, ms);
-        if let (Some(shadow), Some(mirror), Ok((request, served))) =
+        if let (Some(shadow), Some(mirror), Ok((request, answer))) =
             (routed.shadow, &self.mirror, outcome)
         {
             mirror.offer(ShadowCopy {
                 model: model.to_string(),
                 version: shadow,
                 request,
-                served,
-                request_id: request_id.map(str::to_string),
+                served: answer,
+                request_id: served.request_id.map(str::to_string),
+                key_id: served.key_id,
+                arrived_at: served.arrived.at,
+                logged: served.logged,
             });
         }
     }

@@ -559,6 +559,10 @@ pub struct LoggedPrediction {
     pub request: Option<serde_json::Value>,
     /// The response's outputs (V2 JSON), in `full` log mode.
     pub response: Option<serde_json::Value>,
+    /// A shadow version's answer to a copy of the request `request_id` (the request's inputs
+    /// are in the served record); absent for a served answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// The data key the payloads were encrypted with at rest, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<String>,

@@ -36,6 +36,10 @@ pub struct PredictionRecord {
     /// (`request` and `response` are then empty until [`PredictionRecord::open`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<Sealed>,
+    /// A shadow version's answer to a copy of the request `request_id`, stored beside the
+    /// served one (the request's payload is that record's).
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 impl PredictionRecord {
@@ -73,7 +77,7 @@ pub struct RetentionReport {
 }
 
 const COLUMNS: &str =
-    "id, at, request_id, model, version, api_key, status, latency_us, request, response, data_key, sealed";
+    "id, at, request_id, model, version, api_key, status, latency_us, request, response, data_key, sealed, shadow";
 
 fn partition_name(day: NaiveDate) -> String {
     format!("predictions_p{}", day.format("%Y%m%d"))
@@ -86,7 +90,7 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// signature, each row as its field count and each field's length (-1 for NULL) and bytes, then
 /// -1. Each field is in the column type's binary form: uuid as its 16 bytes, timestamptz as
 /// microseconds since 2000-01-01 UTC (finer digits dropped), smallint and bigint big-endian,
-/// text and json as their UTF-8 text, bytea as its bytes. The database reads this without parsing numbers, dates
+/// text and json as their UTF-8 text, bytea as its bytes, boolean as one byte. The database reads this without parsing numbers, dates
 /// or ids from text, and nothing needs escaping.
 fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
@@ -121,7 +125,7 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
     out.extend_from_slice(&0i32.to_be_bytes());
     out.extend_from_slice(&0i32.to_be_bytes());
     for r in records {
-        out.extend_from_slice(&12i16.to_be_bytes());
+        out.extend_from_slice(&13i16.to_be_bytes());
         let at = r.at.timestamp_micros() - PG_EPOCH_US;
         // HTTP statuses are three digits; a latency past i64 would be 292,000 years.
         let status = i16::try_from(r.status).unwrap_or(i16::MAX);
@@ -138,6 +142,7 @@ fn copy_binary(records: &[PredictionRecord]) -> Vec<u8> {
         field(&mut out, r.response.as_deref().map(str::as_bytes));
         field(&mut out, r.sealed.as_ref().map(|s| s.key.as_bytes()));
         field(&mut out, r.sealed.as_ref().map(|s| s.data.as_slice()));
+        field(&mut out, Some(&[u8::from(r.shadow)]));
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -229,6 +234,7 @@ where
     for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i16: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let id: String = r.try_get("id")?;
     let data_key: Option<String> = r.try_get("data_key")?;
@@ -256,6 +262,7 @@ where
         request: r.try_get("request")?,
         response: r.try_get("response")?,
         sealed,
+        shadow: r.try_get("shadow")?,
     })
 }
 
@@ -309,7 +316,7 @@ impl Store {
                 let mut new = 0;
                 for r in records {
                     new += sqlx::query(&format!(
-                        "INSERT INTO predictions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING"
+                        "INSERT INTO predictions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING"
                     ))
                     .bind(r.id.to_string())
                     .bind(r.at.trunc_subsecs(6))
@@ -323,6 +330,7 @@ impl Store {
                     .bind(&r.response)
                     .bind(r.sealed.as_ref().map(|s| &s.key))
                     .bind(r.sealed.as_ref().map(|s| &s.data))
+                    .bind(r.shadow)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -445,7 +453,7 @@ impl Store {
     /// The columns of a record as [`record_from_row`] reads them on this backend.
     fn select_columns(&self) -> &'static str {
         match self.backend() {
-            crate::Backend::Postgres => "id::text AS id, at, request_id, model, version, api_key, status, latency_us, request, response, data_key, sealed",
+            crate::Backend::Postgres => "id::text AS id, at, request_id, model, version, api_key, status, latency_us, request, response, data_key, sealed, shadow",
             crate::Backend::Sqlite => COLUMNS,
         }
     }
@@ -522,11 +530,12 @@ mod tests {
             request: Some("{}".into()),
             response: None,
             sealed: None,
+            shadow: true,
         };
         let data = copy_binary(std::slice::from_ref(&record));
         let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
         want.extend([0, 0, 0, 0, 0, 0, 0, 0]);
-        want.extend([0, 12]);
+        want.extend([0, 13]);
         want.extend([0, 0, 0, 16]);
         want.extend(1..=16u8);
         want.extend([0, 0, 0, 8]);
@@ -541,10 +550,11 @@ mod tests {
         want.extend([0, 0, 0, 8]);
         want.extend(70_000i64.to_be_bytes());
         want.extend([0, 0, 0, 2, b'{', b'}']);
-        // No response, nothing sealed.
+        // No response, nothing sealed, a shadow's answer.
         want.extend((-1i32).to_be_bytes());
         want.extend((-1i32).to_be_bytes());
         want.extend((-1i32).to_be_bytes());
+        want.extend([0, 0, 0, 1, 1]);
         want.extend((-1i16).to_be_bytes());
         assert_eq!(data, want);
         // No rows: the header and the trailer.
@@ -566,6 +576,7 @@ mod tests {
                 request: None,
                 response: None,
                 sealed: None,
+                shadow: false,
             };
             let data = copy_binary(&[r]);
             // Header, field count, the id's length and bytes, the time's length.

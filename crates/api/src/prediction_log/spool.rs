@@ -334,6 +334,7 @@ mod tests {
             request: None,
             response: None,
             sealed: None,
+            shadow: false,
         }
     }
 

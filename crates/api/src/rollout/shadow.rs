@@ -5,12 +5,15 @@
 
 use super::stats::Tally;
 use crate::backend::Backend;
+use crate::prediction_log::PredictionLog;
 use crate::routes::Arrival;
 use prometheus::{IntCounterVec, Opts, Registry};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
+use vatic_schema::admin::LogMode;
 use vatic_schema::rollout::SideStats;
 use vatic_schema::{DataType, InferRequest, InferResponse, Tensor};
+use vatic_store::PredictionRecord;
 
 /// One copy to run on the shadow.
 pub struct ShadowCopy {
@@ -24,6 +27,13 @@ pub struct ShadowCopy {
     pub served: InferResponse,
     /// The request's id, which the shadow's call carries too.
     pub request_id: Option<String>,
+    /// The API key the request came with.
+    pub key_id: Option<String>,
+    /// When the served request arrived.
+    pub arrived_at: chrono::DateTime<chrono::Utc>,
+    /// What the prediction log kept of the served request; the shadow's answer is kept beside
+    /// it the same way.
+    pub logged: Option<LogMode>,
 }
 
 /// The shadow's queue and the tasks that empty it.
@@ -35,13 +45,15 @@ pub struct Mirror {
 
 impl Mirror {
     /// Starts `concurrency` tasks running copies on `backend`, fed by a queue of `capacity`;
-    /// each answer is compared into `tally`.
+    /// each answer is compared into `tally`, and written to `log` beside the served record
+    /// when that was kept.
     pub fn start(
         backend: Arc<Backend>,
         tally: Arc<Tally>,
         capacity: usize,
         concurrency: usize,
         registry: &Registry,
+        log: Option<PredictionLog>,
     ) -> prometheus::Result<Mirror> {
         let copies = IntCounterVec::new(
             Opts::new(
@@ -54,11 +66,12 @@ impl Mirror {
         let (queue, receiver) = mpsc::channel::<ShadowCopy>(capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..concurrency.max(1) {
-            let (backend, tally, receiver, copies) = (
+            let (backend, tally, receiver, copies, log) = (
                 backend.clone(),
                 tally.clone(),
                 receiver.clone(),
                 copies.clone(),
+                log.clone(),
             );
             tokio::spawn(async move {
                 loop {
@@ -77,6 +90,9 @@ impl Mirror {
                         .await;
                     let elapsed_ms = started.instant.elapsed().as_secs_f64() * 1000.0;
                     let mut stats = SideStats::default();
+                    if let (Some(log), Some(mode)) = (&log, copy.logged) {
+                        log.log(record(&copy, &answer, mode, started));
+                    }
                     match answer {
                         Ok(shadow) => {
                             stats.answered(200, elapsed_ms);
@@ -124,6 +140,39 @@ impl Mirror {
                 .with_label_values(&[&copy.model, &copy.version.to_string(), "dropped"])
                 .inc();
         }
+    }
+}
+
+/// The prediction log's record of a shadow's answer: the served request's id, key and arrival,
+/// the shadow's version, status and latency, and in `full` mode its outputs (the inputs are the
+/// served record's).
+fn record(
+    copy: &ShadowCopy,
+    answer: &Result<InferResponse, crate::error::ApiError>,
+    mode: LogMode,
+    started: Arrival,
+) -> PredictionRecord {
+    use actix_web::ResponseError;
+    let (status, response) = match answer {
+        Ok(r) => (
+            200,
+            (mode == LogMode::Full).then(|| vatic_schema::v2::response_json(r, false)),
+        ),
+        Err(e) => (e.status_code().as_u16(), None),
+    };
+    PredictionRecord {
+        id: uuid::Uuid::now_v7(),
+        at: copy.arrived_at,
+        request_id: copy.request_id.clone().unwrap_or_default(),
+        model: copy.model.clone(),
+        version: copy.version.to_string(),
+        api_key: copy.key_id.clone(),
+        status,
+        latency_us: started.instant.elapsed().as_micros() as u64,
+        request: None,
+        response,
+        sealed: None,
+        shadow: true,
     }
 }
 

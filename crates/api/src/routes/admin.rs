@@ -601,6 +601,7 @@ fn exported(
         latency_us: record.latency_us,
         request: json(record.request),
         response: json(record.response),
+        shadow: record.shadow,
         data_key,
         error,
     }
@@ -825,6 +826,7 @@ mod tests {
                 key: "k1".into(),
                 data: vec![0; n],
             }),
+            shadow: false,
         }
     }
 

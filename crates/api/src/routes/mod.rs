@@ -63,19 +63,19 @@ pub struct Answered<'a> {
 }
 
 /// Hands one answered inference request to the prediction log, per the model's log mode and
-/// sample rate. Never waits for the database. In `full` mode the payloads are V2 JSON: the
+/// sample rate; returns the mode when it kept the request. Never waits for the database. In `full` mode the payloads are V2 JSON: the
 /// bodies the client sent and got when they are that already, else encoded from the request
 /// and the answer (a binary or TF-Serving client).
-pub fn log_prediction(s: &AppState, a: Answered<'_>) {
+pub fn log_prediction(s: &AppState, a: Answered<'_>) -> Option<vatic_schema::admin::LogMode> {
     use actix_web::ResponseError;
     use vatic_schema::admin::LogMode;
-    let Some(log) = &s.prediction_log else { return };
+    let log = s.prediction_log.as_ref()?;
     let (mode, rate) = s.catalog.log_settings(a.model);
     if mode == LogMode::Off {
-        return;
+        return None;
     }
     if rate < 1.0 && rand::random::<f64>() >= rate {
-        return;
+        return None;
     }
     let full = mode == LogMode::Full;
     // Time-ordered, as the log stores its records.
@@ -117,7 +117,9 @@ pub fn log_prediction(s: &AppState, a: Answered<'_>) {
         request,
         response,
         sealed: None,
+        shadow: false,
     });
+    Some(mode)
 }
 
 /// The id of the API key `req` came with, as the access guard found it.

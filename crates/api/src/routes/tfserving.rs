@@ -4,7 +4,7 @@
 use super::{key_id, log_prediction, Answered, Arrival};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
-use crate::state::State;
+use crate::state::{Served, State};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -151,13 +151,14 @@ async fn predict(
             .infer(&model, version.as_deref(), &request, id.as_deref()),
     )
     .await;
-    log_prediction(
+    let key = key_id(req);
+    let logged = log_prediction(
         s,
         Answered {
             model: &model,
             version: version.as_deref(),
             request_id: id.as_deref(),
-            key_id: key_id(req),
+            key_id: key.clone(),
             arrived,
             request: &request,
             request_json: None,
@@ -165,11 +166,17 @@ async fn predict(
             response_json: None,
         },
     );
+    let served = Served {
+        arrived,
+        request_id: id.as_deref(),
+        key_id: key,
+        logged,
+    };
     let response = match answer {
         Ok(response) => response,
         Err(e) => {
             let status = actix_web::ResponseError::status_code(&e).as_u16();
-            s.after_answer(&model, &routed, Err(status), arrived.instant, id.as_deref());
+            s.after_answer(&model, &routed, Err(status), served);
             return Err(e);
         }
     };
@@ -177,7 +184,7 @@ async fn predict(
     super::name_version(&mut answer, response.model_version.as_deref());
     let version = response.model_version.clone();
     let done = Ok((request, response));
-    s.after_answer(&model, &routed, done, arrived.instant, id.as_deref());
+    s.after_answer(&model, &routed, done, served);
     Ok((answer, version))
 }
 

@@ -3,7 +3,7 @@
 use super::{key_id, log_prediction, Answered, Arrival};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
-use crate::state::State;
+use crate::state::{Served, State};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use vatic_schema::v2;
@@ -167,13 +167,14 @@ async fn infer(
         let encoded = v2::encode_response(&r, |t| request.wants_binary(&t.name));
         (r, encoded)
     });
-    log_prediction(
+    let key = key_id(req);
+    let logged = log_prediction(
         s,
         Answered {
             model: &p.model,
             version: routed.version.as_deref(),
             request_id: id.as_deref(),
-            key_id: key_id(req),
+            key_id: key.clone(),
             arrived,
             request: &request,
             request_json: binary_request.is_none().then_some(&body[..]),
@@ -185,24 +186,24 @@ async fn infer(
                 .map(|(_, e)| &e.body[..]),
         },
     );
+    let served = Served {
+        arrived,
+        request_id: id.as_deref(),
+        key_id: key,
+        logged,
+    };
     match answer {
         Ok((response, encoded)) => {
             let mut answer = v2_response(encoded);
             super::name_version(&mut answer, response.model_version.as_deref());
             let version = response.model_version.clone();
             let done = Ok((request, response));
-            s.after_answer(&p.model, &routed, done, arrived.instant, id.as_deref());
+            s.after_answer(&p.model, &routed, done, served);
             Ok((answer, version))
         }
         Err(e) => {
             let status = actix_web::ResponseError::status_code(&e).as_u16();
-            s.after_answer(
-                &p.model,
-                &routed,
-                Err(status),
-                arrived.instant,
-                id.as_deref(),
-            );
+            s.after_answer(&p.model, &routed, Err(status), served);
             Err(e)
         }
     }

@@ -30,6 +30,7 @@ fn record(model: &str, at: DateTime<Utc>) -> PredictionRecord {
             r#"{"outputs":[{"name":"y","datatype":"INT64","shape":[1],"data":[1]}]}"#.into(),
         ),
         sealed: None,
+        shadow: false,
     }
 }
 

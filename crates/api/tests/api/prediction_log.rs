@@ -35,6 +35,7 @@ fn record(i: usize) -> PredictionRecord {
             .is_multiple_of(3)
             .then(|| r#"{"outputs": []}"#.to_string()),
         sealed: None,
+        shadow: false,
     }
 }
 

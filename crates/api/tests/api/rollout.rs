@@ -552,9 +552,10 @@ async fn a_label_or_canary_cannot_name_a_version_no_worker_has_ready() {
     api.stop().await;
 }
 
-/// Two api replicas and two worker processes on PostgreSQL, under load from 16 clients:
-/// canary 10 -> 50 -> promote -> rollback fails no request, and the replica that did not make a
-/// change applies it by notification (its own refresh is set to a minute).
+/// Two api replicas and two worker processes on PostgreSQL, under load (vaticctl bench at
+/// concurrency 16 on one, 8 clients on the other): canary 10 -> 50 -> promote -> rollback fails
+/// no request, and the replica that did not make a change applies it by notification (its own
+/// refresh is set to a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_under_load_across_two_replicas_fails_no_request() {
     let db = TestDb::postgres();
@@ -597,7 +598,17 @@ async fn a_rollout_under_load_across_two_replicas_fails_no_request() {
         )
         .await;
     }
-    let traffic = Traffic::start(&api, 8);
+    // The load generator at concurrency 16 on the replica that makes the changes (it exits
+    // with status 1 if any request fails), and 8 more clients on the other.
+    let bench = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
+        .args([
+            "--server", &api.base, "bench", MODEL, "-c", "16", "-d", "20s",
+        ])
+        .args(["--warmup", "0s", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vaticctl bench");
     let traffic_other = Traffic::start(&other, 8);
     let path = format!("/v2/models/{MODEL}/infer");
     // `other` sees each change by notification: poll it until it routes as the change says.
@@ -656,22 +667,25 @@ async fn a_rollout_under_load_across_two_replicas_fails_no_request() {
         follows("1").await
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (served, failures) = traffic.stop().await;
     let (served_other, failures_other) = traffic_other.stop().await;
-    eprintln!("served {served} + {served_other} requests during the rollout");
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let bench = bench.wait_with_output().await.unwrap();
+    let report: Value = serde_json::from_slice(&bench.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&bench.stderr)));
+    eprintln!("vaticctl bench during the rollout: {report}");
+    assert!(bench.status.success(), "{report}");
+    let level = &report[0];
+    assert_eq!(level["concurrency"], 16, "{report}");
+    assert_eq!(level["errors"], json!({}), "{report}");
+    assert_eq!(level["succeeded"], level["requests"], "{report}");
+    assert!(level["requests"].as_u64().unwrap() > 1000, "{report}");
+    eprintln!("and {served_other} more on the other replica");
     assert!(
         failures_other.is_empty(),
         "{} failed: {:?}",
         failures_other.len(),
         &failures_other[..failures_other.len().min(5)]
     );
-    assert!(served > 100 && served_other > 100);
+    assert!(served_other > 100);
     other.stop().await;
     api.stop().await;
     drop(workers);
@@ -756,6 +770,7 @@ async fn a_shadow_never_changes_an_answer_and_its_comparison_counts_every_copy()
         out.contains("shadow") && out.contains("copy of 100%"),
         "{out}"
     );
+    ctl(&api, &["models", "log", MODEL, "--mode", "full"]).await;
 
     // The same file as the shadow: every copy is compared, and agrees exactly.
     served_by_stable(&api, 200, 4).await;
@@ -774,6 +789,42 @@ async fn a_shadow_never_changes_an_answer_and_its_comparison_counts_every_copy()
     let stable = side_figures(&api, "stable", 200).await;
     assert_eq!(stable["version"], 1);
     assert_eq!(stable["error_ratio"], 0.0);
+    // With the prediction log in full mode, each compared copy's answer is stored beside the
+    // served record of its request, flagged, with its outputs and without the inputs.
+    let compared = shadow["compared"].as_u64().unwrap() as usize;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let records = loop {
+        let (status, page) = api
+            .get(&format!("/admin/v1/predictions?model={MODEL}&limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let records = page["records"].as_array().unwrap().clone();
+        if records.len() >= 200 + compared {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "{} records", records.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (shadows, served): (Vec<&Value>, Vec<&Value>) =
+        records.iter().partition(|r| r["shadow"] == true);
+    assert_eq!((served.len(), shadows.len()), (200, compared));
+    for s in &shadows {
+        assert_eq!(s["version"], v2.to_string(), "{s}");
+        assert_eq!(s["status"], 200, "{s}");
+        assert!(s["request"].is_null(), "{s}");
+        assert!(s["response"]["outputs"].is_array(), "{s}");
+        let twin = served
+            .iter()
+            .find(|r| r["request_id"] == s["request_id"])
+            .expect("the served record of the same request");
+        assert_eq!(twin["version"], "1");
+        assert_eq!(
+            twin["response"]["outputs"], s["response"]["outputs"],
+            "the same file answers the same"
+        );
+        assert!(twin.get("shadow").is_none(), "{twin}");
+    }
+    ctl(&api, &["models", "log", MODEL, "--mode", "metadata"]).await;
     // The shadow answers requests that name its label, like any version.
     assert_eq!(
         answered_by(

@@ -4,7 +4,8 @@
 # through a separate api and worker; the prediction log off and on (full payloads, PostgreSQL);
 # what API keys with a rate limit, HTTPS and encrypting the log at rest cost, each against the
 # same build with it off; the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline
-# (benches/baseline); start to ready; worker memory under load. Takes about 22 minutes on 2
+# (benches/baseline); start to ready; worker memory under load; what a canary split and a shadow
+# cost, each against no rollout. Takes about 24 minutes on 2
 # cores, the release build aside.
 #
 # Concurrency 1 is measured twice: with the load generator sleeping until each answer comes,

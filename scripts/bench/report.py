@@ -94,6 +94,41 @@ def security(r):
     return out + [""]
 
 
+def rollouts(r):
+    """The section on what the canary split and a shadow cost; none for results from before
+    they were measured."""
+    if "rollout_split_demo_json" not in r:
+        return []
+    split, shadow = r["rollout_split_demo_json"], r["rollout_shadow_demo_json"]
+    added = split["on"][1]["p50"] - split["off"][1]["p50"]
+    p99_off, p99_on = shadow["off"][16]["p99"], shadow["on"][16]["p99"]
+    rise = p99_on / p99_off - 1
+    errors = sum(v[c]["errors"] for v, c in [(split["off"], 1), (split["on"], 1),
+                                             (shadow["off"], 16), (shadow["on"], 16)])
+    return [
+        "## Rollouts",
+        "",
+        "What routing unversioned requests through a rollout costs, on a model of its own (the "
+        "demo's file pushed twice, so both versions answer alike), standalone on PostgreSQL, V2 "
+        "JSON, the log off, in runs alternating with no rollout (medians). The split: a canary "
+        "at 50%, at concurrency 1 with the load generator polling. The shadow: every request "
+        "copied to a second version, at concurrency 16 (twice as many rounds).",
+        "",
+        "| rollout | figure | goal | off | on | cost | |",
+        "|---|---|---|---|---|---|---|",
+        f"| canary split 50% | p50 us, c=1, polling | <= 2 us | {fmt(split['off'][1]['p50'])} | "
+        f"{fmt(split['on'][1]['p50'])} | {fmt(added)} us | {verdict(added <= 2 and not errors)} |",
+        f"| shadow 100% | p99 us, c=16 | <= 10% | {fmt(p99_off)} | {fmt(p99_on)} | "
+        f"{fmt(100 * rise)}% | {verdict(rise <= 0.10 and not errors)} |",
+        "",
+        f"Throughput at c=16: {fmt(shadow['off'][16]['throughput'])} req/s without the shadow, "
+        f"{fmt(shadow['on'][16]['throughput'])} with it; the shadow compared "
+        f"{shadow['compared']:,} copies and dropped {shadow['dropped']:,}."
+        + (f" {errors} requests failed." if errors else ""),
+        "",
+    ]
+
+
 def render(r):
     raw = r["raw_demo_p50_us"]
     sj, sb = r["served_demo_json"], r["served_demo_binary"]
@@ -232,6 +267,7 @@ def render(r):
         f"| v2-binary | {fmt(off_bin)} | {fmt(log_bin)} | {fmt(100 * log_cost_bin)}% |",
         "",
         *security(r),
+        *rollouts(r),
         "## The compute-heavy CNN (testdata/models/resnet, 64x64 RGB, about 0.2 GMAC per image)",
         "",
         "Raw tract, `vatic-worker profile` (2 s per cell): samples/s, and the median and 99th "

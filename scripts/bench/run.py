@@ -141,7 +141,7 @@ class Bench:
                 for _ in range(self.a.runs)]
         return medians(runs, levels, f"{model} {protocol}{' polling' if busy_poll else ''}")
 
-    def alternate(self, sides, levels, protocol, busy_poll=False, rounds=None):
+    def alternate(self, sides, levels, protocol, busy_poll=False, rounds=None, model=None):
         """`rounds` (RUNS by default) rounds of one vaticctl bench run of the demo per side, the
         sides in turn, so that a machine slower in one part of the script slows every side; per
         side, the medians. `sides` maps a label to (server URL, a function called before each
@@ -151,9 +151,10 @@ class Bench:
             for label, (server, before) in sides.items():
                 if before:
                     before()
-                runs[label].append(self.bench(server, DEMO, levels, protocol, busy_poll=busy_poll))
+                runs[label].append(self.bench(server, model or DEMO, levels, protocol,
+                                              busy_poll=busy_poll))
         polling = " polling" if busy_poll else ""
-        return {label: medians(of, levels, f"{DEMO} {protocol}{polling} {label}")
+        return {label: medians(of, levels, f"{model or DEMO} {protocol}{polling} {label}")
                 for label, of in runs.items()}
 
     def log_mode(self, server, mode):
@@ -334,6 +335,50 @@ class Bench:
         r["security_keys_demo_json"] = {**at1["API keys"], **at64["API keys"]}
         r["security_https_demo_json"] = at64["HTTPS"]
 
+    def rollout(self, repo):
+        """What the traffic split and a shadow cost, on a model of their own (the demo's file
+        pushed twice, so both sides answer alike): unversioned requests with no rollout
+        alternating with a canary at 50% (concurrency 1, the load generator polling: the split
+        decision's cost on p50), and with no shadow alternating with a shadow copying every
+        request (concurrency 16: the shadow's cost on the served p99)."""
+        log("rollout: a canary split and a shadow, alternating with neither")
+        s, url = self.start_standalone("rollout", repo, 18489, {"VATIC_PROFILE__AT_LOAD": "false"})
+        model, file = "rollout_demo", str(repo / DEMO / "1" / "model.onnx")
+        for _ in range(2):
+            self.ctl(url, "models", "push", model, file)
+        self.ctl(url, "models", "log", model, "--mode", "off")
+        deadline = time.time() + 120
+        while http_status(f"{url}/v2/models/{model}/versions/2/ready") != 200:
+            if time.time() > deadline:
+                raise SystemExit(f"{model} version 2 never became ready: see {s.log_path}")
+            time.sleep(0.2)
+
+        def only_stable():
+            self.ctl(url, "rollout", "rollback", model, check=False)
+
+        def then(*args):
+            def f():
+                only_stable()
+                self.ctl(url, "rollout", *args)
+            return f
+
+        at1 = self.alternate({"no rollout": (url, only_stable),
+                              "canary 50%": (url, then("start", model, "--version", "2", "--canary", "50"))},
+                             [1], "v2-json", busy_poll=True, model=model)
+        at16 = self.alternate({"no shadow": (url, only_stable),
+                               "shadow 100%": (url, then("shadow", model, "--version", "2"))},
+                              [16], "v2-json", rounds=2 * self.a.runs, model=model)
+        status = json.loads(self.ctl(url, "rollout", "status", model, "--window", "1h", "-o", "json").stdout)
+        shadow = [side for side in status["sides"] if side["side"] == "shadow"]
+        if not shadow or shadow[0]["compared"] == 0:
+            raise SystemExit(f"the shadow compared no copies: see {s.log_path}")
+        self.stop(s)
+        r = self.results
+        r["rollout_split_demo_json"] = {"off": at1["no rollout"], "on": at1["canary 50%"]}
+        r["rollout_shadow_demo_json"] = {"off": at16["no shadow"], "on": at16["shadow 100%"],
+                                         "compared": shadow[0]["compared"],
+                                         "dropped": shadow[0]["dropped"]}
+
     def cluster(self, repo):
         log("separate worker and api processes")
         wport, aport = 18481, 18482
@@ -406,6 +451,7 @@ class Bench:
             self.cluster(repo)
             self.baseline(repo)
             self.start_to_ready()
+            self.rollout(repo)
         finally:
             for s in list(self.servers):
                 s.stop()

@@ -15,6 +15,9 @@ CREATE TABLE model_labels (
 -- After a promote, the version that was stable stays loaded until previous_until so that a
 -- rollback to it is instant; then it is retired.
 ALTER TABLE models ADD COLUMN previous_stable BIGINT;
+-- Every change of a model (a push, a retire, its settings, a rollout step) counts here, so a
+-- change planned on what a model was is refused when the model changed in between.
+ALTER TABLE models ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE models ADD COLUMN previous_until TIMESTAMPTZ;
 
 -- At most one canary and one shadow per model.

@@ -173,6 +173,10 @@ pub struct ModelInfo {
     /// How unversioned requests are split, and what a rollback returns to.
     #[serde(default)]
     pub traffic: Traffic,
+    /// Counts every change of the model; a rollout change planned on an older revision is
+    /// refused.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// A model's traffic beyond its stable version.

@@ -169,6 +169,13 @@ impl Store {
     /// lock only at the first write, and a transaction that has read by then fails at once
     /// with "database is locked" when another connection wrote meanwhile (its busy timeout
     /// does not apply); `BEGIN IMMEDIATE` takes the lock first, waiting within the timeout.
+    pub(crate) fn read_snapshot(&self) -> &'static str {
+        match self.backend() {
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            Backend::Sqlite => "BEGIN",
+        }
+    }
+
     pub(crate) fn write_begin(&self) -> &'static str {
         match self.backend() {
             Backend::Postgres => "BEGIN",

@@ -124,6 +124,7 @@ impl Store {
                 })?;
             let detail = serde_json::json!({"sha256": new.sha256, "size": new.size, "state": state}).to_string();
             audit_in(&mut *tx, at, new.actor, "push", Some(new.model), Some(version), &detail).await?;
+            bump_revision(&mut *tx, new.model).await?;
             if self.backend() == Backend::Postgres {
                 announce(&mut *tx, new.model).await?;
             }
@@ -158,9 +159,10 @@ impl Store {
     /// Every model with its versions, labels and traffic, by name.
     pub async fn models(&self) -> Result<Vec<ModelInfo>> {
         let (mut models, versions, labels, traffic, plans) = on_pool!(self, pool => {
-            // One transaction, so a change between the reads cannot show half of itself.
-            let mut tx = pool.begin().await?;
-            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, previous_stable, previous_until FROM models ORDER BY name")
+            // One snapshot (REPEATABLE READ on PostgreSQL; a SQLite read transaction is one), so a
+            // change between the reads cannot show half of itself.
+            let mut tx = pool.begin_with(self.read_snapshot()).await?;
+            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, previous_stable, previous_until, revision FROM models ORDER BY name")
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -173,6 +175,7 @@ impl Store {
                         log_mode: LogMode::from_str(&mode).map_err(StoreError::Corrupt)?,
                         log_sample_rate: r.try_get("log_sample_rate")?,
                         versions: Vec::new(),
+                        revision: r.try_get::<i64, _>("revision")?.max(0) as u64,
                         labels: Default::default(),
                         traffic: Traffic {
                             previous_stable: r.try_get::<Option<i64>, _>("previous_stable")?.map(|v| v as u64),
@@ -301,6 +304,11 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let from = VersionState::from_str(&state).map_err(StoreError::Corrupt)?;
+            if matches!(from, VersionState::Canary | VersionState::Shadow) {
+                return Err(StoreError::Conflict(format!(
+                    "model '{model}' version {version} is the {from}: roll it back first (vaticctl rollout rollback {model}), so no request is sent to it while it unloads"
+                )));
+            }
             let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM model_labels WHERE model = $1 AND version = $2 ORDER BY label")
                 .bind(model)
                 .bind(version as i64)
@@ -344,6 +352,7 @@ impl Store {
                     promoted = Some(next as u64);
                 }
             }
+            bump_revision(&mut *tx, model).await?;
             if self.backend() == Backend::Postgres {
                 announce(&mut *tx, model).await?;
             }
@@ -386,6 +395,7 @@ impl Store {
                 .await?;
             let detail = serde_json::json!({"log_mode": mode, "log_sample_rate": rate}).to_string();
             audit_in(&mut *tx, at, actor, "set_log", Some(model), None, &detail).await?;
+            bump_revision(&mut *tx, model).await?;
             if self.backend() == Backend::Postgres {
                 announce(&mut *tx, model).await?;
             }
@@ -641,6 +651,21 @@ where
         .bind(at)
         .bind(model)
         .bind(version)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Counts a change of a model (see `models.revision`).
+pub(crate) async fn bump_revision<'e, E, DB>(conn: E, model: &str) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query("UPDATE models SET revision = revision + 1 WHERE name = $1")
+        .bind(model)
         .execute(conn)
         .await?;
     Ok(())

@@ -1,7 +1,8 @@
 //! Rollouts: labels, the canary's share, promote and rollback. Each operation is planned from
 //! the model as the registry holds it ([`plan`], no database) and applied in one transaction
-//! ([`Store::apply`]) that checks every version is still in the state the plan read, so two
-//! operators (or an operator and the controller) cannot interleave half-changes.
+//! ([`Store::apply`]) that checks the model is still at the revision the plan read (every change
+//! of a model counts one), so two operators (or an operator and the controller) cannot
+//! interleave half-changes: the second is refused and can look again.
 
 use crate::registry::{announce, audit_in, lock_model, Actor};
 use crate::{now, on_pool, rfc3339, Backend, Result, Store, StoreError};
@@ -108,6 +109,9 @@ pub struct Change {
     pub previous: (Option<u64>, Option<DateTime<Utc>>),
     /// The automatic rollout's row afterwards, when the change touches it.
     pub plan: Option<AutoPlan>,
+    /// The model's revision the change was planned on: applying it is refused when the model
+    /// changed since.
+    pub revision: u64,
 }
 
 fn conflict(message: String) -> StoreError {
@@ -153,6 +157,7 @@ pub fn plan(model: &ModelInfo, op: &RolloutOp, at: DateTime<Utc>) -> Result<Chan
         labels: Vec::new(),
         previous: (model.traffic.previous_stable, previous_until),
         plan: None,
+        revision: model.revision,
     };
     let running = model.traffic.auto.clone().filter(AutoPlan::is_running);
     let stable = model.default_version().map(|v| v.version);
@@ -503,13 +508,24 @@ impl Store {
         actor: &Actor,
     ) -> Result<(ModelInfo, Change)> {
         let current = self.model(model).await?;
-        let change = plan(&current, op, now())?;
-        self.apply(model, &change, actor).await?;
-        Ok((self.model(model).await?, change))
+        self.rollout_from(&current, op, actor).await
+    }
+
+    /// Plans `op` on `model` as the caller read it and applies it, refused when the model
+    /// changed since (the controller acts only on what it judged).
+    pub async fn rollout_from(
+        &self,
+        model: &ModelInfo,
+        op: &RolloutOp,
+        actor: &Actor,
+    ) -> Result<(ModelInfo, Change)> {
+        let change = plan(model, op, now())?;
+        self.apply(&model.name, &change, actor).await?;
+        Ok((self.model(&model.name).await?, change))
     }
 
     /// Applies a planned change in one transaction, with its history and audit records; refuses
-    /// it when a version is no longer in the state the plan read.
+    /// it when the model changed since the plan read it.
     pub async fn apply(&self, model: &str, change: &Change, actor: &Actor) -> Result<()> {
         let at = now();
         let detail = change.detail.to_string();
@@ -518,6 +534,17 @@ impl Store {
             let mut tx = pool.begin_with(self.write_begin()).await?;
             if self.backend() == Backend::Postgres {
                 lock_model(&mut *tx, model).await?;
+            }
+            let current = sqlx::query("UPDATE models SET revision = revision + 1 WHERE name = $1 AND revision = $2")
+                .bind(model)
+                .bind(change.revision as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if current != 1 {
+                return Err(conflict(format!(
+                    "model '{model}' changed while this change was made; look at it again (vaticctl rollout status {model}) and retry"
+                )));
             }
             for (v, from, to) in &change.states {
                 let done = sqlx::query("UPDATE model_versions SET state = $1, updated_by = $2, updated_at = $3 WHERE model = $4 AND version = $5 AND state = $6")
@@ -814,6 +841,7 @@ mod tests {
                 canary_weight,
                 ..Traffic::default()
             },
+            revision: 0,
         }
     }
 

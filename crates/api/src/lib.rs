@@ -75,6 +75,7 @@ impl Application {
             rollout: settings.rollout.clone(),
             tally: rollouts.tally,
             mirror: rollouts.mirror,
+            controller: rollouts.controller,
             replica: rollouts.replica,
         };
         let server = Server::start(listener, &settings.server, state)?;
@@ -204,6 +205,8 @@ struct Rollouts {
     replica: String,
     /// The shadow's queue; none without a database.
     mirror: Option<rollout::shadow::Mirror>,
+    /// The automatic rollout controller's loop; none without a database.
+    controller: Option<rollout::controller::Controller>,
 }
 
 /// Starts what rollouts need beside the routes: with a database, the writer of this replica's
@@ -224,6 +227,7 @@ fn start_rollouts(
             tally,
             replica,
             mirror: None,
+            controller: None,
         });
     };
     rollout::stats::flush(
@@ -232,7 +236,7 @@ fn start_rollouts(
         replica.clone(),
         Duration::from_millis(settings.rollout.stats_flush_ms),
     );
-    rollout::controller::start(
+    let controller = rollout::controller::start(
         store.clone(),
         settings.rollout.clone(),
         replica.clone(),
@@ -242,7 +246,10 @@ fn start_rollouts(
     let mirror = rollout::shadow::Mirror::start(
         backend.clone(),
         tally.clone(),
-        settings.rollout.shadow_queue,
+        (
+            settings.rollout.shadow_queue,
+            settings.rollout.shadow_queue_bytes,
+        ),
         settings.rollout.shadow_concurrency,
         metrics.registry(),
         log,
@@ -251,6 +258,7 @@ fn start_rollouts(
         tally,
         replica,
         mirror: Some(mirror),
+        controller: Some(controller),
     })
 }
 

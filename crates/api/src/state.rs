@@ -54,6 +54,8 @@ pub struct AppState {
     pub mirror: Option<Mirror>,
     /// This process's id among the api replicas (the rollout controller's lease holder).
     pub replica: String,
+    /// The automatic rollout controller's loop, when a database is configured.
+    pub controller: Option<crate::rollout::controller::Controller>,
 }
 
 /// What the prediction log knows of a served request, for its shadow's record.
@@ -269,11 +271,8 @@ impl Service for AppState {
             log.shutdown().await;
         }
         // Hands the rollout controller over at once rather than when the lease runs out.
-        if let Some(store) = &self.store {
-            let lease = crate::rollout::controller::LEASE;
-            if let Err(e) = store.release_lease(lease, &self.replica).await {
-                tracing::warn!(error = %e, "the rollout controller's lease was not given up; it runs out by itself");
-            }
+        if let Some(controller) = &self.controller {
+            controller.stop().await;
         }
     }
 }

@@ -10,6 +10,8 @@
 
 use super::RolloutSettings;
 use prometheus::{IntCounter, IntGauge, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use vatic_schema::admin::{AutoPlan, ModelInfo};
 use vatic_schema::rollout::SideStats;
@@ -121,21 +123,45 @@ impl ControllerMetrics {
     }
 }
 
-/// Runs the controller loop of this replica until the runtime stops; after each change it runs
-/// `passes` (the loops that follow the registry here), so this replica routes by the change at
-/// once, without waiting for a notification or its next refresh.
+/// This replica's controller loop.
+pub struct Controller {
+    store: Store,
+    replica: String,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Controller {
+    /// Stops the loop and gives the lease up, so another replica takes over at its next tick
+    /// rather than when the lease runs out.
+    pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Err(e) = self.store.release_lease(LEASE, &self.replica).await {
+            tracing::warn!(error = %e, "the rollout controller's lease was not given up; it runs out by itself");
+        }
+    }
+}
+
+/// Runs the controller loop of this replica until [`Controller::stop`]; after each change it
+/// runs `passes` (the loops that follow the registry here), so this replica routes by the
+/// change at once, without waiting for a notification or its next refresh.
 pub fn start(
     store: Store,
     settings: RolloutSettings,
     replica: String,
     metrics: ControllerMetrics,
     passes: Vec<Passes>,
-) {
+) -> Controller {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let handle = Controller {
+        store: store.clone(),
+        replica: replica.clone(),
+        stopped: stopped.clone(),
+    };
     tokio::spawn(async move {
         let tick = Duration::from_millis(settings.controller_tick_ms);
         let lease = Duration::from_millis(settings.controller_lease_ms);
         let mut leading = false;
-        loop {
+        while !stopped.load(Ordering::SeqCst) {
             match store.take_lease(LEASE, &replica, lease).await {
                 Ok(held) => {
                     if held != leading {
@@ -160,6 +186,7 @@ pub fn start(
             tokio::time::sleep(tick).await;
         }
     });
+    handle
 }
 
 async fn tick_once(
@@ -231,12 +258,13 @@ async fn decide(store: &Store, model: &ModelInfo, plan: &AutoPlan) -> Result<Ver
     let mut canary = SideStats::default();
     let mut stable = SideStats::default();
     let mut shadow = SideStats::default();
+    let stable_version = model.default_version().map(|v| v.version);
     for (version, side, stats) in store
         .rollout_window(&model.name, started - interval)
         .await?
     {
         match side.as_str() {
-            "stable" => stable.merge(&stats),
+            "stable" if Some(version) == stable_version => stable.merge(&stats),
             "shadow" if version == plan.version => shadow.merge(&stats),
             _ => {}
         }
@@ -253,17 +281,19 @@ async fn decide(store: &Store, model: &ModelInfo, plan: &AutoPlan) -> Result<Ver
     Ok(judge(plan, &canary, &stable, shadow, elapsed))
 }
 
-/// Applies the controller's change and brings this replica up to date with it; false when it
-/// was refused (logged).
+/// Applies the controller's change to the model as it judged it (refused when the model
+/// changed since: an operator acted, or another replica did) and brings this replica up to
+/// date with it; false when it was refused (logged).
 async fn act(store: &Store, passes: &[Passes], model: &ModelInfo, op: RolloutOp) -> bool {
     match store
-        .rollout(&model.name, &op, &Actor::named("controller"))
+        .rollout_from(model, &op, &Actor::named("controller"))
         .await
     {
         Ok((_, change)) => {
             tracing::info!(model = %model.name, action = change.action, version = ?change.version, detail = %change.detail, "rollout controller");
+            // Briefly: the loop renews its lease between ticks.
             for p in passes {
-                p.run(Duration::from_secs(10)).await;
+                p.run(Duration::from_secs(1)).await;
             }
             true
         }

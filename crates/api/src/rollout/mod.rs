@@ -24,6 +24,9 @@ pub struct RolloutSettings {
     pub promote_grace_secs: u64,
     /// Copies of requests waiting for the shadow; more are dropped (and counted).
     pub shadow_queue: usize,
+    /// Bytes of tensors (the request's inputs and the served outputs) the waiting copies may
+    /// hold; more are dropped (and counted).
+    pub shadow_queue_bytes: usize,
     /// Copies the shadow runs at once from this replica.
     pub shadow_concurrency: usize,
     /// Milliseconds between writes of this replica's rollout figures to the database.
@@ -41,6 +44,7 @@ impl Default for RolloutSettings {
             route_key_header: "X-Vatic-Route-Key".into(),
             promote_grace_secs: 3600,
             shadow_queue: 256,
+            shadow_queue_bytes: 64 << 20,
             shadow_concurrency: 2,
             stats_flush_ms: 2000,
             controller_tick_ms: 1000,
@@ -61,11 +65,12 @@ impl RolloutSettings {
             );
         }
         if self.shadow_queue == 0
+            || self.shadow_queue_bytes == 0
             || self.shadow_concurrency == 0
             || self.stats_flush_ms == 0
             || self.controller_tick_ms == 0
         {
-            anyhow::bail!("rollout.shadow_queue, rollout.shadow_concurrency, rollout.stats_flush_ms and rollout.controller_tick_ms must be at least 1");
+            anyhow::bail!("rollout.shadow_queue, rollout.shadow_queue_bytes, rollout.shadow_concurrency, rollout.stats_flush_ms and rollout.controller_tick_ms must be at least 1");
         }
         if self.controller_lease_ms < 2 * self.controller_tick_ms {
             anyhow::bail!(
@@ -298,6 +303,7 @@ mod tests {
                 shadow_sample: 25,
                 ..Traffic::default()
             },
+            revision: 0,
         };
         let n = 20_000;
         let copies = (0..n)

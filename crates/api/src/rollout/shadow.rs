@@ -8,11 +8,12 @@ use crate::backend::Backend;
 use crate::prediction_log::PredictionLog;
 use crate::routes::Arrival;
 use prometheus::{IntCounterVec, Opts, Registry};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use vatic_schema::admin::LogMode;
 use vatic_schema::rollout::SideStats;
-use vatic_schema::{DataType, InferRequest, InferResponse, Tensor};
+use vatic_schema::{DataType, InferRequest, InferResponse, Tensor, TensorData};
 use vatic_store::PredictionRecord;
 
 /// One copy to run on the shadow.
@@ -39,6 +40,9 @@ pub struct ShadowCopy {
 /// The shadow's queue and the tasks that empty it.
 pub struct Mirror {
     queue: mpsc::Sender<ShadowCopy>,
+    /// Tensor bytes the queued copies hold, and the most they may.
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     tally: Arc<Tally>,
     copies: IntCounterVec,
 }
@@ -50,7 +54,7 @@ impl Mirror {
     pub fn start(
         backend: Arc<Backend>,
         tally: Arc<Tally>,
-        capacity: usize,
+        (capacity, max_bytes): (usize, usize),
         concurrency: usize,
         registry: &Registry,
         log: Option<PredictionLog>,
@@ -65,19 +69,22 @@ impl Mirror {
         registry.register(Box::new(copies.clone()))?;
         let (queue, receiver) = mpsc::channel::<ShadowCopy>(capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         for _ in 0..concurrency.max(1) {
-            let (backend, tally, receiver, copies, log) = (
+            let (backend, tally, receiver, copies, log, queued_bytes) = (
                 backend.clone(),
                 tally.clone(),
                 receiver.clone(),
                 copies.clone(),
                 log.clone(),
+                queued_bytes.clone(),
             );
             tokio::spawn(async move {
                 loop {
                     let Some(copy) = receiver.lock().await.recv().await else {
                         return;
                     };
+                    queued_bytes.fetch_sub(copy.bytes(), Ordering::Relaxed);
                     let started = Arrival::now();
                     let version = copy.version.to_string();
                     let answer = backend
@@ -120,17 +127,27 @@ impl Mirror {
         }
         Ok(Mirror {
             queue,
+            queued_bytes,
+            max_bytes,
             tally,
             copies,
         })
     }
 
-    /// Queues a copy without waiting; drops and counts it when the queue is full.
+    /// Queues a copy without waiting; drops and counts it when the queue is full, in copies or
+    /// in bytes.
     pub fn offer(&self, copy: ShadowCopy) {
-        if let Err(
-            mpsc::error::TrySendError::Full(copy) | mpsc::error::TrySendError::Closed(copy),
-        ) = self.queue.try_send(copy)
-        {
+        let bytes = copy.bytes();
+        let held = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let refused = if held + bytes > self.max_bytes {
+            Err(copy)
+        } else {
+            self.queue.try_send(copy).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            })
+        };
+        if let Err(copy) = refused {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let stats = SideStats {
                 dropped: 1,
                 ..SideStats::default()
@@ -173,6 +190,18 @@ fn record(
         response,
         sealed: None,
         shadow: true,
+    }
+}
+
+impl ShadowCopy {
+    /// The tensor bytes it holds: the request's inputs and the served outputs.
+    fn bytes(&self) -> usize {
+        let size = |t: &Tensor| match &t.data {
+            TensorData::Fixed(b) => b.len(),
+            TensorData::Bytes(items) => items.iter().map(|b| b.len()).sum(),
+        };
+        self.request.inputs.iter().map(size).sum::<usize>()
+            + self.served.outputs.iter().map(size).sum::<usize>()
     }
 }
 
@@ -273,7 +302,6 @@ fn argmax(values: &[f64]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vatic_schema::TensorData;
 
     fn response(label: &[i64], probs: &[f32]) -> InferResponse {
         let rows = label.len() as u64;

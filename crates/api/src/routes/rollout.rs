@@ -125,8 +125,14 @@ fn check_label(label: &str) -> Result<(), AdminError> {
     Ok(())
 }
 
-/// Refuses to send requests to a version no worker (or, standalone, this process) has ready.
-fn check_ready(s: &State, model: &str, version: u64, what: &str) -> Result<(), AdminError> {
+/// Refuses to send requests to a retired version, or to one no worker (or, standalone, this
+/// process) has ready.
+async fn check_ready(s: &State, model: &str, version: u64, what: &str) -> Result<(), AdminError> {
+    if store(s)?.model_version(model, version).await?.state == VersionState::Retired {
+        return Err(AdminError::Store(vatic_store::StoreError::Conflict(
+            format!("model '{model}' version {version} is retired; push it again to serve it"),
+        )));
+    }
     if s.backend.version_ready(model, version) {
         return Ok(());
     }
@@ -157,8 +163,7 @@ async fn put_label(
 ) -> Result<HttpResponse, AdminError> {
     let (name, label) = path.into_inner();
     check_label(&label)?;
-    store(&s)?.model_version(&name, body.version).await?;
-    check_ready(&s, &name, body.version, "a label")?;
+    check_ready(&s, &name, body.version, "a label").await?;
     let op = RolloutOp::Label {
         label,
         version: body.version,
@@ -183,8 +188,7 @@ async fn start(
     body: web::Json<RolloutStart>,
 ) -> Result<HttpResponse, AdminError> {
     check_share(body.canary)?;
-    store(&s)?.model_version(&name, body.version).await?;
-    check_ready(&s, &name, body.version, "a canary")?;
+    check_ready(&s, &name, body.version, "a canary").await?;
     let op = RolloutOp::Start {
         version: body.version,
         weight: body.canary,
@@ -221,7 +225,7 @@ async fn promote(
 ) -> Result<HttpResponse, AdminError> {
     let model = store(&s)?.model(&name).await?;
     if let Some((canary, _)) = model.canary() {
-        check_ready(&s, &name, canary, "the stable version")?;
+        check_ready(&s, &name, canary, "the stable version").await?;
     }
     let op = RolloutOp::Promote {
         grace: Duration::from_secs(s.rollout.promote_grace_secs),
@@ -245,7 +249,7 @@ async fn rollback(
     // Returning to the previous stable version sends every request there: it must be ready.
     if model.canary().is_none() && model.shadow().is_none() {
         if let Some(previous) = model.traffic.previous_stable {
-            check_ready(&s, &name, previous, "a rollback")?;
+            check_ready(&s, &name, previous, "a rollback").await?;
         }
     }
     let op = RolloutOp::Rollback {
@@ -313,8 +317,7 @@ async fn put_shadow(
             body.sample
         )));
     }
-    store(&s)?.model_version(&name, body.version).await?;
-    check_ready(&s, &name, body.version, "a shadow")?;
+    check_ready(&s, &name, body.version, "a shadow").await?;
     let op = RolloutOp::Shadow {
         version: body.version,
         sample: body.sample,
@@ -385,8 +388,7 @@ async fn start_auto(
     body: web::Json<AutoStart>,
 ) -> Result<HttpResponse, AdminError> {
     check_auto(&body)?;
-    store(&s)?.model_version(&name, body.version).await?;
-    check_ready(&s, &name, body.version, "an automatic rollout")?;
+    check_ready(&s, &name, body.version, "an automatic rollout").await?;
     let op = RolloutOp::Auto {
         start: body.into_inner(),
     };

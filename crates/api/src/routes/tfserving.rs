@@ -142,16 +142,35 @@ async fn predict(
         .map_err(|e| SchemaError::Json(e.to_string()))?;
     let routed = s.route(req, &model, version.as_deref(), label.as_deref())?;
     let version = routed.version.clone();
-    let metadata = s.backend.metadata(&model, version.as_deref()).await?;
-    let (request, form) = tfserving::to_infer_request(predict, &metadata.inputs)?;
     let id = RequestId::of(req);
+    let key = key_id(req);
+    // A version that cannot take the request (its signature differs) fails it: that counts
+    // against its side of a rollout as much as an error of the run.
+    let prepared = async {
+        let metadata = s.backend.metadata(&model, version.as_deref()).await?;
+        Ok::<_, ApiError>(tfserving::to_infer_request(predict, &metadata.inputs)?)
+    }
+    .await;
+    let (request, form) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            let unlogged = Served {
+                arrived,
+                request_id: id.as_deref(),
+                key_id: key,
+                logged: None,
+            };
+            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            s.after_answer(&model, &routed, Err(status), unlogged);
+            return Err(e);
+        }
+    };
     let answer = until_client_gone(
         req,
         s.backend
             .infer(&model, version.as_deref(), &request, id.as_deref()),
     )
     .await;
-    let key = key_id(req);
     let logged = log_prediction(
         s,
         Answered {

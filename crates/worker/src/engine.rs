@@ -5,6 +5,7 @@
 //! loading the versions it adds on a loader thread, never on the inference threads, and stops
 //! the versions it drops once their queued requests are answered.
 
+use crate::batcher::Priority;
 use crate::config::BatchingConfig;
 use crate::metrics::EngineMetrics;
 use crate::profile::ProfileSettings;
@@ -416,6 +417,18 @@ impl Engine {
         }
     }
 
+    /// Whether that version is loaded and ready, looked up without allocating: the api's
+    /// traffic split asks it per request.
+    pub fn version_ready(&self, name: &str, version: u64) -> bool {
+        let models = self.models.read().expect("models lock");
+        models
+            .get(name)
+            .and_then(|versions| versions.get(&version))
+            .is_some_and(|entry| {
+                matches!(*entry.state.read().expect("state lock"), State::Ready(_))
+            })
+    }
+
     /// Runs a request on a version (the default one when `version` is `None`).
     pub async fn infer(
         &self,
@@ -423,12 +436,23 @@ impl Engine {
         version: Option<&str>,
         req: &InferRequest,
     ) -> Result<InferResponse, EngineError> {
+        self.infer_at(name, version, req, Priority::RealTime).await
+    }
+
+    /// [`Engine::infer`] at `priority`: low-priority work runs on spare capacity only.
+    pub async fn infer_at(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        req: &InferRequest,
+        priority: Priority,
+    ) -> Result<InferResponse, EngineError> {
         let v = self.resolve(name, version)?;
         // The request's log lines name the version that answers, also when the path names none.
         tracing::Span::current().record("version", v.version.as_str());
         // A guard, so a request dropped midway (its client went away) is not counted forever.
         let _in_flight = InFlight::enter(self.metrics.in_flight());
-        let result = v.infer(req).await;
+        let result = v.infer(req, priority).await;
         let status = result.as_ref().map_or_else(EngineError::status, |_| 200);
         v.stats.answered(status);
         result

@@ -20,6 +20,7 @@ pub mod settings;
 pub mod stats;
 pub mod version;
 
+pub use batcher::Priority;
 pub use config::BatchingConfig;
 pub use engine::{Engine, EngineSettings, VersionSpec};
 pub use error::EngineError;

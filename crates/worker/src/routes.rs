@@ -2,6 +2,7 @@
 //! binary tensors, metadata, ready, Triton's configuration and statistics, the repository
 //! index), so that a worker can be tested and measured alone.
 
+use crate::batcher::{Priority, PRIORITY_HEADER};
 use crate::process::WorkerService;
 use crate::EngineError;
 use actix_web::http::Method;
@@ -148,10 +149,11 @@ async fn post_infer(
     let header_length = header_length(&req)?;
     s.body.check_json(json_part(&body, header_length))?;
     let request: InferRequest = v2::decode_request(&body, header_length)?;
+    let priority = Priority::from_header(req.headers().get(PRIORITY_HEADER).map(|v| v.as_bytes()))?;
     let response = until_client_gone(&req, async {
         Ok::<_, WorkerError>(
             s.engine()
-                .infer(&p.model, p.version.as_deref(), &request)
+                .infer_at(&p.model, p.version.as_deref(), &request, priority)
                 .await?,
         )
     })

@@ -1,7 +1,7 @@
 //! One loaded model version: its optimised model, its batcher and its statistics, and the
 //! request checks and Triton configuration that depend on its signature.
 
-use crate::batcher::{Batcher, Job, JobOutputs};
+use crate::batcher::{Batcher, Job, JobOutputs, Priority};
 use crate::config::{BatchingConfig, ModelToml};
 use crate::engine::VersionSpec;
 use crate::metrics::VersionMetrics;
@@ -134,8 +134,13 @@ impl LoadedVersion {
         })
     }
 
-    /// Checks a request against the signature and runs it through the batcher.
-    pub async fn infer(&self, req: &InferRequest) -> Result<InferResponse, EngineError> {
+    /// Checks a request against the signature and runs it through the batcher, in the queue of
+    /// its priority.
+    pub async fn infer(
+        &self,
+        req: &InferRequest,
+        priority: Priority,
+    ) -> Result<InferResponse, EngineError> {
         let _caller = self.batcher.enter();
         let Prepared {
             inputs,
@@ -153,6 +158,7 @@ impl LoadedVersion {
             enqueued: now,
             deadline: now + timeout,
             reply,
+            priority,
         })?;
         let outputs: JobOutputs = match tokio::time::timeout(timeout, answer).await {
             Err(_) => {

@@ -15,6 +15,7 @@ use vatic_schema::admin::LogMode;
 use vatic_schema::rollout::SideStats;
 use vatic_schema::{DataType, InferRequest, InferResponse, Tensor, TensorData};
 use vatic_store::PredictionRecord;
+use vatic_worker::Priority;
 
 /// One copy to run on the shadow.
 pub struct ShadowCopy {
@@ -37,6 +38,63 @@ pub struct ShadowCopy {
     pub logged: Option<LogMode>,
 }
 
+/// What the shadow's tasks need to run and count a copy.
+#[derive(Clone)]
+struct Sender {
+    backend: Arc<Backend>,
+    tally: Arc<Tally>,
+    copies: IntCounterVec,
+    log: Option<PredictionLog>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Sender {
+    /// Runs a copy on the shadow version, at low priority, and counts what came of it.
+    async fn send(&self, copy: ShadowCopy) {
+        self.queued_bytes.fetch_sub(copy.bytes(), Ordering::Relaxed);
+        let started = Arrival::now();
+        let version = copy.version.to_string();
+        // On the workers' spare capacity too: a shadow never takes a core from a request a
+        // caller waits for.
+        let answer = self
+            .backend
+            .infer_at(
+                &copy.model,
+                Some(&version),
+                &copy.request,
+                copy.request_id.as_deref(),
+                Priority::Low,
+            )
+            .await;
+        let elapsed_ms = started.instant.elapsed().as_secs_f64() * 1000.0;
+        let mut stats = SideStats::default();
+        if let (Some(log), Some(mode)) = (&self.log, copy.logged) {
+            log.log(record(&copy, &answer, mode, started));
+        }
+        let outcome = match answer {
+            Ok(shadow) => {
+                stats.answered(200, elapsed_ms);
+                compare(&copy.served, &shadow, &mut stats);
+                stats.compared = 1;
+                "compared"
+            }
+            Err(e) => {
+                use actix_web::ResponseError;
+                let status = e.status_code().as_u16();
+                // A shadow that cannot answer is an error of the shadow, whatever the status:
+                // the served version answered the same request.
+                stats.answered(status.max(500), elapsed_ms);
+                tracing::debug!(model = %copy.model, version = %version, error = %e, "shadow copy failed");
+                "error"
+            }
+        };
+        self.copies
+            .with_label_values(&[&copy.model, &version, outcome])
+            .inc();
+        self.tally.add(&copy.model, copy.version, "shadow", &stats);
+    }
+}
+
 /// The shadow's queue and the tasks that empty it.
 pub struct Mirror {
     queue: mpsc::Sender<ShadowCopy>,
@@ -50,7 +108,8 @@ pub struct Mirror {
 impl Mirror {
     /// Starts `concurrency` tasks running copies on `backend`, fed by a queue of `capacity`;
     /// each answer is compared into `tally`, and written to `log` beside the served record
-    /// when that was kept.
+    /// when that was kept. The tasks run on a thread of their own at the lowest scheduling
+    /// class: sending, waiting for and comparing copies takes no core from served requests.
     pub fn start(
         backend: Arc<Backend>,
         tally: Arc<Tally>,
@@ -58,7 +117,7 @@ impl Mirror {
         concurrency: usize,
         registry: &Registry,
         log: Option<PredictionLog>,
-    ) -> prometheus::Result<Mirror> {
+    ) -> anyhow::Result<Mirror> {
         let copies = IntCounterVec::new(
             Opts::new(
                 "vatic_shadow_copies_total",
@@ -70,61 +129,34 @@ impl Mirror {
         let (queue, receiver) = mpsc::channel::<ShadowCopy>(capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        for _ in 0..concurrency.max(1) {
-            let (backend, tally, receiver, copies, log, queued_bytes) = (
-                backend.clone(),
-                tally.clone(),
-                receiver.clone(),
-                copies.clone(),
-                log.clone(),
-                queued_bytes.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let Some(copy) = receiver.lock().await.recv().await else {
-                        return;
-                    };
-                    queued_bytes.fetch_sub(copy.bytes(), Ordering::Relaxed);
-                    let started = Arrival::now();
-                    let version = copy.version.to_string();
-                    let answer = backend
-                        .infer(
-                            &copy.model,
-                            Some(&version),
-                            &copy.request,
-                            copy.request_id.as_deref(),
-                        )
-                        .await;
-                    let elapsed_ms = started.instant.elapsed().as_secs_f64() * 1000.0;
-                    let mut stats = SideStats::default();
-                    if let (Some(log), Some(mode)) = (&log, copy.logged) {
-                        log.log(record(&copy, &answer, mode, started));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let sender = Sender {
+            backend,
+            tally: tally.clone(),
+            copies: copies.clone(),
+            log,
+            queued_bytes: queued_bytes.clone(),
+        };
+        std::thread::Builder::new()
+            .name("shadow".into())
+            .spawn(move || {
+                vatic_server::priority::lower_to_idle("shadow");
+                runtime.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..concurrency.max(1) {
+                        let (sender, receiver) = (sender.clone(), receiver.clone());
+                        tasks.spawn(async move {
+                            // Ends when the queue's sender is dropped with the Mirror.
+                            while let Some(copy) = receiver.lock().await.recv().await {
+                                sender.send(copy).await;
+                            }
+                        });
                     }
-                    match answer {
-                        Ok(shadow) => {
-                            stats.answered(200, elapsed_ms);
-                            compare(&copy.served, &shadow, &mut stats);
-                            stats.compared = 1;
-                            copies
-                                .with_label_values(&[&copy.model, &version, "compared"])
-                                .inc();
-                        }
-                        Err(e) => {
-                            use actix_web::ResponseError;
-                            let status = e.status_code().as_u16();
-                            // A shadow that cannot answer is an error of the shadow, whatever
-                            // the status: the served version answered the same request.
-                            stats.answered(status.max(500), elapsed_ms);
-                            copies
-                                .with_label_values(&[&copy.model, &version, "error"])
-                                .inc();
-                            tracing::debug!(model = %copy.model, version = %version, error = %e, "shadow copy failed");
-                        }
-                    }
-                    tally.add(&copy.model, copy.version, "shadow", &stats);
-                }
-            });
-        }
+                    while tasks.join_next().await.is_some() {}
+                });
+            })?;
         Ok(Mirror {
             queue,
             queued_bytes,

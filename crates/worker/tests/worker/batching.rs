@@ -1,7 +1,7 @@
 //! The batcher combines rows of concurrent requests, never beyond max_batch_size, and gives each
 //! request its own rows back.
 
-use crate::helpers::{with_toml, TestWorker};
+use crate::helpers::{one, with_toml, TestWorker};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -156,4 +156,40 @@ async fn requests_with_different_row_shapes_are_not_mixed() {
         "18 requests ran in {executions} executions: the batcher combined none"
     );
     Arc::try_unwrap(w).ok().unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn low_priority_requests_get_the_same_answers_and_a_bad_priority_is_refused() {
+    let w = TestWorker::start(one("breast_cancer")).await;
+    let reference = vatic_testkit::demo_reference();
+    let url = format!("{}/v2/models/breast_cancer/infer", w.base);
+    let post = |priority: &'static str, rows: std::ops::Range<usize>| {
+        w.client
+            .post(&url)
+            .header("x-vatic-priority", priority)
+            .json(&reference.v2_request(rows))
+            .send()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..20usize {
+        let rows = i..i + 1 + i % 4;
+        tasks.push((rows.clone(), post("low", rows)));
+    }
+    for (rows, sent) in tasks {
+        let r = sent.await.expect("POST");
+        assert_eq!(r.status(), 200);
+        reference.check_response(&r.json::<Value>().await.unwrap(), rows);
+    }
+    let r = post("real-time", 0..2).await.expect("POST");
+    assert_eq!(r.status(), 200);
+    reference.check_response(&r.json::<Value>().await.unwrap(), 0..2);
+
+    let r = post("urgent", 0..1).await.expect("POST");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        json!("header x-vatic-priority: 'urgent' is not a priority (low or real-time)")
+    );
+    w.stop().await;
 }

@@ -101,9 +101,18 @@ def rollouts(r):
         return []
     split, shadow = r["rollout_split_demo_json"], r["rollout_shadow_demo_json"]
     added = split["on"][1]["p50"] - split["off"][1]["p50"]
+    whole = split.get("all")
     p99_off, p99_on = shadow["off"][16]["p99"], shadow["on"][16]["p99"]
     rise = p99_on / p99_off - 1
     sides = [(split["off"], 1), (split["on"], 1), (shadow["off"], 16), (shadow["on"], 16)]
+    split_rows = []
+    if whole:
+        sides.append((whole, 1))
+        decided = whole[1]["p50"] - split["off"][1]["p50"]
+        split_rows.append(
+            f"| canary split 100% | p50 us, c=1, polling | <= 2 us | {fmt(split['off'][1]['p50'])} | "
+            f"{fmt(whole[1]['p50'])} | {fmt(decided)} us | "
+            f"{verdict(decided <= 2 and not sum(v[1]['errors'] for v in (split['off'], whole)))} |")
     spare = shadow.get("spare")
     rows = []
     if spare:
@@ -127,7 +136,13 @@ def rollouts(r):
         "What routing unversioned requests through a rollout costs, on a model of its own (the "
         "demo's file pushed twice, so both versions answer alike), standalone on PostgreSQL, V2 "
         "JSON, the log off, in runs alternating with no rollout (medians). The split: a canary "
-        "at 50%, at concurrency 1 with the load generator polling. The shadow: every request "
+        + ("at 100% and at 50%, at concurrency 1 with the load generator polling. At 100% every "
+           "request takes the whole of the split decision (a bucket, the canary's readiness, the "
+           "rollout's counts) and one version answers all of them, as without a rollout: that "
+           "row is the decision's cost. At 50% the requests also alternate between two copies "
+           "of the model, each with its own batcher and memory, which costs beside the "
+           "decision. " if whole else "at 50%, at concurrency 1 with the load generator polling. ")
+        + "The shadow: every request "
         "copied to a second version, at concurrency 16 (twice as many rounds)"
         + (f", once with every connection sending its next request as soon as the last is "
            f"answered (saturated: the machine has no capacity to spare for the shadow) and once "
@@ -136,8 +151,10 @@ def rollouts(r):
         "",
         "| rollout | figure | goal | off | on | cost | |",
         "|---|---|---|---|---|---|---|",
-        f"| canary split 50% | p50 us, c=1, polling | <= 2 us | {fmt(split['off'][1]['p50'])} | "
-        f"{fmt(split['on'][1]['p50'])} | {fmt(added)} us | {verdict(added <= 2 and not errors)} |",
+        *split_rows,
+        f"| canary split 50% | p50 us, c=1, polling | {'none' if whole else '<= 2 us'} | "
+        f"{fmt(split['off'][1]['p50'])} | {fmt(split['on'][1]['p50'])} | {fmt(added)} us | "
+        f"{'' if whole else verdict(added <= 2 and not errors)} |",
         *rows,
         "",
         f"Throughput at c=16, saturated: {fmt(shadow['off'][16]['throughput'])} req/s without the "

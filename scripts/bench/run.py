@@ -345,8 +345,9 @@ class Bench:
     def rollout(self, repo):
         """What the traffic split and a shadow cost, on a model of their own (the demo's file
         pushed twice, so both sides answer alike): unversioned requests with no rollout
-        alternating with a canary at 50% (concurrency 1, the load generator polling: the split
-        decision's cost on p50), and with no shadow alternating with a shadow copying every
+        alternating with a canary at 50% and at 100% (concurrency 1, the load generator polling:
+        the split decision's cost on p50; at 100% every request takes the decision's whole path
+        and one version answers them all, as without a rollout), and with no shadow alternating with a shadow copying every
         request (concurrency 16: the shadow's cost on the served p99), twice: with the load
         generator's 16 connections each sending its next request when the last is answered,
         which takes every core and leaves the shadow none to spare, and at a fixed rate of
@@ -374,7 +375,8 @@ class Bench:
             return f
 
         at1 = self.alternate({"no rollout": (url, only_stable),
-                              "canary 50%": (url, then("start", model, "--version", "2", "--canary", "50"))},
+                              "canary 50%": (url, then("start", model, "--version", "2", "--canary", "50")),
+                              "canary 100%": (url, then("start", model, "--version", "2", "--canary", "100"))},
                              [1], "v2-json", busy_poll=True, model=model)
         at16 = self.alternate({"no shadow": (url, only_stable),
                                "shadow 100%": (url, then("shadow", model, "--version", "2"))},
@@ -389,7 +391,8 @@ class Bench:
             raise SystemExit(f"the shadow compared no copies: see {s.log_path}")
         self.stop(s)
         r = self.results
-        r["rollout_split_demo_json"] = {"off": at1["no rollout"], "on": at1["canary 50%"]}
+        r["rollout_split_demo_json"] = {"off": at1["no rollout"], "on": at1["canary 50%"],
+                                        "all": at1["canary 100%"]}
         r["rollout_shadow_demo_json"] = {"off": at16["no shadow"], "on": at16["shadow 100%"],
                                          "compared": shadow[0]["compared"],
                                          "dropped": shadow[0]["dropped"],

@@ -230,9 +230,10 @@ fn start_rollouts(
             controller: None,
         });
     };
+    let shadow_tally = Arc::new(rollout::stats::Tally::default());
     rollout::stats::flush(
         store.clone(),
-        tally.clone(),
+        vec![tally.clone(), shadow_tally.clone()],
         replica.clone(),
         Duration::from_millis(settings.rollout.stats_flush_ms),
     );
@@ -245,7 +246,7 @@ fn start_rollouts(
     );
     let mirror = rollout::shadow::Mirror::start(
         backend.clone(),
-        tally.clone(),
+        (tally.clone(), shadow_tally),
         (
             settings.rollout.shadow_queue,
             settings.rollout.shadow_queue_bytes,

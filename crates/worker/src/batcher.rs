@@ -85,8 +85,6 @@ pub struct Job {
 
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Low-priority jobs, for the low-priority runners only.
-    low: VecDeque<Job>,
     closed: bool,
     /// Model runs going on now, on runners and on submitting threads.
     running: usize,
@@ -118,8 +116,17 @@ struct Shared {
     stats: Arc<Stats>,
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Low-priority jobs, for the low-priority runners only. A lock of its own: a runner at the
+    /// lowest priority can be held off a core for long, and must never hold a lock that the
+    /// real-time requests wait for.
+    low: Mutex<LowQueue>,
     /// Where the low-priority runners wait.
     wake_low: Condvar,
+}
+
+struct LowQueue {
+    jobs: VecDeque<Job>,
+    closed: bool,
 }
 
 /// A running batcher; dropping it does not stop the runners, `close` and `join` do.
@@ -163,7 +170,6 @@ impl Batcher {
             stats,
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
-                low: VecDeque::new(),
                 closed: false,
                 running: 0,
                 overlapped: None,
@@ -171,6 +177,10 @@ impl Batcher {
                 waking: 0,
             }),
             wake: Condvar::new(),
+            low: Mutex::new(LowQueue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
             wake_low: Condvar::new(),
         });
         let spawn = |name: String, low: bool| {
@@ -202,21 +212,12 @@ impl Batcher {
     /// queued or running and no requests overlapped for [`QUIET`]; its answer is then in its
     /// reply channel when this returns. A low-priority job always queues.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        if job.priority == Priority::Low {
+            return self.submit_low(job);
+        }
         let mut q = self.shared.queue.lock().expect("queue lock");
         if q.closed {
             return Err(EngineError::ShuttingDown);
-        }
-        if job.priority == Priority::Low {
-            if q.low.len() >= self.shared.config.max_queue_size {
-                return Err(EngineError::QueueFull {
-                    model: self.shared.label.clone(),
-                    size: self.shared.config.max_queue_size,
-                });
-            }
-            q.low.push_back(job);
-            drop(q);
-            self.shared.wake_low.notify_one();
-            return Ok(());
         }
         if self.shared.inline && self.alone(&mut q) {
             q.running += 1;
@@ -239,6 +240,23 @@ impl Batcher {
         // One runner is enough for one job; a runner that leaves jobs behind wakes the next.
         // Waking every runner would make all but one of them go back to sleep for nothing.
         self.shared.wake_one(q, true);
+        Ok(())
+    }
+
+    fn submit_low(&self, job: Job) -> Result<(), EngineError> {
+        let mut low = self.shared.low.lock().expect("low queue lock");
+        if low.closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        if low.jobs.len() >= self.shared.config.max_queue_size {
+            return Err(EngineError::QueueFull {
+                model: self.shared.label.clone(),
+                size: self.shared.config.max_queue_size,
+            });
+        }
+        low.jobs.push_back(job);
+        drop(low);
+        self.shared.wake_low.notify_one();
         Ok(())
     }
 
@@ -267,6 +285,7 @@ impl Batcher {
     pub fn close(&self) {
         self.shared.queue.lock().expect("queue lock").closed = true;
         self.shared.wake.notify_all();
+        self.shared.low.lock().expect("low queue lock").closed = true;
         self.shared.wake_low.notify_all();
     }
 
@@ -337,20 +356,20 @@ impl Shared {
     fn run_low(&self) {
         vatic_server::priority::lower_to_idle(&format!("low-{}", self.label));
         loop {
-            let mut q = self.queue.lock().expect("queue lock");
+            let mut low = self.low.lock().expect("low queue lock");
             let batch = loop {
-                self.purge(&mut q.low);
-                if !q.low.is_empty() {
-                    let (picked, _) = self.select(&q.low);
-                    break take(&mut q.low, &picked);
+                self.purge(&mut low.jobs);
+                if !low.jobs.is_empty() {
+                    let (picked, _) = self.select(&low.jobs);
+                    break take(&mut low.jobs, &picked);
                 }
-                if q.closed {
+                if low.closed {
                     return;
                 }
-                q = self.wake_low.wait(q).expect("queue lock");
+                low = self.wake_low.wait(low).expect("low queue lock");
             };
-            let more = !q.low.is_empty();
-            drop(q);
+            let more = !low.jobs.is_empty();
+            drop(low);
             if more {
                 self.wake_low.notify_one();
             }
@@ -798,7 +817,7 @@ mod tests {
         let (j, mut answer) = low_job();
         b.submit(j).unwrap();
         assert!(answer.try_recv().is_err(), "ran on the submitting thread");
-        assert_eq!(b.shared.queue.lock().unwrap().low.len(), 1);
+        assert_eq!(b.shared.low.lock().unwrap().jobs.len(), 1);
         assert_eq!(b.queued(), 0, "the real-time queue has it");
         stop(&b);
     }

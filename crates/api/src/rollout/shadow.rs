@@ -107,12 +107,13 @@ pub struct Mirror {
 
 impl Mirror {
     /// Starts `concurrency` tasks running copies on `backend`, fed by a queue of `capacity`;
-    /// each answer is compared into `tally`, and written to `log` beside the served record
-    /// when that was kept. The tasks run on a thread of their own at the lowest scheduling
-    /// class: sending, waiting for and comparing copies takes no core from served requests.
+    /// dropped copies are counted in `served` (on the request path), each answer is compared
+    /// into `compared`, and written to `log` beside the served record when that was kept. The
+    /// tasks run on a thread of their own at the lowest scheduling class: sending, waiting for
+    /// and comparing copies takes no core from served requests, and shares no lock with them.
     pub fn start(
         backend: Arc<Backend>,
-        tally: Arc<Tally>,
+        (served, compared): (Arc<Tally>, Arc<Tally>),
         (capacity, max_bytes): (usize, usize),
         concurrency: usize,
         registry: &Registry,
@@ -134,7 +135,7 @@ impl Mirror {
             .build()?;
         let sender = Sender {
             backend,
-            tally: tally.clone(),
+            tally: compared,
             copies: copies.clone(),
             log,
             queued_bytes: queued_bytes.clone(),
@@ -161,7 +162,7 @@ impl Mirror {
             queue,
             queued_bytes,
             max_bytes,
-            tally,
+            tally: served,
             copies,
         })
     }

@@ -73,14 +73,20 @@ impl Tally {
     }
 }
 
-/// Writes `tally` to `store` every `every` until the runtime stops; a failed write is kept for
-/// the next.
-pub fn flush(store: Store, tally: Arc<Tally>, replica: String, every: Duration) {
+/// Writes `tallies` to `store` every `every` until the runtime stops, one row per model,
+/// version and side; a failed write is kept for the next. The served requests and the shadow's
+/// thread count in tallies of their own, so that neither waits for a lock the other holds
+/// (the shadow's thread runs at the lowest priority, and may be held off a core for long).
+pub fn flush(store: Store, tallies: Vec<Arc<Tally>>, replica: String, every: Duration) {
     tokio::spawn(async move {
         let mut failing = false;
         loop {
             tokio::time::sleep(every).await;
-            let rows = tally.take();
+            let merged = Tally::default();
+            for tally in &tallies {
+                merged.put_back(tally.take());
+            }
+            let rows = merged.take();
             if rows.is_empty() {
                 continue;
             }
@@ -91,7 +97,7 @@ pub fn flush(store: Store, tally: Arc<Tally>, replica: String, every: Duration) 
                         tracing::warn!(error = %e, "rollout figures not written; kept for the next try");
                     }
                     failing = true;
-                    tally.put_back(rows);
+                    tallies[0].put_back(rows);
                 }
             }
         }

@@ -5,8 +5,8 @@
 # what API keys with a rate limit, HTTPS and encrypting the log at rest cost, each against the
 # same build with it off; the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline
 # (benches/baseline); start to ready; worker memory under load; what a canary split and a shadow
-# cost, each against no rollout. Takes about 24 minutes on 2
-# cores, the release build aside.
+# cost, each against no rollout (and the split's decision alone, in-process: crates/api/benches).
+# Takes about 25 minutes on 2 cores, the builds aside.
 #
 # Concurrency 1 is measured twice: with the load generator sleeping until each answer comes,
 # as the other levels are, and with it polling for them (`vaticctl bench --busy-poll`), so that
@@ -19,6 +19,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --workspace --bins
+# The split decision's in-process benchmark (crates/api/benches/split.rs), built before anything
+# is measured.
+cargo bench -p vatic-api --bench split --no-run
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 admin_url="$(scripts/test-db.sh)"

@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import ssl
@@ -386,19 +387,36 @@ class Bench:
                                 "shadow 100%": (url, then("shadow", model, "--version", "2"))},
                                [16], "v2-json", rounds=2 * self.a.runs, model=model, rate=rate)
         status = json.loads(self.ctl(url, "rollout", "status", model, "--window", "1h", "-o", "json").stdout)
+        decision = self.split_decision()
         shadow = [side for side in status["sides"] if side["side"] == "shadow"]
         if not shadow or shadow[0]["compared"] == 0:
             raise SystemExit(f"the shadow compared no copies: see {s.log_path}")
         self.stop(s)
         r = self.results
         r["rollout_split_demo_json"] = {"off": at1["no rollout"], "on": at1["canary 50%"],
-                                        "all": at1["canary 100%"]}
+                                        "all": at1["canary 100%"], "decision_ns": decision}
         r["rollout_shadow_demo_json"] = {"off": at16["no shadow"], "on": at16["shadow 100%"],
                                          "compared": shadow[0]["compared"],
                                          "dropped": shadow[0]["dropped"],
                                          "spare": {"rate": rate, "share": SPARE_SHARE,
                                                    "off": spare["no shadow"],
                                                    "on": spare["shadow 100%"]}}
+
+    def split_decision(self):
+        """The split decision alone, in-process (crates/api/benches/split.rs, criterion): ns per
+        request by case (`no rollout`, `canary 50%`, `canary 50%, route key`)."""
+        r = subprocess.run(["cargo", "bench", "-p", "vatic-api", "--bench", "split", "--",
+                            "--output-format", "bencher"],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+        cases = {}
+        for line in r.stdout.splitlines():
+            m = re.match(r"test split/(.+?) \.\.\. bench:\s+([\d,]+) ns/iter", line)
+            if m:
+                cases[m.group(1)] = int(m.group(2).replace(",", ""))
+        if len(cases) != 3:
+            raise SystemExit(f"the split benchmark printed no figures:\n{r.stdout}\n{r.stderr}")
+        log(f"  the split decision in-process, ns per request: {cases}")
+        return cases
 
     def cluster(self, repo):
         log("separate worker and api processes")

@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// Seed of the random data
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub seed: u64,
+    /// Share of requests that repeat the one request; the others each carry an input no other
+    /// request has (its first element changed), as a response cache sees them. Needs
+    /// `--protocol v2-binary` below 100%
+    #[arg(long, default_value = "100%", value_parser = parse_share, value_name = "PERCENT")]
+    pub repeat: f64,
     /// Longest wait for one answer; a request still waiting then counts as a `timeout` error
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s", value_name = "TIME")]
     pub timeout: Duration,
@@ -156,6 +161,15 @@ fn tls_target(
     Ok((tokio_rustls::TlsConnector::from(config), name))
 }
 
+/// A share given as a percentage: `90%` or `90`, from 0 to 100.
+fn parse_share(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p / 100.0),
+        _ => Err(format!("'{text}' is not a percentage from 0 to 100")),
+    }
+}
+
 /// Runs `vaticctl bench`.
 pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
     let paces = args.paces()?;
@@ -176,12 +190,15 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
         Some(f) => body::file_request(f)?,
         None => body::random_request(&metadata, args.rows, args.seed)?,
     };
-    let body = body::encode(
+    let mut body = body::encode(
         &request,
         file.as_ref(),
         args.protocol,
         body::path(args.protocol, model),
     )?;
+    if args.repeat < 1.0 {
+        body.vary(&request, args.protocol, args.repeat)?;
+    }
     let rows = body.rows;
     let target = Arc::new(Target {
         addr,

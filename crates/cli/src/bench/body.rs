@@ -10,6 +10,8 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use vatic_schema::v2::{self, Encoded};
 use vatic_schema::{DataType, InferRequest, ModelMetadata, Tensor, TensorData, TensorMetadata};
 
@@ -48,6 +50,95 @@ pub struct Body {
     pub header_length: Option<usize>,
     /// Batch rows per request.
     pub rows: u64,
+    /// How requests other than the one above are made, when some are.
+    pub variation: Option<Variation>,
+}
+
+/// Requests that differ: a share of them carry an input no other request has.
+#[derive(Debug, Clone)]
+pub struct Variation {
+    /// Share of requests that are the body as it is.
+    repeat: f64,
+    /// Where the first input's first element is in the body, and its datatype.
+    at: usize,
+    datatype: DataType,
+    /// Counts the unique requests; each takes its value from it.
+    made: Arc<AtomicU64>,
+}
+
+impl Body {
+    /// Makes a share `1 - repeat` of the requests unique: each changes the first element of the
+    /// first input of `request` (encoded in this body) to a value no other request has, and
+    /// that the random data never takes. Only V2 binary bodies, whose tensor bytes can be
+    /// changed in place, and 32- or 64-bit datatypes, which hold enough distinct values.
+    pub fn vary(
+        &mut self,
+        request: &InferRequest,
+        protocol: Protocol,
+        repeat: f64,
+    ) -> anyhow::Result<()> {
+        if protocol != Protocol::V2Binary {
+            bail!("--repeat below 100% needs --protocol v2-binary");
+        }
+        let Some(first) = request.inputs.first() else {
+            bail!("the request has no inputs");
+        };
+        if !matches!(
+            first.datatype,
+            DataType::Fp32
+                | DataType::Fp64
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::Uint32
+                | DataType::Uint64
+        ) || first.shape.contains(&0)
+        {
+            bail!(
+                "--repeat below 100% changes input '{}', whose datatype {} holds too few distinct values (it needs FP32, FP64 or a 32- or 64-bit integer)",
+                first.name,
+                first.datatype
+            );
+        }
+        let at = self
+            .header_length
+            .context("a V2 binary body has a JSON header")?;
+        self.variation = Some(Variation {
+            repeat,
+            at,
+            datatype: first.datatype,
+            // Another run (another process) starts elsewhere, so that runs against the same
+            // server rarely repeat each other's unique requests.
+            made: Arc::new(AtomicU64::new(rand::random::<u32>().into())),
+        });
+        Ok(())
+    }
+
+    /// The bytes of the next request.
+    pub fn next(&self) -> Bytes {
+        let Some(v) = &self.variation else {
+            return self.bytes.clone();
+        };
+        if rand::random::<f64>() < v.repeat {
+            return self.bytes.clone();
+        }
+        let n = v.made.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = self.bytes.to_vec();
+        // Random data is in [0, 1) (floats) or 0..10 (integers): these values are never in it.
+        let value: Vec<u8> = match v.datatype {
+            DataType::Fp32 => (1.0 + (n % (1 << 23)) as f32 / (1 << 23) as f32)
+                .to_le_bytes()
+                .to_vec(),
+            DataType::Fp64 => (1.0 + (n % (1 << 52)) as f64 / (1u64 << 52) as f64)
+                .to_le_bytes()
+                .to_vec(),
+            DataType::Int32 | DataType::Uint32 => {
+                ((10 + n % (1 << 30)) as u32).to_le_bytes().to_vec()
+            }
+            _ => (10 + n).to_le_bytes().to_vec(),
+        };
+        bytes[v.at..v.at + value.len()].copy_from_slice(&value);
+        bytes.into()
+    }
 }
 
 /// The path a request for `model` goes to.
@@ -187,6 +278,7 @@ pub fn encode(
         content_type,
         header_length: encoded.header_length,
         rows,
+        variation: None,
     })
 }
 
@@ -266,6 +358,43 @@ mod tests {
             let decoded = v2::decode_request(&body.bytes, None).unwrap();
             assert_eq!(decoded.inputs[0], request.inputs[0], "{dt}");
         }
+    }
+
+    #[test]
+    fn varied_requests_are_unique_valid_and_only_in_v2_binary() {
+        let request = random_request(&metadata(vec![-1, 3], DataType::Fp32), 2, 7).unwrap();
+        let mut body = encode(&request, None, Protocol::V2Binary, "/".into()).unwrap();
+        body.vary(&request, Protocol::V2Binary, 0.0).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let bytes = body.next();
+            let decoded = v2::decode_request(&bytes, body.header_length).unwrap();
+            let values = decoded.inputs[0].data.to_f64(DataType::Fp32);
+            let original = request.inputs[0].data.to_f64(DataType::Fp32);
+            assert!((1.0..2.0).contains(&values[0]), "{values:?}");
+            assert_eq!(values[1..], original[1..], "only the first element changes");
+            assert!(seen.insert(bytes), "a unique request came twice");
+        }
+        // At 100% every request is the one body; at 50% about half are.
+        body.vary(&request, Protocol::V2Binary, 1.0).unwrap();
+        assert!((0..100).all(|_| body.next() == body.bytes));
+        body.vary(&request, Protocol::V2Binary, 0.5).unwrap();
+        let repeats = (0..2000).filter(|_| body.next() == body.bytes).count();
+        assert!((800..1200).contains(&repeats), "{repeats} of 2000");
+
+        let mut json = encode(&request, None, Protocol::V2Json, "/".into()).unwrap();
+        let err = json.vary(&request, Protocol::V2Json, 0.9).unwrap_err();
+        assert!(
+            err.to_string().contains("needs --protocol v2-binary"),
+            "{err}"
+        );
+        let small = random_request(&metadata(vec![-1, 3], DataType::Uint8), 1, 0).unwrap();
+        let mut body = encode(&small, None, Protocol::V2Binary, "/".into()).unwrap();
+        let err = body.vary(&small, Protocol::V2Binary, 0.9).unwrap_err();
+        assert!(
+            err.to_string().contains("holds too few distinct values"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Connection {
             request = request.header(AUTHORIZATION, auth);
         }
         let request = request
-            .body(Full::new(target.body.bytes.clone()))
+            .body(Full::new(target.body.next()))
             .expect("a well-formed request");
         let response = sender.send_request(request).await.map_err(|_| "io")?;
         let status = response.status().as_u16();

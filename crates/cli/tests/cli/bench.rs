@@ -183,4 +183,22 @@ fn bad_arguments_and_unknown_models_are_refused_before_any_load() {
     let run = bench("breast_cancer -d ten");
     assert_eq!(run.code, Some(2), "clap refuses a bad duration: {run:#?}");
     assert!(run.stderr.contains("--duration"), "{run:#?}");
+    let run = bench("breast_cancer --repeat 150%");
+    assert_eq!(run.code, Some(2), "clap refuses a bad share: {run:#?}");
+    assert!(
+        run.stderr
+            .contains("'150%' is not a percentage from 0 to 100"),
+        "{run:#?}"
+    );
+    bench("breast_cancer --repeat 90% -n 1").assert_error(&["needs --protocol v2-binary"]);
+}
+
+#[test]
+fn unique_requests_of_a_repeat_share_are_all_answered() {
+    for share in ["0%", "50"] {
+        let run = bench(&format!(
+            "breast_cancer --protocol v2-binary --repeat {share} -n 40 --warmup 0s -o json"
+        ));
+        check_level(&levels(&run)[0], 40, 1);
+    }
 }

@@ -70,6 +70,7 @@ fn catalog(weight: u32) -> Catalog {
         created_at: String::new(),
         log_mode: LogMode::Off,
         log_sample_rate: 1.0,
+        cache: Default::default(),
         versions: vec![version(1, VersionState::Stable), version(2, second)],
         labels: Default::default(),
         traffic: Traffic {

@@ -78,6 +78,16 @@ impl Backend {
         }
     }
 
+    /// The number of the version a request to `version` goes to, when its `model.toml` opts
+    /// into the response cache: known in standalone mode (the engine read it); a worker's
+    /// versions are known by the registry's view instead.
+    pub fn cached_version(&self, model: &str, version: Option<&str>) -> Option<u64> {
+        match self {
+            Backend::Local(host) => host.engine.cached_version(model, version),
+            Backend::Remote(..) => None,
+        }
+    }
+
     /// Whether requests can be served now.
     pub fn is_ready(&self) -> bool {
         match self {

@@ -6,10 +6,10 @@
 use crate::error::ApiError;
 use crate::pool::WorkerPool;
 use crate::rollout::{self, Resolved, Selector};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use vatic_schema::admin::{LogMode, ModelInfo};
+use vatic_schema::admin::{CacheSetting, LogMode, ModelInfo};
 use vatic_server::Passes;
 use vatic_store::Store;
 
@@ -17,13 +17,48 @@ use vatic_store::Store;
 #[derive(Default)]
 pub struct Catalog {
     models: RwLock<Option<HashMap<String, ModelInfo>>>,
+    /// The versions whose `model.toml` opts into the response cache, read once per refresh.
+    cached: RwLock<HashMap<String, HashSet<u64>>>,
 }
 
 impl Catalog {
     /// Replaces the view.
     pub fn replace(&self, models: Vec<ModelInfo>) {
+        let mut cached: HashMap<String, HashSet<u64>> = HashMap::new();
+        for v in models.iter().flat_map(|m| &m.versions) {
+            if vatic_worker::config::ModelToml::caches(&v.config) {
+                cached.entry(v.model.clone()).or_default().insert(v.version);
+            }
+        }
         let map = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         *self.models.write().expect("catalog lock") = Some(map);
+        *self.cached.write().expect("catalog lock") = cached;
+    }
+
+    /// Whether the response cache keeps answers of that version: as the model's setting in
+    /// the registry says, else as the version's `model.toml` does; `None` before the registry
+    /// was read (or without one).
+    pub fn caches(&self, model: &str, version: u64) -> Option<bool> {
+        let setting = match self
+            .models
+            .read()
+            .expect("catalog lock")
+            .as_ref()?
+            .get(model)
+        {
+            Some(info) => info.cache,
+            None => return Some(false),
+        };
+        Some(match setting {
+            CacheSetting::On => true,
+            CacheSetting::Off => false,
+            CacheSetting::ModelToml => self
+                .cached
+                .read()
+                .expect("catalog lock")
+                .get(model)
+                .is_some_and(|versions| versions.contains(&version)),
+        })
     }
 
     /// Whether the registry has a model of that name; true before the registry was read.

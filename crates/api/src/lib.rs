@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod cache;
 pub mod catalog;
 pub mod error;
 pub mod metrics;
@@ -58,6 +59,9 @@ impl Application {
             &registry_passes,
             prediction_log.clone(),
         )?;
+        let cache = (settings.cache.max_bytes > 0)
+            .then(|| cache::ResponseCache::new(settings.cache.max_bytes, metrics.registry()))
+            .transpose()?;
         let state = AppState {
             registry_passes,
             backend,
@@ -77,6 +81,7 @@ impl Application {
             mirror: rollouts.mirror,
             controller: rollouts.controller,
             replica: rollouts.replica,
+            cache,
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");

@@ -73,6 +73,25 @@ pub struct ApiSettings {
     pub auth: AuthSettings,
     /// Traffic splitting and promotes.
     pub rollout: RolloutSettings,
+    /// The response cache, for the models that opt in.
+    pub cache: CacheSettings,
+}
+
+/// The response cache ([`crate::cache`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Most bytes its entries may weigh (tensor bytes of the requests and answers kept); 0
+    /// turns the cache off for every model.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: 256 << 20,
+        }
+    }
 }
 
 impl Default for ApiSettings {
@@ -94,6 +113,7 @@ impl Default for ApiSettings {
             prediction_log: PredictionLogSettings::default(),
             auth: AuthSettings::default(),
             rollout: RolloutSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }

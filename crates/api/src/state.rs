@@ -2,6 +2,7 @@
 //! readiness, its metrics and the last steps of its shutdown.
 
 use crate::backend::Backend;
+use crate::cache::{Key, ResponseCache};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::{ApiMetrics, Protocol, UNKNOWN_MODEL};
@@ -56,7 +57,13 @@ pub struct AppState {
     pub replica: String,
     /// The automatic rollout controller's loop, when a database is configured.
     pub controller: Option<crate::rollout::controller::Controller>,
+    /// The response cache; `None` when `cache.max_bytes` is 0.
+    pub cache: Option<ResponseCache>,
 }
+
+/// The response header that says whether the response cache answered: `hit` or `miss`;
+/// absent when the cache did not apply (the version does not opt in, or the request opts out).
+pub const CACHE_HEADER: &str = "x-vatic-cache";
 
 /// What the prediction log knows of a served request, for its shadow's record.
 pub struct Served<'a> {
@@ -137,6 +144,74 @@ impl AppState {
                 shadow: None,
             },
         })
+    }
+
+    /// Runs an inference request on the version `routed` names, answering from the response
+    /// cache when that version opts in and the request does not opt out. Returns the answer
+    /// and, when the cache applied, whether it answered (a hit).
+    pub async fn infer(
+        &self,
+        req: &HttpRequest,
+        model: &str,
+        routed: &Routed,
+        request: &InferRequest,
+        request_id: Option<&str>,
+    ) -> Result<(InferResponse, Option<bool>), ApiError> {
+        let key = self.cache_key(req, model, routed, request);
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            if let Some(answer) = cache.get(key, request.id.as_deref()) {
+                return Ok((answer, Some(true)));
+            }
+        }
+        let answer = self
+            .backend
+            .infer(model, routed.version.as_deref(), request, request_id)
+            .await?;
+        match (&self.cache, key) {
+            (Some(cache), Some(key)) => {
+                cache.insert(key, &answer);
+                Ok((answer, Some(false)))
+            }
+            _ => Ok((answer, None)),
+        }
+    }
+
+    /// The request's key in the response cache, when the cache applies to it: the cache is
+    /// on, the version it goes to opts in (the registry's view says so, or without one the
+    /// engine's), and neither its `cache` parameter nor a `Cache-Control: no-cache` or
+    /// `no-store` header opts out.
+    fn cache_key(
+        &self,
+        req: &HttpRequest,
+        model: &str,
+        routed: &Routed,
+        request: &InferRequest,
+    ) -> Option<Key> {
+        self.cache.as_ref()?;
+        let opted_out = req
+            .headers()
+            .get_all(actix_web::http::header::CACHE_CONTROL)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store")
+            });
+        if opted_out {
+            return None;
+        }
+        let numbered = routed
+            .version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok());
+        let version = match numbered.and_then(|v| self.catalog.caches(model, v).map(|on| (v, on))) {
+            Some((v, true)) => v,
+            Some((_, false)) => return None,
+            None => self
+                .backend
+                .cached_version(model, routed.version.as_deref())?,
+        };
+        ResponseCache::key(model, version, request)
     }
 
     /// After an inference answer: counts it in the model's rollout figures, and hands a copy of
@@ -253,6 +328,9 @@ impl Service for AppState {
     fn refresh_metrics(&self) {
         if let Some(log) = &self.prediction_log {
             log.refresh_metrics();
+        }
+        if let Some(cache) = &self.cache {
+            cache.refresh_metrics();
         }
         match &*self.backend {
             Backend::Local(host) => host.engine.refresh_metrics(),

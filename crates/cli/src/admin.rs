@@ -27,7 +27,7 @@ pub struct AuditArgs {
     /// Only entries of the last DURATION (e.g. 24h, 7d)
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub since: Option<std::time::Duration>,
-    /// Only this action (push, retire, promote, set_log, retention, keys_create, keys_revoke,
+    /// Only this action (push, retire, promote, set_log, set_cache, retention, keys_create, keys_revoke,
     /// or a refused attempt's "METHOD path")
     #[arg(long)]
     pub action: Option<String>,

@@ -11,7 +11,8 @@ use comfy_table::Table;
 use std::io::Write;
 use std::path::PathBuf;
 use vatic_schema::admin::{
-    LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse, RetireResponse, VersionState,
+    CacheSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse,
+    RetireResponse, VersionState,
 };
 use vatic_schema::TensorMetadata;
 
@@ -94,6 +95,30 @@ pub enum ModelsCommand {
     ///   vaticctl models log fraud --mode off
     #[command(verbatim_doc_comment)]
     Log(LogArgs),
+    /// Show or change whether the api's response cache answers a model's repeated requests
+    ///
+    /// `model_toml` (the default) follows each version's model.toml (`[cache] enabled = true`);
+    /// `on` and `off` apply to every version of the model.
+    ///
+    /// Examples:
+    ///   vaticctl models cache fraud
+    ///   vaticctl models cache fraud on
+    #[command(verbatim_doc_comment)]
+    Cache(CacheArgs),
+}
+
+/// Arguments of `vaticctl models cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Model name
+    pub model: String,
+    /// on, off, or model_toml (as each version's model.toml says); shows the setting when left out
+    #[arg(
+        value_name = "SETTING",
+        value_parser = PossibleValuesParser::new(["on", "off", "model_toml"])
+            .map(|s| s.parse::<CacheSetting>().expect("one of the possible values")),
+    )]
+    pub setting: Option<CacheSetting>,
 }
 
 /// Arguments of `vaticctl models push`. `--version` is the model version here, not vaticctl's.
@@ -241,12 +266,41 @@ pub fn run(global: &GlobalArgs, args: &ModelsArgs) -> anyhow::Result<()> {
                 let settings = ModelSettings {
                     log_mode: args.mode,
                     log_sample_rate: args.sample_rate,
+                    cache: None,
                 };
                 client.update_model(&args.model, &settings)?
             };
             print_log_settings(&model, format, out)
         }
+        ModelsCommand::Cache(args) => {
+            let model = match args.setting {
+                None => client.model(&args.model)?,
+                Some(cache) => {
+                    let settings = ModelSettings {
+                        log_mode: None,
+                        log_sample_rate: None,
+                        cache: Some(cache),
+                    };
+                    client.update_model(&args.model, &settings)?
+                }
+            };
+            print_cache_setting(&model, format, out)
+        }
     }
+}
+
+fn print_cache_setting(
+    model: &ModelInfo,
+    format: OutputFormat,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        return output::print_json(model, out);
+    }
+    let mut table = output::table(["model", "cache"]);
+    table.add_row([model.name.clone(), model.cache.as_str().to_string()]);
+    writeln!(out, "{table}")?;
+    Ok(())
 }
 
 fn print_retired(

@@ -77,6 +77,44 @@ impl FromStr for VersionState {
     }
 }
 
+/// Whether the api's response cache keeps a model's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSetting {
+    /// As each version's `model.toml` says (`[cache] enabled`).
+    #[default]
+    ModelToml,
+    /// For every version.
+    On,
+    /// For no version.
+    Off,
+}
+
+impl CacheSetting {
+    /// The name used in the database and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheSetting::ModelToml => "model_toml",
+            CacheSetting::On => "on",
+            CacheSetting::Off => "off",
+        }
+    }
+}
+
+impl FromStr for CacheSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "model_toml" => Ok(CacheSetting::ModelToml),
+            "on" => Ok(CacheSetting::On),
+            "off" => Ok(CacheSetting::Off),
+            _ => Err(format!(
+                "unknown response cache setting '{s}' (on, off, model_toml)"
+            )),
+        }
+    }
+}
+
 /// How much of each prediction the log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -164,6 +202,9 @@ pub struct ModelInfo {
     pub log_mode: LogMode,
     /// Share of requests logged, 0 to 1.
     pub log_sample_rate: f64,
+    /// Whether the response cache keeps its answers.
+    #[serde(default)]
+    pub cache: CacheSetting,
     /// Its versions, oldest first.
     pub versions: Vec<ModelVersionInfo>,
     /// Every label and the version it names: `stable`, `canary` and `shadow` (from the
@@ -433,6 +474,9 @@ pub struct ModelSettings {
     /// Share of requests logged, 0 to 1.
     #[serde(default)]
     pub log_sample_rate: Option<f64>,
+    /// Whether the response cache keeps the model's answers.
+    #[serde(default)]
+    pub cache: Option<CacheSetting>,
 }
 
 /// How far a worker got with one model version.

@@ -7,8 +7,8 @@ use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
 use vatic_schema::admin::{
-    AutoPlan, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse, Signature,
-    Traffic, VersionState,
+    AutoPlan, CacheSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse,
+    Signature, Traffic, VersionState,
 };
 
 /// A version to record, its ONNX file already checked.
@@ -162,18 +162,20 @@ impl Store {
             // One snapshot (REPEATABLE READ on PostgreSQL; a SQLite read transaction is one), so a
             // change between the reads cannot show half of itself.
             let mut tx = pool.begin_with(self.read_snapshot()).await?;
-            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, previous_stable, previous_until, revision FROM models ORDER BY name")
+            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, response_cache, previous_stable, previous_until, revision FROM models ORDER BY name")
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| -> Result<ModelInfo> {
                     let mode: String = r.try_get("log_mode")?;
+                    let cache: String = r.try_get("response_cache")?;
                     let until: Option<DateTime<Utc>> = r.try_get("previous_until")?;
                     Ok(ModelInfo {
                         name: r.try_get("name")?,
                         created_at: rfc3339(r.try_get("created_at")?),
                         log_mode: LogMode::from_str(&mode).map_err(StoreError::Corrupt)?,
                         log_sample_rate: r.try_get("log_sample_rate")?,
+                        cache: CacheSetting::from_str(&cache).map_err(StoreError::Corrupt)?,
                         versions: Vec::new(),
                         revision: r.try_get::<i64, _>("revision")?.max(0) as u64,
                         labels: Default::default(),
@@ -369,7 +371,7 @@ impl Store {
         })
     }
 
-    /// Changes a model's prediction log settings.
+    /// Changes a model's prediction log and response cache settings.
     pub async fn set_model_settings(
         &self,
         model: &str,
@@ -379,6 +381,7 @@ impl Store {
         let current = self.model(model).await?;
         let mode = settings.log_mode.unwrap_or(current.log_mode);
         let rate = settings.log_sample_rate.unwrap_or(current.log_sample_rate);
+        let cache = settings.cache.unwrap_or(current.cache);
         if !(0.0..=1.0).contains(&rate) {
             return Err(StoreError::Conflict(format!(
                 "log_sample_rate must be between 0 and 1, got {rate}"
@@ -387,14 +390,22 @@ impl Store {
         let at = now();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.write_begin()).await?;
-            sqlx::query("UPDATE models SET log_mode = $1, log_sample_rate = $2 WHERE name = $3")
+            sqlx::query("UPDATE models SET log_mode = $1, log_sample_rate = $2, response_cache = $3 WHERE name = $4")
                 .bind(mode.as_str())
                 .bind(rate)
+                .bind(cache.as_str())
                 .bind(model)
                 .execute(&mut *tx)
                 .await?;
-            let detail = serde_json::json!({"log_mode": mode, "log_sample_rate": rate}).to_string();
-            audit_in(&mut *tx, at, actor, "set_log", Some(model), None, &detail).await?;
+            // One record per kind of setting the change names: the prediction log's, the cache's.
+            if settings.log_mode.is_some() || settings.log_sample_rate.is_some() || settings.cache.is_none() {
+                let detail = serde_json::json!({"log_mode": mode, "log_sample_rate": rate}).to_string();
+                audit_in(&mut *tx, at, actor, "set_log", Some(model), None, &detail).await?;
+            }
+            if settings.cache.is_some() {
+                let detail = serde_json::json!({"cache": cache}).to_string();
+                audit_in(&mut *tx, at, actor, "set_cache", Some(model), None, &detail).await?;
+            }
             bump_revision(&mut *tx, model).await?;
             if self.backend() == Backend::Postgres {
                 announce(&mut *tx, model).await?;
@@ -545,7 +556,7 @@ pub struct AuditRecord {
     pub at: String,
     /// Who.
     pub actor: String,
-    /// What: push, retire, set_state, set_log, retention, ...
+    /// What: push, retire, set_state, set_log, set_cache, retention, ...
     pub action: String,
     /// Which model, if any.
     pub model: Option<String>,

@@ -835,6 +835,7 @@ mod tests {
             created_at: String::new(),
             log_mode: LogMode::Off,
             log_sample_rate: 1.0,
+            cache: Default::default(),
             versions,
             labels,
             traffic: Traffic {

@@ -89,6 +89,18 @@ pub struct ModelToml {
     /// Replaces the outputs read from the ONNX graph (names must exist in the graph).
     #[serde(default)]
     pub outputs: Option<Vec<TensorMetadata>>,
+    /// The api's response cache for this version.
+    #[serde(default)]
+    pub cache: Option<CacheToml>,
+}
+
+/// `[cache]` of a `model.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheToml {
+    /// Whether the api keeps this version's answers and answers repeated requests from them.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 impl ModelToml {
@@ -99,6 +111,18 @@ impl ModelToml {
         }
         let parsed = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         Ok(Some(parsed))
+    }
+
+    /// Whether a `model.toml` text opts its version into the api's response cache; a text that
+    /// does not parse (refused when the version loads) does not.
+    pub fn caches(text: &str) -> bool {
+        matches!(
+            ModelToml::parse(text, "model.toml"),
+            Ok(Some(ModelToml {
+                cache: Some(CacheToml { enabled: true }),
+                ..
+            }))
+        )
     }
 
     /// The batching settings: `defaults` with this file's keys laid over them.
@@ -128,6 +152,25 @@ mod tests {
 
     fn parse(text: &str) -> ModelToml {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn only_a_cache_section_enabled_true_opts_into_the_response_cache() {
+        assert!(ModelToml::caches("[cache]\nenabled = true\n"));
+        assert!(ModelToml::caches(
+            "[batching]\nmax_batch_size = 4\n[cache]\nenabled = true\n"
+        ));
+        for off in [
+            "",
+            "[cache]\n",
+            "[cache]\nenabled = false\n",
+            "[batching]\n",
+        ] {
+            assert!(!ModelToml::caches(off), "{off:?}");
+        }
+        // Not a model.toml the version could load with: no cache either.
+        assert!(!ModelToml::caches("[cache]\nenabled = true\nsize = 3\n"));
+        assert!(ModelToml::parse("[cache]\nenabled = 1\n", "m/model.toml").is_err());
     }
 
     #[test]

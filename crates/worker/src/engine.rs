@@ -429,6 +429,15 @@ impl Engine {
             })
     }
 
+    /// The number of the version a request to `version` (the default one when `None`) goes
+    /// to, when that version is ready and its `model.toml` opts into the api's response cache.
+    pub fn cached_version(&self, name: &str, version: Option<&str>) -> Option<u64> {
+        self.resolve(name, version)
+            .ok()
+            .filter(|v| v.cache)
+            .and_then(|v| v.version.parse().ok())
+    }
+
     /// Runs a request on a version (the default one when `version` is `None`).
     pub async fn infer(
         &self,

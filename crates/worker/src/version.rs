@@ -39,6 +39,8 @@ pub struct LoadedVersion {
     /// Whether requests may run on the thread that received them (see
     /// [`BatchingConfig::inline_max_us`]).
     pub inline: bool,
+    /// Whether its `model.toml` opts it into the api's response cache.
+    pub cache: bool,
     pub(crate) batcher: Batcher,
     pub(crate) stats: Arc<Stats>,
 }
@@ -129,6 +131,7 @@ impl LoadedVersion {
             profiled,
             one_row_run,
             inline,
+            cache: ModelToml::caches(&spec.config),
             batcher,
             stats,
         })

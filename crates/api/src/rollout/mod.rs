@@ -294,6 +294,7 @@ mod tests {
             created_at: String::new(),
             log_mode: LogMode::Off,
             log_sample_rate: 1.0,
+            cache: Default::default(),
             versions: vec![
                 version(1, VersionState::Stable),
                 version(2, VersionState::Shadow),

@@ -133,6 +133,17 @@ pub fn key_id(req: &actix_web::HttpRequest) -> Option<String> {
 /// The response header naming the version that answered, on every protocol.
 pub const MODEL_VERSION_HEADER: &str = "x-vatic-model-version";
 
+/// Says on `response` whether the response cache answered it, when the cache applied.
+pub fn name_cache(response: &mut actix_web::HttpResponse, cached: Option<bool>) {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    if let Some(hit) = cached {
+        response.headers_mut().insert(
+            HeaderName::from_static(crate::state::CACHE_HEADER),
+            HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+        );
+    }
+}
+
 /// Names the version that answered in `response`'s headers.
 pub fn name_version(response: &mut actix_web::HttpResponse, version: Option<&str>) {
     use actix_web::http::header::{HeaderName, HeaderValue};

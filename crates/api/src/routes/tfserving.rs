@@ -165,12 +165,15 @@ async fn predict(
             return Err(e);
         }
     };
-    let answer = until_client_gone(
+    let (answer, cached) = match until_client_gone(
         req,
-        s.backend
-            .infer(&model, version.as_deref(), &request, id.as_deref()),
+        s.infer(req, &model, &routed, &request, id.as_deref()),
     )
-    .await;
+    .await
+    {
+        Ok((answer, cached)) => (Ok(answer), cached),
+        Err(e) => (Err(e), None),
+    };
     let logged = log_prediction(
         s,
         Answered {
@@ -201,6 +204,7 @@ async fn predict(
     };
     let mut answer = HttpResponse::Ok().json(tfserving::to_predict_response(&response, form)?);
     super::name_version(&mut answer, response.model_version.as_deref());
+    super::name_cache(&mut answer, cached);
     let version = response.model_version.clone();
     let done = Ok((request, response));
     s.after_answer(&model, &routed, done, served);

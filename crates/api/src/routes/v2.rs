@@ -156,12 +156,15 @@ async fn infer(
     let request = v2::decode_request(&body, binary_request)?;
     let routed = s.route(req, &p.model, p.version.as_deref(), p.label.as_deref())?;
     let id = RequestId::of(req);
-    let answer = until_client_gone(
+    let (answer, cached) = match until_client_gone(
         req,
-        s.backend
-            .infer(&p.model, routed.version.as_deref(), &request, id.as_deref()),
+        s.infer(req, &p.model, &routed, &request, id.as_deref()),
     )
-    .await;
+    .await
+    {
+        Ok((answer, cached)) => (Ok(answer), cached),
+        Err(e) => (Err(e), None),
+    };
     // Encoded once, for the client and, when it is all JSON, for the log.
     let answer = answer.map(|r| {
         let encoded = v2::encode_response(&r, |t| request.wants_binary(&t.name));
@@ -196,6 +199,7 @@ async fn infer(
         Ok((response, encoded)) => {
             let mut answer = v2_response(encoded);
             super::name_version(&mut answer, response.model_version.as_deref());
+            super::name_cache(&mut answer, cached);
             let version = response.model_version.clone();
             let done = Ok((request, response));
             s.after_answer(&p.model, &routed, done, served);

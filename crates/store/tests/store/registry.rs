@@ -1,7 +1,7 @@
 //! The model registry: versions, their states, model settings and the audit log.
 
 use crate::helpers::{backend, migrated, model_file, pseudo_random, push, signature, Raw};
-use vatic_schema::admin::{LogMode, ModelSettings, VersionState};
+use vatic_schema::admin::{CacheSetting, LogMode, ModelSettings, VersionState};
 use vatic_store::Actor;
 use vatic_store::StoreError;
 use vatic_testkit::TestDb;
@@ -223,6 +223,7 @@ async fn unknown_models_and_versions_are_reported_as_such() {
         let settings = ModelSettings {
             log_mode: Some(LogMode::Full),
             log_sample_rate: None,
+            cache: None,
         };
         let err = store
             .set_model_settings("nope", &settings, &Actor::named("alice"))
@@ -418,6 +419,7 @@ async fn model_settings_change_the_prediction_log() {
         let full = ModelSettings {
             log_mode: Some(LogMode::Full),
             log_sample_rate: Some(0.25),
+            cache: None,
         };
         let m = store
             .set_model_settings("iris", &full, &Actor::named("bob"))
@@ -433,6 +435,7 @@ async fn model_settings_change_the_prediction_log() {
         let off = ModelSettings {
             log_mode: Some(LogMode::Off),
             log_sample_rate: None,
+            cache: None,
         };
         let m = store
             .set_model_settings("iris", &off, &Actor::named("bob"))
@@ -448,6 +451,7 @@ async fn model_settings_change_the_prediction_log() {
             let bad = ModelSettings {
                 log_mode: Some(LogMode::Full),
                 log_sample_rate: Some(rate),
+                cache: None,
             };
             let err = store
                 .set_model_settings("iris", &bad, &Actor::named("bob"))
@@ -462,6 +466,7 @@ async fn model_settings_change_the_prediction_log() {
             let edge = ModelSettings {
                 log_mode: None,
                 log_sample_rate: Some(rate),
+                cache: None,
             };
             let m = store
                 .set_model_settings("iris", &edge, &Actor::named("bob"))
@@ -483,6 +488,53 @@ async fn model_settings_change_the_prediction_log() {
         let set_log = log.iter().filter(|a| a.action == "set_log").count();
         assert_eq!(set_log, 4, "{b}: one record per accepted change: {log:?}");
         assert_eq!(log[0].actor, "bob", "{b}");
+
+        // The response cache setting: model_toml for a new model, then what is set, alone or
+        // with the log's, each kind audited on its own.
+        assert_eq!(m.cache, CacheSetting::ModelToml, "{b}");
+        let on = ModelSettings {
+            log_mode: None,
+            log_sample_rate: None,
+            cache: Some(CacheSetting::On),
+        };
+        let m = store
+            .set_model_settings("iris", &on, &Actor::named("carol"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.cache, m.log_mode),
+            (CacheSetting::On, LogMode::Off),
+            "{b}"
+        );
+        let both = ModelSettings {
+            log_mode: Some(LogMode::Metadata),
+            log_sample_rate: None,
+            cache: Some(CacheSetting::Off),
+        };
+        let m = store
+            .set_model_settings("iris", &both, &Actor::named("carol"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.cache, m.log_mode),
+            (CacheSetting::Off, LogMode::Metadata),
+            "{b}"
+        );
+        assert_eq!(
+            store.models().await.unwrap()[0].cache,
+            CacheSetting::Off,
+            "{b}"
+        );
+        let log = store
+            .audit_log(&vatic_store::AuditQuery::newest(20))
+            .await
+            .unwrap();
+        let count = |action: &str| log.iter().filter(|a| a.action == action).count();
+        assert_eq!(
+            (count("set_log"), count("set_cache")),
+            (5, 2),
+            "{b}: {log:?}"
+        );
     }
 }
 

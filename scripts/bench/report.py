@@ -180,6 +180,37 @@ def rollouts(r):
     ]
 
 
+def response_cache(r):
+    """The section on what the response cache gives and costs; none for results from before
+    it was measured."""
+    if "cache_cnn_binary" not in r:
+        return []
+    c = r["cache_cnn_binary"]
+    rows = []
+    for share, label, goal, ok in [
+            ("90%", "90% of the requests repeat one input", ">= 3x", lambda x: x >= 3),
+            ("0%", "no request repeats another", ">= 0.97x (a loss <= 3%)", lambda x: x >= 0.97)]:
+        off, on = c[share]["cache off"][16], c[share]["cache on"][16]
+        ratio = on["throughput"] / off["throughput"]
+        errors = off["errors"] + on["errors"]
+        rows.append(f"| {label} | {goal} | {fmt(off['throughput'])} | {fmt(on['throughput'])} | "
+                    f"{fmt(ratio, 2)}x | {verdict(ok(ratio) and not errors)} |")
+    return [
+        "## Response cache",
+        "",
+        "The CNN, V2 binary, concurrency 16, throughput in req/s with the response cache off "
+        "and on, in alternating runs (medians) against two standalone servers importing the same "
+        "folder, whose model.toml opts the CNN in (`cache.max_bytes = 0` turns it off on one). "
+        "`vaticctl bench --repeat`: that share of the requests repeat one input; each of the "
+        "others changes the input's first element to a value no other request has.",
+        "",
+        "| workload | goal | off | on | on / off | |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render(r):
     raw = r["raw_demo_p50_us"]
     sj, sb = r["served_demo_json"], r["served_demo_binary"]
@@ -319,6 +350,7 @@ def render(r):
         "",
         *security(r),
         *rollouts(r),
+        *response_cache(r),
         "## The compute-heavy CNN (testdata/models/resnet, 64x64 RGB, about 0.2 GMAC per image)",
         "",
         "Raw tract, `vatic-worker profile` (2 s per cell): samples/s, and the median and 99th "

@@ -129,16 +129,19 @@ class Bench:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
         return r
 
-    def bench(self, server, model, levels, protocol, duration=None, busy_poll=False, rate=None):
+    def bench(self, server, model, levels, protocol, duration=None, busy_poll=False, rate=None,
+              repeat=None):
         """One vaticctl bench run: its JSON, a figure set per level. With busy_poll the load
         generator polls for its answers instead of sleeping (`--busy-poll`). With `rate`, an open
-        loop instead: that many requests a second on at most `levels[0]` connections."""
+        loop instead: that many requests a second on at most `levels[0]` connections. With
+        `repeat`, that share of the requests repeat one input and the others are unique."""
         pace = (["--rate", f"{rate:.0f}", "--connections", str(levels[0])] if rate
                 else ["-c", ",".join(map(str, levels))])
         r = self.ctl(server, "bench", model, *pace,
                      "--protocol", protocol, "-d", duration or self.a.duration,
                      "--warmup", self.a.warmup, "-o", "json",
-                     *(["--busy-poll"] if busy_poll else []), check=False)
+                     *(["--busy-poll"] if busy_poll else []),
+                     *(["--repeat", repeat] if repeat else []), check=False)
         if not r.stdout.strip():
             raise SystemExit(f"vaticctl bench {model} failed: {r.stderr}")
         return json.loads(r.stdout)
@@ -149,19 +152,21 @@ class Bench:
                 for _ in range(self.a.runs)]
         return medians(runs, levels, f"{model} {protocol}{' polling' if busy_poll else ''}")
 
-    def alternate(self, sides, levels, protocol, busy_poll=False, rounds=None, model=None, rate=None):
+    def alternate(self, sides, levels, protocol, busy_poll=False, rounds=None, model=None, rate=None,
+                  repeat=None):
         """`rounds` (RUNS by default) rounds of one vaticctl bench run of the demo per side, the
         sides in turn, so that a machine slower in one part of the script slows every side; per
         side, the medians. `sides` maps a label to (server URL, a function called before each
-        of its runs, or None). `rate`: an open loop, as in `bench`."""
+        of its runs, or None). `rate` and `repeat`: as in `bench`."""
         runs = {label: [] for label in sides}
         for _ in range(rounds or self.a.runs):
             for label, (server, before) in sides.items():
                 if before:
                     before()
                 runs[label].append(self.bench(server, model or DEMO, levels, protocol,
-                                              busy_poll=busy_poll, rate=rate))
-        polling = (" polling" if busy_poll else "") + (f" at {rate:.0f}/s" if rate else "")
+                                              busy_poll=busy_poll, rate=rate, repeat=repeat))
+        polling = ((" polling" if busy_poll else "") + (f" at {rate:.0f}/s" if rate else "")
+                   + (f" {repeat} repeated" if repeat else ""))
         return {label: medians(of, levels, f"{model or DEMO} {protocol}{polling} {label}")
                 for label, of in runs.items()}
 
@@ -229,13 +234,15 @@ class Bench:
         log(f"  demo p50 {self.results['raw_demo_p50_us']} us; cnn best "
             f"{cnn['recommended']['best_samples_per_second']:.1f} samples/s")
 
-    def start_standalone(self, name, repo, port, env=None, scheme="http", cacert=None):
-        """A standalone server on the benchmark's PostgreSQL database, API keys off unless
-        `env` turns them on, in a folder of its own (its spool and artifact cache): the
-        Server and its URL."""
+    def start_standalone(self, name, repo, port, env=None, scheme="http", cacert=None,
+                         database=True):
+        """A standalone server on the benchmark's PostgreSQL database (without `database`, on
+        the SQLite file of config/standalone.toml, in its own folder), API keys off unless
+        `env` turns them on, in a folder of its own (its spool and artifact cache): the Server
+        and its URL."""
         env = {
-            "VATIC_DATABASE__URL": self.a.database_url,
-            "VATIC_DATABASE__MIGRATE": "true",
+            **({"VATIC_DATABASE__URL": self.a.database_url,
+                "VATIC_DATABASE__MIGRATE": "true"} if database else {}),
             "VATIC_MODELS_DIR": str(repo),
             "VATIC_LISTEN": f"127.0.0.1:{port}",
             "VATIC_METRICS_LISTEN": "127.0.0.1:0",
@@ -418,6 +425,28 @@ class Bench:
         log(f"  the split decision in-process, ns per request: {cases}")
         return cases
 
+    def cache(self):
+        """What the response cache gives and costs, on the CNN (V2 binary, concurrency 16), the
+        cache on against off in alternating runs: with 90% of the requests repeating one input
+        and the rest unique, and with every request unique. Two standalone servers, each on a
+        SQLite registry of its own, import the same folder, whose model.toml opts the CNN in;
+        one has the cache turned off (`cache.max_bytes = 0`)."""
+        log("response cache: the CNN with 90% and with no repeated inputs, cache on against off")
+        repo = self.work / "cache-models"
+        (repo / CNN / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "testdata/models" / CNN / "1/model.onnx", repo / CNN / "1/model.onnx")
+        (repo / CNN / "model.toml").write_text("[cache]\nenabled = true\n")
+        env = {"VATIC_PROFILE__AT_LOAD": "false"}
+        on, on_url = self.start_standalone("cache-on", repo, 18490, env, database=False)
+        off, off_url = self.start_standalone("cache-off", repo, 18491,
+                                             {**env, "VATIC_CACHE__MAX_BYTES": "0"}, database=False)
+        sides = {"cache off": (off_url, None), "cache on": (on_url, None)}
+        self.results["cache_cnn_binary"] = {
+            share: self.alternate(sides, [16], "v2-binary", model=CNN, repeat=share)
+            for share in ("90%", "0%")}
+        self.stop(on)
+        self.stop(off)
+
     def cluster(self, repo):
         log("separate worker and api processes")
         wport, aport = 18481, 18482
@@ -491,6 +520,7 @@ class Bench:
             self.baseline(repo)
             self.start_to_ready()
             self.rollout(repo)
+            self.cache()
         finally:
             for s in list(self.servers):
                 s.stop()

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod batch;
 pub mod cache;
 pub mod catalog;
 pub mod error;
@@ -62,6 +63,7 @@ impl Application {
         let cache = (settings.cache.max_bytes > 0)
             .then(|| cache::ResponseCache::new(settings.cache.max_bytes, metrics.registry()))
             .transpose()?;
+        let batch = start_batch(settings, store.as_ref(), &backend, &catalog, &metrics)?;
         let state = AppState {
             registry_passes,
             backend,
@@ -82,6 +84,7 @@ impl Application {
             controller: rollouts.controller,
             replica: rollouts.replica,
             cache,
+            batch,
         };
         let server = Server::start(listener, &settings.server, state)?;
         tracing::info!(addr = %server.addr, scheme = server.scheme, mode = ?settings.mode, "api listening");
@@ -266,6 +269,26 @@ fn start_rollouts(
         mirror: Some(mirror),
         controller: Some(controller),
     })
+}
+
+/// Starts the batch runner of this replica; none without a database.
+fn start_batch(
+    settings: &ApiSettings,
+    store: Option<&Store>,
+    backend: &Arc<Backend>,
+    catalog: &Arc<Catalog>,
+    metrics: &ApiMetrics,
+) -> anyhow::Result<Option<batch::runner::Batch>> {
+    if store.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(batch::runner::Batch::start(
+        settings.batch.clone(),
+        &settings.server.database,
+        backend.clone(),
+        catalog.clone(),
+        metrics.registry(),
+    )?))
 }
 
 /// Starts the prediction log writer, its metrics in the api's registry; none without a

@@ -75,6 +75,8 @@ pub struct ApiSettings {
     pub rollout: RolloutSettings,
     /// The response cache, for the models that opt in.
     pub cache: CacheSettings,
+    /// Batch jobs.
+    pub batch: crate::batch::BatchSettings,
 }
 
 /// The response cache ([`crate::cache`]).
@@ -114,6 +116,7 @@ impl Default for ApiSettings {
             auth: AuthSettings::default(),
             rollout: RolloutSettings::default(),
             cache: CacheSettings::default(),
+            batch: Default::default(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl ApiSettings {
         self.prediction_log.validate("prediction_log")?;
         self.auth.validate()?;
         self.rollout.validate()?;
+        self.batch.validate()?;
         if self.fleet_refresh_ms == 0 || self.heartbeat_timeout_ms == 0 {
             anyhow::bail!("fleet_refresh_ms and heartbeat_timeout_ms must be at least 1");
         }

@@ -59,6 +59,8 @@ pub struct AppState {
     pub controller: Option<crate::rollout::controller::Controller>,
     /// The response cache; `None` when `cache.max_bytes` is 0.
     pub cache: Option<ResponseCache>,
+    /// Batch jobs, when a database is configured.
+    pub batch: Option<crate::batch::runner::Batch>,
 }
 
 /// The response header that says whether the response cache answered: `hit` or `miss`;
@@ -341,6 +343,10 @@ impl Service for AppState {
     /// Stops following the registry, answers the queued requests (standalone), then writes out
     /// the prediction log.
     async fn finish(&self) {
+        // The chunks running here go back at once, for another replica to take.
+        if let Some(batch) = &self.batch {
+            batch.stop().await;
+        }
         if let Backend::Local(host) = &*self.backend {
             host.stop_following().await;
             host.shutdown().await;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod batch;
 mod datatype;
 mod error;
 pub mod json;

@@ -26,6 +26,9 @@ pub enum Need {
     View,
     /// Changing one model: push, retire, settings, labels, rollout (model scoped).
     Deploy,
+    /// Batch jobs: submitting (the handler checks the job's model against the key's scope)
+    /// and reading, cancelling and retrying the caller's own jobs.
+    Batch,
     /// Keys, retention and everything else.
     Admin,
 }
@@ -45,6 +48,7 @@ impl Need {
             Need::Infer => "infer",
             Need::View => "view",
             Need::Deploy => "deploy",
+            Need::Batch => "batch",
             Need::Admin => "admin",
         }
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod artifacts;
+mod batch;
 mod error;
 mod fleet;
 mod keys;
@@ -19,6 +20,7 @@ mod sealing;
 mod settings;
 
 pub use artifacts::{fetch_artifact_to, sha256_file};
+pub use batch::{ChunkResults, Claim, Expired, NewJob};
 pub use error::{Result, StoreError};
 pub use fleet::Heartbeat;
 pub use keys::{ApiKey, KEYS_CHANNEL};

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource; the probes are the server runtime's.
 
 pub mod admin;
+pub mod batch;
 pub mod rollout;
 pub mod tfserving;
 pub mod v2;
@@ -14,6 +15,7 @@ pub fn configure(routes: &mut vatic_server::Routes<'_>) {
     v2::configure(routes);
     tfserving::configure(routes);
     admin::configure(routes);
+    batch::configure(routes);
     rollout::configure(routes);
 }
 

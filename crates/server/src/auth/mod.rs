@@ -46,7 +46,7 @@ impl Role {
     pub fn may(self, need: Need) -> bool {
         match need {
             Need::Open | Need::AnyKey | Need::ModelRead => true,
-            Need::Infer => matches!(self, Role::Admin | Role::Predictor),
+            Need::Infer | Need::Batch => matches!(self, Role::Admin | Role::Predictor),
             Need::View => matches!(self, Role::Admin | Role::Deployer | Role::Viewer),
             Need::Deploy => matches!(self, Role::Admin | Role::Deployer),
             Need::Admin => self == Role::Admin,
@@ -325,7 +325,8 @@ impl Access {
                     ))
                 }
                 // A limited key reaches no route beyond its models but the server's metadata.
-                None if need == Need::AnyKey => {}
+                // A batch job's model is in its query, checked by the handler.
+                None if need == Need::AnyKey || need == Need::Batch => {}
                 None => {
                     return Err(Refused::forbidden(
                         "this key is limited to some models; this route is not about one of them"

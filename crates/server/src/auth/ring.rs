@@ -204,6 +204,15 @@ impl KeyRing {
         Ok(key.clone())
     }
 
+    /// The key of id `id`, as last read.
+    pub fn key(&self, id: &str) -> Option<Arc<KnownKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
     /// Whether a usable admin key exists.
     pub fn has_admin(&self) -> bool {
         let now = Utc::now();

@@ -433,8 +433,8 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            let again: (Option<i64>, i64) = {
-                let row = sqlx::query("SELECT SUM(failed) AS failed, COUNT(*) AS chunks FROM batch_chunks WHERE job = $1 AND state = 'done' AND failed > 0")
+            let again: (i64, i64) = {
+                let row = sqlx::query("SELECT CAST(COALESCE(SUM(failed), 0) AS BIGINT) AS failed, COUNT(*) AS chunks FROM batch_chunks WHERE job = $1 AND state = 'done' AND failed > 0")
                     .bind(job)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -444,7 +444,7 @@ impl Store {
                 .bind(job)
                 .fetch_one(&mut *tx)
                 .await?;
-            let failed = again.0.unwrap_or(0);
+            let failed = again.0;
             if again.1 == 0 && unrun == 0 {
                 tx.rollback().await?;
                 return Ok(false);

@@ -2,6 +2,7 @@
 //! PostgreSQL database and a fresh SQLite file unless the feature exists on one backend only.
 
 mod artifacts;
+mod batch;
 mod fleet;
 mod helpers;
 mod notify;

@@ -20,7 +20,7 @@ pub fn stream(
     layout: Layout,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let header = (format == FileFormat::Csv).then(|| csv_header(&layout));
-    futures_util::stream::unfold((0i64, header, false), move |(after, header, ended)| {
+    futures_util::stream::unfold((-1i64, header, false), move |(after, header, ended)| {
         let (store, job, layout) = (store.clone(), job.clone(), layout.clone());
         async move {
             if let Some(header) = header {

@@ -19,7 +19,11 @@ use vatic_store::{NewJob, Store, StoreError};
 
 /// Registers the batch routes.
 pub fn configure(routes: &mut Routes<'_>) {
-    routes.group(Group::plain("Batch jobs"), |routes| {
+    let group = Group {
+        tag: "Batch jobs",
+        decorate: batch_resource,
+    };
+    routes.group(group, |routes| {
         routes
             .add(
                 Method::POST,
@@ -64,6 +68,14 @@ pub fn configure(routes: &mut Routes<'_>) {
                 post_retry,
             );
     });
+}
+
+/// The batch routes' resources: a query that cannot be read is refused in the API's error body.
+fn batch_resource(resource: actix_web::Resource) -> actix_web::Resource {
+    resource.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| BatchError::BadRequest(format!("invalid query: {e}")).into()),
+    )
 }
 
 /// Why a batch request was refused.

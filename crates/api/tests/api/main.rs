@@ -2,6 +2,7 @@
 //! worker processes.
 
 mod auth;
+mod batch;
 mod cache;
 mod cluster;
 mod docs;

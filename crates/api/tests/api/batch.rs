@@ -1,0 +1,483 @@
+//! Batch jobs over HTTP: a file of rows in, every row's result out in input order, matching the
+//! demo's reference values; bad rows fail alone; a file that cannot be read is refused with its
+//! line; cancel, retry, list, and who may see which job.
+
+use crate::helpers::{registry_standalone_settings, TestApi};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use vatic_api::settings::ApiSettings;
+use vatic_testkit::DemoReference;
+
+const MODEL: &str = "breast_cancer";
+
+/// A standalone api on a fresh SQLite registry, with small chunks so a job has several.
+pub fn batch_settings(dir: &std::path::Path) -> ApiSettings {
+    let url = format!("sqlite://{}", dir.join("vatic.db").display());
+    let mut settings =
+        registry_standalone_settings(&url, vatic_testkit::root().join("models"), dir);
+    settings.batch.chunk_rows = 8;
+    settings.batch.rows_per_request = 4;
+    settings.batch.poll_ms = 50;
+    settings
+}
+
+/// Posts a file to `/v2/batch/jobs?{query}`; the status and the answer.
+pub async fn submit(
+    api: &TestApi,
+    query: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut r = api
+        .client
+        .post(format!("{}/v2/batch/jobs?{query}", api.base))
+        .body(body);
+    if let Some(t) = content_type {
+        r = r.header("Content-Type", t);
+    }
+    let r = r.send().await.expect("submit");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls a job until it has ended; gives up after two minutes.
+pub async fn wait_ended(api: &TestApi, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, job) = api.get(&format!("/v2/batch/jobs/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A job's results in `format`, with the job state header.
+pub async fn results(api: &TestApi, id: &str, format: &str) -> (String, String) {
+    let r = api
+        .client
+        .get(format!(
+            "{}/v2/batch/jobs/{id}/results?format={format}",
+            api.base
+        ))
+        .send()
+        .await
+        .expect("results");
+    assert_eq!(r.status(), 200);
+    let state = r.headers()["x-vatic-job-state"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (state, r.text().await.unwrap())
+}
+
+/// The reference rows as CSV under the demo's feature names.
+pub fn reference_csv(reference: &DemoReference, rows: std::ops::Range<usize>) -> String {
+    let header: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+    let mut csv = header.join(",") + "\n";
+    for row in &reference.inputs[rows] {
+        let values: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        csv += &(values.join(",") + "\n");
+    }
+    csv
+}
+
+/// Checks one result line's outputs against reference rows `rows`.
+fn check_outputs(line: &Value, reference: &DemoReference, rows: std::ops::Range<usize>) {
+    let outputs = line["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outputs: {line}"));
+    let label = outputs.iter().find(|o| o["name"] == "label").unwrap();
+    let probabilities = outputs
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap();
+    assert_eq!(label["shape"], json!([rows.len()]), "{line}");
+    assert_eq!(probabilities["shape"], json!([rows.len(), 2]), "{line}");
+    for (k, r) in rows.enumerate() {
+        assert_eq!(
+            label["data"][k].as_i64(),
+            Some(reference.label[r]),
+            "row {r}: {line}"
+        );
+        for j in 0..2 {
+            let got = probabilities["data"][k * 2 + j].as_f64().unwrap();
+            let want = reference.probabilities[r][j];
+            assert!((got - want).abs() < 1e-4, "row {r}: {got} against {want}");
+        }
+    }
+}
+
+fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_job_answers_every_row_in_order_and_a_bad_row_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = TestApi::start(batch_settings(dir.path()), None).await;
+    let reference = vatic_testkit::demo_reference();
+    let n = reference.inputs.len();
+    // Row 5 holds a word where a number goes.
+    let mut csv: Vec<String> = reference_csv(&reference, 0..n)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut fields: Vec<String> = csv[5].split(',').map(str::to_string).collect();
+    fields[1] = "abc".into();
+    csv[5] = fields.join(",");
+    let body = csv.join("\n") + "\n";
+    let (status, job) = submit(
+        &api,
+        &format!("model={MODEL}"),
+        Some("text/csv"),
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["rows_total"], n, "{job}");
+    assert_eq!(job["input_format"], "csv");
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = wait_ended(&api, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        (job["rows_done"].as_u64(), job["rows_failed"].as_u64()),
+        (Some(n as u64), Some(1)),
+        "{job}"
+    );
+
+    let (state, text) = results(&api, &id, "jsonl").await;
+    assert_eq!(state, "succeeded");
+    let lines = parse_lines(&text);
+    assert_eq!(lines.len(), n, "one result per row");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["row"], i + 1, "in input order: {line}");
+        if i == 4 {
+            let error = line["error"].as_str().unwrap();
+            assert!(
+                error.contains("column 'f1': 'abc' is not a number"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(line["version"], "1", "{line}");
+            check_outputs(line, &reference, i..i + 1);
+        }
+    }
+    // The same results as CSV: one column per output.
+    let (_, text) = results(&api, &id, "csv").await;
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    // The model's outputs in the order of its metadata.
+    let mut header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (label, probabilities, error) = (column("label"), column("probabilities"), column("error"));
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), n);
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record[0].parse::<usize>().unwrap(), i + 1);
+        if i == 4 {
+            assert!(record[error].contains("is not a number"), "{record:?}");
+            continue;
+        }
+        assert_eq!(record[label].parse::<i64>().unwrap(), reference.label[i]);
+        let p: Vec<f64> = serde_json::from_str(&record[probabilities]).unwrap();
+        assert!(
+            (p[1] - reference.probabilities[i][1]).abs() < 1e-4,
+            "{record:?}"
+        );
+        assert_eq!(&record[error], "");
+    }
+    header.sort();
+    assert_eq!(
+        header,
+        ["error", "label", "probabilities", "row", "version"]
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonl_job_takes_v2_bodies_and_tf_serving_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = TestApi::start(batch_settings(dir.path()), None).await;
+    let reference = vatic_testkit::demo_reference();
+    let row = |r: usize| json!(reference.inputs[r]);
+    let lines = [
+        reference.v2_request(0..2),
+        row(2),
+        json!({"input": row(3)}),
+        json!({"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 30], "data": row(4)}]}),
+        json!(reference.inputs[5][..29]),
+        reference.v2_request(6..7),
+        // A V2 body asking for one output only.
+        {
+            let mut b = reference.v2_request(7..8);
+            b["outputs"] = json!([{"name": "label"}]);
+            b
+        },
+    ];
+    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    let (status, job) = submit(
+        &api,
+        &format!("model={MODEL}&version=1"),
+        Some("application/x-ndjson"),
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = wait_ended(&api, &id).await;
+    assert_eq!(
+        (job["rows_total"].as_u64(), job["rows_failed"].as_u64()),
+        (Some(7), Some(2)),
+        "{job}"
+    );
+    let (_, text) = results(&api, &id, "jsonl").await;
+    let got = parse_lines(&text);
+    assert_eq!(got.len(), 7);
+    check_outputs(&got[0], &reference, 0..2);
+    check_outputs(&got[1], &reference, 2..3);
+    check_outputs(&got[2], &reference, 3..4);
+    assert!(
+        got[3]["error"].as_str().unwrap().contains("nope"),
+        "{}",
+        got[3]
+    );
+    assert!(got[4]["error"].is_string(), "{}", got[4]);
+    check_outputs(&got[5], &reference, 6..7);
+    let only = got[6]["outputs"].as_array().unwrap();
+    assert_eq!(only.len(), 1, "{}", got[6]);
+    assert_eq!(only[0]["data"][0].as_i64(), Some(reference.label[7]));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_a_job_is_refused_with_what_was_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = batch_settings(dir.path());
+    settings.batch.max_upload_bytes = 100_000;
+    let api = TestApi::start(settings, None).await;
+    let reference = vatic_testkit::demo_reference();
+    let csv = reference_csv(&reference, 0..3);
+    let cases: Vec<(String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            "format=csv".into(),
+            None,
+            csv.clone().into_bytes(),
+            400,
+            "name the model",
+        ),
+        (
+            format!("model=nosuch&format=csv"),
+            None,
+            csv.clone().into_bytes(),
+            404,
+            "nosuch",
+        ),
+        (
+            format!("model={MODEL}&version=9&format=csv"),
+            None,
+            csv.clone().into_bytes(),
+            404,
+            "version",
+        ),
+        (
+            format!("model={MODEL}&version=x&format=csv"),
+            None,
+            csv.clone().into_bytes(),
+            400,
+            "not a version number",
+        ),
+        (
+            format!("model={MODEL}&label=nosuch&format=csv"),
+            None,
+            csv.clone().into_bytes(),
+            404,
+            "label",
+        ),
+        (
+            format!("model={MODEL}&version=1&label=stable"),
+            Some("text/csv"),
+            csv.clone().into_bytes(),
+            400,
+            "not both",
+        ),
+        (
+            format!("model={MODEL}"),
+            None,
+            csv.clone().into_bytes(),
+            400,
+            "?format=jsonl",
+        ),
+        (
+            format!("model={MODEL}"),
+            Some("application/json"),
+            csv.clone().into_bytes(),
+            400,
+            "'application/json'",
+        ),
+        (
+            format!("model={MODEL}&format=xml"),
+            None,
+            csv.clone().into_bytes(),
+            400,
+            "unknown format 'xml'",
+        ),
+        (
+            format!("model={MODEL}&format=csv&output=xml"),
+            None,
+            csv.clone().into_bytes(),
+            400,
+            "output: unknown format",
+        ),
+        (
+            format!("model={MODEL}&format=csv&colour=red"),
+            None,
+            csv.clone().into_bytes(),
+            400,
+            "colour",
+        ),
+        (
+            format!("model={MODEL}&format=csv"),
+            None,
+            b"a,b\n1,2\n".to_vec(),
+            400,
+            "header names 2 columns; input 'input' takes 30",
+        ),
+        (
+            format!("model={MODEL}&format=csv"),
+            None,
+            Vec::new(),
+            400,
+            "needs a header row",
+        ),
+        (
+            format!("model={MODEL}&format=csv"),
+            None,
+            format!("{csv}1,2\n").into_bytes(),
+            400,
+            "line 5: 2 values; the header has 30 columns",
+        ),
+        (
+            format!("model={MODEL}&format=jsonl"),
+            None,
+            b"[1]\n\n{\"a\": \n".to_vec(),
+            400,
+            "line 3: not JSON",
+        ),
+        (
+            format!("model={MODEL}&format=jsonl"),
+            None,
+            vec![b' '; 200_000],
+            413,
+            "batch.max_upload_bytes",
+        ),
+    ];
+    for (query, content_type, body, status, says) in cases {
+        let (got, answer) = submit(&api, &query, content_type, body).await;
+        assert_eq!(got, status, "{query}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{query}: {error}");
+    }
+    // Nothing refused left a job behind.
+    let (status, list) = api.get("/v2/batch/jobs").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["jobs"], json!([]), "{list}");
+    for (path, status) in [
+        ("/v2/batch/jobs/nosuch", 404),
+        ("/v2/batch/jobs/nosuch/results", 404),
+        ("/v2/batch/jobs?limit=0", 400),
+        ("/v2/batch/jobs?limit=1001", 400),
+    ] {
+        let (got, answer) = api.get(path).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{path}: {answer}");
+    }
+    let (got, answer) = api
+        .post_json("/v2/batch/jobs/nosuch/cancel", &json!({}))
+        .await;
+    assert_eq!(got, 404, "{answer}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_cancelled_retried_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without a runner, jobs stay queued until something is done to them.
+    let mut settings = batch_settings(dir.path());
+    settings.batch.run = false;
+    let api = TestApi::start(settings, None).await;
+    let reference = vatic_testkit::demo_reference();
+    let csv = reference_csv(&reference, 0..20);
+    let (status, job) = submit(
+        &api,
+        &format!("model={MODEL}&format=csv&output=jsonl"),
+        None,
+        csv.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(
+        (job["state"].as_str(), job["output_format"].as_str()),
+        (Some("queued"), Some("jsonl"))
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let (status, answer) = api
+        .post_json(&format!("/v2/batch/jobs/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("is queued"),
+        "{answer}"
+    );
+    let (status, job) = api
+        .post_json(&format!("/v2/batch/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["state"], "cancelled");
+    assert_eq!(job["error"], "cancelled by anonymous");
+    let (status, answer) = api
+        .post_json(&format!("/v2/batch/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    // A cancelled job's results hold the rows that ran: none.
+    let (state, text) = results(&api, &id, "jsonl").await;
+    assert_eq!((state.as_str(), text.as_str()), ("cancelled", ""));
+    let (_, text) = results(&api, &id, "csv").await;
+    assert_eq!(text.lines().count(), 1, "only the header: {text}");
+    assert!(text.starts_with("row,version,"), "{text}");
+    // Retry runs what the cancel left.
+    let (status, job) = api
+        .post_json(&format!("/v2/batch/jobs/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["state"], "queued");
+    let (status, second) = submit(
+        &api,
+        &format!("model={MODEL}&format=csv"),
+        None,
+        reference_csv(&reference, 0..1).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{second}");
+    let (status, list) = api.get("/v2/batch/jobs?limit=10").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [second["id"].as_str().unwrap(), id.as_str()],
+        "newest first"
+    );
+    api.stop().await;
+}

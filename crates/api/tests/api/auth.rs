@@ -639,3 +639,126 @@ async fn a_revocation_reaches_every_replica_at_once_on_postgres() {
         api.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_belongs_to_its_key_and_its_model_to_the_keys_scope() {
+    let db = TestDb::sqlite();
+    let keys = make_keys(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings =
+        registry_standalone_settings(&db.url, vatic_testkit::root().join("models"), dir.path());
+    settings.auth.enabled = Some(true);
+    settings.batch.run = false;
+    let api = TestApi::start(settings, None).await;
+    let bearer = |k: &str| Some(format!("Bearer {k}"));
+    let row = json!(vatic_testkit::demo_reference().inputs[0]);
+    let submit = "/v2/batch/jobs?model=breast_cancer&format=jsonl";
+
+    let (status, answer) = send(
+        &api,
+        &Method::POST,
+        submit,
+        Some(&row),
+        bearer(&keys.predictor_other).as_deref(),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not use model 'breast_cancer'"),
+        "{answer}"
+    );
+    let (status, job) = send(
+        &api,
+        &Method::POST,
+        submit,
+        Some(&row),
+        bearer(&keys.predictor).as_deref(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    assert!(
+        job["api_key"]
+            .as_str()
+            .is_some_and(|k| keys.predictor.starts_with(&format!("vk_{k}_"))),
+        "{job}"
+    );
+
+    // Another key finds neither the job nor it in its list.
+    for (method, path) in [
+        (Method::GET, format!("/v2/batch/jobs/{id}")),
+        (Method::GET, format!("/v2/batch/jobs/{id}/results")),
+        (Method::POST, format!("/v2/batch/jobs/{id}/cancel")),
+        (Method::POST, format!("/v2/batch/jobs/{id}/retry")),
+    ] {
+        let (status, answer) = send(
+            &api,
+            &method,
+            &path,
+            None,
+            bearer(&keys.predictor_other).as_deref(),
+        )
+        .await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let (status, list) = send(
+        &api,
+        &Method::GET,
+        "/v2/batch/jobs",
+        None,
+        bearer(&keys.predictor_other).as_deref(),
+    )
+    .await;
+    assert_eq!((status, &list["jobs"]), (200, &json!([])), "{list}");
+    // Its own key and an admin key see it; a viewer may not use batch routes.
+    for key in [&keys.predictor, &keys.admin] {
+        let (status, list) = send(
+            &api,
+            &Method::GET,
+            "/v2/batch/jobs",
+            None,
+            bearer(key).as_deref(),
+        )
+        .await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(list["jobs"][0]["id"], id, "{list}");
+        let (status, got) = send(
+            &api,
+            &Method::GET,
+            &format!("/v2/batch/jobs/{id}"),
+            None,
+            bearer(key).as_deref(),
+        )
+        .await;
+        assert_eq!((status, got["id"].as_str()), (200, Some(id)), "{got}");
+    }
+    let (status, answer) = send(
+        &api,
+        &Method::GET,
+        "/v2/batch/jobs",
+        None,
+        bearer(&keys.viewer).as_deref(),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, job) = send(
+        &api,
+        &Method::POST,
+        &format!("/v2/batch/jobs/{id}/cancel"),
+        None,
+        bearer(&keys.admin).as_deref(),
+    )
+    .await;
+    assert_eq!(status, 200, "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by key "),
+        "{job}"
+    );
+    api.stop().await;
+}

@@ -1,7 +1,9 @@
 //! HTTP calls to the vatic API server, and the errors a user can act on when they fail.
 
+mod batch;
 mod upload;
 
+pub use batch::Submit;
 pub use upload::Push;
 
 use crate::GlobalArgs;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod batch;
 pub mod bench;
 pub mod certs;
 pub mod client;
@@ -129,6 +130,20 @@ pub enum Command {
     ///   vaticctl rollout history fraud
     #[command(verbatim_doc_comment)]
     Rollout(rollout::RolloutArgs),
+    /// Run a file of rows through a model as a batch job; follow it, read its results
+    ///
+    /// The file is JSON Lines (each line a V2 request body or a TF-Serving instance) or CSV (a
+    /// header row, then the values of the model's one input per row). It is uploaded once; the
+    /// rows run at low priority on the capacity real-time requests leave, and survive restarts.
+    ///
+    /// Examples:
+    ///   vaticctl batch submit customers.csv --model churn --wait
+    ///   vaticctl batch status 01938c6e-...
+    ///   vaticctl batch results 01938c6e-... --file scores.csv --format csv
+    ///   vaticctl batch retry 01938c6e-... --wait
+    ///   vaticctl batch list
+    #[command(verbatim_doc_comment)]
+    Batch(batch::BatchArgs),
     /// List the workers of the fleet and the model versions each one holds
     ///
     /// One line per worker that sent a heartbeat: its id, the address the api reaches it at,
@@ -230,6 +245,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => infer::run(&cli.global, &args),
         Command::Models(args) => models::run(&cli.global, &args),
         Command::Rollout(args) => rollout::run(&cli.global, &args),
+        Command::Batch(args) => batch::run(&cli.global, &args),
         Command::Workers => admin::run_workers(&cli.global),
         Command::Retention(args) => admin::run_retention(&cli.global, &args),
         Command::Audit(args) => admin::run_audit(&cli.global, &args),

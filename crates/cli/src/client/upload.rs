@@ -73,7 +73,11 @@ impl Client {
             .build()
             .context("cannot set up the HTTP client")?;
         let bar = progress_bar(size);
-        let body = Body::wrap_stream(chunks(file, bar.clone()));
+        let body = Body::wrap_stream(chunks(
+            file,
+            bar.clone(),
+            "the server is checking the model",
+        ));
         let request = http.post(url.clone());
         let request = match push.config {
             None => request
@@ -113,9 +117,8 @@ impl Client {
     }
 }
 
-/// A progress bar of the upload on standard error, drawn only when that is a terminal; once
-/// the file is sent it says the server is checking it.
-fn progress_bar(size: u64) -> ProgressBar {
+/// A progress bar of the upload on standard error, drawn only when that is a terminal.
+pub(super) fn progress_bar(size: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
@@ -127,9 +130,14 @@ fn progress_bar(size: u64) -> ProgressBar {
     bar
 }
 
-/// The file's bytes, [`CHUNK`] at a time, counted on `bar`.
-fn chunks(file: tokio::fs::File, bar: ProgressBar) -> impl Stream<Item = std::io::Result<Bytes>> {
-    futures_util::stream::try_unfold((file, bar), |(mut file, bar)| async move {
+/// The file's bytes, [`CHUNK`] at a time, counted on `bar`; once they are sent, `bar` shows
+/// `then` while the server works.
+pub(super) fn chunks(
+    file: tokio::fs::File,
+    bar: ProgressBar,
+    then: &'static str,
+) -> impl Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::try_unfold((file, bar), move |(mut file, bar)| async move {
         let mut buf = BytesMut::with_capacity(CHUNK);
         while buf.len() < CHUNK {
             if file.read_buf(&mut buf).await? == 0 {
@@ -143,7 +151,7 @@ fn chunks(file: tokio::fs::File, bar: ProgressBar) -> impl Stream<Item = std::io
                 ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
                     .expect("a valid template"),
             );
-            bar.set_message("the server is checking the model");
+            bar.set_message(then);
             bar.enable_steady_tick(Duration::from_millis(200));
         }
         Ok((!buf.is_empty()).then(|| (buf.freeze(), (file, bar))))

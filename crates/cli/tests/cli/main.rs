@@ -1,6 +1,7 @@
 //! `vaticctl` run as a user runs it, against the real api in standalone mode.
 
 mod admin;
+mod batch;
 mod bench;
 mod errors;
 mod helpers;

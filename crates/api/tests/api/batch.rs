@@ -481,3 +481,200 @@ async fn jobs_are_cancelled_retried_and_listed() {
     );
     api.stop().await;
 }
+
+/// The demo's reference rows, cycled to `n` rows, as CSV.
+fn cycled_csv(reference: &DemoReference, n: usize) -> String {
+    let mut csv = reference_csv(reference, 0..0);
+    for i in 0..n {
+        let row = &reference.inputs[i % reference.inputs.len()];
+        let values: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        csv += &(values.join(",") + "\n");
+    }
+    csv
+}
+
+/// Two api processes and a worker on PostgreSQL. A job runs once without faults; the same
+/// file runs again while one api replica and the worker are killed with kill -9 (a new worker
+/// takes over). Every row of the second job has exactly one result, the same as the first
+/// job's, and both match the demo's reference values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_has_one_result_when_a_worker_and_an_api_replica_are_killed_mid_job() {
+    use crate::helpers::{binary, migrated, registry_worker, ServerProcess};
+    let db = vatic_testkit::TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let mut worker = registry_worker(&db.url, &cache);
+    let start_api = |i: usize| {
+        let mut cmd = std::process::Command::new(binary("vatic-api", "vatic-api"));
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env("VATIC_DATABASE__URL", &db.url)
+            .env("VATIC_AUTH__ENABLED", "false")
+            .env("VATIC_FLEET_REFRESH_MS", "200")
+            .env("VATIC_HEARTBEAT_TIMEOUT_MS", "2000")
+            .env("VATIC_UPLOAD_DIR", dir.path().join(format!("uploads-{i}")))
+            .env(
+                "VATIC_PREDICTION_LOG__SPOOL_DIR",
+                dir.path().join(format!("spool-{i}")),
+            )
+            .env("VATIC_BATCH__CHUNK_ROWS", "100")
+            .env("VATIC_BATCH__LEASE_MS", "1500")
+            .env("VATIC_BATCH__POLL_MS", "100")
+            .env("VATIC_BATCH__RETRY_AFTER_MS", "200");
+        ServerProcess::spawn(cmd, "api listening")
+    };
+    let mut doomed = start_api(0);
+    let survivor = start_api(1);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let push = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
+        .current_dir(vatic_testkit::root())
+        .args([
+            "--server",
+            &survivor.url,
+            "models",
+            "push",
+            MODEL,
+            "models/breast_cancer/1/model.onnx",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    for api in [&doomed.url, &survivor.url] {
+        crate::helpers::wait_status(
+            &client,
+            &format!("{api}/v2/models/{MODEL}/ready"),
+            200,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let reference = vatic_testkit::demo_reference();
+    let rows = 20_000;
+    let csv = cycled_csv(&reference, rows);
+    let submit = |body: String| {
+        let (client, url) = (client.clone(), survivor.url.clone());
+        async move {
+            let r = client
+                .post(format!(
+                    "{url}/v2/batch/jobs?model={MODEL}&format=csv&output=jsonl"
+                ))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let job: Value = r.json().await.unwrap();
+            job["id"].as_str().unwrap().to_string()
+        }
+    };
+    let job = |id: String| {
+        let (client, url) = (client.clone(), survivor.url.clone());
+        async move {
+            vatic_testkit::get_json(&client, &format!("{url}/v2/batch/jobs/{id}"))
+                .await
+                .1
+        }
+    };
+    let wait_ended = |id: String| {
+        let job = &job;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let j = job(id.clone()).await;
+                if ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap()) {
+                    return j;
+                }
+                assert!(Instant::now() < deadline, "the job never ended: {j}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let results = |id: String| {
+        let (client, url) = (client.clone(), survivor.url.clone());
+        async move {
+            let r = client
+                .get(format!("{url}/v2/batch/jobs/{id}/results"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+
+    // Without faults.
+    let calm = submit(csv.clone()).await;
+    let ended = wait_ended(calm.clone()).await;
+    assert_eq!(
+        (ended["state"].as_str(), ended["rows_failed"].as_u64()),
+        (Some("succeeded"), Some(0)),
+        "{ended}"
+    );
+    let expected = results(calm).await;
+
+    // With faults: once rows are running, kill -9 one api replica, then the worker.
+    let stormy = submit(csv).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = job(stormy.clone()).await;
+        let done = j["rows_done"].as_u64().unwrap();
+        if done > 0 {
+            assert!(
+                done < rows as u64,
+                "the job ended before a fault could be made: {j}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no row ran: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    worker.child.kill().unwrap();
+    worker.child.wait().unwrap();
+    drop(worker);
+    let _worker = registry_worker(&db.url, &cache);
+    let ended = wait_ended(stormy.clone()).await;
+    assert_eq!(
+        (
+            ended["state"].as_str(),
+            ended["rows_done"].as_u64(),
+            ended["rows_failed"].as_u64()
+        ),
+        (Some("succeeded"), Some(rows as u64), Some(0)),
+        "{ended}"
+    );
+    let got = results(stormy.clone()).await;
+    assert_eq!(got.lines().count(), rows, "one result per row");
+    assert!(
+        got == expected,
+        "the results differ from the run without faults"
+    );
+    for (i, line) in got.lines().enumerate().step_by(97) {
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["row"], i + 1);
+        let r = i % reference.inputs.len();
+        check_outputs(&line, &reference, r..r + 1);
+    }
+    // Some chunk was claimed more than once: a fault was recovered from.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM batch_chunks WHERE job = $1")
+        .bind(&stormy)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), rows / 100);
+    assert!(
+        attempts.iter().any(|a| *a > 1),
+        "no chunk was taken again: {attempts:?}"
+    );
+    pool.close().await;
+}

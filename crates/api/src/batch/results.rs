@@ -39,9 +39,7 @@ pub fn stream(
                     ));
                 }
             };
-            let Some(last) = chunks.last().map(|c| c.seq) else {
-                return None;
-            };
+            let last = chunks.last().map(|c| c.seq)?;
             let mut out = Vec::new();
             for results in chunks.iter().filter_map(|c| c.results.as_deref()) {
                 match format {

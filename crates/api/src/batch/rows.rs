@@ -118,10 +118,14 @@ pub fn csv_fields(line: &[u8]) -> Result<Vec<String>, String> {
     }
 }
 
+/// What must match in an input for two requests to stack: its name, datatype and shape but the
+/// first dimension.
+type InputKey<'a> = (&'a str, DataType, &'a [u64]);
+
 /// How many rows a request carries along the first dimension, and what must match for it to
 /// be stacked with another; `None` when it cannot be stacked (no inputs, inputs of different
 /// row counts, a scalar, request parameters).
-fn stack_key(request: &InferRequest) -> Option<(u64, Vec<(&str, DataType, &[u64])>)> {
+fn stack_key(request: &InferRequest) -> Option<(u64, Vec<InputKey<'_>>)> {
     if !request.parameters.is_empty() || request.inputs.is_empty() {
         return None;
     }

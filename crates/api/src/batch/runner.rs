@@ -238,7 +238,7 @@ impl Runner {
         let span = tracing::info_span!("batch_chunk", job = %claim.job, seq = claim.seq);
         self.run_claimed_in_span(store, claim, stopping)
             .instrument(span)
-            .await
+            .await;
     }
 
     async fn run_claimed_in_span(
@@ -256,7 +256,7 @@ impl Runner {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
-                        tracing::warn!(error = %e, "batch runner: the claim could not be renewed")
+                        tracing::warn!(error = %e, "batch runner: the claim could not be renewed");
                     }
                 }
             }
@@ -484,7 +484,7 @@ async fn expire(store: Store, settings: BatchSettings, mut stopping: watch::Rece
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "batch jobs past their retention could not be removed")
+                tracing::warn!(error = %e, "batch jobs past their retention could not be removed");
             }
         }
         tokio::select! {

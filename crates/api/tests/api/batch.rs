@@ -265,7 +265,9 @@ async fn what_cannot_be_a_job_is_refused_with_what_was_wrong() {
     let api = TestApi::start(settings, None).await;
     let reference = vatic_testkit::demo_reference();
     let csv = reference_csv(&reference, 0..3);
-    let cases: Vec<(String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // The query, the Content-Type, the body, the status and what the error says.
+    type Case<'a> = (String, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "format=csv".into(),
             None,
@@ -274,7 +276,7 @@ async fn what_cannot_be_a_job_is_refused_with_what_was_wrong() {
             "name the model",
         ),
         (
-            format!("model=nosuch&format=csv"),
+            "model=nosuch&format=csv".to_string(),
             None,
             csv.clone().into_bytes(),
             404,

@@ -331,6 +331,7 @@ class Stack:
                "NGINX_UPSTREAM_CA": str(self.ca),
                "NGINX_MAX_BODY_SIZE": "64m",
                "NGINX_MAX_MODEL_SIZE": "2g",
+               "NGINX_MAX_BATCH_SIZE": "16g",
                "NGINX_RATE": "100000r/s",
                "NGINX_BURST": "100000",
                "NGINX_ACCESS_LOG": str(home / "access.log"),

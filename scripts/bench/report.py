@@ -211,6 +211,45 @@ def response_cache(r):
     ]
 
 
+def batch_jobs(r):
+    """The section on batch jobs: real time beside a job, and a job's rate against the served
+    throughput; none for results from before they were measured."""
+    if "batch_demo" not in r:
+        return []
+    rt = r["batch_realtime_demo_json"]
+    off, on = rt["off"][16], rt["on"][16]
+    p99 = on["p99"] / off["p99"]
+    errors = off["errors"] + on["errors"]
+    rows = [f"| real-time p99 (µs) with a job running, the demo at {fmt(rt['rate'], 0)} req/s "
+            f"({rt['share']:.0%} of saturated) | <= 2x | {fmt(off['p99'])} | {fmt(on['p99'])} | "
+            f"{fmt(p99, 2)}x | {verdict(p99 <= 2 and not errors)} |"]
+    for key, served, label in [
+            ("batch_demo", max(r["served_demo_json"][64]["throughput"],
+                               r["served_demo_binary"][64]["throughput"]), "demo"),
+            ("batch_cnn", max(r["served_cnn_binary"][c]["throughput"] for c in (1, 16)), "CNN")]:
+        job = r[key]
+        ratio = job["rows_per_second"] / served
+        rows.append(f"| a job of {job['rows']:,} {label} rows, rows/s against the best served req/s "
+                    f"(one row each) | >= 0.8x | {fmt(served)} | {fmt(job['rows_per_second'])} | "
+                    f"{fmt(ratio, 2)}x | {verdict(ratio >= 0.8)} |")
+    return [
+        "## Batch jobs",
+        "",
+        "A standalone server on PostgreSQL, configured as for the served figures above. Real time "
+        "beside a job: the demo, V2 JSON, at a fixed rate (open loop, at most 16 connections) of "
+        "the share shown of what the same server answered with 16 connections kept busy, in "
+        "alternating runs with no job and with a job of 2,000,000 rows running (medians). A job's "
+        "rate: the rows of a job run alone, from its first claim to its last result, against the "
+        "best served throughput of the same model in this run (the demo at concurrency 64, JSON or "
+        "binary; the CNN, binary).",
+        "",
+        "| what | goal | without / served | with / job | ratio | |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render(r):
     raw = r["raw_demo_p50_us"]
     sj, sb = r["served_demo_json"], r["served_demo_binary"]
@@ -351,6 +390,7 @@ def render(r):
         *security(r),
         *rollouts(r),
         *response_cache(r),
+        *batch_jobs(r),
         "## The compute-heavy CNN (testdata/models/resnet, 64x64 RGB, about 0.2 GMAC per image)",
         "",
         "Raw tract, `vatic-worker profile` (2 s per cell): samples/s, and the median and 99th "

@@ -33,6 +33,11 @@ CNN = "resnet"
 # without one at 16 connections kept busy: the shadow doubles the inference work, so well under
 # the whole machine.
 SPARE_SHARE = 0.3
+# Rows of the batch jobs whose rate is measured (the issue's sizes).
+BATCH_ROWS = 1_000_000
+BATCH_CNN_ROWS = 10_000
+# Rows of the job that runs beside real-time requests: more than its runs can take.
+BATCH_BESIDE_ROWS = 2_000_000
 
 
 def wrk_us(out, percentile):
@@ -447,6 +452,79 @@ class Bench:
         self.stop(on)
         self.stop(off)
 
+    def batch_file(self, model, rows):
+        """A batch job's input of `rows` rows: for the demo, CSV of its reference rows cycled;
+        for the CNN, JSON Lines of V2 bodies of one image each, of small whole numbers (the
+        cost of a convolution does not depend on the values)."""
+        path = self.work / f"batch-{model}-{rows}.{'csv' if model == DEMO else 'jsonl'}"
+        if path.exists():
+            return path
+        with open(path, "w") as f:
+            if model == DEMO:
+                inputs = json.loads((ROOT / "models" / DEMO / "reference.json").read_text())["inputs"]
+                f.write(",".join(f"f{i}" for i in range(30)) + "\n")
+                lines = [",".join(repr(v) for v in row) + "\n" for row in inputs]
+                for i in range(rows):
+                    f.write(lines[i % len(lines)])
+            else:
+                for i in range(rows):
+                    data = ",".join(str((i + k) % 10) for k in range(3 * 64 * 64))
+                    f.write('{"inputs":[{"name":"image","datatype":"FP32","shape":[1,3,64,64],'
+                            f'"data":[{data}]}}]}}\n')
+        return path
+
+    def job(self, url, job_id):
+        return json.loads(self.ctl(url, "batch", "status", job_id, "-o", "json").stdout)
+
+    def batch(self, repo):
+        """Batch jobs against the same standalone configuration as the served figures: a job
+        running beside real-time requests at SPARE_SHARE of what the server answers saturated
+        (the demo, V2 JSON, concurrency 16, open loop), alternating with no job; then a job of
+        BATCH_ROWS demo rows and one of BATCH_CNN_ROWS CNN images, each alone, their rate
+        (rows from the first claim to the last result) against the served throughput."""
+        log("batch jobs: real time beside a job, and a job's rate against the served throughput")
+        s, url = self.start_standalone("batch", repo, 18492)
+        for m in (DEMO, CNN):
+            self.ctl(url, "models", "log", m, "--mode", "off")
+        demo_file = self.batch_file(DEMO, BATCH_BESIDE_ROWS)
+        submitted = json.loads(self.ctl(url, "batch", "submit", str(demo_file), "--model", DEMO,
+                                        "-o", "json").stdout)
+        beside = submitted["id"]
+        self.ctl(url, "batch", "cancel", beside)
+
+        def no_job():
+            if self.job(url, beside)["state"] in ("queued", "running"):
+                self.ctl(url, "batch", "cancel", beside)
+
+        def job_running():
+            self.ctl(url, "batch", "retry", beside)
+            deadline = time.time() + 60
+            while self.job(url, beside)["rows_done"] == 0 or self.job(url, beside)["state"] != "running":
+                if time.time() > deadline:
+                    raise SystemExit(f"the batch job never ran: see {s.log_path}")
+                time.sleep(0.1)
+
+        saturated = self.bench(url, DEMO, [16], "v2-json")
+        rate = SPARE_SHARE * saturated[0]["throughput"]
+        sides = self.alternate({"no job": (url, no_job), "job running": (url, job_running)},
+                               [16], "v2-json", rounds=2 * self.a.runs, rate=rate)
+        no_job()
+        r = self.results
+        r["batch_realtime_demo_json"] = {"rate": rate, "share": SPARE_SHARE,
+                                         "saturated": saturated[0]["throughput"],
+                                         "off": sides["no job"], "on": sides["job running"]}
+        for key, model, rows in (("batch_demo", DEMO, BATCH_ROWS), ("batch_cnn", CNN, BATCH_CNN_ROWS)):
+            file = self.batch_file(model, rows)
+            started = time.monotonic()
+            out = self.ctl(url, "batch", "submit", str(file), "--model", model, "--wait", "-o", "json")
+            job = json.loads(out.stdout)
+            if job["state"] != "succeeded" or job["rows_failed"] or job["rows_done"] != rows:
+                raise SystemExit(f"the {model} batch job did not run every row: {job}; see {s.log_path}")
+            r[key] = {"rows": rows, "rows_per_second": job["rows_per_second"],
+                      "bytes": job["input_bytes"], "wall_s": time.monotonic() - started}
+            log(f"  {model}: {rows} rows at {job['rows_per_second']:.0f} rows/s")
+        self.stop(s)
+
     def cluster(self, repo):
         log("separate worker and api processes")
         wport, aport = 18481, 18482
@@ -521,6 +599,7 @@ class Bench:
             self.start_to_ready()
             self.rollout(repo)
             self.cache()
+            self.batch(repo)
         finally:
             for s in list(self.servers):
                 s.stop()

@@ -88,7 +88,7 @@ pub enum BatchCommand {
 #[derive(Debug, Args)]
 #[command(disable_version_flag = true)]
 pub struct SubmitArgs {
-    /// The file: JSON Lines (.jsonl, .ndjson) or CSV (.csv)
+    /// The file: JSON Lines (.jsonl, .ndjson) or CSV (.csv), gzip-compressed when it ends in .gz
     pub file: PathBuf,
     /// The model to run it through
     #[arg(long)]
@@ -119,6 +119,7 @@ pub fn run(global: &GlobalArgs, args: &BatchArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match &args.command {
         BatchCommand::Submit(submit) => {
+            let gzip = is_gzip(&submit.file);
             let format = match submit.format {
                 Some(f) => f.into(),
                 None => format_of(&submit.file)?,
@@ -130,6 +131,7 @@ pub fn run(global: &GlobalArgs, args: &BatchArgs) -> anyhow::Result<()> {
                 file: &submit.file,
                 format,
                 output: submit.results_format.map_or(format, Into::into),
+                gzip,
             })?;
             eprintln!("batch job {} submitted: {} rows", job.id, job.rows_total);
             finish(&client, job, submit.wait, global.output, &mut out)
@@ -175,9 +177,20 @@ pub fn run(global: &GlobalArgs, args: &BatchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A file's form by its extension.
+/// Whether a file is gzip-compressed, by its extension.
+fn is_gzip(file: &Path) -> bool {
+    file.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// A file's form by its extension (the one before `.gz` for a compressed file).
 fn format_of(file: &Path) -> anyhow::Result<FileFormat> {
-    match file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    let inner = if is_gzip(file) {
+        Path::new(file.file_stem().unwrap_or_default())
+    } else {
+        file
+    };
+    match inner.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("jsonl" | "ndjson") => Ok(FileFormat::Jsonl),
         Some("csv") => Ok(FileFormat::Csv),
         _ => bail!(

@@ -49,6 +49,8 @@ pub struct Claim {
     pub previous: Option<Vec<u8>>,
     /// The rows that failed in that run.
     pub previous_failed: i64,
+    /// How many times the chunk has been claimed, this claim included.
+    pub attempts: u32,
     /// The job's model, version, label and layout.
     pub model: String,
     /// The version the job names.
@@ -280,13 +282,16 @@ impl Store {
             };
             let job: String = found.try_get("job")?;
             let seq: i64 = found.try_get("seq")?;
-            let row = sqlx::query("UPDATE batch_chunks SET state = 'running', lease = $1, lease_until = $2, attempts = attempts + 1 WHERE job = $3 AND seq = $4 RETURNING first_row, rows, input, results, failed")
+            let row = sqlx::query("UPDATE batch_chunks SET state = 'running', lease = $1, lease_until = $2, attempts = attempts + 1 WHERE job = $3 AND seq = $4 RETURNING first_row, rows, input, results, failed, attempts")
                 .bind(&lease)
                 .bind(until)
                 .bind(&job)
                 .bind(seq)
                 .fetch_one(&mut *tx)
                 .await?;
+            // A cancel that commits meanwhile is seen here (the statement waits for it and
+            // reads the job again): the job stays cancelled, and this chunk runs as one that
+            // was running when it came, its results kept.
             sqlx::query("UPDATE batch_jobs SET state = 'running', started_at = $1, rows_at_start = rows_done WHERE id = $2 AND state = 'queued'")
                 .bind(at)
                 .bind(&job)
@@ -306,6 +311,7 @@ impl Store {
                 lease,
                 previous: row.try_get("results")?,
                 previous_failed: row.try_get("failed")?,
+                attempts: row.try_get::<i32, _>("attempts")? as u32,
                 model: info.try_get("model")?,
                 version: info.try_get("version")?,
                 label: info.try_get("label")?,
@@ -316,7 +322,7 @@ impl Store {
     }
 
     /// Extends a claim by `for_`; false when it is no longer held (it ran out and was taken,
-    /// or its job was cancelled).
+    /// or a retry of its job put it back).
     pub async fn renew_claim(&self, claim: &Claim, for_: Duration) -> Result<bool> {
         let until = after(for_);
         on_pool!(self, pool => {
@@ -346,6 +352,14 @@ impl Store {
         };
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.write_begin()).await?;
+            // The job's row first, as a retry takes it: a retry then sees every chunk stored
+            // before it or none of this one (SQLite's single writer does the same).
+            if self.backend() == Backend::Postgres {
+                sqlx::query("SELECT id FROM batch_jobs WHERE id = $1 FOR UPDATE")
+                    .bind(&claim.job)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let done = sqlx::query("UPDATE batch_chunks SET state = 'done', results = $1, failed = $2, lease = NULL, lease_until = NULL WHERE job = $3 AND seq = $4 AND lease = $5 AND state = 'running'")
                 .bind(results)
                 .bind(failed)
@@ -425,7 +439,13 @@ impl Store {
         let at = now();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.write_begin()).await?;
-            let state: Option<String> = sqlx::query_scalar("SELECT state FROM batch_jobs WHERE id = $1")
+            let lock = match self.backend() {
+                Backend::Postgres => " FOR UPDATE",
+                Backend::Sqlite => "",
+            };
+            // Locked until the end: no chunk is stored meanwhile, and a second retry waits,
+            // then finds the job queued.
+            let state: Option<String> = sqlx::query_scalar(&format!("SELECT state FROM batch_jobs WHERE id = $1{lock}"))
                 .bind(job)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -477,7 +497,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ChunkResults>> {
         on_pool!(self, pool => {
-            let rows = sqlx::query("SELECT seq, first_row, rows, CASE WHEN state = 'done' OR results IS NOT NULL THEN results END AS results FROM batch_chunks WHERE job = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            let rows = sqlx::query("SELECT seq, first_row, rows, CASE WHEN state = 'done' THEN results END AS results FROM batch_chunks WHERE job = $1 AND seq > $2 ORDER BY seq LIMIT $3")
                 .bind(job)
                 .bind(after_seq)
                 .bind(i64::from(limit))

@@ -34,6 +34,9 @@ pub struct BatchSettings {
     /// How long a chunk whose rows could not run (no worker answered) waits before it is
     /// claimed again, in milliseconds.
     pub retry_after_ms: u64,
+    /// Claims of a chunk after which rows that still cannot run (no worker answers them)
+    /// fail, each with its error, instead of the chunk being put back again.
+    pub max_attempts: u32,
     /// Largest input file accepted, in bytes (larger: 413).
     pub max_upload_bytes: u64,
     /// Days an ended job and its results are kept.
@@ -54,6 +57,7 @@ impl Default for BatchSettings {
             lease_ms: 60_000,
             poll_ms: 500,
             retry_after_ms: 2_000,
+            max_attempts: 10,
             max_upload_bytes: 16 << 30,
             keep_days: 7,
             abandoned_upload_secs: 600,
@@ -72,6 +76,7 @@ impl BatchSettings {
             ("batch.requests_per_chunk", self.requests_per_chunk as u64),
             ("batch.lease_ms", self.lease_ms),
             ("batch.poll_ms", self.poll_ms),
+            ("batch.max_attempts", u64::from(self.max_attempts)),
             ("batch.max_upload_bytes", self.max_upload_bytes),
             ("batch.abandoned_upload_secs", self.abandoned_upload_secs),
         ] {

@@ -71,8 +71,8 @@ fn parse_csv_row(line: &[u8], layout: &Layout) -> Result<InferRequest, String> {
                 }
             }),
             _ => {
-                if field.parse::<i64>().is_ok() {
-                    json.push_str(field);
+                if let Ok(v) = field.parse::<i64>() {
+                    json.push_str(&v.to_string());
                 } else {
                     match field.parse::<f64>() {
                         Ok(v) if v.is_finite() => json.push_str(&Value::from(v).to_string()),
@@ -112,10 +112,16 @@ pub fn csv_fields(line: &[u8]) -> Result<Vec<String>, String> {
     }
     let mut record = csv::StringRecord::new();
     match reader.read_record(&mut record) {
-        Ok(true) => Ok(record.iter().map(str::to_string).collect()),
-        Ok(false) => Ok(Vec::new()),
-        Err(e) => Err(format!("not CSV: {e}")),
+        Ok(true) => {}
+        Ok(false) => return Ok(Vec::new()),
+        Err(e) => return Err(format!("not CSV: {e}")),
     }
+    // A carriage return inside the line ends a record there: what follows would be lost.
+    let mut rest = csv::StringRecord::new();
+    if reader.read_record(&mut rest).unwrap_or(true) {
+        return Err("a carriage return inside the line; each CSV row must be one line".into());
+    }
+    Ok(record.iter().map(str::to_string).collect())
 }
 
 /// What must match in an input for two requests to stack: its name, datatype and shape but the
@@ -123,16 +129,20 @@ pub fn csv_fields(line: &[u8]) -> Result<Vec<String>, String> {
 type InputKey<'a> = (&'a str, DataType, &'a [u64]);
 
 /// How many rows a request carries along the first dimension, and what must match for it to
-/// be stacked with another; `None` when it cannot be stacked (no inputs, inputs of different
-/// row counts, a scalar, request parameters).
-fn stack_key(request: &InferRequest) -> Option<(u64, Vec<InputKey<'_>>)> {
+/// be stacked with another; `None` when it cannot be stacked: no inputs, inputs of different
+/// row counts, request parameters, or an input whose first dimension is not the model's batch
+/// dimension (the model's `-1` in `layout`, in a shape of the same rank).
+fn stack_key<'a>(request: &'a InferRequest, layout: &Layout) -> Option<(u64, Vec<InputKey<'a>>)> {
     if !request.parameters.is_empty() || request.inputs.is_empty() {
         return None;
     }
     let rows = *request.inputs[0].shape.first()?;
     let mut key = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        if input.shape.first() != Some(&rows) || !input.parameters.is_empty() {
+        let batched = layout.inputs.iter().any(|m| {
+            m.name == input.name && m.shape.first() == Some(&-1) && m.shape.len() == input.shape.len()
+        });
+        if !batched || input.shape.first() != Some(&rows) || !input.parameters.is_empty() {
             return None;
         }
         key.push((input.name.as_str(), input.datatype, &input.shape[1..]));
@@ -143,15 +153,19 @@ fn stack_key(request: &InferRequest) -> Option<(u64, Vec<InputKey<'_>>)> {
 /// Groups consecutive requests that can run as one: the same inputs (names, datatypes and
 /// shapes but the first dimension) and outputs asked for, at most `max_rows` rows in all.
 /// Returns the groups as index ranges into `requests`.
-pub fn groups(requests: &[&InferRequest], max_rows: usize) -> Vec<std::ops::Range<usize>> {
+pub fn groups(
+    requests: &[&InferRequest],
+    max_rows: usize,
+    layout: &Layout,
+) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let mut start = 0;
     while start < requests.len() {
         let mut end = start + 1;
-        if let Some((rows, key)) = stack_key(requests[start]) {
+        if let Some((rows, key)) = stack_key(requests[start], layout) {
             let mut total = rows;
             while end < requests.len() {
-                let Some((more, next)) = stack_key(requests[end]) else {
+                let Some((more, next)) = stack_key(requests[end], layout) else {
                     break;
                 };
                 if next != key
@@ -347,6 +361,11 @@ mod tests {
         assert!(e.contains("'nan' is not a number"), "{e}");
         let e = csv_fields(b"1,\"2,3").unwrap_err();
         assert!(e.contains("not closed"), "{e}");
+        let e = csv_fields(b"1,2\r3,4").unwrap_err();
+        assert!(e.contains("carriage return"), "{e}");
+        // Integers as JSON reads them, whatever their sign or leading zeros.
+        let r = parse_row(b"+5,007,-0", FileFormat::Csv, &l).unwrap();
+        assert_eq!(floats(&r.inputs[0]), vec![5.0, 7.0, 0.0]);
     }
 
     #[test]
@@ -385,8 +404,12 @@ mod tests {
         .collect();
         let refs: Vec<&InferRequest> = rows.iter().collect();
         // The FP64 row stacks with neither neighbour.
-        assert_eq!(groups(&refs, 32), vec![0..2, 2..3, 3..4]);
-        assert_eq!(groups(&refs, 2), vec![0..1, 1..2, 2..3, 3..4]);
+        assert_eq!(groups(&refs, 32, &l), vec![0..2, 2..3, 3..4]);
+        assert_eq!(groups(&refs, 2, &l), vec![0..1, 1..2, 2..3, 3..4]);
+        // An input without a batch dimension never stacks.
+        let mut flat = l.clone();
+        flat.inputs[0].shape = vec![2, 2];
+        assert_eq!(groups(&refs, 32, &flat), vec![0..1, 1..2, 2..3, 3..4]);
         let stacked = stack(&refs[0..2]);
         assert_eq!(stacked.inputs[0].shape, vec![3, 2]);
         assert_eq!(

@@ -372,12 +372,15 @@ impl Runner {
         }
         let refs: Vec<&InferRequest> = requests.iter().map(|(_, r)| r).collect();
         let request_id = format!("batch-{}-{}", claim.job, claim.seq);
+        let run = Run {
+            claim,
+            version: version.as_deref(),
+            request_id: &request_id,
+            last_attempt: claim.attempts >= self.settings.max_attempts,
+        };
         let answered: Vec<Result<Vec<Answer>, Stop>> =
-            futures_util::stream::iter(groups(&refs, self.settings.rows_per_request))
-                .map(|range| {
-                    let group = &refs[range];
-                    self.run_group(&claim.model, version.as_deref(), group, &request_id)
-                })
+            futures_util::stream::iter(groups(&refs, self.settings.rows_per_request, &layout))
+                .map(|range| self.run_group(run, &refs[range]))
                 .buffered(self.settings.requests_per_chunk)
                 .collect()
                 .await;
@@ -407,19 +410,11 @@ impl Runner {
 
     /// Runs rows stacked into one request; when that fails for a reason that may be one row's,
     /// each row alone, so that a bad row fails alone.
-    async fn run_group(
-        &self,
-        model: &str,
-        version: Option<&str>,
-        group: &[&InferRequest],
-        request_id: &str,
-    ) -> Result<Vec<Answer>, Stop> {
+    async fn run_group(&self, run: Run<'_>, group: &[&InferRequest]) -> Result<Vec<Answer>, Stop> {
+        let model = run.claim.model.as_str();
         let stacked = stack(group);
-        match self
-            .backend
-            .infer_at(model, version, &stacked, Some(request_id), Priority::Low)
-            .await
-        {
+        let low = Priority::Low;
+        match self.backend.infer_at(model, run.version, &stacked, Some(run.request_id), low).await {
             Ok(answer) => {
                 if let Some(per_row) = unstack(group, &answer) {
                     return Ok(per_row
@@ -429,43 +424,79 @@ impl Runner {
                 }
             }
             Err(e) => {
-                classify(&e)?;
+                self.classify(&e, &run)?;
                 if group.len() == 1 {
-                    return Ok(vec![Err(e.to_string())]);
+                    return Ok(vec![Err(row_error(&e, &run))]);
                 }
             }
         }
         // One at a time: the group's requests are already as many as this chunk runs at once.
         let mut answers = Vec::with_capacity(group.len());
         for request in group {
-            answers.push(
-                match self
-                    .backend
-                    .infer_at(model, version, request, Some(request_id), Priority::Low)
-                    .await
-                {
-                    Ok(answer) => Ok((answer.outputs, answer.model_version)),
-                    Err(e) => {
-                        classify(&e)?;
-                        Err(e.to_string())
-                    }
-                },
-            );
+            let answer = self.backend.infer_at(model, run.version, request, Some(run.request_id), low).await;
+            answers.push(match answer {
+                Ok(answer) => Ok((answer.outputs, answer.model_version)),
+                Err(e) => {
+                    self.classify(&e, &run)?;
+                    Err(row_error(&e, &run))
+                }
+            });
         }
         Ok(answers)
+    }
+
+    /// Whether an error stops the chunk rather than failing rows: nobody could take the rows
+    /// now (busy, unreachable, shutting down: the chunk runs later, unless this is its last
+    /// attempt), or the model, version or label is gone (the job fails; a 404 while the
+    /// registry still has them is a worker that does not hold the version yet: later).
+    fn classify(&self, e: &ApiError, run: &Run<'_>) -> Result<(), Stop> {
+        match e.status_code().as_u16() {
+            404 => match self.gone(run.claim) {
+                Some(why) => Err(Stop::JobFailed(why)),
+                None => Err(Stop::Retry(e.to_string())),
+            },
+            429 | 502 | 503 | 504 if !run.last_attempt => Err(Stop::Retry(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Why the job's model, version or label is no longer in the registry, if it is not.
+    fn gone(&self, claim: &Claim) -> Option<String> {
+        let selector = match (&claim.version, &claim.label) {
+            (Some(v), _) => Selector::Version(v),
+            (None, Some(l)) => Selector::Label(l),
+            (None, None) => Selector::Split { key: None },
+        };
+        self.catalog
+            .resolve(&claim.model, selector, |_| false)
+            .err()
+            .map(|e| e.to_string())
     }
 }
 
 /// One row's outputs and the version that gave them, or its error.
 type Answer = Result<(Vec<Tensor>, Option<String>), String>;
 
-/// Whether an error stops the chunk rather than failing rows: nobody could take the rows now
-/// (busy, unreachable, shutting down: run them later), or the model is gone (the job fails).
-fn classify(e: &ApiError) -> Result<(), Stop> {
+/// One chunk's run, as its groups of rows see it.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    claim: &'a Claim,
+    /// The version the rows go to (`None`: the stable one).
+    version: Option<&'a str>,
+    request_id: &'a str,
+    /// Whether this is the chunk's last claim: rows that cannot run now fail instead of
+    /// putting the chunk back again.
+    last_attempt: bool,
+}
+
+/// A failed row's error; on the chunk's last attempt, an error that could have passed says so.
+fn row_error(e: &ApiError, run: &Run<'_>) -> String {
     match e.status_code().as_u16() {
-        404 => Err(Stop::JobFailed(e.to_string())),
-        429 | 502 | 503 | 504 => Err(Stop::Retry(e.to_string())),
-        _ => Ok(()),
+        429 | 502 | 503 | 504 => format!(
+            "{e} (its chunk was tried {} times: batch.max_attempts)",
+            run.claim.attempts
+        ),
+        _ => e.to_string(),
     }
 }
 

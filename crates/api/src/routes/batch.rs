@@ -239,13 +239,13 @@ async fn post_job(
             .map_err(|e: String| BatchError::BadRequest(format!("output: {e}")))?,
     };
     let caller = caller(&req);
-    if caller.role != Role::Admin {
-        let scoped = caller
-            .key_id
-            .as_deref()
-            .and_then(|id| s.keys.as_ref()?.key(id))
-            .and_then(|k| k.models.clone());
-        if scoped.is_some_and(|models| !models.contains(&model)) {
+    // The route's guard passed the key without a model to check (it is in the query): the
+    // key's scope is checked here, and a key the ring no longer holds may use none.
+    if let (Some(id), Some(ring)) = (caller.key_id.as_deref(), s.keys.as_ref()) {
+        let allowed = ring
+            .key(id)
+            .is_some_and(|k| k.models.as_ref().is_none_or(|m| m.contains(&model)));
+        if !allowed {
             return Err(BatchError::Forbidden(format!(
                 "this key may not use model '{model}'"
             )));

@@ -29,6 +29,8 @@ pub struct Submit<'a> {
     pub format: FileFormat,
     /// The results' form.
     pub output: FileFormat,
+    /// Whether the file is gzip-compressed (sent as it is, with `Content-Encoding: gzip`).
+    pub gzip: bool,
 }
 
 impl Client {
@@ -58,7 +60,7 @@ impl Client {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        runtime.block_on(self.send_file(url, tokio::fs::File::from_std(file), size))
+        runtime.block_on(self.send_file(url, tokio::fs::File::from_std(file), size, submit.gzip))
     }
 
     async fn send_file(
@@ -66,6 +68,7 @@ impl Client {
         url: Url,
         file: tokio::fs::File,
         size: u64,
+        gzip: bool,
     ) -> anyhow::Result<BatchJob> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*self.tls).clone())
@@ -76,8 +79,11 @@ impl Client {
             .context("cannot set up the HTTP client")?;
         let bar = progress_bar(size);
         let body = Body::wrap_stream(chunks(file, bar.clone(), "the server stores the last rows"));
-        let response = http
-            .post(url.clone())
+        let mut request = http.post(url.clone());
+        if gzip {
+            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        let response = request
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size)
             .body(body)

@@ -169,3 +169,21 @@ fn batch_errors_say_what_to_do() {
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stderr.contains("cancelled by anonymous"), "{run:#?}");
 }
+
+#[test]
+fn a_gzip_file_is_sent_compressed() {
+    let app = RegistryApp::start_with(TestDb::sqlite(), |s| s.batch.poll_ms = 50);
+    let file = csv_file(&reference_csv(0..5));
+    let status = std::process::Command::new("gzip")
+        .args(["-k", file.path().to_str().unwrap()])
+        .status()
+        .expect("gzip");
+    assert!(status.success());
+    let gz = format!("{}.gz", file.path().display());
+    let run = app.vaticctl(&["batch", "submit", &gz, "--model", "breast_cancer", "--wait", "-o", "json"]);
+    std::fs::remove_file(&gz).unwrap();
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let job = run.json();
+    assert_eq!((job["state"].as_str(), job["input_format"].as_str()), (Some("succeeded"), Some("csv")));
+    assert_eq!((job["rows_done"].as_u64(), job["rows_failed"].as_u64()), (Some(5), Some(0)));
+}

@@ -140,7 +140,9 @@ fn stack_key<'a>(request: &'a InferRequest, layout: &Layout) -> Option<(u64, Vec
     let mut key = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
         let batched = layout.inputs.iter().any(|m| {
-            m.name == input.name && m.shape.first() == Some(&-1) && m.shape.len() == input.shape.len()
+            m.name == input.name
+                && m.shape.first() == Some(&-1)
+                && m.shape.len() == input.shape.len()
         });
         if !batched || input.shape.first() != Some(&rows) || !input.parameters.is_empty() {
             return None;

@@ -414,7 +414,11 @@ impl Runner {
         let model = run.claim.model.as_str();
         let stacked = stack(group);
         let low = Priority::Low;
-        match self.backend.infer_at(model, run.version, &stacked, Some(run.request_id), low).await {
+        match self
+            .backend
+            .infer_at(model, run.version, &stacked, Some(run.request_id), low)
+            .await
+        {
             Ok(answer) => {
                 if let Some(per_row) = unstack(group, &answer) {
                     return Ok(per_row
@@ -433,7 +437,10 @@ impl Runner {
         // One at a time: the group's requests are already as many as this chunk runs at once.
         let mut answers = Vec::with_capacity(group.len());
         for request in group {
-            let answer = self.backend.infer_at(model, run.version, request, Some(run.request_id), low).await;
+            let answer = self
+                .backend
+                .infer_at(model, run.version, request, Some(run.request_id), low)
+                .await;
             answers.push(match answer {
                 Ok(answer) => Ok((answer.outputs, answer.model_version)),
                 Err(e) => {

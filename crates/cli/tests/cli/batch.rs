@@ -180,10 +180,25 @@ fn a_gzip_file_is_sent_compressed() {
         .expect("gzip");
     assert!(status.success());
     let gz = format!("{}.gz", file.path().display());
-    let run = app.vaticctl(&["batch", "submit", &gz, "--model", "breast_cancer", "--wait", "-o", "json"]);
+    let run = app.vaticctl(&[
+        "batch",
+        "submit",
+        &gz,
+        "--model",
+        "breast_cancer",
+        "--wait",
+        "-o",
+        "json",
+    ]);
     std::fs::remove_file(&gz).unwrap();
     assert_eq!(run.code, Some(0), "{run:#?}");
     let job = run.json();
-    assert_eq!((job["state"].as_str(), job["input_format"].as_str()), (Some("succeeded"), Some("csv")));
-    assert_eq!((job["rows_done"].as_u64(), job["rows_failed"].as_u64()), (Some(5), Some(0)));
+    assert_eq!(
+        (job["state"].as_str(), job["input_format"].as_str()),
+        (Some("succeeded"), Some("csv"))
+    );
+    assert_eq!(
+        (job["rows_done"].as_u64(), job["rows_failed"].as_u64()),
+        (Some(5), Some(0))
+    );
 }

@@ -313,25 +313,13 @@ async fn post_job(
                 return Err(BatchError::TooLarge(limit));
             }
             let full = splitter.feed(&bytes).map_err(refused)?;
-            if !upload.created && (format == FileFormat::Jsonl || splitter.header().is_some()) {
-                layout.columns = splitter
-                    .header()
-                    .map(<[String]>::to_vec)
-                    .unwrap_or_default();
-                check_columns(&layout)?;
-                upload.create(&layout).await?;
+            if format == FileFormat::Jsonl || splitter.header().is_some() {
+                upload.create(&mut layout, &splitter).await?;
             }
             upload.store(full).await?;
         }
         let last = splitter.finish().map_err(refused)?;
-        if !upload.created {
-            layout.columns = splitter
-                .header()
-                .map(<[String]>::to_vec)
-                .unwrap_or_default();
-            check_columns(&layout)?;
-            upload.create(&layout).await?;
-        }
+        upload.create(&mut layout, &splitter).await?;
         upload.store(last).await?;
         store
             .finish_upload(&upload.job.id, splitter.rows(), upload.chunks)
@@ -368,7 +356,17 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
-    async fn create(&mut self, layout: &Layout) -> Result<(), BatchError> {
+    /// Creates the job once its layout is known (a CSV file's header has come), the first
+    /// time it is called.
+    async fn create(&mut self, layout: &mut Layout, splitter: &Splitter) -> Result<(), BatchError> {
+        if self.created {
+            return Ok(());
+        }
+        layout.columns = splitter
+            .header()
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        check_columns(layout)?;
         self.job.layout = serde_json::to_string(layout).expect("a layout serializes");
         self.store.create_job(&self.job).await?;
         self.created = true;

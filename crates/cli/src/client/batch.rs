@@ -2,7 +2,7 @@
 //! reading its results, cancelling and retrying it, listing jobs.
 
 use super::upload::{chunks, progress_bar};
-use super::{server_error, Client, CONNECT_TIMEOUT};
+use super::{Client, CONNECT_TIMEOUT};
 use anyhow::Context;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Body, Url};
@@ -90,20 +90,7 @@ impl Client {
             .send()
             .await;
         bar.finish_and_clear();
-        let response = response.map_err(|e| self.transport_error(e))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        if !status.is_success() {
-            return Err(server_error(status, &body).into());
-        }
-        serde_json::from_slice(&body).with_context(|| {
-            format!(
-                "the answer from {url} is not what this vaticctl expects (is the server another version?)"
-            )
-        })
+        self.uploaded(response, &url).await
     }
 
     /// `GET /v2/batch/jobs/{id}`.

@@ -100,6 +100,15 @@ impl Client {
         };
         let response = request.send().await;
         bar.finish_and_clear();
+        self.uploaded(response, &url).await
+    }
+
+    /// The JSON answer to an upload, as a `T`; a 4xx/5xx answer becomes a `ServerError`.
+    pub(super) async fn uploaded<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Result<reqwest::Response>,
+        url: &Url,
+    ) -> anyhow::Result<T> {
         let response = response.map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let body = response

@@ -139,8 +139,24 @@ where
 }
 
 fn after(for_: Duration) -> DateTime<Utc> {
-    now() + chrono::Duration::from_std(for_).unwrap_or(chrono::Duration::MAX)
+    let last = DateTime::from_timestamp(LAST_SECOND, 0).expect("a valid time");
+    chrono::Duration::from_std(for_)
+        .ok()
+        .and_then(|d| now().checked_add_signed(d))
+        .map_or(last, |t| t.min(last))
 }
+
+/// `ago` before now; no earlier than 1970 (nothing here is older), so a retention longer than
+/// the calendar stores no time the database cannot hold.
+fn before(ago: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| now().checked_sub_signed(d))
+        .map_or(DateTime::UNIX_EPOCH, |t| t.max(DateTime::UNIX_EPOCH))
+}
+
+/// 9999-12-31T23:59:59Z: the latest time both backends store; a longer lease ends there.
+const LAST_SECOND: i64 = 253_402_300_799;
 
 impl Store {
     /// Records a job whose file is about to arrive (state `uploading`).
@@ -519,27 +535,32 @@ impl Store {
     /// Removes jobs that ended more than `keep` ago, and uploads that received nothing for
     /// `abandoned_after` (their process died, or their client went away unnoticed).
     pub async fn expire_jobs(&self, keep: Duration, abandoned_after: Duration) -> Result<Expired> {
-        let ended_before =
-            now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        let idle_before =
-            now() - chrono::Duration::from_std(abandoned_after).unwrap_or(chrono::Duration::MAX);
-        let mut expired = Expired::default();
-        for (which, sql, before) in [
-            (0, "SELECT id FROM batch_jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1", ended_before),
-            (1, "SELECT id FROM batch_jobs WHERE state = 'uploading' AND updated_at < $1", idle_before),
-        ] {
-            let ids: Vec<String> = on_pool!(self, pool => {
-                sqlx::query_scalar(sql).bind(before).fetch_all(pool).await?
-            });
-            for id in &ids {
-                self.delete_job(id).await?;
-            }
-            if which == 0 {
-                expired.ended = ids.len() as u64;
-            } else {
-                expired.abandoned = ids.len() as u64;
-            }
+        Ok(Expired {
+            ended: self
+                .delete_jobs_where(
+                    "state IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1",
+                    before(keep),
+                )
+                .await?,
+            abandoned: self
+                .delete_jobs_where(
+                    "state = 'uploading' AND updated_at < $1",
+                    before(abandoned_after),
+                )
+                .await?,
+        })
+    }
+
+    /// Removes the jobs (and their chunks) that `condition`, on a time bound to `$1`, selects;
+    /// returns how many.
+    async fn delete_jobs_where(&self, condition: &str, at: DateTime<Utc>) -> Result<u64> {
+        let sql = format!("SELECT id FROM batch_jobs WHERE {condition}");
+        let ids: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar(&sql).bind(at).fetch_all(pool).await?
+        });
+        for id in &ids {
+            self.delete_job(id).await?;
         }
-        Ok(expired)
+        Ok(ids.len() as u64)
     }
 }

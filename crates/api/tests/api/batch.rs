@@ -387,10 +387,58 @@ async fn what_cannot_be_a_job_is_refused_with_what_was_wrong() {
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(error.contains(says), "{query}: {error}");
     }
+    // A body of no declared length is counted as it arrives (after gzip, were it compressed):
+    // refused once it passes the limit, its rows stored so far removed.
+    let mut lines = reference_csv(&reference, 0..1);
+    let row = lines.lines().nth(1).unwrap().to_string() + "\n";
+    while lines.len() < 150_000 {
+        lines += &row;
+    }
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = lines
+        .into_bytes()
+        .chunks(8192)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let r = api
+        .client
+        .post(format!(
+            "{}/v2/batch/jobs?model={MODEL}&format=csv",
+            api.base
+        ))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("batch.max_upload_bytes"),
+        "{answer}"
+    );
     // Nothing refused left a job behind.
     let (status, list) = api.get("/v2/batch/jobs").await;
     assert_eq!(status, 200);
     assert_eq!(list["jobs"], json!([]), "{list}");
+    // Nor any of its rows: the list leaves out uploads under way, the tables do not.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("vatic.db").display()
+    ))
+    .await
+    .unwrap();
+    for table in ["batch_jobs", "batch_chunks"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    db.close().await;
     for (path, status) in [
         ("/v2/batch/jobs/nosuch", 404),
         ("/v2/batch/jobs/nosuch/results", 404),

@@ -549,29 +549,25 @@ fn cycled_csv(reference: &DemoReference, n: usize) -> String {
 /// job's, and both match the demo's reference values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_has_one_result_when_a_worker_and_an_api_replica_are_killed_mid_job() {
-    use crate::helpers::{binary, migrated, registry_worker, ServerProcess};
+    use crate::helpers::{api_process, binary, migrated, registry_worker};
     let db = vatic_testkit::TestDb::postgres();
     migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let mut worker = registry_worker(&db.url, &cache);
     let start_api = |i: usize| {
-        let mut cmd = std::process::Command::new(binary("vatic-api", "vatic-api"));
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .env("VATIC_DATABASE__URL", &db.url)
-            .env("VATIC_AUTH__ENABLED", "false")
-            .env("VATIC_FLEET_REFRESH_MS", "200")
-            .env("VATIC_HEARTBEAT_TIMEOUT_MS", "2000")
-            .env("VATIC_UPLOAD_DIR", dir.path().join(format!("uploads-{i}")))
-            .env(
-                "VATIC_PREDICTION_LOG__SPOOL_DIR",
-                dir.path().join(format!("spool-{i}")),
-            )
-            .env("VATIC_BATCH__CHUNK_ROWS", "100")
-            .env("VATIC_BATCH__LEASE_MS", "1500")
-            .env("VATIC_BATCH__POLL_MS", "100")
-            .env("VATIC_BATCH__RETRY_AFTER_MS", "200");
-        ServerProcess::spawn(cmd, "api listening")
+        api_process(
+            &db.url,
+            dir.path(),
+            i,
+            &[
+                ("VATIC_HEARTBEAT_TIMEOUT_MS", "2000"),
+                ("VATIC_BATCH__CHUNK_ROWS", "100"),
+                ("VATIC_BATCH__LEASE_MS", "1500"),
+                ("VATIC_BATCH__POLL_MS", "100"),
+                ("VATIC_BATCH__RETRY_AFTER_MS", "200"),
+            ],
+        )
     };
     let mut doomed = start_api(0);
     let survivor = start_api(1);

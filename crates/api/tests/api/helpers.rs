@@ -357,6 +357,23 @@ pub fn binary(name: &str, package: &str) -> PathBuf {
     bin
 }
 
+/// The `i`th api process of a test, on the registry at `url` with keys off, its uploads and
+/// spool under `dir`, with the extra settings `env`.
+pub fn api_process(url: &str, dir: &Path, i: usize, env: &[(&str, &str)]) -> ServerProcess {
+    let mut cmd = Command::new(binary("vatic-api", "vatic-api"));
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("VATIC_DATABASE__URL", url)
+        .env("VATIC_AUTH__ENABLED", "false")
+        .env("VATIC_FLEET_REFRESH_MS", "200")
+        .env("VATIC_UPLOAD_DIR", dir.join(format!("uploads-{i}")))
+        .env(
+            "VATIC_PREDICTION_LOG__SPOOL_DIR",
+            dir.join(format!("spool-{i}")),
+        )
+        .envs(env.iter().copied());
+    ServerProcess::spawn(cmd, "api listening")
+}
+
 /// A worker process that takes its models from the registry at `url`. On PostgreSQL polling is
 /// set to ten minutes, so anything it loads within a test's bounded wait came by notification;
 /// SQLite has no notifications, so there it polls every 200 ms.

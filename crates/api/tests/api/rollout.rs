@@ -2,8 +2,8 @@
 //! period, on standalone SQLite and on a PostgreSQL cluster of worker processes under load.
 
 use crate::helpers::{
-    binary, migrated, registry_api, registry_standalone_settings, registry_worker, vaticctl,
-    wait_status, ServerProcess, TestApi, Traffic,
+    api_process, binary, migrated, registry_api, registry_standalone_settings, registry_worker,
+    vaticctl, wait_status, ServerProcess, TestApi, Traffic,
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -1150,20 +1150,16 @@ async fn the_controller_moves_to_another_replica_when_its_holder_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let worker = registry_worker(&db.url, &dir.path().join("cache"));
     let start_api = |i: usize| {
-        let mut cmd = std::process::Command::new(binary("vatic-api", "vatic-api"));
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .env("VATIC_DATABASE__URL", &db.url)
-            .env("VATIC_AUTH__ENABLED", "false")
-            .env("VATIC_FLEET_REFRESH_MS", "200")
-            .env("VATIC_UPLOAD_DIR", dir.path().join(format!("uploads-{i}")))
-            .env(
-                "VATIC_PREDICTION_LOG__SPOOL_DIR",
-                dir.path().join(format!("spool-{i}")),
-            )
-            .env("VATIC_ROLLOUT__STATS_FLUSH_MS", "200")
-            .env("VATIC_ROLLOUT__CONTROLLER_TICK_MS", "200")
-            .env("VATIC_ROLLOUT__CONTROLLER_LEASE_MS", "2000");
-        ServerProcess::spawn(cmd, "api listening")
+        api_process(
+            &db.url,
+            dir.path(),
+            i,
+            &[
+                ("VATIC_ROLLOUT__STATS_FLUSH_MS", "200"),
+                ("VATIC_ROLLOUT__CONTROLLER_TICK_MS", "200"),
+                ("VATIC_ROLLOUT__CONTROLLER_LEASE_MS", "2000"),
+            ],
+        )
     };
     let mut apis = vec![start_api(0), start_api(1)];
     let client = reqwest::Client::new();

@@ -280,24 +280,38 @@ impl Store {
         let until = after(for_);
         let lease = uuid::Uuid::new_v4().to_string();
         let lock = match self.backend() {
-            Backend::Postgres => "FOR UPDATE OF c SKIP LOCKED",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // Job by job, oldest first, the first runnable chunk in order: one short walk of the
+        // index of unfinished chunks (job, seq), however many chunks a job has.
         let find = format!(
-            "SELECT c.job, c.seq FROM batch_chunks c JOIN batch_jobs j ON j.id = c.job \
-             WHERE j.state IN ('queued', 'running') \
-             AND ((c.state = 'pending' AND (c.not_before IS NULL OR c.not_before <= $1)) \
-                  OR (c.state = 'running' AND c.lease_until < $1)) \
-             ORDER BY j.created_at, c.job, c.seq LIMIT 1 {lock}"
+            "SELECT seq FROM batch_chunks WHERE job = $1 AND state <> 'done' \
+             AND ((state = 'pending' AND (not_before IS NULL OR not_before <= $2)) \
+                  OR (state = 'running' AND lease_until < $2)) \
+             ORDER BY seq LIMIT 1 {lock}"
         );
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.write_begin()).await?;
-            let Some(found) = sqlx::query(&find).bind(at).fetch_optional(&mut *tx).await? else {
+            let jobs: Vec<String> = sqlx::query_scalar("SELECT id FROM batch_jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id")
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut found = None;
+            for job in jobs {
+                let seq: Option<i64> = sqlx::query_scalar(&find)
+                    .bind(&job)
+                    .bind(at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(seq) = seq {
+                    found = Some((job, seq));
+                    break;
+                }
+            }
+            let Some((job, seq)) = found else {
                 tx.commit().await?;
                 return Ok(None);
             };
-            let job: String = found.try_get("job")?;
-            let seq: i64 = found.try_get("seq")?;
             let row = sqlx::query("UPDATE batch_chunks SET state = 'running', lease = $1, lease_until = $2, attempts = attempts + 1 WHERE job = $3 AND seq = $4 RETURNING first_row, rows, input, results, failed, attempts")
                 .bind(&lease)
                 .bind(until)

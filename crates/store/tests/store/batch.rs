@@ -137,6 +137,35 @@ async fn chunks_run_once_each_and_the_job_succeeds_with_its_last() {
 }
 
 #[tokio::test]
+async fn claims_take_the_oldest_jobs_chunks_in_order_then_the_next_jobs() {
+    for db in TestDb::both() {
+        let b = backend(&db);
+        let store = migrated(&db).await;
+        queued(&store, "j1", 2).await;
+        queued(&store, "j2", 2).await;
+        let mut claimed = Vec::new();
+        while let Some(claim) = store.claim_chunk(LEASE).await.unwrap() {
+            claimed.push((claim.job.clone(), claim.seq));
+            // Done or held, the first job's chunks are passed over for the next job's.
+            if claimed.len() == 1 {
+                store
+                    .complete_chunk(&claim, &lines(1..3, &[]), 0)
+                    .await
+                    .unwrap();
+            }
+        }
+        let ids = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+            v.iter().map(|(j, s)| (j.to_string(), *s)).collect()
+        };
+        assert_eq!(
+            claimed,
+            ids(&[("j1", 0), ("j1", 1), ("j2", 0), ("j2", 1)]),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_claim_that_ran_out_is_taken_again_and_its_late_answer_refused() {
     for db in TestDb::both() {
         let b = backend(&db);

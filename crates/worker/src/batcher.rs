@@ -10,7 +10,8 @@
 //! Work that can wait ([`Priority::Low`]: shadow copies, batch jobs) has a queue of its own and
 //! `instances` runner threads of its own, which the operating system schedules only on cores
 //! nothing else wants (`SCHED_IDLE` on Linux): such work fills spare capacity and never takes
-//! a core from a request a caller is waiting for.
+//! a core from a request a caller is waiting for. While real-time requests arrive, those
+//! runners also keep within the process's [`Pacer`] share of the cores.
 
 use crate::config::BatchingConfig;
 use crate::onnx::{rows, stack, OnnxModel};
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tract_onnx::prelude::{TValue, TVec};
 use vatic_schema::{Tensor, TensorData};
+use vatic_server::priority::Pacer;
 
 /// Outputs of one request, in signature order.
 pub type JobOutputs = Vec<(Vec<u64>, TensorData)>;
@@ -114,6 +116,8 @@ struct Shared {
     /// [`QUIET`], but for tests.
     quiet: Duration,
     stats: Arc<Stats>,
+    /// The process's pace for low-priority work, told of every real-time job.
+    pacer: Arc<Pacer>,
     queue: Mutex<Queue>,
     wake: Condvar,
     /// Low-priority jobs, for the low-priority runners only. A lock of its own: a runner at the
@@ -127,6 +131,13 @@ struct Shared {
 struct LowQueue {
     jobs: VecDeque<Job>,
     closed: bool,
+}
+
+/// How many runner threads each queue has, and how long requests go through the queue after
+/// two overlapped ([`QUIET`], but for tests).
+struct Threads {
+    runners: usize,
+    quiet: Duration,
 }
 
 /// A running batcher; dropping it does not stop the runners, `close` and `join` do.
@@ -146,19 +157,23 @@ impl Batcher {
         config: BatchingConfig,
         inline: bool,
         stats: Arc<Stats>,
+        pacer: Arc<Pacer>,
     ) -> Batcher {
-        let runners = config.instances;
-        Batcher::with_runners(label, model, config, inline, QUIET, stats, runners)
+        let threads = Threads {
+            runners: config.instances,
+            quiet: QUIET,
+        };
+        Batcher::with_threads(label, model, config, inline, stats, pacer, threads)
     }
 
-    fn with_runners(
+    fn with_threads(
         label: String,
         model: Arc<OnnxModel>,
         config: BatchingConfig,
         inline: bool,
-        quiet: Duration,
         stats: Arc<Stats>,
-        runners: usize,
+        pacer: Arc<Pacer>,
+        Threads { runners, quiet }: Threads,
     ) -> Batcher {
         let shared = Arc::new(Shared {
             label,
@@ -168,6 +183,7 @@ impl Batcher {
             in_flight: AtomicUsize::new(0),
             quiet,
             stats,
+            pacer,
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
@@ -200,8 +216,8 @@ impl Batcher {
         }
     }
 
-    /// Counts a request in flight until the guard is dropped: from before its job is made
-    /// until its answer has been taken.
+    /// Counts a real-time request in flight until the guard is dropped: from before its job
+    /// is made until its answer has been taken.
     pub fn enter(&self) -> Caller<'_> {
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         Caller(&self.shared.in_flight)
@@ -215,6 +231,7 @@ impl Batcher {
         if job.priority == Priority::Low {
             return self.submit_low(job);
         }
+        self.shared.pacer.real_time(job.enqueued);
         let mut q = self.shared.queue.lock().expect("queue lock");
         if q.closed {
             return Err(EngineError::ShuttingDown);
@@ -352,10 +369,12 @@ impl Shared {
     }
 
     /// A low-priority runner: at the lowest scheduling priority, it runs the low-priority
-    /// queue's jobs in batches as large as the settings allow, without waiting to fill them.
+    /// queue's jobs in batches as large as the settings allow, without waiting to fill them,
+    /// as often as the pacer lets it.
     fn run_low(&self) {
         vatic_server::priority::lower_to_idle(&format!("low-{}", self.label));
         loop {
+            self.pacer.wait_blocking();
             let mut low = self.low.lock().expect("low queue lock");
             let batch = loop {
                 self.purge(&mut low.jobs);
@@ -373,7 +392,9 @@ impl Shared {
             if more {
                 self.wake_low.notify_one();
             }
+            let started = Instant::now();
             self.execute(batch);
+            self.pacer.charge(started.elapsed());
         }
     }
 
@@ -575,6 +596,15 @@ mod tests {
         quiet_for(Duration::from_secs(3600), inline, instances, runners)
     }
 
+    /// A pacer that never holds low-priority work back.
+    fn pacer() -> Arc<Pacer> {
+        let unlimited = vatic_server::priority::LowPrioritySettings {
+            share: 1.0,
+            ..Default::default()
+        };
+        Arc::new(Pacer::new(&unlimited, 1))
+    }
+
     fn quiet_for(quiet: Duration, inline: bool, instances: usize, runners: usize) -> Batcher {
         let file = vatic_testkit::root().join("models/breast_cancer/1/model.onnx");
         let model = Arc::new(OnnxModel::load(&file, None).unwrap());
@@ -583,7 +613,8 @@ mod tests {
             ..BatchingConfig::default()
         };
         let stats = Arc::new(Stats::new(EngineMetrics::default().version("m", "1")));
-        Batcher::with_runners("m:1".into(), model, config, inline, quiet, stats, runners)
+        let threads = Threads { runners, quiet };
+        Batcher::with_threads("m:1".into(), model, config, inline, stats, pacer(), threads)
     }
 
     fn job() -> (Job, oneshot::Receiver<Result<JobOutputs, EngineError>>) {
@@ -849,7 +880,11 @@ mod tests {
             ..BatchingConfig::default()
         };
         let stats = Arc::new(Stats::new(EngineMetrics::default().version("m", "1")));
-        let b = Batcher::with_runners("m:1".into(), model, config, false, QUIET, stats, 0);
+        let threads = Threads {
+            runners: 0,
+            quiet: QUIET,
+        };
+        let b = Batcher::with_threads("m:1".into(), model, config, false, stats, pacer(), threads);
         for _ in 0..2 {
             b.submit(low_job().0).unwrap();
         }
@@ -888,14 +923,18 @@ mod tests {
         let file = vatic_testkit::root().join("models/breast_cancer/1/model.onnx");
         let model = Arc::new(OnnxModel::load(&file, None).unwrap());
         let stats = Arc::new(Stats::new(EngineMetrics::default().version("prio", "7")));
-        let b = Batcher::with_runners(
+        let threads = Threads {
+            runners: 1,
+            quiet: QUIET,
+        };
+        let b = Batcher::with_threads(
             label.into(),
             model,
             BatchingConfig::default(),
             false,
-            QUIET,
             stats,
-            1,
+            pacer(),
+            threads,
         );
         // A job answered by the low runner shows that it has set its policy.
         let (j, answer) = low_job();

@@ -22,6 +22,7 @@ use vatic_schema::{
     InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStatsResponse, RepositoryModel,
 };
 use vatic_server::metrics::InFlight;
+use vatic_server::priority::{LowPrioritySettings, Pacer};
 
 /// Where an engine's models are and how they batch, unless a model's `model.toml` says
 /// otherwise. Flattened into the worker's and the api's settings, which refuse unknown keys.
@@ -36,6 +37,9 @@ pub struct EngineSettings {
     pub batching: BatchingConfig,
     /// Load-time profiling of versions without a `[batching]` of their own.
     pub profile: ProfileSettings,
+    /// How much of the machine low-priority work (batch jobs, shadow copies) takes while
+    /// real-time requests arrive.
+    pub low_priority: LowPrioritySettings,
 }
 
 impl Default for EngineSettings {
@@ -44,6 +48,7 @@ impl Default for EngineSettings {
             models_dir: PathBuf::from("models"),
             batching: BatchingConfig::default(),
             profile: ProfileSettings::default(),
+            low_priority: LowPrioritySettings::default(),
         }
     }
 }
@@ -52,7 +57,8 @@ impl EngineSettings {
     /// Checks values that serde cannot, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.batching.validate("batching")?;
-        self.profile.validate()
+        self.profile.validate()?;
+        self.low_priority.validate()
     }
 }
 
@@ -108,6 +114,8 @@ type Models = BTreeMap<String, BTreeMap<u64, Arc<Entry>>>;
 pub struct Engine {
     batching: BatchingConfig,
     profile: ProfileSettings,
+    /// The pace of this process's low-priority work, shared by every version's batcher.
+    pacer: Arc<Pacer>,
     models: RwLock<Models>,
     /// The version of each model that answers requests naming none.
     defaults: RwLock<BTreeMap<String, u64>>,
@@ -125,6 +133,7 @@ impl Engine {
         Engine {
             batching: settings.batching.clone(),
             profile: settings.profile.clone(),
+            pacer: Arc::new(Pacer::for_this_machine(&settings.low_priority)),
             models: RwLock::default(),
             defaults: RwLock::default(),
             synced: AtomicBool::new(false),
@@ -133,6 +142,12 @@ impl Engine {
             changes: tokio::sync::watch::channel(0).0,
             metrics: EngineMetrics::default(),
         }
+    }
+
+    /// The pace of this process's low-priority work: whatever else does such work in the
+    /// process (the standalone api's batch runner) keeps to it too.
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
     }
 
     /// Makes `specs` the set of versions served: versions not yet held start loading on a
@@ -271,6 +286,7 @@ impl Engine {
             &self.batching,
             &self.profile,
             self.metrics.version(&spec.model, &version),
+            self.pacer.clone(),
         ) {
             Ok(v) => {
                 tracing::info!(model = %spec.model, version = spec.version, batched = v.model.signature.batched,

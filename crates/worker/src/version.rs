@@ -18,6 +18,7 @@ use vatic_schema::{
     ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, ModelConfig,
     Parameters, QueuePolicy, Tensor, TensorMetadata,
 };
+use vatic_server::priority::Pacer;
 
 /// The platform vatic reports for ONNX models, in the V2 `<project>_<format>` form.
 pub const PLATFORM: &str = "onnx_onnxv1";
@@ -103,6 +104,7 @@ impl LoadedVersion {
         defaults: &BatchingConfig,
         profile: &ProfileSettings,
         metrics: VersionMetrics,
+        pacer: Arc<Pacer>,
     ) -> anyhow::Result<LoadedVersion> {
         let (model, batching, profiled) = load(
             &spec.file,
@@ -122,6 +124,7 @@ impl LoadedVersion {
             batching.clone(),
             inline,
             stats.clone(),
+            pacer,
         );
         Ok(LoadedVersion {
             name: spec.model.clone(),
@@ -144,7 +147,9 @@ impl LoadedVersion {
         req: &InferRequest,
         priority: Priority,
     ) -> Result<InferResponse, EngineError> {
-        let _caller = self.batcher.enter();
+        // Low-priority work waits in a queue of its own: it does not keep a real-time request
+        // from running on the thread that submits it.
+        let _caller = (priority == Priority::RealTime).then(|| self.batcher.enter());
         let Prepared {
             inputs,
             rows,

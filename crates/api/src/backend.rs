@@ -9,11 +9,13 @@ use bytes::Bytes;
 use reqwest::Method;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Instant;
 use vatic_schema::v2::{self, BINARY_DATA, BINARY_DATA_OUTPUT};
 use vatic_schema::{
     InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStats, ModelStatsResponse,
     RepositoryModel,
 };
+use vatic_server::priority::Pacer;
 use vatic_worker::host::EngineHost;
 use vatic_worker::Priority;
 
@@ -121,6 +123,9 @@ impl Backend {
         match self {
             Backend::Local(host) => Ok(host.engine.infer_at(model, version, req, priority).await?),
             Backend::Remote(pool, catalog) => {
+                if priority == Priority::RealTime {
+                    pool.pacer().real_time(Instant::now());
+                }
                 let route = resolve(catalog, model, version)?;
                 let mut forwarded = req.clone();
                 forwarded
@@ -154,6 +159,14 @@ impl Backend {
                 }
                 Ok(response)
             }
+        }
+    }
+
+    /// The pace of this process's low-priority work.
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        match self {
+            Backend::Local(host) => host.engine.pacer(),
+            Backend::Remote(pool, _) => pool.pacer(),
         }
     }
 

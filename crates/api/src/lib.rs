@@ -27,6 +27,7 @@ use settings::{ApiSettings, Mode};
 use state::AppState;
 use std::sync::Arc;
 use std::time::Duration;
+use vatic_server::priority::Pacer;
 use vatic_server::{Listener, Passes, Server};
 use vatic_store::Store;
 use vatic_worker::host::{EngineHost, ModelSource};
@@ -146,6 +147,7 @@ async fn start_backend(
                 Duration::from_millis(settings.health_interval_ms),
                 Duration::from_millis(settings.worker_timeout_ms),
                 pool::UpstreamMetrics::register(metrics.registry())?,
+                Arc::new(Pacer::for_this_machine(&settings.engine.low_priority)),
             )?,
             catalog.clone(),
         )),

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vatic_schema::ErrorBody;
+use vatic_server::priority::Pacer;
 use vatic_server::REQUEST_ID;
 use vatic_worker::batcher::PRIORITY_HEADER;
 use vatic_worker::Priority;
@@ -96,6 +97,8 @@ pub struct WorkerPool {
     timeout: Duration,
     next: AtomicUsize,
     metrics: UpstreamMetrics,
+    /// The pace of this replica's low-priority work (its batch runner).
+    pacer: Arc<Pacer>,
 }
 
 /// How the workers look from this api: up or not, requests in flight to each, retries and
@@ -161,8 +164,9 @@ impl WorkerPool {
         interval: Duration,
         timeout: Duration,
         metrics: UpstreamMetrics,
+        pacer: Arc<Pacer>,
     ) -> anyhow::Result<Arc<WorkerPool>> {
-        let pool = Arc::new(WorkerPool::new(urls, tls, timeout, metrics)?);
+        let pool = Arc::new(WorkerPool::new(urls, tls, timeout, metrics, pacer)?);
         let checker = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -184,6 +188,7 @@ impl WorkerPool {
         tls: Arc<rustls::ClientConfig>,
         timeout: Duration,
         metrics: UpstreamMetrics,
+        pacer: Arc<Pacer>,
     ) -> anyhow::Result<WorkerPool> {
         // A client that cannot be built fails here, once, rather than on a request thread.
         let clients = thread_local::ThreadLocal::new();
@@ -199,7 +204,14 @@ impl WorkerPool {
             timeout,
             next: AtomicUsize::new(0),
             metrics,
+            pacer,
         })
+    }
+
+    /// The pace of this replica's low-priority work, told of every real-time inference
+    /// request sent to a worker.
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
     }
 
     fn client_builder(tls: &rustls::ClientConfig) -> reqwest::ClientBuilder {
@@ -538,7 +550,8 @@ mod tests {
         let tls = vatic_tls::ClientTls::new(&Default::default(), crate::settings::WORKER_TLS_NAMES)
             .unwrap()
             .config;
-        WorkerPool::new(&urls, tls, Duration::from_secs(1), metrics).unwrap()
+        let pacer = Arc::new(Pacer::new(&Default::default(), 1));
+        WorkerPool::new(&urls, tls, Duration::from_secs(1), metrics, pacer).unwrap()
     }
 
     /// A heartbeat row of `address`, `age` seconds old, holding `loaded`.

@@ -145,6 +145,8 @@ impl ApiSettings {
         self.auth.validate()?;
         self.rollout.validate()?;
         self.batch.validate()?;
+        // Both modes: a cluster replica's batch runner keeps to it too.
+        self.engine.low_priority.validate()?;
         if self.fleet_refresh_ms == 0 || self.heartbeat_timeout_ms == 0 {
             anyhow::bail!("fleet_refresh_ms and heartbeat_timeout_ms must be at least 1");
         }
@@ -284,6 +286,21 @@ mod tests {
         };
         good.validate().unwrap();
         ApiSettings::standalone().validate().unwrap();
+    }
+
+    #[test]
+    fn the_low_priority_share_is_checked_in_either_mode() {
+        for mut settings in [
+            ApiSettings {
+                workers: vec!["http://worker-1:8081".into()],
+                ..Default::default()
+            },
+            ApiSettings::standalone(),
+        ] {
+            settings.engine.low_priority.share = 1.5;
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains("low_priority.share"), "{err}");
+        }
     }
 
     #[test]

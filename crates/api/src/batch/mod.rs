@@ -20,7 +20,8 @@ pub struct BatchSettings {
     pub chunk_rows: usize,
     /// Most bytes of input in one chunk (a row larger than this makes a chunk of its own).
     pub chunk_bytes: usize,
-    /// Rows stacked into one inference request.
+    /// Rows stacked into one inference request, at most; no more than the version's
+    /// `max_batch_size` either.
     pub rows_per_request: usize,
     /// Chunks this replica runs at once.
     pub concurrency: usize,

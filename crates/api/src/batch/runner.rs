@@ -1,7 +1,8 @@
 //! The batch runner of one api replica: claims chunks of any replica's jobs, runs their rows at
 //! low priority, and stores their results. It runs on a thread of its own at the idle
 //! scheduling class, with its own database connections and worker connections, so that its
-//! work waits whenever real-time requests need the cores.
+//! work waits whenever real-time requests need the cores; while they arrive, its own work
+//! (reading rows, writing results) keeps to the process's low-priority pace too.
 
 use super::rows::{
     self, error_line, groups, is_error_line, parse_row, result_line, stack, unstack,
@@ -15,7 +16,7 @@ use actix_web::ResponseError;
 use futures_util::StreamExt;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 use vatic_schema::{InferRequest, Tensor};
@@ -345,6 +346,9 @@ impl Runner {
             }
             (None, None) => None,
         };
+        let pacer = self.backend.pacer();
+        pacer.wait().await;
+        let started = Instant::now();
         let inputs: Vec<&[u8]> = rows::lines(&claim.input).collect();
         let previous: Vec<&[u8]> = claim
             .previous
@@ -370,7 +374,11 @@ impl Runner {
                 }
             }
         }
+        pacer.charge(started.elapsed());
         let refs: Vec<&InferRequest> = requests.iter().map(|(_, r)| r).collect();
+        let per_request = self
+            .rows_per_request(&claim.model, version.as_deref())
+            .await;
         let request_id = format!("batch-{}-{}", claim.job, claim.seq);
         let run = Run {
             claim,
@@ -379,11 +387,13 @@ impl Runner {
             last_attempt: claim.attempts >= self.settings.max_attempts,
         };
         let answered: Vec<Result<Vec<Answer>, Stop>> =
-            futures_util::stream::iter(groups(&refs, self.settings.rows_per_request, &layout))
+            futures_util::stream::iter(groups(&refs, per_request, &layout))
                 .map(|range| self.run_group(run, &refs[range]))
                 .buffered(self.settings.requests_per_chunk)
                 .collect()
                 .await;
+        pacer.wait().await;
+        let started = Instant::now();
         let mut at = 0;
         for group in answered {
             let group = match group {
@@ -405,14 +415,35 @@ impl Runner {
             }
         }
         let results = results.into_iter().flatten().flatten().collect();
+        pacer.charge(started.elapsed());
         Outcome::Done { results, failed }
+    }
+
+    /// Rows stacked into one request: `batch.rows_per_request`, at most the version's
+    /// `max_batch_size` (which the profiler chose where it was not set): a model whose runs
+    /// of many rows cost more per row than runs of few gets requests it runs best.
+    async fn rows_per_request(&self, model: &str, version: Option<&str>) -> usize {
+        let most = self.settings.rows_per_request;
+        match self.backend.config(model, version).await {
+            Ok(config) if config.max_batch_size > 0 => most.min(config.max_batch_size as usize),
+            Ok(_) => most,
+            Err(e) => {
+                // The rows' own requests say what is wrong, if anything is.
+                tracing::debug!(error = %e, "batch runner: the version's configuration could not be read");
+                most
+            }
+        }
     }
 
     /// Runs rows stacked into one request; when that fails for a reason that may be one row's,
     /// each row alone, so that a bad row fails alone.
     async fn run_group(&self, run: Run<'_>, group: &[&InferRequest]) -> Result<Vec<Answer>, Stop> {
         let model = run.claim.model.as_str();
+        let pacer = self.backend.pacer();
+        pacer.wait().await;
+        let started = Instant::now();
         let stacked = stack(group);
+        pacer.charge(started.elapsed());
         let low = Priority::Low;
         match self
             .backend
@@ -420,7 +451,10 @@ impl Runner {
             .await
         {
             Ok(answer) => {
-                if let Some(per_row) = unstack(group, &answer) {
+                let started = Instant::now();
+                let per_row = unstack(group, &answer);
+                pacer.charge(started.elapsed());
+                if let Some(per_row) = per_row {
                     return Ok(per_row
                         .into_iter()
                         .map(|outputs| Ok((outputs, answer.model_version.clone())))

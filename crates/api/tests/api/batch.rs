@@ -203,6 +203,53 @@ async fn a_csv_job_answers_every_row_in_order_and_a_bad_row_fails_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_reach_the_model_in_runs_no_larger_than_its_max_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // Requests of up to 4 rows, for a version that runs at most 2 at once.
+    let mut settings = batch_settings(dir.path());
+    settings.engine.batching.max_batch_size = 2;
+    let api = TestApi::start(settings, None).await;
+    let (_, config) = api.get(&format!("/v2/models/{MODEL}/config")).await;
+    let most = config["max_batch_size"].as_u64().unwrap();
+    assert!((1..=2).contains(&most), "{config}");
+    let reference = vatic_testkit::demo_reference();
+    let csv = reference_csv(&reference, 0..16);
+    let (status, job) = submit(
+        &api,
+        &format!("model={MODEL}&format=csv"),
+        None,
+        csv.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let job = wait_ended(&api, job["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["rows_done"].as_u64(),
+            job["rows_failed"].as_u64()
+        ),
+        (Some("succeeded"), Some(16), Some(0)),
+        "{job}"
+    );
+    let (_, text) = results(&api, job["id"].as_str().unwrap(), "jsonl").await;
+    for (i, line) in parse_lines(&text).iter().enumerate() {
+        check_outputs(line, &reference, i..i + 1);
+    }
+    let (_, stats) = api.get(&format!("/v2/models/{MODEL}/stats")).await;
+    let runs = stats["model_stats"][0]["batch_stats"].as_array().unwrap();
+    let sizes: Vec<u64> = runs
+        .iter()
+        .map(|r| r["batch_size"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|s| *s <= most),
+        "{stats}"
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jsonl_job_takes_v2_bodies_and_tf_serving_instances() {
     let dir = tempfile::tempdir().unwrap();
     let api = TestApi::start(batch_settings(dir.path()), None).await;

@@ -307,20 +307,23 @@ async fn families_after_one_request(
     settings.server.metrics_listen = Some("127.0.0.1:0".into());
     let api = TestApi::start(settings, None).await;
     if shadow {
+        // Version 2 has the response cache on: its families appear once it has a hit and a miss.
         let model =
             std::fs::read(vatic_testkit::model_dir("breast_cancer").join("1/model.onnx")).unwrap();
+        let form = reqwest::multipart::Form::new()
+            .part("model", reqwest::multipart::Part::bytes(model))
+            .text("config", "[cache]\nenabled = true\n");
         let r = api
             .client
             .post(format!(
                 "{}/admin/v1/models/breast_cancer/versions",
                 api.base
             ))
-            .header("Content-Type", "application/octet-stream")
-            .body(model)
+            .multipart(form)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201);
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
         let ready = format!("{}/v2/models/breast_cancer/versions/2/ready", api.base);
         crate::helpers::wait_status(&api.client, &ready, 200, std::time::Duration::from_secs(60))
             .await;
@@ -336,11 +339,32 @@ async fn families_after_one_request(
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let request = vatic_testkit::demo_reference().v2_request(0..1);
+    let reference = vatic_testkit::demo_reference();
+    let request = reference.v2_request(0..1);
     let (status, body) = api
         .post_json("/v2/models/breast_cancer/infer", &request)
         .await;
     assert_eq!(status, 200, "{body}");
+    if shadow {
+        for _ in 0..2 {
+            let (status, body) = api
+                .post_json("/v2/models/breast_cancer/versions/2/infer", &request)
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        // A batch job: the batch runner's families.
+        let csv = crate::batch::reference_csv(&reference, 0..3);
+        let (status, job) = crate::batch::submit(
+            &api,
+            "model=breast_cancer",
+            Some("text/csv"),
+            csv.into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 201, "{job}");
+        let job = crate::batch::wait_ended(&api, job["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
     let metrics = api.app.server.metrics_addr.expect("a metrics port");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let exported = loop {

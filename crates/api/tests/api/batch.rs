@@ -579,6 +579,143 @@ async fn jobs_are_cancelled_retried_and_listed() {
     api.stop().await;
 }
 
+/// A job pinned to a version that is retired before it runs fails, naming the version; its rows
+/// get no results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_version_is_retired_before_it_runs_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = batch_settings(dir.path());
+    settings.batch.run = false;
+    let api = TestApi::start(settings, None).await;
+    let model = std::fs::read(vatic_testkit::model_dir(MODEL).join("1/model.onnx")).unwrap();
+    let r = api
+        .client
+        .post(format!("{}/admin/v1/models/{MODEL}/versions", api.base))
+        .header("Content-Type", "application/octet-stream")
+        .body(model)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    vatic_testkit::wait_ok(
+        &api.client,
+        &format!("{}/v2/models/{MODEL}/versions/2/ready", api.base),
+    )
+    .await;
+    let reference = vatic_testkit::demo_reference();
+    let (status, job) = submit(
+        &api,
+        &format!("model={MODEL}&version=2&format=csv"),
+        None,
+        reference_csv(&reference, 0..20).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let (status, retired) = api
+        .post_json(
+            &format!("/admin/v1/models/{MODEL}/versions/2/retire"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{retired}");
+    api.stop().await;
+
+    // A replica that runs jobs finds the version gone.
+    let api = TestApi::start(batch_settings(dir.path()), None).await;
+    let job = wait_ended(&api, &id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("no version '2'"), "{job}");
+    let (state, text) = results(&api, &id, "jsonl").await;
+    assert_eq!((state.as_str(), text.as_str()), ("failed", ""));
+    api.stop().await;
+}
+
+/// Rows that no worker takes (the only one was killed) are tried `batch.max_attempts` times,
+/// then fail with the reason and the count; the job succeeds with them as its failed rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_no_worker_takes_fail_after_max_attempts_saying_so() {
+    use crate::helpers::{cluster_settings, migrated, registry_worker};
+    let db = vatic_testkit::TestDb::postgres();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |run: bool| {
+        let mut s = cluster_settings(Vec::new());
+        s.server.database.url = Some(db.url.clone());
+        s.fleet_refresh_ms = 200;
+        s.heartbeat_timeout_ms = 3000;
+        s.upload_dir = dir.path().join("uploads");
+        s.prediction_log.spool_dir = dir.path().join("spool");
+        s.batch.run = run;
+        s.batch.chunk_rows = 8;
+        s.batch.poll_ms = 50;
+        s.batch.retry_after_ms = 50;
+        s.batch.max_attempts = 2;
+        s
+    };
+    // The job is accepted while a worker serves the model, and left queued.
+    let worker = registry_worker(&db.url, &dir.path().join("cache"));
+    let api = TestApi::start(settings(false), None).await;
+    let model = std::fs::read(vatic_testkit::model_dir(MODEL).join("1/model.onnx")).unwrap();
+    let r = api
+        .client
+        .post(format!("{}/admin/v1/models/{MODEL}/versions", api.base))
+        .header("Content-Type", "application/octet-stream")
+        .body(model)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    vatic_testkit::wait_ok(
+        &api.client,
+        &format!("{}/v2/models/{MODEL}/ready", api.base),
+    )
+    .await;
+    let reference = vatic_testkit::demo_reference();
+    let (status, job) = submit(
+        &api,
+        &format!("model={MODEL}&format=csv"),
+        None,
+        reference_csv(&reference, 0..20).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    api.stop().await;
+    drop(worker);
+
+    // A replica that runs jobs, with no worker left.
+    let api = TestApi::start(settings(true), None).await;
+    let job = wait_ended(&api, &id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["rows_failed"].as_i64()),
+        (Some("succeeded"), Some(20)),
+        "{job}"
+    );
+    let (_, text) = results(&api, &id, "jsonl").await;
+    let lines = parse_lines(&text);
+    assert_eq!(lines.len(), 20, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["row"].as_u64(), Some(i as u64 + 1), "{line}");
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("its chunk was tried 2 times: batch.max_attempts"),
+            "{line}"
+        );
+    }
+    // Nor can it take a new file: the rows are read by the signature a worker gives.
+    let (status, answer) = submit(
+        &api,
+        &format!("model={MODEL}&format=csv"),
+        None,
+        reference_csv(&reference, 0..1).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 503, "{answer}");
+    api.stop().await;
+}
+
 /// The demo's reference rows, cycled to `n` rows, as CSV.
 fn cycled_csv(reference: &DemoReference, n: usize) -> String {
     let mut csv = reference_csv(reference, 0..0);

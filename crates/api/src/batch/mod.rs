@@ -23,7 +23,7 @@ pub struct BatchSettings {
     /// Rows stacked into one inference request, at most; no more than the version's
     /// `max_batch_size` either.
     pub rows_per_request: usize,
-    /// Chunks this replica runs at once.
+    /// Chunks this replica runs at once, on as many idle-class threads (at most the cores).
     pub concurrency: usize,
     /// Requests of one chunk in flight at once.
     pub requests_per_chunk: usize,

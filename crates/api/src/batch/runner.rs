@@ -91,7 +91,14 @@ impl Batch {
         let wake = Arc::new(Notify::new());
         let (stop, stopping) = watch::channel(false);
         let (done, stopped) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // A thread per chunk run at once (up to the cores): reading rows and writing results
+        // is most of a job's work for a small model, and one thread would bound the job to
+        // one core. Every thread of the runtime runs at the idle class.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.concurrency.clamp(1, cores))
+            .thread_name("batch")
+            .on_thread_start(|| vatic_server::priority::lower_to_idle("batch"))
             .enable_all()
             .build()?;
         let mut database = database.clone();

@@ -579,6 +579,36 @@ async fn jobs_are_cancelled_retried_and_listed() {
     api.stop().await;
 }
 
+/// Uploads the demo's file as version 2 of the model, waits until it is ready, and submits
+/// its first 20 reference rows as a CSV job, with `extra` after the query (`&version=2`, or
+/// nothing); the job's id.
+async fn push_and_submit(api: &TestApi, reference: &DemoReference, extra: &str) -> String {
+    let model = std::fs::read(vatic_testkit::model_dir(MODEL).join("1/model.onnx")).unwrap();
+    let r = api
+        .client
+        .post(format!(
+            "{}/admin/v1/models/{MODEL}/versions?version=2",
+            api.base
+        ))
+        .header("Content-Type", "application/octet-stream")
+        .body(model)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ready = format!("{}/v2/models/{MODEL}/versions/2/ready", api.base);
+    vatic_testkit::wait_ok(&api.client, &ready).await;
+    let (status, job) = submit(
+        api,
+        &format!("model={MODEL}&format=csv{extra}"),
+        None,
+        reference_csv(reference, 0..20).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().unwrap().to_string()
+}
+
 /// A job pinned to a version that is retired before it runs fails, naming the version; its rows
 /// get no results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,31 +617,8 @@ async fn a_job_whose_version_is_retired_before_it_runs_fails_naming_it() {
     let mut settings = batch_settings(dir.path());
     settings.batch.run = false;
     let api = TestApi::start(settings, None).await;
-    let model = std::fs::read(vatic_testkit::model_dir(MODEL).join("1/model.onnx")).unwrap();
-    let r = api
-        .client
-        .post(format!("{}/admin/v1/models/{MODEL}/versions", api.base))
-        .header("Content-Type", "application/octet-stream")
-        .body(model)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    vatic_testkit::wait_ok(
-        &api.client,
-        &format!("{}/v2/models/{MODEL}/versions/2/ready", api.base),
-    )
-    .await;
     let reference = vatic_testkit::demo_reference();
-    let (status, job) = submit(
-        &api,
-        &format!("model={MODEL}&version=2&format=csv"),
-        None,
-        reference_csv(&reference, 0..20).into_bytes(),
-    )
-    .await;
-    assert_eq!(status, 201, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = push_and_submit(&api, &reference, "&version=2").await;
     let (status, retired) = api
         .post_json(
             &format!("/admin/v1/models/{MODEL}/versions/2/retire"),
@@ -657,31 +664,8 @@ async fn rows_no_worker_takes_fail_after_max_attempts_saying_so() {
     // The job is accepted while a worker serves the model, and left queued.
     let worker = registry_worker(&db.url, &dir.path().join("cache"));
     let api = TestApi::start(settings(false), None).await;
-    let model = std::fs::read(vatic_testkit::model_dir(MODEL).join("1/model.onnx")).unwrap();
-    let r = api
-        .client
-        .post(format!("{}/admin/v1/models/{MODEL}/versions", api.base))
-        .header("Content-Type", "application/octet-stream")
-        .body(model)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    vatic_testkit::wait_ok(
-        &api.client,
-        &format!("{}/v2/models/{MODEL}/ready", api.base),
-    )
-    .await;
     let reference = vatic_testkit::demo_reference();
-    let (status, job) = submit(
-        &api,
-        &format!("model={MODEL}&format=csv"),
-        None,
-        reference_csv(&reference, 0..20).into_bytes(),
-    )
-    .await;
-    assert_eq!(status, 201, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = push_and_submit(&api, &reference, "").await;
     api.stop().await;
     drop(worker);
 

@@ -628,8 +628,11 @@ async fn a_job_whose_version_is_retired_before_it_runs_fails_naming_it() {
     assert_eq!(status, 200, "{retired}");
     api.stop().await;
 
-    // A replica that runs jobs finds the version gone.
-    let api = TestApi::start(batch_settings(dir.path()), None).await;
+    // A replica that runs jobs finds the version gone. Its spool is its own: the stopped api's
+    // may still be held while its server threads wind down.
+    let mut settings = batch_settings(dir.path());
+    settings.prediction_log.spool_dir = dir.path().join("spool-2");
+    let api = TestApi::start(settings, None).await;
     let job = wait_ended(&api, &id).await;
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["error"].as_str().unwrap();
@@ -653,7 +656,9 @@ async fn rows_no_worker_takes_fail_after_max_attempts_saying_so() {
         s.fleet_refresh_ms = 200;
         s.heartbeat_timeout_ms = 3000;
         s.upload_dir = dir.path().join("uploads");
-        s.prediction_log.spool_dir = dir.path().join("spool");
+        // Each replica has its own spool: the stopped one's may still be held while its
+        // server threads wind down.
+        s.prediction_log.spool_dir = dir.path().join(if run { "spool-2" } else { "spool" });
         s.batch.run = run;
         s.batch.chunk_rows = 8;
         s.batch.poll_ms = 50;

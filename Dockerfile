@@ -1,5 +1,6 @@
 # The vatic image: vatic-api, vatic-worker and vaticctl on Debian slim, with the default configs
-# in /etc/vatic and the demo model in /usr/share/vatic/models. docker-compose.yml builds it.
+# in /etc/vatic, the demo model in /usr/share/vatic/models and ONNX Runtime's library (for the
+# onnxruntime engine, docs/engines.md) in /usr/local/lib/vatic. docker-compose.yml builds it.
 # /certs and /certs-ca are where the compose file mounts its certificate volumes: Docker gives
 # a new named volume the owner and mode of the folder it is mounted on, so the user vatic
 # (uid and gid 10001) writes the certificates and reads them back, and group 10001 (which
@@ -15,6 +16,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && mkdir -p /out \
     && cp target/release/vatic-api target/release/vatic-worker target/release/vaticctl /out/
 
+# libonnxruntime.so from the onnxruntime wheel on PyPI, as scripts/install-onnxruntime.sh does
+# on a developer machine.
+FROM python:3.11-slim-bookworm AS onnxruntime
+COPY scripts/install-onnxruntime.sh /install-onnxruntime.sh
+RUN /install-onnxruntime.sh /out
+
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
@@ -26,6 +33,8 @@ RUN apt-get update \
     && chmod 0750 /certs \
     && chmod 0700 /certs-ca
 COPY --from=build /out/ /usr/local/bin/
+COPY --from=onnxruntime /out/libonnxruntime.so /usr/local/lib/vatic/libonnxruntime.so
+ENV ORT_DYLIB_PATH=/usr/local/lib/vatic/libonnxruntime.so
 COPY config/ /etc/vatic/
 COPY models/ /usr/share/vatic/models/
 USER vatic

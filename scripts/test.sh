@@ -5,8 +5,9 @@
 # targets for a minute each, Triton's own Python client against the api and a worker, over plain
 # HTTP and over HTTPS with an API key, then the production stack end to end through nginx and
 # HAProxy with faults (scripts/e2e.sh).
-# Needs the Rust toolchain, python3 (with venv), promtool, docker-compose, haproxy and nginx
-# (installed from Debian's packages when missing) and a PostgreSQL server:
+# Needs the Rust toolchain, python3 (with venv and pip: ONNX Runtime's library comes from PyPI),
+# promtool, docker-compose, haproxy and nginx (installed from Debian's packages when missing)
+# and a PostgreSQL server:
 # $DATABASE_URL, else one on 127.0.0.1:5432, else a throwaway cluster from the installed
 # PostgreSQL binaries (see scripts/test-db.sh).
 set -euo pipefail
@@ -15,6 +16,10 @@ cd "$(dirname "$0")/.."
 DATABASE_URL="$(scripts/test-db.sh)"
 export DATABASE_URL
 echo "tests use PostgreSQL at ${DATABASE_URL}"
+# The onnxruntime engine's tests load ONNX Runtime's library from the onnxruntime wheel.
+ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
+export ORT_DYLIB_PATH
+echo "tests use ONNX Runtime at ${ORT_DYLIB_PATH}"
 
 scripts/check-prometheus.sh
 cargo build --workspace --bins

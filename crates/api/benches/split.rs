@@ -78,6 +78,7 @@ fn catalog(weight: u32) -> Catalog {
             ..Traffic::default()
         },
         revision: 0,
+        engine: Default::default(),
     }]);
     catalog
 }

@@ -284,6 +284,9 @@ fn merge_stats(into: &mut Vec<ModelStats>, from: Vec<ModelStats>) {
         {
             None => into.push(s),
             Some(m) => {
+                if !m.backend.split(',').any(|b| b == s.backend) {
+                    m.backend = format!("{},{}", m.backend, s.backend);
+                }
                 m.last_inference = m.last_inference.max(s.last_inference);
                 m.inference_count += s.inference_count;
                 m.execution_count += s.execution_count;
@@ -333,6 +336,7 @@ mod tests {
         ModelStats {
             name: name.into(),
             version: "1".into(),
+            backend: "tract".into(),
             last_inference: last,
             inference_count: n,
             execution_count: batches.iter().map(|b| b.1).sum(),

@@ -74,7 +74,7 @@ impl Application {
                 dir: settings.upload_dir.clone(),
                 max_model_bytes: settings.max_model_bytes,
             },
-            batching: settings.engine.batching.clone(),
+            engine: settings.engine.clone(),
             prediction_log,
             catalog,
             metrics,
@@ -167,7 +167,7 @@ fn worker_tls(settings: &ApiSettings) -> anyhow::Result<Arc<rustls::ClientConfig
 /// Imports `models_dir` into the registry.
 async fn import_models(settings: &ApiSettings, store: &Store) -> anyhow::Result<()> {
     let dir = &settings.engine.models_dir;
-    let added = registry::import_folder(store, dir, &settings.engine.batching).await?;
+    let added = registry::import_folder(store, dir, &settings.engine).await?;
     tracing::info!(added, models_dir = %dir.display(), "models folder imported into the registry");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use vatic_schema::admin::{PushResponse, Signature};
 use vatic_store::{NewVersion, Store, StoreError};
-use vatic_worker::BatchingConfig;
+use vatic_worker::EngineSettings;
 
 /// Why a push was refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,18 +48,18 @@ pub fn check_version(version: u64) -> Result<(), PushError> {
     Ok(())
 }
 
-/// Loads `file` with tract (with the overrides of `config`, a `model.toml` text) and runs it
-/// once; returns its signature, or tract's reason it cannot serve.
+/// Loads `file` into the engine `config` (a `model.toml` text) names, with its overrides, and
+/// runs it once; returns its signature, or the engine's reason it cannot serve.
 pub async fn inspect(
     file: &Path,
     config: &str,
-    defaults: &BatchingConfig,
+    engine: &EngineSettings,
 ) -> Result<Signature, PushError> {
     let file = file.to_path_buf();
     let config = config.to_string();
-    let defaults = defaults.clone();
+    let engine = engine.clone();
     tokio::task::spawn_blocking(move || {
-        vatic_worker::check_model(&file, &config, "model.toml", &defaults)
+        vatic_worker::check_model(&file, &config, "model.toml", &engine)
             .map(|(model, _)| Signature {
                 inputs: model.signature.inputs.clone(),
                 outputs: model.signature.outputs.clone(),
@@ -89,17 +89,17 @@ pub struct Upload<'a> {
     pub actor: &'a vatic_store::Actor,
 }
 
-/// Checks an upload with tract and records it.
+/// Checks an upload with its engine and records it.
 pub async fn push(
     store: &Store,
     upload: &Upload<'_>,
-    defaults: &BatchingConfig,
+    engine: &EngineSettings,
 ) -> Result<PushResponse, PushError> {
     check_name(upload.model)?;
     if let Some(version) = upload.version {
         check_version(version)?;
     }
-    let signature = inspect(upload.file, upload.config, defaults).await?;
+    let signature = inspect(upload.file, upload.config, engine).await?;
     let path = upload.file.to_path_buf();
     let (sha256, size) = tokio::task::spawn_blocking(move || vatic_store::sha256_file(&path))
         .await
@@ -130,7 +130,7 @@ pub async fn push(
 pub async fn import_folder(
     store: &Store,
     dir: &Path,
-    defaults: &BatchingConfig,
+    engine: &EngineSettings,
 ) -> anyhow::Result<usize> {
     let specs = vatic_worker::folder::scan(dir)?;
     let mut added = 0;
@@ -158,7 +158,7 @@ pub async fn import_folder(
             config: &spec.config,
             actor: &importer,
         };
-        match push(store, &upload, defaults).await {
+        match push(store, &upload, engine).await {
             Ok(r) => {
                 tracing::info!(model = %spec.model, version = r.version.version, from = %spec.file.display(), "model imported");
                 added += 1;

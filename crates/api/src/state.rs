@@ -19,7 +19,7 @@ use vatic_schema::{InferRequest, InferResponse};
 use vatic_server::auth::KeyRing;
 use vatic_server::{Passes, Service};
 use vatic_store::Store;
-use vatic_worker::BatchingConfig;
+use vatic_worker::EngineSettings;
 
 /// Longest wait for this process to apply a registry change it made.
 const REGISTRY_CHANGE_WAIT: Duration = Duration::from_secs(10);
@@ -34,8 +34,9 @@ pub struct AppState {
     pub store: Option<Store>,
     /// Uploads of model files.
     pub uploads: Uploads,
-    /// Batching defaults a pushed model is checked with.
-    pub batching: BatchingConfig,
+    /// The engine settings (batching defaults, engine, ONNX Runtime's library) a pushed model
+    /// is checked with.
+    pub engine: EngineSettings,
     /// The prediction log, when a database is configured.
     pub prediction_log: Option<PredictionLog>,
     /// This replica's view of the registry.

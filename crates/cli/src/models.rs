@@ -11,7 +11,7 @@ use comfy_table::Table;
 use std::io::Write;
 use std::path::PathBuf;
 use vatic_schema::admin::{
-    CacheSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse,
+    CacheSetting, EngineSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse,
     RetireResponse, VersionState,
 };
 use vatic_schema::TensorMetadata;
@@ -105,6 +105,32 @@ pub enum ModelsCommand {
     ///   vaticctl models cache fraud on
     #[command(verbatim_doc_comment)]
     Cache(CacheArgs),
+    /// Show or change the engine that runs a model's versions
+    ///
+    /// `model_toml` (the default) follows each version's model.toml (`engine = ...`), else the
+    /// worker's `engine` setting; `tract`, `onnxruntime` and `auto` apply to every version of the
+    /// model, and the workers load its versions again with that engine (docs/engines.md).
+    ///
+    /// Examples:
+    ///   vaticctl models engine resnet
+    ///   vaticctl models engine resnet onnxruntime
+    #[command(verbatim_doc_comment)]
+    Engine(EngineArgs),
+}
+
+/// Arguments of `vaticctl models engine`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Model name
+    pub model: String,
+    /// tract, onnxruntime, auto, or model_toml (as each version's model.toml says); shows the
+    /// setting when left out
+    #[arg(
+        value_name = "ENGINE",
+        value_parser = PossibleValuesParser::new(["tract", "onnxruntime", "auto", "model_toml"])
+            .map(|s| s.parse::<EngineSetting>().expect("one of the possible values")),
+    )]
+    pub setting: Option<EngineSetting>,
 }
 
 /// Arguments of `vaticctl models cache`.
@@ -267,6 +293,7 @@ pub fn run(global: &GlobalArgs, args: &ModelsArgs) -> anyhow::Result<()> {
                     log_mode: args.mode,
                     log_sample_rate: args.sample_rate,
                     cache: None,
+                    engine: None,
                 };
                 client.update_model(&args.model, &settings)?
             };
@@ -280,11 +307,33 @@ pub fn run(global: &GlobalArgs, args: &ModelsArgs) -> anyhow::Result<()> {
                         log_mode: None,
                         log_sample_rate: None,
                         cache: Some(cache),
+                        engine: None,
                     };
                     client.update_model(&args.model, &settings)?
                 }
             };
             print_cache_setting(&model, format, out)
+        }
+        ModelsCommand::Engine(args) => {
+            let model = match args.setting {
+                None => client.model(&args.model)?,
+                Some(engine) => {
+                    let settings = ModelSettings {
+                        log_mode: None,
+                        log_sample_rate: None,
+                        cache: None,
+                        engine: Some(engine),
+                    };
+                    client.update_model(&args.model, &settings)?
+                }
+            };
+            if format == OutputFormat::Json {
+                return output::print_json(&model, out);
+            }
+            let mut table = output::table(["model", "engine"]);
+            table.add_row([model.name.clone(), model.engine.as_str().to_string()]);
+            writeln!(out, "{table}")?;
+            Ok(())
         }
     }
 }
@@ -477,6 +526,12 @@ fn print_model(
         "prediction log: {}, sample rate {}",
         model.log_mode.as_str(),
         model.log_sample_rate
+    )?;
+    writeln!(
+        out,
+        "response cache: {}, engine: {}",
+        model.cache.as_str(),
+        model.engine.as_str()
     )?;
     writeln!(out, "labels: {}", labels(model))?;
     writeln!(out, "{}", versions_table(&model.versions))?;

@@ -115,6 +115,48 @@ impl FromStr for CacheSetting {
     }
 }
 
+/// Which engine runs a model's versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineSetting {
+    /// As each version's `model.toml` says (`engine`), else the worker's `engine` setting.
+    #[default]
+    ModelToml,
+    /// tract, for every version.
+    Tract,
+    /// ONNX Runtime, for every version.
+    Onnxruntime,
+    /// Both measured at load, the faster kept, for every version.
+    Auto,
+}
+
+impl EngineSetting {
+    /// The name used in the database and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineSetting::ModelToml => "model_toml",
+            EngineSetting::Tract => "tract",
+            EngineSetting::Onnxruntime => "onnxruntime",
+            EngineSetting::Auto => "auto",
+        }
+    }
+}
+
+impl FromStr for EngineSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "model_toml" => Ok(EngineSetting::ModelToml),
+            "tract" => Ok(EngineSetting::Tract),
+            "onnxruntime" => Ok(EngineSetting::Onnxruntime),
+            "auto" => Ok(EngineSetting::Auto),
+            _ => Err(format!(
+                "unknown engine setting '{s}' (tract, onnxruntime, auto, model_toml)"
+            )),
+        }
+    }
+}
+
 /// How much of each prediction the log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -205,6 +247,9 @@ pub struct ModelInfo {
     /// Whether the response cache keeps its answers.
     #[serde(default)]
     pub cache: CacheSetting,
+    /// Which engine runs its versions.
+    #[serde(default)]
+    pub engine: EngineSetting,
     /// Its versions, oldest first.
     pub versions: Vec<ModelVersionInfo>,
     /// Every label and the version it names: `stable`, `canary` and `shadow` (from the
@@ -464,7 +509,7 @@ pub struct RetireResponse {
     pub promoted: Option<ModelVersionInfo>,
 }
 
-/// Body of `PATCH /admin/v1/models/{name}`: prediction log settings.
+/// Body of `PATCH /admin/v1/models/{name}`: prediction log, response cache and engine settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
@@ -477,6 +522,9 @@ pub struct ModelSettings {
     /// Whether the response cache keeps the model's answers.
     #[serde(default)]
     pub cache: Option<CacheSetting>,
+    /// Which engine runs the model's versions.
+    #[serde(default)]
+    pub engine: Option<EngineSetting>,
 }
 
 /// How far a worker got with one model version.

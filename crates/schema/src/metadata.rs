@@ -127,6 +127,10 @@ pub struct ModelStats {
     pub name: String,
     /// Version.
     pub version: String,
+    /// The engine that runs it (`tract` or `onnxruntime`); workers that differ are listed
+    /// comma-separated.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
     /// Milliseconds since the Unix epoch of the last inference, 0 if none.
     pub last_inference: u64,
     /// Rows inferred (a request of n rows counts n).

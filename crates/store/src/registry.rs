@@ -7,8 +7,8 @@ use sqlx::Row;
 use std::path::Path;
 use std::str::FromStr;
 use vatic_schema::admin::{
-    AutoPlan, CacheSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, RetireResponse,
-    Signature, Traffic, VersionState,
+    AutoPlan, CacheSetting, EngineSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo,
+    RetireResponse, Signature, Traffic, VersionState,
 };
 
 /// A version to record, its ONNX file already checked.
@@ -162,13 +162,14 @@ impl Store {
             // One snapshot (REPEATABLE READ on PostgreSQL; a SQLite read transaction is one), so a
             // change between the reads cannot show half of itself.
             let mut tx = pool.begin_with(self.read_snapshot()).await?;
-            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, response_cache, previous_stable, previous_until, revision FROM models ORDER BY name")
+            let models = sqlx::query("SELECT name, created_at, log_mode, log_sample_rate, response_cache, engine, previous_stable, previous_until, revision FROM models ORDER BY name")
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| -> Result<ModelInfo> {
                     let mode: String = r.try_get("log_mode")?;
                     let cache: String = r.try_get("response_cache")?;
+                    let engine: String = r.try_get("engine")?;
                     let until: Option<DateTime<Utc>> = r.try_get("previous_until")?;
                     Ok(ModelInfo {
                         name: r.try_get("name")?,
@@ -176,6 +177,7 @@ impl Store {
                         log_mode: LogMode::from_str(&mode).map_err(StoreError::Corrupt)?,
                         log_sample_rate: r.try_get("log_sample_rate")?,
                         cache: CacheSetting::from_str(&cache).map_err(StoreError::Corrupt)?,
+                        engine: EngineSetting::from_str(&engine).map_err(StoreError::Corrupt)?,
                         versions: Vec::new(),
                         revision: r.try_get::<i64, _>("revision")?.max(0) as u64,
                         labels: Default::default(),
@@ -371,7 +373,7 @@ impl Store {
         })
     }
 
-    /// Changes a model's prediction log and response cache settings.
+    /// Changes a model's prediction log, response cache and engine settings.
     pub async fn set_model_settings(
         &self,
         model: &str,
@@ -382,6 +384,7 @@ impl Store {
         let mode = settings.log_mode.unwrap_or(current.log_mode);
         let rate = settings.log_sample_rate.unwrap_or(current.log_sample_rate);
         let cache = settings.cache.unwrap_or(current.cache);
+        let engine = settings.engine.unwrap_or(current.engine);
         if !(0.0..=1.0).contains(&rate) {
             return Err(StoreError::Conflict(format!(
                 "log_sample_rate must be between 0 and 1, got {rate}"
@@ -390,21 +393,28 @@ impl Store {
         let at = now();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.write_begin()).await?;
-            sqlx::query("UPDATE models SET log_mode = $1, log_sample_rate = $2, response_cache = $3 WHERE name = $4")
+            sqlx::query("UPDATE models SET log_mode = $1, log_sample_rate = $2, response_cache = $3, engine = $4 WHERE name = $5")
                 .bind(mode.as_str())
                 .bind(rate)
                 .bind(cache.as_str())
+                .bind(engine.as_str())
                 .bind(model)
                 .execute(&mut *tx)
                 .await?;
-            // One record per kind of setting the change names: the prediction log's, the cache's.
-            if settings.log_mode.is_some() || settings.log_sample_rate.is_some() || settings.cache.is_none() {
+            // One record per kind of setting the change names: the prediction log's, the
+            // cache's, the engine's.
+            let others = settings.cache.is_some() || settings.engine.is_some();
+            if settings.log_mode.is_some() || settings.log_sample_rate.is_some() || !others {
                 let detail = serde_json::json!({"log_mode": mode, "log_sample_rate": rate}).to_string();
                 audit_in(&mut *tx, at, actor, "set_log", Some(model), None, &detail).await?;
             }
             if settings.cache.is_some() {
                 let detail = serde_json::json!({"cache": cache}).to_string();
                 audit_in(&mut *tx, at, actor, "set_cache", Some(model), None, &detail).await?;
+            }
+            if settings.engine.is_some() {
+                let detail = serde_json::json!({"engine": engine}).to_string();
+                audit_in(&mut *tx, at, actor, "set_engine", Some(model), None, &detail).await?;
             }
             bump_revision(&mut *tx, model).await?;
             if self.backend() == Backend::Postgres {
@@ -556,7 +566,7 @@ pub struct AuditRecord {
     pub at: String,
     /// Who.
     pub actor: String,
-    /// What: push, retire, set_state, set_log, set_cache, retention, ...
+    /// What: push, retire, set_state, set_log, set_cache, set_engine, retention, ...
     pub action: String,
     /// Which model, if any.
     pub model: Option<String>,

@@ -843,6 +843,7 @@ mod tests {
                 ..Traffic::default()
             },
             revision: 0,
+            engine: Default::default(),
         }
     }
 

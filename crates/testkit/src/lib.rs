@@ -31,6 +31,26 @@ pub fn model_dir(name: &str) -> PathBuf {
     }
 }
 
+/// Every committed model with an `expected.json`: the fixtures both engines are checked on.
+pub const FIXTURES: [&str; 5] = ["cnn", "fixed_batch", "int64", "resnet", "two_io"];
+
+/// ONNX Runtime's library for tests of the onnxruntime engine: `ORT_DYLIB_PATH`, else where
+/// `scripts/install-onnxruntime.sh` puts it (scripts/test.sh runs that script first).
+pub fn onnxruntime_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let output = std::process::Command::new(root().join("scripts/install-onnxruntime.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running scripts/install-onnxruntime.sh");
+    assert!(
+        output.status.success(),
+        "scripts/install-onnxruntime.sh failed: the onnxruntime engine's tests need its library"
+    );
+    PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim())
+}
+
 /// One tensor of a fixture's `expected.json`.
 #[derive(Debug, Clone)]
 pub struct FixtureTensor {

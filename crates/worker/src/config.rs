@@ -80,6 +80,9 @@ impl BatchingConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelToml {
+    /// The engine that runs the version; unset: the worker's `engine`.
+    #[serde(default)]
+    pub engine: Option<EngineChoice>,
     /// Batching settings; keys left out keep the worker's defaults.
     #[serde(default)]
     pub batching: Option<toml::Table>,
@@ -92,6 +95,32 @@ pub struct ModelToml {
     /// The api's response cache for this version.
     #[serde(default)]
     pub cache: Option<CacheToml>,
+}
+
+/// Which engine runs a model version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// tract, pure Rust.
+    #[default]
+    Tract,
+    /// ONNX Runtime (`onnxruntime.library`).
+    OnnxRuntime,
+    /// Both are run on the warm-up inputs at load; the faster one serves.
+    Auto,
+}
+
+impl EngineChoice {
+    /// The engine a registry model setting names; none for `model_toml`.
+    pub fn from_setting(setting: vatic_schema::admin::EngineSetting) -> Option<EngineChoice> {
+        use vatic_schema::admin::EngineSetting;
+        match setting {
+            EngineSetting::ModelToml => None,
+            EngineSetting::Tract => Some(EngineChoice::Tract),
+            EngineSetting::Onnxruntime => Some(EngineChoice::OnnxRuntime),
+            EngineSetting::Auto => Some(EngineChoice::Auto),
+        }
+    }
 }
 
 /// `[cache]` of a `model.toml`.
@@ -206,5 +235,24 @@ mod tests {
             .to_string();
         assert!(err.contains("preferred_batch_sizes has 8"), "{err}");
         assert!(toml::from_str::<ModelToml>("[batchin]\n").is_err());
+    }
+
+    #[test]
+    fn the_engine_is_one_of_three_names() {
+        for (text, want) in [
+            ("engine = \"tract\"", Some(EngineChoice::Tract)),
+            ("engine = \"onnxruntime\"", Some(EngineChoice::OnnxRuntime)),
+            ("engine = \"auto\"", Some(EngineChoice::Auto)),
+            ("", None),
+        ] {
+            assert_eq!(parse(text).engine, want, "{text}");
+        }
+        let err = ModelToml::parse("engine = \"ort\"", "m/model.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m/model.toml") && err.contains("onnxruntime"),
+            "{err}"
+        );
     }
 }

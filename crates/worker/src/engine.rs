@@ -6,8 +6,9 @@
 //! the versions it drops once their queued requests are answered.
 
 use crate::batcher::Priority;
-use crate::config::BatchingConfig;
+use crate::config::{BatchingConfig, EngineChoice};
 use crate::metrics::EngineMetrics;
+use crate::onnxruntime::OnnxRuntimeSettings;
 use crate::profile::ProfileSettings;
 use crate::version::{LoadedVersion, PLATFORM};
 use crate::EngineError;
@@ -40,6 +41,10 @@ pub struct EngineSettings {
     /// How much of the machine low-priority work (batch jobs, shadow copies) takes while
     /// real-time requests arrive.
     pub low_priority: LowPrioritySettings,
+    /// The engine of versions whose `model.toml` names none.
+    pub engine: EngineChoice,
+    /// Where ONNX Runtime's library is, for versions that use it.
+    pub onnxruntime: OnnxRuntimeSettings,
 }
 
 impl Default for EngineSettings {
@@ -49,6 +54,8 @@ impl Default for EngineSettings {
             batching: BatchingConfig::default(),
             profile: ProfileSettings::default(),
             low_priority: LowPrioritySettings::default(),
+            engine: EngineChoice::default(),
+            onnxruntime: OnnxRuntimeSettings::default(),
         }
     }
 }
@@ -77,18 +84,24 @@ pub struct VersionSpec {
     pub origin: String,
     /// Whether it answers requests that name no version.
     pub default: bool,
+    /// The engine the registry's model settings name, over `model.toml`'s; none: `model.toml`'s,
+    /// else the worker's `engine`.
+    pub engine: Option<EngineChoice>,
 }
 
 impl VersionSpec {
     /// Whether two specs load the same thing (the default flag aside).
     fn same_content(&self, other: &VersionSpec) -> bool {
-        self.file == other.file && self.config == other.config
+        self.file == other.file && self.config == other.config && self.engine == other.engine
     }
 }
 
 enum State {
     Loading,
     Ready(Arc<LoadedVersion>),
+    /// Loading again after its spec changed (its `model.toml` or its engine setting): the
+    /// version as it was answers until the new load ends.
+    Reloading(Arc<LoadedVersion>),
     Failed(String),
 }
 
@@ -100,9 +113,21 @@ struct Entry {
 }
 
 impl Entry {
+    /// Hands the loaded version over to the entry that replaces this one; this one keeps none.
+    fn take_serving(&self) -> Option<Arc<LoadedVersion>> {
+        let mut state = self.state.write().expect("state lock");
+        match std::mem::replace(&mut *state, State::Failed("replaced by a new load".into())) {
+            State::Ready(v) | State::Reloading(v) => Some(v),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
     fn ready(&self) -> Option<Arc<LoadedVersion>> {
         match &*self.state.read().expect("state lock") {
-            State::Ready(v) => Some(v.clone()),
+            State::Ready(v) | State::Reloading(v) => Some(v.clone()),
             _ => None,
         }
     }
@@ -112,8 +137,8 @@ type Models = BTreeMap<String, BTreeMap<u64, Arc<Entry>>>;
 
 /// The model versions a worker serves.
 pub struct Engine {
-    batching: BatchingConfig,
-    profile: ProfileSettings,
+    /// How versions load, batch and profile.
+    settings: EngineSettings,
     /// The pace of this process's low-priority work, shared by every version's batcher.
     pacer: Arc<Pacer>,
     models: RwLock<Models>,
@@ -131,8 +156,7 @@ impl Engine {
     /// An engine serving nothing yet.
     pub fn new(settings: &EngineSettings) -> Engine {
         Engine {
-            batching: settings.batching.clone(),
-            profile: settings.profile.clone(),
+            settings: settings.clone(),
             pacer: Arc::new(Pacer::for_this_machine(&settings.low_priority)),
             models: RwLock::default(),
             defaults: RwLock::default(),
@@ -165,15 +189,14 @@ impl Engine {
                 if spec.default {
                     defaults.insert(spec.model.clone(), spec.version);
                 }
-                let current = models
-                    .get(&spec.model)
-                    .and_then(|m| m.get(&spec.version))
-                    .filter(|e| e.spec.same_content(&spec))
-                    .cloned();
+                let held = models.get(&spec.model).and_then(|m| m.get(&spec.version));
+                let current = held.filter(|e| e.spec.same_content(&spec)).cloned();
                 let entry = current.unwrap_or_else(|| {
+                    // A version held with another spec answers until its new load ends.
+                    let serving = held.and_then(|e| e.take_serving());
                     let e = Arc::new(Entry {
                         spec: spec.clone(),
-                        state: RwLock::new(State::Loading),
+                        state: RwLock::new(serving.map_or(State::Loading, State::Reloading)),
                         removed: AtomicBool::new(false),
                     });
                     added.push(e.clone());
@@ -211,7 +234,7 @@ impl Engine {
                 e.removed.store(true, Ordering::SeqCst);
                 let mut state = e.state.write().expect("state lock");
                 match std::mem::replace(&mut *state, State::Failed("unloaded".into())) {
-                    State::Ready(v) => Some(v),
+                    State::Ready(v) | State::Reloading(v) => Some(v),
                     _ => None,
                 }
             })
@@ -283,16 +306,17 @@ impl Engine {
         let version = spec.version.to_string();
         let state = match LoadedVersion::start(
             spec,
-            &self.batching,
-            &self.profile,
+            &self.settings,
             self.metrics.version(&spec.model, &version),
             self.pacer.clone(),
         ) {
             Ok(v) => {
-                tracing::info!(model = %spec.model, version = spec.version, batched = v.model.signature.batched,
+                tracing::info!(model = %spec.model, version = spec.version, engine = %v.model.backend(),
+                    threads_per_run = v.model.threads_per_run(), batched = v.model.signature.batched,
                     max_batch_size = v.batching.max_batch_size, instances = v.batching.instances,
                     profiled = v.profiled.is_some(), one_row_us = v.one_row_run.as_micros() as u64,
                     inline = v.inline, ms = started.elapsed().as_millis() as u64,
+                    engines = %serde_json::to_string(&v.engines).unwrap_or_default(),
                     "model version ready");
                 State::Ready(Arc::new(v))
             }
@@ -315,7 +339,14 @@ impl Engine {
         let ok = matches!(state, State::Ready(_));
         self.metrics
             .loaded(&spec.model, &version, started.elapsed().as_secs_f64(), ok);
-        *current = state;
+        let before = std::mem::replace(&mut *current, state);
+        drop(current);
+        if let State::Reloading(previous) = before {
+            // Requests queued for the version as it was are answered before it stops.
+            previous.batcher.close();
+            previous.batcher.join();
+            tracing::info!(model = %spec.model, version = spec.version, "the version as it was before its reload is unloaded");
+        }
     }
 
     fn changed(&self) {
@@ -412,7 +443,7 @@ impl Engine {
         let entry = self.entry(name, version)?;
         let state = entry.state.read().expect("state lock");
         match &*state {
-            State::Ready(v) => Ok(v.clone()),
+            State::Ready(v) | State::Reloading(v) => Ok(v.clone()),
             State::Loading => Err(EngineError::NotReady {
                 model: name.to_string(),
                 reason: format!("version {} is loading", entry.spec.version),
@@ -441,7 +472,10 @@ impl Engine {
             .get(name)
             .and_then(|versions| versions.get(&version))
             .is_some_and(|entry| {
-                matches!(*entry.state.read().expect("state lock"), State::Ready(_))
+                matches!(
+                    *entry.state.read().expect("state lock"),
+                    State::Ready(_) | State::Reloading(_)
+                )
             })
     }
 
@@ -497,7 +531,9 @@ impl Engine {
     pub fn refresh_metrics(&self) {
         for versions in self.models.read().expect("models lock").values() {
             for entry in versions.values() {
-                if let State::Ready(v) = &*entry.state.read().expect("state lock") {
+                if let State::Ready(v) | State::Reloading(v) =
+                    &*entry.state.read().expect("state lock")
+                {
                     self.metrics.set_queue_depth(
                         &v.name,
                         &v.version,
@@ -560,7 +596,10 @@ impl Engine {
         Ok(ModelStatsResponse {
             model_stats: versions
                 .iter()
-                .map(|v| v.stats.snapshot(&v.name, &v.version))
+                .map(|v| {
+                    v.stats
+                        .snapshot(&v.name, &v.version, v.model.backend().as_str())
+                })
                 .collect(),
         })
     }
@@ -572,7 +611,8 @@ impl Engine {
             .map(|e| {
                 let (state, reason) = match &*e.state.read().expect("state lock") {
                     State::Loading => (LoadState::Loading, String::new()),
-                    State::Ready(_) => (LoadState::Ready, String::new()),
+                    // Serving while it loads again: ready to the fleet.
+                    State::Ready(_) | State::Reloading(_) => (LoadState::Ready, String::new()),
                     State::Failed(r) => (LoadState::Unavailable, r.clone()),
                 };
                 LoadedVersionStatus {

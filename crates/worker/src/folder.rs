@@ -63,6 +63,7 @@ pub fn scan(dir: &Path) -> anyhow::Result<Vec<VersionSpec>> {
                 config,
                 origin,
                 default: false,
+                engine: None,
             });
         }
         if versions.is_empty() {

@@ -1,4 +1,4 @@
-//! The vatic model worker: loads ONNX models with tract, batches requests dynamically on
+//! The vatic model worker: loads ONNX models with tract or ONNX Runtime, batches requests dynamically on
 //! dedicated runner threads, and serves the KServe V2 endpoints for them. The standalone api
 //! runs the same engine in its own process ([`host::EngineHost`]).
 
@@ -12,6 +12,7 @@ pub mod folder;
 pub mod host;
 pub mod metrics;
 pub mod onnx;
+pub mod onnxruntime;
 pub mod process;
 pub mod profile;
 pub mod reconcile;

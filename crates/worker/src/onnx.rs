@@ -1,9 +1,13 @@
-//! Loading ONNX models with tract: signature, one optimisation with a symbolic batch dimension,
-//! and conversion between wire tensors and tract tensors.
+//! Loading ONNX models: the signature, read from the graph, and the engine that runs them:
+//! tract (one optimisation with a symbolic batch dimension) or ONNX Runtime
+//! ([`crate::onnxruntime`]); and conversion between wire tensors and the tract tensors both
+//! engines take and give.
 
 use crate::config::ModelToml;
+use crate::onnxruntime::{OnnxRuntimeSettings, OrtModel};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::pb;
@@ -22,9 +26,40 @@ pub struct Signature {
     pub batched: bool,
 }
 
-/// A model optimised once and ready to run from several threads.
+/// The engine that runs a model version: Triton's `backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// tract, pure Rust, always built.
+    Tract,
+    /// ONNX Runtime, loaded from `libonnxruntime.so` at run time.
+    OnnxRuntime,
+}
+
+impl Backend {
+    /// The name in `model.toml`, the Triton configuration and the statistics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::OnnxRuntime => "onnxruntime",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+enum Runner {
+    Tract(Arc<TypedRunnableModel>),
+    OnnxRuntime(OrtModel),
+}
+
+/// A model loaded once into one engine and ready to run from several threads.
 pub struct OnnxModel {
-    plan: Arc<TypedRunnableModel>,
+    runner: Runner,
     /// What the model accepts and returns.
     pub signature: Signature,
 }
@@ -150,47 +185,120 @@ fn apply_override(
     Ok(())
 }
 
-impl OnnxModel {
-    /// Loads, checks and optimises `path`, applying `overrides` from `model.toml`.
-    pub fn load(path: &Path, overrides: Option<&ModelToml>) -> anyhow::Result<OnnxModel> {
-        let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_path(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let graph = proto
-            .graph
-            .as_ref()
-            .ok_or_else(|| anyhow!("{} has no graph", path.display()))?;
-        let initializers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|i| i.name.as_str()).collect();
-        let mut inputs = graph
-            .input
-            .iter()
-            .filter(|i| !initializers.contains(i.name.as_str()))
-            .map(declared)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut outputs = graph
-            .output
-            .iter()
-            .map(declared)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let none = ModelToml::default();
-        let overrides = overrides.unwrap_or(&none);
-        apply_override(&mut inputs, &overrides.inputs, "input")?;
-        apply_override(&mut outputs, &overrides.outputs, "output")?;
+/// The signature's tensors as the graph declares them, with `model.toml`'s overrides.
+fn declared_tensors(
+    path: &Path,
+    overrides: Option<&ModelToml>,
+) -> anyhow::Result<(Vec<Declared>, Vec<Declared>)> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("{} has no graph", path.display()))?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|i| i.name.as_str()).collect();
+    let mut inputs = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name.as_str()))
+        .map(declared)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut outputs = graph
+        .output
+        .iter()
+        .map(declared)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let none = ModelToml::default();
+    let overrides = overrides.unwrap_or(&none);
+    apply_override(&mut inputs, &overrides.inputs, "input")?;
+    apply_override(&mut outputs, &overrides.outputs, "output")?;
+    Ok((inputs, outputs))
+}
 
+/// The batch dimension's name: the symbol of every input's first axis, when they all share one
+/// (`N` when they are all dynamic but unnamed).
+fn batch_param(inputs: &[Declared]) -> Option<String> {
+    let named = inputs
+        .first()
+        .and_then(|d| d.params.first().cloned().flatten());
+    named.or_else(|| {
+        let first_dynamic = inputs.iter().all(|d| d.meta.shape.first() == Some(&-1));
+        (first_dynamic && !inputs.is_empty()).then(|| "N".to_string())
+    })
+}
+
+impl OnnxModel {
+    /// Loads, checks and optimises `path` with tract, applying `overrides` from `model.toml`.
+    pub fn load(path: &Path, overrides: Option<&ModelToml>) -> anyhow::Result<OnnxModel> {
+        Self::load_with(
+            path,
+            overrides,
+            Backend::Tract,
+            &OnnxRuntimeSettings::default(),
+        )
+    }
+
+    /// Loads `path` into `backend`, applying `overrides` from `model.toml`; `onnxruntime` says
+    /// where ONNX Runtime's library is.
+    pub fn load_with(
+        path: &Path,
+        overrides: Option<&ModelToml>,
+        backend: Backend,
+        onnxruntime: &OnnxRuntimeSettings,
+    ) -> anyhow::Result<OnnxModel> {
+        match backend {
+            Backend::Tract => Self::load_tract(path, overrides),
+            Backend::OnnxRuntime => Self::load_onnxruntime(path, overrides, onnxruntime),
+        }
+    }
+
+    /// ONNX Runtime: the signature as declared; batched when every input's and output's first
+    /// axis is the batch dimension (ONNX Runtime does not say what an undeclared output shape
+    /// is, so such a model serves unbatched).
+    fn load_onnxruntime(
+        path: &Path,
+        overrides: Option<&ModelToml>,
+        settings: &OnnxRuntimeSettings,
+    ) -> anyhow::Result<OnnxModel> {
+        let (inputs, outputs) = declared_tensors(path, overrides)?;
+        let batch = batch_param(&inputs);
+        let named = inputs
+            .first()
+            .and_then(|d| d.params.first().cloned().flatten());
+        let batched = batch.is_some()
+            && inputs.iter().all(|d| d.meta.shape.first() == Some(&-1))
+            && outputs.iter().all(|d| {
+                d.meta.shape.first() == Some(&-1)
+                    && match (d.params.first().cloned().flatten(), &named) {
+                        (Some(p), Some(n)) => &p == n,
+                        _ => true,
+                    }
+            });
+        let model = OrtModel::load(
+            path,
+            inputs.iter().map(|d| d.meta.name.clone()).collect(),
+            outputs.iter().map(|d| d.meta.name.clone()).collect(),
+            settings,
+        )?;
+        Ok(OnnxModel {
+            runner: Runner::OnnxRuntime(model),
+            signature: Signature {
+                inputs: inputs.into_iter().map(|d| d.meta).collect(),
+                outputs: outputs.into_iter().map(|d| d.meta).collect(),
+                batched,
+            },
+        })
+    }
+
+    fn load_tract(path: &Path, overrides: Option<&ModelToml>) -> anyhow::Result<OnnxModel> {
+        let onnx = tract_onnx::onnx();
+        let (inputs, mut outputs) = declared_tensors(path, overrides)?;
         let mut model = onnx
             .model_for_path(path)
             .with_context(|| format!("parsing {}", path.display()))?;
-        // The batch dimension: the symbol of every input's first axis, when they all share one.
-        let batch_param = inputs
-            .first()
-            .and_then(|d| d.params.first().cloned().flatten());
-        let batch_param = batch_param.or_else(|| {
-            let first_dynamic = inputs.iter().all(|d| d.meta.shape.first() == Some(&-1));
-            (first_dynamic && !inputs.is_empty()).then(|| "N".to_string())
-        });
-        let batch = batch_param.as_ref().map(|p| model.symbols.sym(p));
+        let batch = batch_param(&inputs).map(|p| model.symbols.sym(&p));
         for (ix, d) in inputs.iter().enumerate() {
             let dims: Vec<TDim> = d
                 .meta
@@ -250,7 +358,35 @@ impl OnnxModel {
             outputs: outputs.into_iter().map(|d| d.meta).collect(),
             batched,
         };
-        Ok(OnnxModel { plan, signature })
+        Ok(OnnxModel {
+            runner: Runner::Tract(plan),
+            signature,
+        })
+    }
+
+    /// The engine it runs in.
+    pub fn backend(&self) -> Backend {
+        match self.runner {
+            Runner::Tract(_) => Backend::Tract,
+            Runner::OnnxRuntime(_) => Backend::OnnxRuntime,
+        }
+    }
+
+    /// Sizes the engine's threads for `instances` runs at once: ONNX Runtime's sessions get
+    /// their share of the cores; tract runs each on the calling thread alone.
+    pub fn set_instances(&self, instances: usize) -> anyhow::Result<()> {
+        match &self.runner {
+            Runner::Tract(_) => Ok(()),
+            Runner::OnnxRuntime(m) => m.set_instances(instances),
+        }
+    }
+
+    /// Threads one run uses: 1 for tract, the session's intra-op threads for ONNX Runtime.
+    pub fn threads_per_run(&self) -> usize {
+        match &self.runner {
+            Runner::Tract(_) => 1,
+            Runner::OnnxRuntime(m) => m.threads(),
+        }
     }
 
     /// Inputs of `rows` batch rows (for a batched model; else the declared shape), all zeros,
@@ -278,7 +414,10 @@ impl OnnxModel {
     /// Runs the model on inputs in signature order; returns outputs in signature order, each
     /// converted to its declared datatype.
     pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<Vec<Tensor>> {
-        let outputs = self.plan.run(inputs)?;
+        let outputs: Vec<TValue> = match &self.runner {
+            Runner::Tract(plan) => plan.run(inputs)?.into_iter().collect(),
+            Runner::OnnxRuntime(m) => m.run(&inputs)?.into_iter().map(TValue::from).collect(),
+        };
         outputs
             .into_iter()
             .zip(&self.signature.outputs)

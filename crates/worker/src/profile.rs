@@ -1,12 +1,14 @@
-//! The model profiler: runs a loaded model with the raw tract engine, on this machine, for a grid
-//! of batch sizes and instance counts (threads running the model side by side), and recommends
+//! The model profiler: runs a loaded model with its raw engine (tract or ONNX Runtime), on this
+//! machine, for a grid of batch sizes and instance counts (threads running the model side by
+//! side; with ONNX Runtime each has its share of the cores), and recommends
 //! the batching settings that give the most samples a second. Batching is chosen by measurement:
 //! on a CPU, a convolutional network can be slower per sample at batch 32 than at batch 1.
 //! Instances are chosen for serving: a model whose batch runs are cheaper than waking a thread
 //! gets one instance, since a second one would only add threads beside the HTTP threads.
 
 use crate::config::BatchingConfig;
-use crate::onnx::OnnxModel;
+use crate::onnx::{Backend, OnnxModel};
+use crate::onnxruntime::OnnxRuntimeSettings;
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -231,7 +233,13 @@ pub fn profile(model: &OnnxModel, grid: &Grid) -> anyhow::Result<Profile> {
 /// for lazy initialisation, which would count against small batches (whose cells hold few
 /// runs) and make large ones look better than they are. The clock starts when every thread is
 /// warm.
-fn measure(model: &OnnxModel, rows: usize, instances: usize, grid: &Grid) -> anyhow::Result<Cell> {
+pub fn measure(
+    model: &OnnxModel,
+    rows: usize,
+    instances: usize,
+    grid: &Grid,
+) -> anyhow::Result<Cell> {
+    model.set_instances(instances)?;
     let inputs = model.sample_inputs(rows)?;
     let context = || format!("profiling run with {rows} row(s) on {instances} instance(s)");
     let warm = std::sync::Barrier::new(instances + 1);
@@ -302,9 +310,25 @@ pub struct ProfileArgs {
     /// How long each cell of the grid runs
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", value_name = "TIME")]
     pub duration: Duration,
+    /// The engine to run the model in
+    #[arg(long, value_enum, default_value = "tract")]
+    pub engine: ProfileEngine,
+    /// ONNX Runtime's library, for `--engine onnxruntime` [default: ORT_DYLIB_PATH, else the
+    /// loader's search path]
+    #[arg(long, value_name = "FILE")]
+    pub onnxruntime_library: Option<std::path::PathBuf>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+/// The engines `vatic-worker profile` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileEngine {
+    /// tract
+    Tract,
+    /// ONNX Runtime, each instance a session with its share of the cores
+    Onnxruntime,
 }
 
 /// Runs `vatic-worker profile`: loads the model as the worker would, profiles it and prints
@@ -331,27 +355,42 @@ pub fn run_cli(args: &ProfileArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let model = OnnxModel::load(&args.model, overrides.as_ref())?;
+    let backend = match args.engine {
+        ProfileEngine::Tract => Backend::Tract,
+        ProfileEngine::Onnxruntime => Backend::OnnxRuntime,
+    };
+    let onnxruntime = OnnxRuntimeSettings {
+        library: args.onnxruntime_library.clone(),
+        ..Default::default()
+    };
+    let model = OnnxModel::load_with(&args.model, overrides.as_ref(), backend, &onnxruntime)?;
     let profile = profile(&model, &grid)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &profile)?;
         writeln!(out)?;
     } else {
-        print_table(&args.model, &profile, grid.one_instance_us, &mut out)?;
+        print_table(
+            &args.model,
+            backend,
+            &profile,
+            grid.one_instance_us,
+            &mut out,
+        )?;
     }
     Ok(())
 }
 
 fn print_table(
     model: &std::path::Path,
+    backend: Backend,
     p: &Profile,
     one_instance_us: u64,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{} on {} core(s), raw tract engine",
+        "{} on {} core(s), raw {backend} engine",
         model.display(),
         cores()
     )?;
@@ -502,7 +541,14 @@ mod tests {
                 recommended: recommend(&cheap(), bound).unwrap(),
             };
             let mut out = Vec::new();
-            print_table(std::path::Path::new("m.onnx"), &p, bound, &mut out).unwrap();
+            print_table(
+                std::path::Path::new("m.onnx"),
+                Backend::Tract,
+                &p,
+                bound,
+                &mut out,
+            )
+            .unwrap();
             String::from_utf8(out).unwrap()
         };
         let cheap_text = table(100);

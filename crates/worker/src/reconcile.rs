@@ -6,6 +6,7 @@
 //! A pass runs on a PostgreSQL notification, when asked in-process, and every `poll_ms` as the
 //! fallback (the only trigger on SQLite). A database outage keeps the current set serving.
 
+use crate::config::EngineChoice;
 use crate::engine::{Engine, VersionSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -110,6 +111,7 @@ impl Reconciler {
                     config: v.config.clone(),
                     origin: format!("model.toml of {} version {}", v.model, v.version),
                     default: Some(v.version) == default,
+                    engine: EngineChoice::from_setting(model.engine),
                 });
             }
         }

@@ -122,11 +122,12 @@ impl Stats {
     }
 
     /// The statistics in Triton's form.
-    pub fn snapshot(&self, name: &str, version: &str) -> ModelStats {
+    pub fn snapshot(&self, name: &str, version: &str, backend: &str) -> ModelStats {
         let batches = self.batches.lock().expect("stats lock");
         ModelStats {
             name: name.to_string(),
             version: version.to_string(),
+            backend: backend.to_string(),
             last_inference: self.last_inference_ms.load(Relaxed),
             inference_count: self.inference_count.load(Relaxed),
             execution_count: self.execution_count.load(Relaxed),

@@ -2,11 +2,11 @@
 //! request checks and Triton configuration that depend on its signature.
 
 use crate::batcher::{Batcher, Job, JobOutputs, Priority};
-use crate::config::{BatchingConfig, ModelToml};
-use crate::engine::VersionSpec;
+use crate::config::{BatchingConfig, EngineChoice, ModelToml};
+use crate::engine::{EngineSettings, VersionSpec};
 use crate::metrics::VersionMetrics;
-use crate::onnx::OnnxModel;
-use crate::profile::{self, ProfileSettings, Recommendation};
+use crate::onnx::{Backend, OnnxModel};
+use crate::profile::{self, Recommendation};
 use crate::stats::Stats;
 use crate::EngineError;
 use anyhow::Context;
@@ -35,6 +35,8 @@ pub struct LoadedVersion {
     pub batching: BatchingConfig,
     /// What the load-time profile recommended, when one ran.
     pub profiled: Option<Recommendation>,
+    /// With `engine = "auto"`: what each engine measured at load.
+    pub engines: Vec<EngineFigure>,
     /// How long one run with one row took after warm-up (the median of three).
     pub one_row_run: Duration,
     /// Whether requests may run on the thread that received them (see
@@ -58,60 +60,168 @@ struct Prepared {
     outputs: Vec<usize>,
 }
 
+/// What one engine measured when `engine = "auto"` chose between them at load.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EngineFigure {
+    /// The engine.
+    pub backend: Backend,
+    /// Rows a second at its best batching (the profile's, else the version's own); none when
+    /// it could not load the model.
+    pub samples_per_second: Option<f64>,
+    /// Why it could not load the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether it serves the version.
+    pub chosen: bool,
+}
+
+/// A version loaded into its engine, before its runners start.
+struct Loaded {
+    model: Arc<OnnxModel>,
+    batching: BatchingConfig,
+    profiled: Option<Recommendation>,
+    engines: Vec<EngineFigure>,
+}
+
 /// Loads `file` with the overrides of `config` (a `model.toml` text, empty for none; `origin`
-/// names it in errors), optimises it and runs it once per batch size it will first see.
-/// Returns the model and its batching settings; nothing is started.
+/// names it in errors) into the engine it names (`settings.engine` when it names none; with
+/// `auto`, the first engine that can load it) and runs it once per batch size it will first
+/// see. Returns the model and its batching settings; nothing is started.
 pub fn check_model(
     file: &Path,
     config: &str,
     origin: &str,
-    defaults: &BatchingConfig,
+    settings: &EngineSettings,
 ) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig)> {
-    let (model, batching, _) = load(file, config, origin, defaults, None)?;
-    Ok((model, batching))
+    let loaded = load(file, config, origin, None, settings, false)?;
+    Ok((loaded.model, loaded.batching))
 }
 
-/// [`check_model`], and with `profile` (when it is on and `config` has no `[batching]` of its
-/// own) the batch size and instances measured best on this machine, within `defaults`.
+/// [`check_model`]; with `serve`, load-time profiling (when it is on and `config` has no
+/// `[batching]` of its own: the batch size and instances measured best on this machine) and,
+/// for `auto`, both engines measured and the faster kept.
 fn load(
     file: &Path,
     config: &str,
     origin: &str,
-    defaults: &BatchingConfig,
-    profile: Option<&ProfileSettings>,
-) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig, Option<Recommendation>)> {
+    engine: Option<EngineChoice>,
+    settings: &EngineSettings,
+    serve: bool,
+) -> anyhow::Result<Loaded> {
+    let defaults = &settings.batching;
     let overrides = ModelToml::parse(config, origin)?;
     let explicit = overrides.as_ref().is_some_and(|t| t.batching.is_some());
-    let mut batching = match &overrides {
+    let batching = match &overrides {
         Some(t) => t.batching(defaults, origin)?,
         None => defaults.clone(),
     };
-    let model = Arc::new(OnnxModel::load(file, overrides.as_ref())?);
-    let mut profiled = None;
-    if let Some(settings) = profile.filter(|p| p.at_load && !explicit) {
-        let recommended = profile::profile(&model, &settings.grid(defaults))?.recommended;
-        batching = recommended.apply(defaults);
-        profiled = Some(recommended);
+    let choice = engine
+        .or(overrides.as_ref().and_then(|t| t.engine))
+        .unwrap_or(settings.engine);
+    let candidates = match choice {
+        EngineChoice::Tract => vec![Backend::Tract],
+        EngineChoice::OnnxRuntime => vec![Backend::OnnxRuntime],
+        EngineChoice::Auto => vec![Backend::Tract, Backend::OnnxRuntime],
+    };
+    let profiling = serve && settings.profile.at_load && !explicit;
+    let grid = settings.profile.grid(defaults);
+    let mut engines = Vec::new();
+    let mut best: Option<(Loaded, f64)> = None;
+    let mut failures = Vec::new();
+    for backend in candidates {
+        let model = match OnnxModel::load_with(
+            file,
+            overrides.as_ref(),
+            backend,
+            &settings.onnxruntime,
+        ) {
+            Ok(m) => Arc::new(m),
+            Err(e) if choice == EngineChoice::Auto => {
+                let reason = format!("{e:#}");
+                tracing::warn!(engine = %backend, error = %reason, "engine = auto: this engine cannot load the model");
+                failures.push(format!("{backend}: {reason}"));
+                engines.push(EngineFigure {
+                    backend,
+                    samples_per_second: None,
+                    error: Some(reason),
+                    chosen: false,
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (batching, profiled, speed) = if profiling {
+            let recommended = profile::profile(&model, &grid)?.recommended;
+            let speed = recommended.samples_per_second;
+            (recommended.apply(defaults), Some(recommended), speed)
+        } else if serve && choice == EngineChoice::Auto {
+            let rows = if model.signature.batched {
+                batching.max_batch_size
+            } else {
+                1
+            };
+            let cell = profile::measure(&model, rows, batching.instances, &grid)?;
+            (batching.clone(), None, cell.samples_per_second)
+        } else {
+            (batching.clone(), None, 0.0)
+        };
+        engines.push(EngineFigure {
+            backend,
+            samples_per_second: (serve && choice == EngineChoice::Auto).then_some(speed),
+            error: None,
+            chosen: false,
+        });
+        if best.as_ref().is_some_and(|(_, s)| *s >= speed) {
+            continue;
+        }
+        best = Some((
+            Loaded {
+                model,
+                batching,
+                profiled,
+                engines: Vec::new(),
+            },
+            speed,
+        ));
+        if !serve {
+            // A check needs one engine that can serve it.
+            break;
+        }
     }
-    warm_up(&model, &batching)?;
-    Ok((model, batching, profiled))
+    let Some((mut loaded, _)) = best else {
+        anyhow::bail!("no engine can load the model: {}", failures.join("; "));
+    };
+    for e in &mut engines {
+        e.chosen = e.backend == loaded.model.backend();
+    }
+    if choice == EngineChoice::Auto && serve {
+        loaded.engines = engines;
+    }
+    loaded.model.set_instances(loaded.batching.instances)?;
+    warm_up(&loaded.model, &loaded.batching)?;
+    Ok(loaded)
 }
 
 impl LoadedVersion {
     /// Loads, profiles (see [`ProfileSettings`]), warms and starts a version's runner threads.
     pub(crate) fn start(
         spec: &VersionSpec,
-        defaults: &BatchingConfig,
-        profile: &ProfileSettings,
+        settings: &EngineSettings,
         metrics: VersionMetrics,
         pacer: Arc<Pacer>,
     ) -> anyhow::Result<LoadedVersion> {
-        let (model, batching, profiled) = load(
+        let Loaded {
+            model,
+            batching,
+            profiled,
+            engines,
+        } = load(
             &spec.file,
             &spec.config,
             &spec.origin,
-            defaults,
-            Some(profile),
+            spec.engine,
+            settings,
+            true,
         )?;
         let one_row_run = one_row_run(&model)?;
         let inline = batching.inline_max_us > 0
@@ -132,6 +242,7 @@ impl LoadedVersion {
             model,
             batching,
             profiled,
+            engines,
             one_row_run,
             inline,
             cache: ModelToml::caches(&spec.config),
@@ -344,7 +455,7 @@ impl LoadedVersion {
         ModelConfig {
             name: self.name.clone(),
             platform: PLATFORM.to_string(),
-            backend: "tract".to_string(),
+            backend: self.model.backend().to_string(),
             max_batch_size: if batched { b.max_batch_size as u32 } else { 0 },
             input: tensors(&sig.inputs),
             output: tensors(&sig.outputs),

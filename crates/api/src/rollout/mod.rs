@@ -305,6 +305,7 @@ mod tests {
                 ..Traffic::default()
             },
             revision: 0,
+            engine: Default::default(),
         };
         let n = 20_000;
         let copies = (0..n)

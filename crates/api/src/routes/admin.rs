@@ -149,7 +149,7 @@ pub fn configure(routes: &mut Routes<'_>) {
                 Method::PATCH,
                 "/admin/v1/models/{name}",
                 Need::Deploy,
-                "Change a model's settings (prediction log)",
+                "Change a model's settings (prediction log, response cache, engine)",
                 update_model,
             )
             .add(
@@ -313,7 +313,7 @@ async fn push_version(
             config: &config,
             actor: &actor(&req),
         };
-        Ok::<_, AdminError>(registry::push(&store, &upload, &s.batching).await?)
+        Ok::<_, AdminError>(registry::push(&store, &upload, &s.engine).await?)
     }
     .await;
     let _ = std::fs::remove_file(&file);

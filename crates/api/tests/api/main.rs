@@ -7,6 +7,7 @@ mod cache;
 mod cluster;
 mod docs;
 mod elk;
+mod engines;
 mod hardening;
 mod helpers;
 mod loading;

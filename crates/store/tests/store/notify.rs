@@ -44,6 +44,7 @@ async fn registry_changes_reach_listeners_on_other_handles() {
         log_mode: Some(LogMode::Full),
         log_sample_rate: None,
         cache: None,
+        engine: None,
     };
     writer
         .set_model_settings("wine", &settings, &Actor::named("bob"))

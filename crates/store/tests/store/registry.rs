@@ -1,7 +1,7 @@
 //! The model registry: versions, their states, model settings and the audit log.
 
 use crate::helpers::{backend, migrated, model_file, pseudo_random, push, signature, Raw};
-use vatic_schema::admin::{CacheSetting, LogMode, ModelSettings, VersionState};
+use vatic_schema::admin::{CacheSetting, EngineSetting, LogMode, ModelSettings, VersionState};
 use vatic_store::Actor;
 use vatic_store::StoreError;
 use vatic_testkit::TestDb;
@@ -224,6 +224,7 @@ async fn unknown_models_and_versions_are_reported_as_such() {
             log_mode: Some(LogMode::Full),
             log_sample_rate: None,
             cache: None,
+            engine: None,
         };
         let err = store
             .set_model_settings("nope", &settings, &Actor::named("alice"))
@@ -420,6 +421,7 @@ async fn model_settings_change_the_prediction_log() {
             log_mode: Some(LogMode::Full),
             log_sample_rate: Some(0.25),
             cache: None,
+            engine: None,
         };
         let m = store
             .set_model_settings("iris", &full, &Actor::named("bob"))
@@ -436,6 +438,7 @@ async fn model_settings_change_the_prediction_log() {
             log_mode: Some(LogMode::Off),
             log_sample_rate: None,
             cache: None,
+            engine: None,
         };
         let m = store
             .set_model_settings("iris", &off, &Actor::named("bob"))
@@ -452,6 +455,7 @@ async fn model_settings_change_the_prediction_log() {
                 log_mode: Some(LogMode::Full),
                 log_sample_rate: Some(rate),
                 cache: None,
+                engine: None,
             };
             let err = store
                 .set_model_settings("iris", &bad, &Actor::named("bob"))
@@ -467,6 +471,7 @@ async fn model_settings_change_the_prediction_log() {
                 log_mode: None,
                 log_sample_rate: Some(rate),
                 cache: None,
+                engine: None,
             };
             let m = store
                 .set_model_settings("iris", &edge, &Actor::named("bob"))
@@ -496,6 +501,7 @@ async fn model_settings_change_the_prediction_log() {
             log_mode: None,
             log_sample_rate: None,
             cache: Some(CacheSetting::On),
+            engine: None,
         };
         let m = store
             .set_model_settings("iris", &on, &Actor::named("carol"))
@@ -510,6 +516,7 @@ async fn model_settings_change_the_prediction_log() {
             log_mode: Some(LogMode::Metadata),
             log_sample_rate: None,
             cache: Some(CacheSetting::Off),
+            engine: None,
         };
         let m = store
             .set_model_settings("iris", &both, &Actor::named("carol"))
@@ -534,6 +541,42 @@ async fn model_settings_change_the_prediction_log() {
             (count("set_log"), count("set_cache")),
             (5, 2),
             "{b}: {log:?}"
+        );
+
+        // The engine setting: model_toml for a new model, then what is set, audited alone.
+        assert_eq!(m.engine, EngineSetting::ModelToml, "{b}");
+        let ort = ModelSettings {
+            log_mode: None,
+            log_sample_rate: None,
+            cache: None,
+            engine: Some(EngineSetting::Onnxruntime),
+        };
+        let m = store
+            .set_model_settings("iris", &ort, &Actor::named("dave"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.engine, m.cache, m.log_mode),
+            (
+                EngineSetting::Onnxruntime,
+                CacheSetting::Off,
+                LogMode::Metadata
+            ),
+            "{b}"
+        );
+        assert_eq!(
+            store.models().await.unwrap()[0].engine,
+            EngineSetting::Onnxruntime,
+            "{b}"
+        );
+        let log = store
+            .audit_log(&vatic_store::AuditQuery::newest(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            (log[0].action.as_str(), log[0].detail.as_str()),
+            ("set_engine", r#"{"engine":"onnxruntime"}"#),
+            "{b}"
         );
     }
 }

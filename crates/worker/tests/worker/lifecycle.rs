@@ -149,6 +149,7 @@ fn the_engine_is_ready_only_when_its_last_load_ends() {
         config: String::new(),
         origin: format!("{model} (test)"),
         default: true,
+        engine: None,
     };
     let slow_spec = spec("slow", slow);
     let quick_spec = spec(

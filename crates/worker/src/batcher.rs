@@ -900,9 +900,12 @@ mod tests {
 
     /// The scheduling policy of this process's thread named `name` (field 41 of its `stat`).
     fn policy_of_thread(name: &str) -> Option<u32> {
-        for task in std::fs::read_dir("/proc/self/task").ok()? {
-            let dir = task.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        // Threads of other tests end while this walks the folder: one gone is skipped.
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let dir = task.path();
+            let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+                continue;
+            };
             if comm.trim_end() != name {
                 continue;
             }

@@ -284,7 +284,9 @@ fn merge_stats(into: &mut Vec<ModelStats>, from: Vec<ModelStats>) {
         {
             None => into.push(s),
             Some(m) => {
-                if !m.backend.split(',').any(|b| b == s.backend) {
+                if m.backend.is_empty() {
+                    m.backend = s.backend.clone();
+                } else if !s.backend.is_empty() && !m.backend.split(',').any(|b| b == s.backend) {
                     m.backend = format!("{},{}", m.backend, s.backend);
                 }
                 m.last_inference = m.last_inference.max(s.last_inference);
@@ -400,5 +402,20 @@ mod tests {
             stats("cnn", 50, 1, 5, &[(1, 1)]),
             "a version of one worker"
         );
+        assert_eq!(iris.backend, "tract", "both workers run it in tract");
+    }
+
+    #[test]
+    fn workers_on_different_engines_are_both_named() {
+        let mut merged = Vec::new();
+        let on = |backend: &str| ModelStats {
+            backend: backend.into(),
+            ..stats("iris", 1, 1, 1, &[(1, 1)])
+        };
+        for backend in ["", "tract", "onnxruntime", "tract", ""] {
+            merge_stats(&mut merged, vec![on(backend)]);
+        }
+        assert_eq!(merged[0].backend, "tract,onnxruntime");
+        assert_eq!(merged[0].inference_count, 5);
     }
 }

@@ -129,16 +129,33 @@ fn load(
     let mut best: Option<(Loaded, f64)> = None;
     let mut failures = Vec::new();
     for backend in candidates {
-        let model = match OnnxModel::load_with(
-            file,
-            overrides.as_ref(),
-            backend,
-            &settings.onnxruntime,
-        ) {
-            Ok(m) => Arc::new(m),
+        // Loaded and, when it will serve, measured: with `auto`, an engine that fails either
+        // is left out.
+        let attempt =
+            OnnxModel::load_with(file, overrides.as_ref(), backend, &settings.onnxruntime)
+                .and_then(|model| {
+                    let (batching, profiled, speed) = if profiling {
+                        let recommended = profile::profile(&model, &grid)?.recommended;
+                        let speed = recommended.samples_per_second;
+                        (recommended.apply(defaults), Some(recommended), speed)
+                    } else if serve && choice == EngineChoice::Auto {
+                        let rows = if model.signature.batched {
+                            batching.max_batch_size
+                        } else {
+                            1
+                        };
+                        let cell = profile::measure(&model, rows, batching.instances, &grid)?;
+                        (batching.clone(), None, cell.samples_per_second)
+                    } else {
+                        (batching.clone(), None, 0.0)
+                    };
+                    Ok((Arc::new(model), batching, profiled, speed))
+                });
+        let (model, batching, profiled, speed) = match attempt {
+            Ok(a) => a,
             Err(e) if choice == EngineChoice::Auto => {
                 let reason = format!("{e:#}");
-                tracing::warn!(engine = %backend, error = %reason, "engine = auto: this engine cannot load the model");
+                tracing::warn!(engine = %backend, error = %reason, "engine = auto: this engine cannot serve the model");
                 failures.push(format!("{backend}: {reason}"));
                 engines.push(EngineFigure {
                     backend,
@@ -149,21 +166,6 @@ fn load(
                 continue;
             }
             Err(e) => return Err(e),
-        };
-        let (batching, profiled, speed) = if profiling {
-            let recommended = profile::profile(&model, &grid)?.recommended;
-            let speed = recommended.samples_per_second;
-            (recommended.apply(defaults), Some(recommended), speed)
-        } else if serve && choice == EngineChoice::Auto {
-            let rows = if model.signature.batched {
-                batching.max_batch_size
-            } else {
-                1
-            };
-            let cell = profile::measure(&model, rows, batching.instances, &grid)?;
-            (batching.clone(), None, cell.samples_per_second)
-        } else {
-            (batching.clone(), None, 0.0)
         };
         engines.push(EngineFigure {
             backend,

@@ -180,6 +180,8 @@ impl Engine {
     pub fn apply(self: &Arc<Self>, specs: Vec<VersionSpec>) -> Option<std::thread::JoinHandle<()>> {
         let mut added = Vec::new();
         let mut removed = Vec::new();
+        // Versions loading again while they serve: their metrics carry on.
+        let mut reloading = std::collections::HashSet::new();
         {
             let mut models = self.models.write().expect("models lock");
             let mut defaults = self.defaults.write().expect("defaults lock");
@@ -194,6 +196,9 @@ impl Engine {
                 let entry = current.unwrap_or_else(|| {
                     // A version held with another spec answers until its new load ends.
                     let serving = held.and_then(|e| e.take_serving());
+                    if serving.is_some() {
+                        reloading.insert((spec.model.clone(), spec.version));
+                    }
                     let e = Arc::new(Entry {
                         spec: spec.clone(),
                         state: RwLock::new(serving.map_or(State::Loading, State::Reloading)),
@@ -219,12 +224,13 @@ impl Engine {
             }
             *models = next;
         }
-        for entry in &removed {
+        let reloads = |e: &Entry| reloading.contains(&(e.spec.model.clone(), e.spec.version));
+        for entry in removed.iter().filter(|e| !reloads(e)) {
             tracing::info!(model = %entry.spec.model, version = entry.spec.version, "model version unloading");
             self.metrics
                 .forget(&entry.spec.model, &entry.spec.version.to_string());
         }
-        for entry in &added {
+        for entry in added.iter().filter(|e| !reloads(e)) {
             self.metrics
                 .loading(&entry.spec.model, &entry.spec.version.to_string());
         }
@@ -336,12 +342,24 @@ impl Engine {
             }
             return;
         }
+        // A version that fails to load again keeps serving as it was.
+        let state = match (state, &*current) {
+            (State::Failed(reason), State::Reloading(previous)) => {
+                tracing::error!(model = %spec.model, version = spec.version, error = %reason,
+                    engine = %previous.model.backend(),
+                    "the version failed to load again: it keeps serving as it was");
+                State::Ready(previous.clone())
+            }
+            (state, _) => state,
+        };
         let ok = matches!(state, State::Ready(_));
         self.metrics
             .loaded(&spec.model, &version, started.elapsed().as_secs_f64(), ok);
         let before = std::mem::replace(&mut *current, state);
+        let kept = matches!((&before, &*current),
+            (State::Reloading(a), State::Ready(b)) if Arc::ptr_eq(a, b));
         drop(current);
-        if let State::Reloading(previous) = before {
+        if let (State::Reloading(previous), false) = (before, kept) {
             // Requests queued for the version as it was are answered before it stops.
             previous.batcher.close();
             previous.batcher.join();

@@ -357,3 +357,67 @@ async fn without_the_library_only_onnxruntime_versions_fail_naming_the_setting()
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A version whose spec changes (here its engine) answers while it loads again; a new load that
+/// fails leaves it serving as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_loading_again_keeps_serving_and_a_failed_reload_leaves_it_as_it_was() {
+    use std::sync::Arc;
+    use vatic_worker::{Engine, EngineSettings, VersionSpec};
+    let spec = |config: &str, engine: Option<EngineChoice>| VersionSpec {
+        model: "breast_cancer".into(),
+        version: 1,
+        file: vatic_testkit::root().join("models/breast_cancer/1/model.onnx"),
+        config: config.into(),
+        origin: "model.toml (test)".into(),
+        default: true,
+        engine,
+    };
+    let mut settings = EngineSettings::default();
+    settings.profile.at_load = false;
+    settings.onnxruntime = onnxruntime();
+    let engine = Arc::new(Engine::new(&settings));
+    engine.apply(vec![spec("", None)]).unwrap().join().unwrap();
+    let backend = || {
+        engine
+            .resolve("breast_cancer", None)
+            .expect("the version answers")
+            .model
+            .backend()
+    };
+    let reference = vatic_testkit::demo_reference();
+    let request = vatic_schema::v2::decode_request(
+        &bytes::Bytes::from(serde_json::to_vec(&reference.v2_request(0..4)).unwrap()),
+        None,
+    )
+    .unwrap();
+    let answers = || async {
+        let response = engine.infer("breast_cancer", None, &request).await.unwrap();
+        let json: Value =
+            serde_json::from_str(&vatic_schema::v2::response_json(&response, false)).unwrap();
+        reference.check_response(&json, 0..4);
+    };
+    assert_eq!(backend(), Backend::Tract);
+
+    let loading = engine
+        .apply(vec![spec("", Some(EngineChoice::OnnxRuntime))])
+        .unwrap();
+    answers().await;
+    loading.join().unwrap();
+    assert_eq!(backend(), Backend::OnnxRuntime);
+    answers().await;
+
+    // A model.toml that does not validate: the new load fails, the version serves on.
+    engine
+        .apply(vec![spec(
+            "[batching]\nmax_batch_size = 0\n",
+            Some(EngineChoice::Tract),
+        )])
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(backend(), Backend::OnnxRuntime);
+    assert!(engine.is_ready());
+    answers().await;
+    engine.shutdown();
+}

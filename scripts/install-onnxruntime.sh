@@ -19,16 +19,21 @@ python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-bin
   --dest "$work" "onnxruntime==$version" >&2
 wheel="$(ls "$work"/onnxruntime-*.whl)"
 # The wheel holds the library as onnxruntime/capi/libonnxruntime.so.<version>.
-python3 - "$wheel" "$lib" <<'PY'
+part="$(mktemp "$dir/.libonnxruntime.so.XXXXXX")"
+trap 'rm -rf "$work" "$part"' EXIT
+python3 - "$wheel" "$part" <<'PY'
 import shutil, sys, zipfile
-wheel, target = sys.argv[1], sys.argv[2]
+wheel, part = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
     names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/libonnxruntime.so")]
     if not names:
         sys.exit(f"{wheel} holds no onnxruntime/capi/libonnxruntime.so*")
-    with z.open(names[0]) as src, open(target + ".part", "wb") as dst:
+    with z.open(names[0]) as src, open(part, "wb") as dst:
         shutil.copyfileobj(src, dst)
 PY
-mv "$lib.part" "$lib"
+# mktemp made it private; every user of the machine (or image) loads it. A rename is atomic: a
+# run beside this one (tests start it in parallel) sees no half file.
+chmod 0644 "$part"
+mv "$part" "$lib"
 echo "installed ONNX Runtime $version" >&2
 echo "$lib"

@@ -414,8 +414,8 @@ impl OnnxModel {
     /// Runs the model on inputs in signature order; returns outputs in signature order, each
     /// converted to its declared datatype.
     pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<Vec<Tensor>> {
-        let outputs: Vec<TValue> = match &self.runner {
-            Runner::Tract(plan) => plan.run(inputs)?.into_iter().collect(),
+        let outputs: TVec<TValue> = match &self.runner {
+            Runner::Tract(plan) => plan.run(inputs)?,
             Runner::OnnxRuntime(m) => m.run(&inputs)?.into_iter().map(TValue::from).collect(),
         };
         outputs

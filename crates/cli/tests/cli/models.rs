@@ -295,6 +295,29 @@ fn models_log_shows_and_changes_what_the_prediction_log_keeps() {
 }
 
 #[test]
+fn models_engine_shows_and_changes_the_engine_of_a_model() {
+    let app = RegistryApp::start(TestDb::sqlite());
+    let run = app.vaticctl(&["models", "engine", "breast_cancer"]);
+    assert_eq!(
+        run.assert_ok().table(),
+        [vec!["model", "engine"], vec!["breast_cancer", "model_toml"]]
+    );
+    let run = app.vaticctl(&["models", "engine", "breast_cancer", "tract"]);
+    assert_eq!(run.assert_ok().table()[1], ["breast_cancer", "tract"]);
+    let model = json(&app, &["models", "describe", "breast_cancer"]);
+    assert_eq!(model["engine"], "tract", "{model}");
+    let run = app.vaticctl(&["models", "describe", "breast_cancer"]);
+    assert!(run.assert_ok().stdout.contains("engine: tract"), "{run:#?}");
+
+    app.vaticctl(&["models", "engine", "nope", "auto"])
+        .assert_error(&["model 'nope' not found (HTTP 404)"]);
+    // Refused before anything is sent.
+    let run = app.vaticctl(&["models", "engine", "breast_cancer", "tensorrt"]);
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("onnxruntime"), "{run:#?}");
+}
+
+#[test]
 fn retiring_or_describing_what_is_not_there_reports_the_servers_message() {
     let app = RegistryApp::start(TestDb::sqlite());
     app.vaticctl(&["models", "retire", "breast_cancer", "9"])

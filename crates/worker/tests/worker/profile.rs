@@ -149,6 +149,43 @@ fn the_profile_command_prints_cells_and_the_batching_section() {
     assert!(err.contains("must be at least 1"), "{err}");
 }
 
+#[test]
+fn the_profile_command_runs_raw_onnxruntime_and_names_a_missing_library() {
+    let model = "testdata/models/cnn/1/model.onnx";
+    let library = vatic_testkit::onnxruntime_library();
+    let grid = [
+        "--batch-sizes",
+        "1,2",
+        "--instances",
+        "1,2",
+        "--duration",
+        "20ms",
+    ];
+    let mut args = vec![model, "--engine", "onnxruntime", "--onnxruntime-library"];
+    args.push(library.to_str().unwrap());
+    args.extend(grid);
+    let out = worker(&args);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("raw onnxruntime engine"), "{text}");
+    let cells = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(['1', '2']))
+        .count();
+    assert_eq!(cells, 4, "two batch sizes on one and two instances: {text}");
+
+    let mut args = vec![model, "--engine", "onnxruntime", "--onnxruntime-library"];
+    args.push("/nonexistent/libonnxruntime.so");
+    args.extend(grid);
+    let out = worker(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("/nonexistent/libonnxruntime.so") && err.contains("onnxruntime.library"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn versions_without_batching_of_their_own_are_profiled_at_load_within_the_bounds() {
     let repo = vatic_testkit::repo(&[

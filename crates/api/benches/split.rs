@@ -58,6 +58,7 @@ fn catalog(weight: u32) -> Catalog {
         created_at: String::new(),
         updated_by: String::new(),
         updated_at: String::new(),
+        loaded: Vec::new(),
     };
     let second = if weight > 0 {
         VersionState::Canary

@@ -570,6 +570,8 @@ mod tests {
                     version: *version,
                     state: *state,
                     reason: String::new(),
+                    engine: String::new(),
+                    engines: Vec::new(),
                 })
                 .collect(),
         }

@@ -99,9 +99,13 @@ fn print_workers(
                     LoadState::Ready => "ready",
                     LoadState::Unavailable => "unavailable",
                 };
+                let on = match l.engine.as_str() {
+                    "" => String::new(),
+                    engine => format!(" on {engine}"),
+                };
                 match l.reason.as_str() {
-                    "" => format!("{}/{} {state}", l.model, l.version),
-                    reason => format!("{}/{} {state} ({reason})", l.model, l.version),
+                    "" => format!("{}/{} {state}{on}", l.model, l.version),
+                    reason => format!("{}/{} {state}{on} ({reason})", l.model, l.version),
                 }
             })
             .collect::<Vec<_>>()

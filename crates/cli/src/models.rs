@@ -11,8 +11,8 @@ use comfy_table::Table;
 use std::io::Write;
 use std::path::PathBuf;
 use vatic_schema::admin::{
-    CacheSetting, EngineSetting, LogMode, ModelInfo, ModelSettings, ModelVersionInfo, PushResponse,
-    RetireResponse, VersionState,
+    CacheSetting, EngineSetting, LoadState, LogMode, ModelInfo, ModelSettings, ModelVersionInfo,
+    PushResponse, RetireResponse, VersionState,
 };
 use vatic_schema::TensorMetadata;
 
@@ -609,6 +609,58 @@ fn print_details(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Re
             writeln!(out, "  {line}")?;
         }
     }
+    print_loaded(version, out)
+}
+
+/// Where a version is loaded and with which engine; with `engine = "auto"`, what each engine
+/// measured at load.
+fn print_loaded(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Result<()> {
+    if version.loaded.is_empty() {
+        writeln!(out, "version {} is loaded on no worker", version.version)?;
+        return Ok(());
+    }
+    writeln!(out, "version {} on the workers:", version.version)?;
+    let mut table = output::table(["worker", "state", "engine", "engine = auto, at load"]);
+    for l in &version.loaded {
+        let s = &l.status;
+        let state = match s.state {
+            LoadState::Loading => "loading".to_string(),
+            LoadState::Ready => "ready".to_string(),
+            LoadState::Unavailable => format!("unavailable: {}", s.reason),
+        };
+        let figures: Vec<String> = s
+            .engines
+            .iter()
+            .map(|f| {
+                let figure = match (&f.samples_per_second, &f.error) {
+                    (Some(rate), _) if *rate < 10.0 => format!("{} {rate:.1} rows/s", f.engine),
+                    (Some(rate), _) => format!("{} {rate:.0} rows/s", f.engine),
+                    (None, Some(error)) => format!("{} failed ({error})", f.engine),
+                    (None, None) => format!("{} not measured", f.engine),
+                };
+                if f.chosen {
+                    format!("{figure}, chosen")
+                } else {
+                    figure
+                }
+            })
+            .collect();
+        table.add_row([
+            l.worker.clone(),
+            state,
+            if s.engine.is_empty() {
+                "-".into()
+            } else {
+                s.engine.clone()
+            },
+            if figures.is_empty() {
+                "-".into()
+            } else {
+                figures.join("; ")
+            },
+        ]);
+    }
+    writeln!(out, "{table}")?;
     Ok(())
 }
 

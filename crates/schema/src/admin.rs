@@ -231,6 +231,20 @@ pub struct ModelVersionInfo {
     pub updated_by: String,
     /// When its state changed last (RFC 3339).
     pub updated_at: String,
+    /// Where it is loaded, one entry per worker (in standalone mode, the api's own process),
+    /// with the engine that serves it there. Filled when one model or version is described.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loaded: Vec<VersionLoad>,
+}
+
+/// A model version as one worker holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionLoad {
+    /// The worker's id (`standalone` for the api's own process).
+    pub worker: String,
+    /// Its state there, engine and load-time figures.
+    #[serde(flatten)]
+    pub status: LoadedVersionStatus,
 }
 
 /// A model and its versions.
@@ -541,7 +555,7 @@ pub enum LoadState {
 }
 
 /// One model version a worker holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadedVersionStatus {
     /// Model name.
     pub model: String,
@@ -552,6 +566,28 @@ pub struct LoadedVersionStatus {
     /// Why it is unavailable; empty otherwise.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The engine that serves it (`tract` or `onnxruntime`); empty until it is loaded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
+    /// With `engine = "auto"`: what each engine measured when the version loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineFigure>,
+}
+
+/// What one engine measured when `engine = "auto"` chose between the engines at load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineFigure {
+    /// The engine: `tract` or `onnxruntime`.
+    pub engine: String,
+    /// Rows a second at its best batching (the load-time profile's, else the version's own);
+    /// none when it could not load or run the model.
+    #[serde(default)]
+    pub samples_per_second: Option<f64>,
+    /// Why it could not load or run the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether it serves the version.
+    pub chosen: bool,
 }
 
 /// A worker as its heartbeat row describes it.

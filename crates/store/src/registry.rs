@@ -56,6 +56,7 @@ where
         created_at: rfc3339(row.try_get("created_at")?),
         updated_by: row.try_get("updated_by")?,
         updated_at: rfc3339(row.try_get("updated_at")?),
+        loaded: Vec::new(),
     })
 }
 

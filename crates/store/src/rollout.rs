@@ -824,6 +824,7 @@ mod tests {
                 created_at: String::new(),
                 updated_by: String::new(),
                 updated_at: String::new(),
+                loaded: Vec::new(),
             })
             .collect();
         let labels = versions

@@ -627,17 +627,23 @@ impl Engine {
         self.entries()
             .iter()
             .map(|e| {
-                let (state, reason) = match &*e.state.read().expect("state lock") {
-                    State::Loading => (LoadState::Loading, String::new()),
-                    // Serving while it loads again: ready to the fleet.
-                    State::Ready(_) | State::Reloading(_) => (LoadState::Ready, String::new()),
-                    State::Failed(r) => (LoadState::Unavailable, r.clone()),
-                };
-                LoadedVersionStatus {
+                let status = |state, reason: String| LoadedVersionStatus {
                     model: e.spec.model.clone(),
                     version: e.spec.version,
                     state,
                     reason,
+                    engine: String::new(),
+                    engines: Vec::new(),
+                };
+                match &*e.state.read().expect("state lock") {
+                    State::Loading => status(LoadState::Loading, String::new()),
+                    // Serving while it loads again: ready to the fleet.
+                    State::Ready(v) | State::Reloading(v) => LoadedVersionStatus {
+                        engine: v.model.backend().as_str().into(),
+                        engines: v.engines.clone(),
+                        ..status(LoadState::Ready, String::new())
+                    },
+                    State::Failed(r) => status(LoadState::Unavailable, r.clone()),
                 }
             })
             .collect()

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use vatic_schema::admin::EngineFigure;
 use vatic_schema::{
     ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, ModelConfig,
     Parameters, QueuePolicy, Tensor, TensorMetadata,
@@ -58,21 +59,6 @@ struct Prepared {
     key: Vec<Vec<u64>>,
     /// Indices of the signature's outputs to return, in the order asked for.
     outputs: Vec<usize>,
-}
-
-/// What one engine measured when `engine = "auto"` chose between them at load.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct EngineFigure {
-    /// The engine.
-    pub backend: Backend,
-    /// Rows a second at its best batching (the profile's, else the version's own); none when
-    /// it could not load the model.
-    pub samples_per_second: Option<f64>,
-    /// Why it could not load the model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Whether it serves the version.
-    pub chosen: bool,
 }
 
 /// A version loaded into its engine, before its runners start.
@@ -158,7 +144,7 @@ fn load(
                 tracing::warn!(engine = %backend, error = %reason, "engine = auto: this engine cannot serve the model");
                 failures.push(format!("{backend}: {reason}"));
                 engines.push(EngineFigure {
-                    backend,
+                    engine: backend.as_str().into(),
                     samples_per_second: None,
                     error: Some(reason),
                     chosen: false,
@@ -168,7 +154,7 @@ fn load(
             Err(e) => return Err(e),
         };
         engines.push(EngineFigure {
-            backend,
+            engine: backend.as_str().into(),
             samples_per_second: (serve && choice == EngineChoice::Auto).then_some(speed),
             error: None,
             chosen: false,
@@ -194,7 +180,7 @@ fn load(
         anyhow::bail!("no engine can load the model: {}", failures.join("; "));
     };
     for e in &mut engines {
-        e.chosen = e.backend == loaded.model.backend();
+        e.chosen = e.engine == loaded.model.backend().as_str();
     }
     if choice == EngineChoice::Auto && serve {
         loaded.engines = engines;

@@ -288,6 +288,7 @@ mod tests {
             created_at: String::new(),
             updated_by: String::new(),
             updated_at: String::new(),
+            loaded: Vec::new(),
         };
         let mut info = ModelInfo {
             name: "m".into(),

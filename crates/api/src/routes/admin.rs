@@ -1,6 +1,7 @@
 //! The admin API, `/admin/v1/...`: the model registry, the worker fleet, the prediction log and
 //! the audit log. The access guard checks every route's caller (see `vatic_server::auth`).
 
+use crate::backend::Backend;
 use crate::registry::{self, PushError, Upload};
 use crate::state::State;
 use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -11,8 +12,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use vatic_schema::admin::ModelSettings;
 use vatic_schema::admin::{CreatedKey, KeyCreate, KeyInfo};
+use vatic_schema::admin::{ModelSettings, ModelVersionInfo, VersionLoad};
 use vatic_schema::ErrorBody;
 use vatic_server::auth::{Caller, KeyRing, Role};
 use vatic_server::{Group, Need, Routes};
@@ -251,7 +252,45 @@ async fn list_models(s: State) -> Result<HttpResponse, AdminError> {
 }
 
 async fn get_model(s: State, name: web::Path<String>) -> Result<HttpResponse, AdminError> {
-    Ok(HttpResponse::Ok().json(store(&s)?.model(&name).await?))
+    let mut model = store(&s)?.model(&name).await?;
+    where_loaded(&s, &mut model.versions).await?;
+    Ok(HttpResponse::Ok().json(model))
+}
+
+/// Fills each version's `loaded`: which workers hold it (in standalone mode, this process), in
+/// what state and with which engine, as their last heartbeats say.
+async fn where_loaded(s: &State, versions: &mut [ModelVersionInfo]) -> Result<(), AdminError> {
+    let held: Vec<VersionLoad> = match &*s.backend {
+        Backend::Local(host) => host
+            .engine
+            .status()
+            .into_iter()
+            .map(|status| VersionLoad {
+                worker: "standalone".into(),
+                status,
+            })
+            .collect(),
+        Backend::Remote(..) => store(s)?
+            .workers()
+            .await?
+            .into_iter()
+            .flat_map(|w| {
+                let worker = w.id;
+                w.loaded.into_iter().map(move |status| VersionLoad {
+                    worker: worker.clone(),
+                    status,
+                })
+            })
+            .collect(),
+    };
+    for v in versions {
+        v.loaded = held
+            .iter()
+            .filter(|l| l.status.model == v.model && l.status.version == v.version)
+            .cloned()
+            .collect();
+    }
+    Ok(())
 }
 
 async fn update_model(
@@ -419,7 +458,9 @@ async fn collect(
 
 async fn get_version(s: State, path: web::Path<(String, u64)>) -> Result<HttpResponse, AdminError> {
     let (name, version) = path.into_inner();
-    Ok(HttpResponse::Ok().json(store(&s)?.model_version(&name, version).await?))
+    let mut version = store(&s)?.model_version(&name, version).await?;
+    where_loaded(&s, std::slice::from_mut(&mut version)).await?;
+    Ok(HttpResponse::Ok().json(version))
 }
 
 async fn retire_version(

@@ -80,6 +80,9 @@ async fn the_registrys_engine_setting_moves_a_model_between_engines() {
     );
     let (_, model) = api.get(&format!("/admin/v1/models/{MODEL}")).await;
     assert_eq!(model["engine"], "onnxruntime", "{model}");
+    let loaded = &model["versions"][0]["loaded"];
+    assert_eq!(loaded[0]["worker"], "standalone", "{model}");
+    assert_eq!(loaded[0]["engine"], "onnxruntime", "{model}");
 
     // Back to what model.toml says (nothing here): the worker's default, tract.
     let (status, _) = patch(&api, json!({"engine": "model_toml"})).await;

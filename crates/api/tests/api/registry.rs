@@ -77,6 +77,26 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
             "{w}"
         );
     }
+    // Describing the model says where each version is loaded, and with which engine.
+    let (status, model) = api.get("/admin/v1/models/cnn").await;
+    assert_eq!(status, 200, "{model}");
+    let mut held: Vec<&str> = model["versions"][0]["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                (&l["state"], &l["engine"]),
+                (&json!("READY"), &json!("tract")),
+                "{l}"
+            );
+            l["worker"].as_str().unwrap()
+        })
+        .collect();
+    let mut ids: Vec<&str> = fleet.iter().map(|w| w["id"].as_str().unwrap()).collect();
+    held.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(held, ids, "{model}");
 
     let (ok, out) = vaticctl(&api, &["models", "retire", "cnn", "1"]).await;
     assert!(ok, "{out}");

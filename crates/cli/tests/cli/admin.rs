@@ -110,6 +110,12 @@ fn workers_lists_the_fleet() {
         version: 1,
         state,
         reason: reason.into(),
+        engine: if state == LoadState::Ready {
+            "tract".into()
+        } else {
+            String::new()
+        },
+        engines: Vec::new(),
     };
     let beat = Heartbeat {
         id: "w-1".into(),
@@ -140,7 +146,7 @@ fn workers_lists_the_fleet() {
     assert_eq!(table[1][3], "3", "requests in flight: {}", run.stdout);
     assert_eq!(
         table[1][5],
-        "breast_cancer/1 ready; cnn/1 unavailable (no such file)"
+        "breast_cancer/1 ready on tract; cnn/1 unavailable (no such file)"
     );
     let workers = app.vaticctl(&["workers", "-o", "json"]).assert_ok().json();
     assert_eq!(workers[0]["id"], "w-1", "{workers}");

@@ -296,7 +296,9 @@ fn models_log_shows_and_changes_what_the_prediction_log_keeps() {
 
 #[test]
 fn models_engine_shows_and_changes_the_engine_of_a_model() {
-    let app = RegistryApp::start(TestDb::sqlite());
+    let app = RegistryApp::start_with(TestDb::sqlite(), |s| {
+        s.engine.onnxruntime.library = Some(vatic_testkit::onnxruntime_library());
+    });
     let run = app.vaticctl(&["models", "engine", "breast_cancer"]);
     assert_eq!(
         run.assert_ok().table(),
@@ -308,6 +310,43 @@ fn models_engine_shows_and_changes_the_engine_of_a_model() {
     assert_eq!(model["engine"], "tract", "{model}");
     let run = app.vaticctl(&["models", "describe", "breast_cancer"]);
     assert!(run.assert_ok().stdout.contains("engine: tract"), "{run:#?}");
+
+    // With auto, the version loads again on both engines and describe shows both figures.
+    app.vaticctl(&["models", "engine", "breast_cancer", "auto"])
+        .assert_ok();
+    let mut model = Value::Null;
+    for _ in 0..600 {
+        model = json(&app, &["models", "describe", "breast_cancer"]);
+        if model["versions"][0]["loaded"][0]["engines"]
+            .as_array()
+            .is_some_and(|e| e.len() == 2)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let loaded = &model["versions"][0]["loaded"][0];
+    assert_eq!(loaded["worker"], "standalone", "{model}");
+    assert_eq!(loaded["state"], "READY", "{model}");
+    let figures = loaded["engines"].as_array().expect("both figures");
+    let chosen: Vec<&Value> = figures.iter().filter(|f| f["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1, "{model}");
+    assert_eq!(chosen[0]["engine"], loaded["engine"], "{model}");
+    for f in figures {
+        assert!(f["samples_per_second"].as_f64().unwrap() > 0.0, "{model}");
+    }
+    let run = app.vaticctl(&["models", "describe", "breast_cancer"]);
+    let text = &run.assert_ok().stdout;
+    let row = text
+        .lines()
+        .find(|l| l.contains("standalone"))
+        .unwrap_or_else(|| panic!("no worker row: {text}"));
+    let engine = loaded["engine"].as_str().unwrap();
+    assert!(row.contains("ready") && row.contains(engine), "{text}");
+    assert!(
+        row.contains("tract ") && row.contains("onnxruntime ") && row.contains(", chosen"),
+        "{text}"
+    );
 
     app.vaticctl(&["models", "engine", "nope", "auto"])
         .assert_error(&["model 'nope' not found (HTTP 404)"]);

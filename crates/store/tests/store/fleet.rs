@@ -2,7 +2,7 @@
 
 use crate::helpers::{backend, migrated, Raw};
 use chrono::{Duration, SubsecRound, Utc};
-use vatic_schema::admin::{LoadState, LoadedVersionStatus};
+use vatic_schema::admin::{EngineFigure, LoadState, LoadedVersionStatus};
 use vatic_store::Heartbeat;
 use vatic_testkit::TestDb;
 
@@ -12,6 +12,8 @@ fn loaded(model: &str, version: u64, state: LoadState, reason: &str) -> LoadedVe
         version,
         state,
         reason: reason.into(),
+        engine: String::new(),
+        engines: Vec::new(),
     }
 }
 
@@ -62,7 +64,25 @@ async fn a_heartbeat_inserts_then_updates_one_row() {
         let second = Heartbeat {
             address: "http://10.0.0.1:9001".into(),
             loaded: vec![
-                loaded("iris", 1, LoadState::Ready, ""),
+                // Loaded with `engine = "auto"`: the engine and both figures are kept.
+                LoadedVersionStatus {
+                    engine: "onnxruntime".into(),
+                    engines: vec![
+                        EngineFigure {
+                            engine: "tract".into(),
+                            samples_per_second: Some(812.5),
+                            error: None,
+                            chosen: false,
+                        },
+                        EngineFigure {
+                            engine: "onnxruntime".into(),
+                            samples_per_second: Some(1650.25),
+                            error: None,
+                            chosen: true,
+                        },
+                    ],
+                    ..loaded("iris", 1, LoadState::Ready, "")
+                },
                 loaded(
                     "wine",
                     3,

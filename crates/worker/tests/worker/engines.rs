@@ -229,7 +229,7 @@ async fn auto_measures_both_engines_and_serves_with_the_faster() {
         chosen[0].samples_per_second >= other.samples_per_second,
         "{figures:?}"
     );
-    assert_eq!(chosen[0].backend, version.model.backend());
+    assert_eq!(chosen[0].engine, version.model.backend().as_str());
     let (_, config) = w.get("/v2/models/cnn/config").await;
     assert_eq!(config["backend"], version.model.backend().as_str());
     let fixture = vatic_testkit::fixture("cnn");

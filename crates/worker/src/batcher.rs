@@ -530,7 +530,7 @@ impl Shared {
             inputs.push(stack(meta.datatype, &shape, &parts)?.into());
         }
         let t1 = Instant::now();
-        let outputs = self.model.run(inputs)?;
+        let outputs = self.model.run_at(inputs, jobs[0].priority)?;
         let t2 = Instant::now();
         let mut per_job: Vec<JobOutputs> = jobs
             .iter()

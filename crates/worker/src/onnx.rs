@@ -3,6 +3,7 @@
 //! ([`crate::onnxruntime`]); and conversion between wire tensors and the tract tensors both
 //! engines take and give.
 
+use crate::batcher::Priority;
 use crate::config::ModelToml;
 use crate::onnxruntime::{OnnxRuntimeSettings, OrtModel};
 use anyhow::{anyhow, bail, Context};
@@ -414,9 +415,19 @@ impl OnnxModel {
     /// Runs the model on inputs in signature order; returns outputs in signature order, each
     /// converted to its declared datatype.
     pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<Vec<Tensor>> {
+        self.run_at(inputs, Priority::RealTime)
+    }
+
+    /// [`OnnxModel::run`] for work of `priority`: ONNX Runtime keeps separate sessions for
+    /// low-priority runs (see [`OrtModel`]).
+    pub fn run_at(&self, inputs: TVec<TValue>, priority: Priority) -> anyhow::Result<Vec<Tensor>> {
         let outputs: TVec<TValue> = match &self.runner {
             Runner::Tract(plan) => plan.run(inputs)?,
-            Runner::OnnxRuntime(m) => m.run(&inputs)?.into_iter().map(TValue::from).collect(),
+            Runner::OnnxRuntime(m) => m
+                .run(&inputs, priority == Priority::Low)?
+                .into_iter()
+                .map(TValue::from)
+                .collect(),
         };
         outputs
             .into_iter()

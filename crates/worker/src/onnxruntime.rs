@@ -91,6 +91,10 @@ pub fn threads_per_instance(instances: usize) -> usize {
 
 /// A model loaded into ONNX Runtime: sessions made on demand, one per model run at once, each
 /// with the intra-op threads of the instance count last set.
+///
+/// Low-priority runs have sessions of their own, made on the first low-priority run of each
+/// low-priority runner, on its thread: the session's intra-op threads inherit that thread's
+/// idle scheduling class, and a real-time run never takes such a session.
 pub struct OrtModel {
     environment: ort::environment::Environment,
     bytes: Vec<u8>,
@@ -99,8 +103,18 @@ pub struct OrtModel {
     spinning: bool,
     /// Intra-op threads of the sessions runs use now.
     threads: AtomicUsize,
-    /// Sessions not running, with their intra-op threads.
-    idle: Mutex<Vec<(usize, Session)>>,
+    /// Sessions not running, with the pool each belongs to.
+    idle: Mutex<Vec<(Pool, Session)>>,
+}
+
+/// Which runs may take a session: those of its priority, while the instance count it was sized
+/// for holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pool {
+    /// Its intra-op threads.
+    threads: usize,
+    /// Whether it serves low-priority runs.
+    low: bool,
 }
 
 impl OrtModel {
@@ -123,7 +137,8 @@ impl OrtModel {
             threads: AtomicUsize::new(threads_per_instance(1)),
             idle: Mutex::new(Vec::new()),
         };
-        let session = model.session(model.threads.load(Ordering::Relaxed))?;
+        let pool = model.pool(false);
+        let session = model.session(pool.threads)?;
         let names = |outlets: &[ort::value::Outlet]| {
             outlets
                 .iter()
@@ -138,26 +153,43 @@ impl OrtModel {
                 bail!("ONNX Runtime sees no '{missing}' among the model's {what} ({theirs:?})");
             }
         }
-        model.give_back(model.threads.load(Ordering::Relaxed), session);
+        model.give_back(pool, session);
         Ok(model)
     }
 
     /// Sizes the sessions of later runs for `instances` runs at once (see
-    /// [`threads_per_instance`]) and makes that many ready; idle sessions of another size are
-    /// dropped.
+    /// [`threads_per_instance`]) and makes that many ready for real-time runs; idle sessions
+    /// of another size are dropped.
     pub fn set_instances(&self, instances: usize) -> anyhow::Result<()> {
         let threads = threads_per_instance(instances);
         self.threads.store(threads, Ordering::Relaxed);
+        let pool = self.pool(false);
         let ready = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            idle.retain(|(t, _)| *t == threads);
-            idle.len()
+            idle.retain(|(p, _)| p.threads == threads);
+            idle.iter().filter(|(p, _)| *p == pool).count()
         };
         for _ in ready..instances {
             let session = self.session(threads)?;
-            self.give_back(threads, session);
+            self.give_back(pool, session);
         }
         Ok(())
+    }
+
+    /// The pool runs of this priority take sessions from now.
+    fn pool(&self, low: bool) -> Pool {
+        Pool {
+            threads: self.threads.load(Ordering::Relaxed),
+            low,
+        }
+    }
+
+    /// Idle sessions for real-time and for low-priority runs.
+    #[cfg(test)]
+    fn idle_sessions(&self) -> (usize, usize) {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let low = idle.iter().filter(|(p, _)| p.low).count();
+        (idle.len() - low, low)
     }
 
     /// Intra-op threads of each session now.
@@ -187,29 +219,30 @@ impl OrtModel {
             .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))
     }
 
-    fn give_back(&self, threads: usize, session: Session) {
-        if threads == self.threads.load(Ordering::Relaxed) {
+    fn give_back(&self, pool: Pool, session: Session) {
+        if pool.threads == self.threads.load(Ordering::Relaxed) {
             self.idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((threads, session));
+                .push((pool, session));
         }
     }
 
     /// Runs the model on inputs in signature order; returns its outputs in signature order.
-    pub fn run(&self, inputs: &TVec<TValue>) -> anyhow::Result<Vec<Tensor>> {
-        let threads = self.threads.load(Ordering::Relaxed);
+    /// `low`: a low-priority run, on a session of its own (see [`OrtModel`]).
+    pub fn run(&self, inputs: &TVec<TValue>, low: bool) -> anyhow::Result<Vec<Tensor>> {
+        let pool = self.pool(low);
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let found = idle.iter().rposition(|(t, _)| *t == threads);
+            let found = idle.iter().rposition(|(p, _)| *p == pool);
             found.map(|i| idle.swap_remove(i).1)
         };
         let mut session = match idle {
             Some(s) => s,
-            None => self.session(threads)?,
+            None => self.session(pool.threads)?,
         };
         let result = self.run_on(&mut session, inputs);
-        self.give_back(threads, session);
+        self.give_back(pool, session);
         result
     }
 
@@ -307,4 +340,56 @@ fn from_ort(value: &DynValue) -> anyhow::Result<Tensor> {
 
 fn dims(shape: &ort::value::Shape) -> Vec<usize> {
     shape.iter().map(|d| (*d).max(0) as usize).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::tvec;
+
+    /// Real-time runs never take a session made for low-priority runs, whose threads run at the
+    /// idle scheduling class; each kind keeps its own.
+    #[test]
+    fn low_priority_runs_have_sessions_of_their_own() {
+        let fixture = vatic_testkit::fixture("cnn");
+        let settings = OnnxRuntimeSettings {
+            library: Some(vatic_testkit::onnxruntime_library()),
+            spinning: false,
+        };
+        let names = |tensors: &[vatic_testkit::FixtureTensor]| {
+            tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+        };
+        let model = OrtModel::load(
+            &vatic_testkit::model_dir("cnn").join("1/model.onnx"),
+            names(&fixture.inputs),
+            names(&fixture.outputs),
+            &settings,
+        )
+        .unwrap();
+        model.set_instances(1).unwrap();
+        assert_eq!(model.idle_sessions(), (1, 0));
+        let shape: Vec<usize> = fixture.inputs[0]
+            .shape
+            .iter()
+            .map(|d| *d as usize)
+            .collect();
+        let inputs: TVec<TValue> = tvec![Tensor::zero::<f32>(&shape).unwrap().into()];
+
+        let low = model.run(&inputs, true).unwrap();
+        assert_eq!(model.idle_sessions(), (1, 1), "the low run made its own");
+        let real_time = model.run(&inputs, false).unwrap();
+        assert_eq!(
+            model.idle_sessions(),
+            (1, 1),
+            "the real-time run took its own"
+        );
+        assert_eq!(low, real_time, "both kinds of session run the same model");
+        model.run(&inputs, true).unwrap();
+        assert_eq!(model.idle_sessions(), (1, 1), "the low session is reused");
+
+        // Sized again for two instances: sessions of another size go, low ones included.
+        model.set_instances(2).unwrap();
+        let resized = threads_per_instance(2) != threads_per_instance(1);
+        assert_eq!(model.idle_sessions(), (2, usize::from(!resized)));
+    }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use vatic_schema::admin::{PushResponse, Signature};
 use vatic_store::{NewVersion, Store, StoreError};
+use vatic_worker::config::EngineChoice;
 use vatic_worker::EngineSettings;
 
 /// Why a push was refused.
@@ -48,18 +49,20 @@ pub fn check_version(version: u64) -> Result<(), PushError> {
     Ok(())
 }
 
-/// Loads `file` into the engine `config` (a `model.toml` text) names, with its overrides, and
-/// runs it once; returns its signature, or the engine's reason it cannot serve.
+/// Loads `file` into the engine the workers would serve it with (`choice`, the model's
+/// registry setting, else the one `config`, a `model.toml` text, names), with `config`'s
+/// overrides, and runs it once; returns its signature, or the engine's reason it cannot serve.
 pub async fn inspect(
     file: &Path,
     config: &str,
+    choice: Option<EngineChoice>,
     engine: &EngineSettings,
 ) -> Result<Signature, PushError> {
     let file = file.to_path_buf();
     let config = config.to_string();
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || {
-        vatic_worker::check_model(&file, &config, "model.toml", &engine)
+        vatic_worker::check_model(&file, &config, "model.toml", choice, &engine)
             .map(|(model, _)| Signature {
                 inputs: model.signature.inputs.clone(),
                 outputs: model.signature.outputs.clone(),
@@ -99,7 +102,13 @@ pub async fn push(
     if let Some(version) = upload.version {
         check_version(version)?;
     }
-    let signature = inspect(upload.file, upload.config, engine).await?;
+    // The model's engine setting in the registry wins over model.toml, as on the workers.
+    let choice = match store.model(upload.model).await {
+        Ok(m) => EngineChoice::from_setting(m.engine),
+        Err(StoreError::ModelNotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let signature = inspect(upload.file, upload.config, choice, engine).await?;
     let path = upload.file.to_path_buf();
     let (sha256, size) = tokio::task::spawn_blocking(move || vatic_store::sha256_file(&path))
         .await

@@ -70,16 +70,18 @@ struct Loaded {
 }
 
 /// Loads `file` with the overrides of `config` (a `model.toml` text, empty for none; `origin`
-/// names it in errors) into the engine it names (`settings.engine` when it names none; with
-/// `auto`, the first engine that can load it) and runs it once per batch size it will first
-/// see. Returns the model and its batching settings; nothing is started.
+/// names it in errors) into the engine `engine` names, else the one `config` names, else
+/// `settings.engine` (with `auto`, the first engine that can load it), and runs it once per
+/// batch size it will first see. Returns the model and its batching settings; nothing is
+/// started.
 pub fn check_model(
     file: &Path,
     config: &str,
     origin: &str,
+    engine: Option<EngineChoice>,
     settings: &EngineSettings,
 ) -> anyhow::Result<(Arc<OnnxModel>, BatchingConfig)> {
-    let loaded = load(file, config, origin, None, settings, false)?;
+    let loaded = load(file, config, origin, engine, settings, false)?;
     Ok((loaded.model, loaded.batching))
 }
 

@@ -1,9 +1,12 @@
 //! The registry's engine setting: a model is moved between tract and ONNX Runtime without a push
-//! and without a refused request, and answers the same in both.
+//! and without a refused request, and answers the same in both; a push is checked with it.
 
-use crate::helpers::{registry_standalone_settings, TestApi, Traffic};
+use crate::helpers::{
+    api_process, binary, migrated, registry_standalone_settings, TestApi, Traffic,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
+use vatic_testkit::TestDb;
 
 const MODEL: &str = "breast_cancer";
 
@@ -93,4 +96,77 @@ async fn the_registrys_engine_setting_moves_a_model_between_engines() {
     assert!(served > 0);
     assert!(failures.is_empty(), "{failures:?}");
     api.stop().await;
+}
+
+/// `vaticctl models push` against `base`: whether it succeeded, and what it printed.
+async fn push(base: &str) -> (bool, String) {
+    let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
+        .current_dir(vatic_testkit::root())
+        .args(["--server", base, "models", "push", MODEL])
+        .arg(format!("models/{MODEL}/1/model.onnx"))
+        .output()
+        .await
+        .expect("running vaticctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A push is checked with the engine the workers will use: the model's registry setting wins
+/// over model.toml. An api process without ONNX Runtime's library (a process of its own: the
+/// library, once loaded, stays loaded) refuses a new file for a model set to onnxruntime,
+/// naming the setting, and takes it once the model is set to auto or tract.
+#[tokio::test]
+async fn a_push_is_checked_with_the_engine_the_registry_sets() {
+    let db = TestDb::sqlite();
+    migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let library = "/nonexistent/libonnxruntime.so";
+    let api = api_process(
+        &db.url,
+        dir.path(),
+        0,
+        &[("VATIC_ONNXRUNTIME__LIBRARY", library)],
+    );
+    let client = reqwest::Client::new();
+    let engine = |engine: &'static str| {
+        let request = client
+            .patch(format!("{}/admin/v1/models/{MODEL}", api.url))
+            .json(&json!({ "engine": engine }));
+        async move {
+            let r = request.send().await.expect("PATCH");
+            assert_eq!(r.status(), 200, "{engine}: {}", r.text().await.unwrap());
+        }
+    };
+
+    let (ok, out) = push(&api.url).await;
+    assert!(ok, "model.toml names no engine: tract checks it. {out}");
+    engine("onnxruntime").await;
+    let (ok, out) = push(&api.url).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("HTTP 400") && out.contains(library) && out.contains("onnxruntime.library"),
+        "{out}"
+    );
+    for (setting, versions) in [("auto", 2), ("tract", 3)] {
+        engine(setting).await;
+        let (ok, out) = push(&api.url).await;
+        assert!(ok, "{setting}: {out}");
+        let model: Value = client
+            .get(format!("{}/admin/v1/models/{MODEL}", api.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            model["versions"].as_array().map(Vec::len),
+            Some(versions),
+            "the refused push stored nothing: {model}"
+        );
+    }
 }

@@ -139,3 +139,33 @@ pub fn write_dense_chain(path: &Path, width: usize, layers: usize) -> std::io::R
     };
     std::fs::write(path, model(graph).encode_to_vec())
 }
+
+/// Copies the model at `src` to `dst` with each graph output's first dimension named
+/// `first_dim` (as exporters name an output's own dimensions), or, with `None`, with no
+/// declared output shapes at all.
+pub fn write_outputs_relabelled(
+    src: &Path,
+    dst: &Path,
+    first_dim: Option<&str>,
+) -> std::io::Result<()> {
+    let bytes = std::fs::read(src)?;
+    let mut model = pb::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let graph = model.graph.as_mut().expect("a graph");
+    for output in &mut graph.output {
+        let Some(pb::type_proto::Value::TensorType(tensor)) =
+            output.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        match first_dim {
+            Some(name) => {
+                if let Some(first) = tensor.shape.as_mut().and_then(|s| s.dim.first_mut()) {
+                    first.value = Some(dimension::Value::DimParam(name.into()));
+                }
+            }
+            None => tensor.shape = None,
+        }
+    }
+    std::fs::write(dst, model.encode_to_vec())
+}

@@ -256,8 +256,10 @@ impl OnnxModel {
     }
 
     /// ONNX Runtime: the signature as declared; batched when every input's and output's first
-    /// axis is the batch dimension (ONNX Runtime does not say what an undeclared output shape
-    /// is, so such a model serves unbatched).
+    /// axis is the batch dimension. When the inputs' first axes are but the outputs do not say
+    /// (an output's first dimension named otherwise, as PyTorch exports name them, or no
+    /// declared shape), the model is run on 1 and 2 rows to see (see
+    /// [`OnnxModel::probe_batch`]).
     fn load_onnxruntime(
         path: &Path,
         overrides: Option<&ModelToml>,
@@ -268,8 +270,9 @@ impl OnnxModel {
         let named = inputs
             .first()
             .and_then(|d| d.params.first().cloned().flatten());
-        let batched = batch.is_some()
-            && inputs.iter().all(|d| d.meta.shape.first() == Some(&-1))
+        let rows_first =
+            batch.is_some() && inputs.iter().all(|d| d.meta.shape.first() == Some(&-1));
+        let declared = rows_first
             && outputs.iter().all(|d| {
                 d.meta.shape.first() == Some(&-1)
                     && match (d.params.first().cloned().flatten(), &named) {
@@ -277,20 +280,55 @@ impl OnnxModel {
                         _ => true,
                     }
             });
-        let model = OrtModel::load(
+        let ort = OrtModel::load(
             path,
             inputs.iter().map(|d| d.meta.name.clone()).collect(),
             outputs.iter().map(|d| d.meta.name.clone()).collect(),
             settings,
         )?;
-        Ok(OnnxModel {
-            runner: Runner::OnnxRuntime(model),
+        let mut model = OnnxModel {
+            runner: Runner::OnnxRuntime(ort),
             signature: Signature {
                 inputs: inputs.into_iter().map(|d| d.meta).collect(),
                 outputs: outputs.into_iter().map(|d| d.meta).collect(),
-                batched,
+                batched: declared,
             },
-        })
+        };
+        if rows_first && !declared {
+            model.probe_batch();
+        }
+        Ok(model)
+    }
+
+    /// For a model whose inputs take rows on their first axis but whose outputs do not say:
+    /// runs it on 1 and 2 rows of zeros and serves it batched when every output has as many
+    /// rows on its first axis. Output shapes the graph leaves unstated are taken from the
+    /// 2-row run. A run that fails leaves the model unbatched (its warm-up reports the error).
+    fn probe_batch(&mut self) {
+        self.signature.batched = true;
+        let runs: anyhow::Result<Vec<Vec<Tensor>>> = [1, 2]
+            .into_iter()
+            .map(|rows| self.run(self.sample_inputs(rows)?))
+            .collect();
+        let Ok(runs) = runs else {
+            self.signature.batched = false;
+            return;
+        };
+        let batched = runs
+            .iter()
+            .zip([1, 2])
+            .all(|(outputs, rows)| outputs.iter().all(|t| t.shape().first() == Some(&rows)));
+        self.signature.batched = batched;
+        for (meta, t) in self.signature.outputs.iter_mut().zip(&runs[1]) {
+            if meta.shape.is_empty() && t.rank() > 0 {
+                meta.shape = t
+                    .shape()
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, &d)| if axis == 0 && batched { -1 } else { d as i64 })
+                    .collect();
+            }
+        }
     }
 
     fn load_tract(path: &Path, overrides: Option<&ModelToml>) -> anyhow::Result<OnnxModel> {

@@ -147,6 +147,31 @@ fn both_engines_give_the_same_outputs_within_the_documented_tolerance() {
     }
 }
 
+/// An export whose outputs name their first dimension otherwise than the inputs' batch
+/// dimension, or declare no shape at all, still serves batched on ONNX Runtime, with the output
+/// shapes tract works out.
+#[test]
+fn onnxruntime_finds_the_batch_axis_when_the_outputs_do_not_declare_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for name in all_models() {
+        let file = vatic_testkit::model_dir(name).join("1/model.onnx");
+        let tract = OnnxModel::load(&file, None).unwrap();
+        if !tract.signature.batched {
+            continue;
+        }
+        for (label, first_dim) in [("renamed", Some("output_dim_0")), ("undeclared", None)] {
+            let variant = dir.path().join(format!("{name}-{label}.onnx"));
+            vatic_testkit::onnx::write_outputs_relabelled(&file, &variant, first_dim).unwrap();
+            let ort =
+                OnnxModel::load_with(&variant, None, Backend::OnnxRuntime, &onnxruntime()).unwrap();
+            assert_eq!(ort.signature, tract.signature, "{name}, outputs {label}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "{checked} variants");
+}
+
 #[tokio::test]
 async fn onnxruntime_versions_batch_requests_together() {
     let repo = vatic_testkit::repo(&[RepoModel {

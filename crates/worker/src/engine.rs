@@ -524,12 +524,22 @@ impl Engine {
         req: &InferRequest,
         priority: Priority,
     ) -> Result<InferResponse, EngineError> {
-        let v = self.resolve(name, version)?;
+        let mut v = self.resolve(name, version)?;
         // The request's log lines name the version that answers, also when the path names none.
         tracing::Span::current().record("version", v.version.as_str());
         // A guard, so a request dropped midway (its client went away) is not counted forever.
         let _in_flight = InFlight::enter(self.metrics.in_flight());
-        let result = v.infer(req, priority).await;
+        let mut result = v.infer(req, priority).await;
+        if matches!(result, Err(EngineError::ShuttingDown)) {
+            // Loaded again between resolving and queueing: the version as it was has stopped
+            // taking requests, and its replacement answers.
+            if let Ok(next) = self.resolve(name, version) {
+                if !Arc::ptr_eq(&next, &v) {
+                    v = next;
+                    result = v.infer(req, priority).await;
+                }
+            }
+        }
         let status = result.as_ref().map_or_else(EngineError::status, |_| 200);
         v.stats.answered(status);
         result

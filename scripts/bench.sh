@@ -5,7 +5,9 @@
 # what API keys with a rate limit, HTTPS and encrypting the log at rest cost, each against the
 # same build with it off; the compute-heavy CNN fixture; a FastAPI + onnxruntime baseline
 # (benches/baseline); start to ready; worker memory under load; what a canary split and a shadow
-# cost, each against no rollout (and the split's decision alone, in-process: crates/api/benches).
+# cost, each against no rollout (and the split's decision alone, in-process: crates/api/benches);
+# the CNN served with ONNX Runtime against raw ONNX Runtime, and the demo with `engine = "auto"`
+# against tract.
 # Takes about 25 minutes on 2 cores, the builds aside.
 #
 # Concurrency 1 is measured twice: with the load generator sleeping until each answer comes,
@@ -28,6 +30,9 @@ admin_url="$(scripts/test-db.sh)"
 database_url="${admin_url%/*}/vatic_bench"
 command -v psql >/dev/null || scripts/need.sh psql postgresql-client
 scripts/need.sh wrk wrk
+# The onnxruntime engine's library, from the onnxruntime wheel (scripts/install-onnxruntime.sh).
+ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}"
+export ORT_DYLIB_PATH
 psql -q "$admin_url" -c "DROP DATABASE IF EXISTS vatic_bench" -c "CREATE DATABASE vatic_bench"
 
 venv="${VATIC_BENCH_VENV:-$HOME/.cache/vatic/bench-venv}"

@@ -211,6 +211,98 @@ def response_cache(r):
     ]
 
 
+def profile_grid(cells):
+    """A `vatic-worker profile` grid: a row per batch size, a column per instance count."""
+    instances = sorted({c["instances"] for c in cells})
+    out = ["| batch | " + " | ".join(f"{n} instance{'s' if n > 1 else ''}" for n in instances) + " |",
+           "|---|" + "---|" * len(instances)]
+    for batch in sorted({c["batch_size"] for c in cells}):
+        row = {c["instances"]: c for c in cells if c["batch_size"] == batch}
+        out.append(f"| {batch} | " + " | ".join(
+            f"{fmt(row[n]['samples_per_second'])} ({fmt(row[n]['run_p50_us'] / 1000, 2)} / "
+            f"{fmt(row[n]['run_p99_us'] / 1000, 2)} ms)"
+            if n in row else "-" for n in instances) + " |")
+    return out
+
+
+def served_levels(levels):
+    """A served model's figures per concurrency, latencies in ms."""
+    return [f"| {c} | {fmt(v['throughput'])} | {fmt(v['p50'] / 1000, 2)} | "
+            f"{fmt(v['p99'] / 1000, 2)} | {v['errors']} |"
+            for c, v in sorted(levels.items(), key=lambda kv: int(kv[0]))]
+
+
+# How far the demo with `engine = "auto"` may fall below tract before it counts as more than the
+# noise of alternating runs on a shared machine.
+AUTO_NOISE = 0.05
+
+
+def engine_targets(r):
+    """The target rows of the second engine; none for results from before it was measured."""
+    if "raw_cnn_onnxruntime" not in r:
+        return []
+    raw = r["raw_cnn_onnxruntime"]["recommended"]["best_samples_per_second"]
+    served = r["served_cnn_onnxruntime_binary"]
+    best = max(served, key=lambda c: served[c]["throughput"])
+    share = served[best]["throughput"] / raw
+    demo = r["engine_demo_binary"]
+    auto = demo["auto"][64]["throughput"] / demo["tract"][64]["throughput"]
+    errors = sum(v["errors"] for v in served.values()) + sum(
+        v["errors"] for side in demo.values() for v in side.values())
+    return [
+        ("CNN served with onnxruntime, best concurrency, vs best raw onnxruntime", ">= 85%",
+         f"{fmt(100 * share)}% ({fmt(served[best]['throughput'])} at c={best} vs {fmt(raw)} "
+         "samples/s)", share >= 0.85 and not errors),
+        ("Demo with engine = auto vs tract, c=64 (binary)",
+         f"no lower than noise ({AUTO_NOISE:.0%})",
+         f"{fmt(auto, 3)}x ({fmt(demo['auto'][64]['throughput'])} vs "
+         f"{fmt(demo['tract'][64]['throughput'])} req/s; auto chose "
+         f"{r['engine_demo_loaded']['engine']})", auto >= 1 - AUTO_NOISE and not errors),
+    ]
+
+
+def engines(r):
+    """The section on ONNX Runtime beside tract; none for results from before it was
+    measured."""
+    if "raw_cnn_onnxruntime" not in r:
+        return []
+    cfg = r["engine_cnn_config"]
+    loaded = r["engine_demo_loaded"]
+    figures = "; ".join(
+        f"{f['engine']} {fmt(f.get('samples_per_second'))} rows/s"
+        + (" (chosen)" if f["chosen"] else "") + (f" ({f['error']})" if f.get("error") else "")
+        for f in loaded.get("engines", []))
+    demo = r["engine_demo_binary"]
+    out = [
+        "## ONNX Runtime beside tract",
+        "",
+        "The same CNN in raw ONNX Runtime, in-process (`vatic-worker profile --engine "
+        "onnxruntime`, 2 s per cell, one session per instance with the cores shared out between "
+        "the instances): samples/s, and the median and 99th percentile run in ms:",
+        "",
+        *profile_grid(r["raw_cnn_onnxruntime"]["cells"]),
+        "",
+        f"Served by a standalone server whose model.toml says `engine = \"onnxruntime\"`; it "
+        f"profiled the CNN at load and serves it with max_batch_size {cfg['max_batch_size']} and "
+        f"{cfg['instance_group'][0]['count']} instance(s). V2 binary:",
+        "",
+        "| concurrency | samples/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+        *served_levels(r["served_cnn_onnxruntime_binary"]),
+        "",
+        f"The demo with `engine = \"auto\"`: at load, on that server, {figures}. Against a like "
+        "server serving it with tract, V2 binary, in alternating runs (medians):",
+        "",
+        "| concurrency | tract req/s | auto req/s | auto / tract | tract p50 us | auto p50 us |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in sorted(demo["tract"]):
+        t, a = demo["tract"][c], demo["auto"][c]
+        out.append(f"| {c} | {fmt(t['throughput'])} | {fmt(a['throughput'])} | "
+                   f"{fmt(a['throughput'] / t['throughput'], 3)}x | {fmt(t['p50'])} | {fmt(a['p50'])} |")
+    return out + [""]
+
+
 def batch_jobs(r):
     """The section on batch jobs: real time beside a job, and a job's rate against the served
     throughput; none for results from before they were measured."""
@@ -304,6 +396,7 @@ def render(r):
         ("Standalone start to ready (demo, release)", "<= 1 s",
          f"{fmt(r['start_first_s'], 3)} s first start, {fmt(r['start_again_s'], 3)} s restart",
          max(r["start_first_s"], r["start_again_s"]) <= 1.0),
+        *engine_targets(r),
     ]
     if soak and soak["samples"]:
         kib = [k for _, k in soak["samples"]]
@@ -397,16 +490,7 @@ def render(r):
         "percentile run in ms:",
         "",
     ]
-    cells = r["raw_cnn"]["cells"]
-    instances = sorted({c["instances"] for c in cells})
-    out += ["| batch | " + " | ".join(f"{n} instance{'s' if n > 1 else ''}" for n in instances) + " |",
-            "|---|" + "---|" * len(instances)]
-    for batch in sorted({c["batch_size"] for c in cells}):
-        row = {c["instances"]: c for c in cells if c["batch_size"] == batch}
-        out.append(f"| {batch} | " + " | ".join(
-            f"{fmt(row[n]['samples_per_second'])} ({fmt(row[n]['run_p50_us'] / 1000, 2)} / "
-            f"{fmt(row[n]['run_p99_us'] / 1000, 2)} ms)"
-            if n in row else "-" for n in instances) + " |")
+    out += profile_grid(r["raw_cnn"]["cells"])
     cfg = r["cnn_config"]
     out += [
         "",
@@ -416,9 +500,8 @@ def render(r):
         "| concurrency | samples/s | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|",
     ]
-    for c, v in sorted(r["served_cnn_binary"].items(), key=lambda kv: int(kv[0])):
-        out.append(f"| {c} | {fmt(v['throughput'])} | {fmt(v['p50'] / 1000, 2)} | "
-                   f"{fmt(v['p99'] / 1000, 2)} | {v['errors']} |")
+    out += served_levels(r["served_cnn_binary"])
+    out += ["", *engines(r)]
     if soak and soak["samples"]:
         out += ["", "## Worker memory under load", "",
                 f"Resident memory of the worker process while `vaticctl bench -c 8` ran for "

@@ -452,6 +452,47 @@ class Bench:
         self.stop(on)
         self.stop(off)
 
+    def engines(self):
+        """ONNX Runtime beside tract. Raw ONNX Runtime on the CNN in-process (`vatic-worker
+        profile --engine onnxruntime`, the same grid as raw tract); then two standalone
+        servers, each on a SQLite registry of its own, importing the same models: one with
+        no model.toml (tract), one whose model.toml files serve the CNN with onnxruntime and
+        the demo with `auto`. The CNN on onnxruntime is loaded to find its best concurrency; the
+        demo runs on both servers in alternating runs, tract against whatever `auto` chose."""
+        log("raw ONNX Runtime engine (vatic-worker profile --engine onnxruntime)")
+        cnn_file = ROOT / "testdata/models" / CNN / "1/model.onnx"
+        raw = self.profile(cnn_file, "--duration", "2s", "--engine", "onnxruntime")
+        self.results["raw_cnn_onnxruntime"] = raw
+        log(f"  cnn best {raw['recommended']['best_samples_per_second']:.1f} samples/s")
+
+        log("the CNN served with onnxruntime; the demo with auto against tract")
+        tract_repo, ort_repo = self.work / "engine-tract", self.work / "engine-onnxruntime"
+        for repo, engine in ((tract_repo, None), (ort_repo, {CNN: "onnxruntime", DEMO: "auto"})):
+            for name, src in [(DEMO, ROOT / "models" / DEMO / "1/model.onnx"), (CNN, cnn_file)]:
+                (repo / name / "1").mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, repo / name / "1/model.onnx")
+                if engine:
+                    (repo / name / "model.toml").write_text(f'engine = "{engine[name]}"\n')
+        tract, tract_url = self.start_standalone("engine-tract", tract_repo, 18495, database=False)
+        ort, ort_url = self.start_standalone("engine-onnxruntime", ort_repo, 18496, database=False)
+        for url in (tract_url, ort_url):
+            for m in (DEMO, CNN):
+                self.ctl(url, "models", "log", m, "--mode", "off")
+        r = self.results
+        r["engine_cnn_config"] = json.loads(
+            urllib.request.urlopen(f"{ort_url}/v2/models/{CNN}/config").read())
+        r["engine_demo_loaded"] = json.loads(
+            self.ctl(ort_url, "models", "describe", DEMO, "-o", "json").stdout
+        )["versions"][0]["loaded"][0]
+        if r["engine_cnn_config"]["backend"] != "onnxruntime":
+            raise SystemExit(f"the CNN is not served by onnxruntime: see {ort.log_path}")
+        log(f"  demo with auto: {r['engine_demo_loaded']}")
+        r["served_cnn_onnxruntime_binary"] = self.load(ort_url, CNN, [1, 8, 16, 32], "v2-binary")
+        r["engine_demo_binary"] = self.alternate(
+            {"tract": (tract_url, None), "auto": (ort_url, None)}, [1, 64], "v2-binary")
+        self.stop(tract)
+        self.stop(ort)
+
     def batch_file(self, model, rows):
         """A batch job's input of `rows` rows: for the demo, CSV of its reference rows cycled;
         for the CNN, JSON Lines of V2 bodies of one image each, of small whole numbers (the
@@ -599,6 +640,7 @@ class Bench:
             self.start_to_ready()
             self.rollout(repo)
             self.cache()
+            self.engines()
             self.batch(repo)
         finally:
             for s in list(self.servers):
@@ -656,12 +698,13 @@ def idle_states():
 
 def load_results(path):
     """Results saved with --json; JSON made the concurrency levels strings again."""
-    results = json.loads(Path(path).read_text())
-    for key, value in results.items():
-        if key.startswith(("served_", "polled_", "logged_", "unlogged_", "sealed_", "log_warmup_",
-                           "security_", "cluster_", "baseline_")):
-            results[key] = {int(level): v for level, v in value.items()}
-    return results
+    def levels(value):
+        if isinstance(value, dict):
+            return {int(k) if k.isdigit() else k: levels(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [levels(v) for v in value]
+        return value
+    return levels(json.loads(Path(path).read_text()))
 
 
 def main():

@@ -30,8 +30,9 @@ struct Flags {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Measure a model with the raw tract engine on this machine, for a grid of batch sizes and
-    /// instance counts, and print the batching settings that serve it fastest
+    /// Measure a model with a raw engine (tract, or ONNX Runtime with --engine onnxruntime) on
+    /// this machine, for a grid of batch sizes and instance counts, and print the batching
+    /// settings that serve it fastest
     Profile(vatic_worker::profile::ProfileArgs),
 }
 

@@ -633,8 +633,14 @@ fn print_loaded(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Res
             .iter()
             .map(|f| {
                 let figure = match (&f.samples_per_second, &f.error) {
-                    (Some(rate), _) if *rate < 10.0 => format!("{} {rate:.1} rows/s", f.engine),
-                    (Some(rate), _) => format!("{} {rate:.0} rows/s", f.engine),
+                    (Some(rate), _) => {
+                        let digits = if *rate < 10.0 { 1 } else { 0 };
+                        let one_row = f
+                            .one_row_us
+                            .map(|us| format!(", one row in {us:.0} µs"))
+                            .unwrap_or_default();
+                        format!("{} {rate:.digits$} rows/s{one_row}", f.engine)
+                    }
                     (None, Some(error)) => format!("{} failed ({error})", f.engine),
                     (None, None) => format!("{} not measured", f.engine),
                 };

@@ -583,6 +583,10 @@ pub struct EngineFigure {
     /// none when it could not load or run the model.
     #[serde(default)]
     pub samples_per_second: Option<f64>,
+    /// Microseconds one run of one row took (the median of several); none when it could not
+    /// load or run the model.
+    #[serde(default)]
+    pub one_row_us: Option<f64>,
     /// Why it could not load or run the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -71,12 +71,14 @@ async fn a_heartbeat_inserts_then_updates_one_row() {
                         EngineFigure {
                             engine: "tract".into(),
                             samples_per_second: Some(812.5),
+                            one_row_us: Some(41.0),
                             error: None,
                             chosen: false,
                         },
                         EngineFigure {
                             engine: "onnxruntime".into(),
                             samples_per_second: Some(1650.25),
+                            one_row_us: Some(17.5),
                             error: None,
                             chosen: true,
                         },

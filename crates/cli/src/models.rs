@@ -616,11 +616,17 @@ fn print_details(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Re
 /// measured at load.
 fn print_loaded(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Result<()> {
     if version.loaded.is_empty() {
-        writeln!(out, "version {} is loaded on no worker", version.version)?;
+        writeln!(out, "no worker reports version {}", version.version)?;
         return Ok(());
     }
     writeln!(out, "version {} on the workers:", version.version)?;
-    let mut table = output::table(["worker", "state", "engine", "engine = auto, at load"]);
+    let mut table = output::table([
+        "worker",
+        "heartbeat",
+        "state",
+        "engine",
+        "engine = auto, at load",
+    ]);
     for l in &version.loaded {
         let s = &l.status;
         let state = match s.state {
@@ -653,6 +659,8 @@ fn print_loaded(version: &ModelVersionInfo, out: &mut impl Write) -> anyhow::Res
             .collect();
         table.add_row([
             l.worker.clone(),
+            l.heartbeat_age_secs
+                .map_or_else(|| "-".into(), |age| format!("{age:.1} s ago")),
             state,
             if s.engine.is_empty() {
                 "-".into()

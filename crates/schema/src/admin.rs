@@ -242,6 +242,10 @@ pub struct ModelVersionInfo {
 pub struct VersionLoad {
     /// The worker's id (`standalone` for the api's own process).
     pub worker: String,
+    /// Seconds since the worker's heartbeat said this; none in standalone mode. A worker that
+    /// stopped without removing its row keeps its last heartbeat, ageing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_secs: Option<f64>,
     /// Its state there, engine and load-time figures.
     #[serde(flatten)]
     pub status: LoadedVersionStatus,

@@ -258,7 +258,8 @@ async fn get_model(s: State, name: web::Path<String>) -> Result<HttpResponse, Ad
 }
 
 /// Fills each version's `loaded`: which workers hold it (in standalone mode, this process), in
-/// what state and with which engine, as their last heartbeats say.
+/// what state and with which engine, as their last heartbeats say. Left empty, with a warning,
+/// when the heartbeats cannot be read.
 async fn where_loaded(s: &State, versions: &mut [ModelVersionInfo]) -> Result<(), AdminError> {
     let held: Vec<VersionLoad> = match &*s.backend {
         Backend::Local(host) => host
@@ -267,21 +268,27 @@ async fn where_loaded(s: &State, versions: &mut [ModelVersionInfo]) -> Result<()
             .into_iter()
             .map(|status| VersionLoad {
                 worker: "standalone".into(),
+                heartbeat_age_secs: None,
                 status,
             })
             .collect(),
-        Backend::Remote(..) => store(s)?
-            .workers()
-            .await?
-            .into_iter()
-            .flat_map(|w| {
-                let worker = w.id;
-                w.loaded.into_iter().map(move |status| VersionLoad {
-                    worker: worker.clone(),
-                    status,
+        Backend::Remote(..) => match store(s)?.workers().await {
+            Ok(workers) => workers
+                .into_iter()
+                .flat_map(|w| {
+                    let (worker, age) = (w.id, w.heartbeat_age_secs);
+                    w.loaded.into_iter().map(move |status| VersionLoad {
+                        worker: worker.clone(),
+                        heartbeat_age_secs: Some(age),
+                        status,
+                    })
                 })
-            })
-            .collect(),
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the workers' heartbeats could not be read: the model is described without them");
+                Vec::new()
+            }
+        },
     };
     for v in versions {
         v.loaded = held

@@ -85,6 +85,7 @@ async fn the_registrys_engine_setting_moves_a_model_between_engines() {
     assert_eq!(model["engine"], "onnxruntime", "{model}");
     let loaded = &model["versions"][0]["loaded"];
     assert_eq!(loaded[0]["worker"], "standalone", "{model}");
+    assert!(loaded[0].get("heartbeat_age_secs").is_none(), "{model}");
     assert_eq!(loaded[0]["engine"], "onnxruntime", "{model}");
 
     // Back to what model.toml says (nothing here): the worker's default, tract.

@@ -90,6 +90,7 @@ async fn a_pushed_model_reaches_every_worker_by_notification_and_retiring_unload
                 (&json!("READY"), &json!("tract")),
                 "{l}"
             );
+            assert!(l["heartbeat_age_secs"].as_f64().is_some(), "{l}");
             l["worker"].as_str().unwrap()
         })
         .collect();

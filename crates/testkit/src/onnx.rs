@@ -140,13 +140,22 @@ pub fn write_dense_chain(path: &Path, width: usize, layers: usize) -> std::io::R
     std::fs::write(path, model(graph).encode_to_vec())
 }
 
-/// Copies the model at `src` to `dst` with each graph output's first dimension named
-/// `first_dim` (as exporters name an output's own dimensions), or, with `None`, with no
-/// declared output shapes at all.
+/// What [`write_outputs_relabelled`] declares of each graph output's shape.
+#[derive(Debug, Clone, Copy)]
+pub enum OutputShapes<'a> {
+    /// The first dimension named so, as exporters name an output's own dimensions.
+    FirstNamed(&'a str),
+    /// The first dimension fixed at this size, as a trace with that many rows declares it.
+    FirstFixed(i64),
+    /// No shape at all.
+    Undeclared,
+}
+
+/// Copies the model at `src` to `dst` with its graph outputs' shapes declared as `shapes` says.
 pub fn write_outputs_relabelled(
     src: &Path,
     dst: &Path,
-    first_dim: Option<&str>,
+    shapes: OutputShapes<'_>,
 ) -> std::io::Result<()> {
     let bytes = std::fs::read(src)?;
     let mut model = pb::ModelProto::decode(bytes.as_slice())
@@ -158,13 +167,16 @@ pub fn write_outputs_relabelled(
         else {
             continue;
         };
-        match first_dim {
-            Some(name) => {
-                if let Some(first) = tensor.shape.as_mut().and_then(|s| s.dim.first_mut()) {
-                    first.value = Some(dimension::Value::DimParam(name.into()));
-                }
+        let first = match shapes {
+            OutputShapes::FirstNamed(name) => dimension::Value::DimParam(name.into()),
+            OutputShapes::FirstFixed(size) => dimension::Value::DimValue(size),
+            OutputShapes::Undeclared => {
+                tensor.shape = None;
+                continue;
             }
-            None => tensor.shape = None,
+        };
+        if let Some(dim) = tensor.shape.as_mut().and_then(|s| s.dim.first_mut()) {
+            dim.value = Some(first);
         }
     }
     std::fs::write(dst, model.encode_to_vec())

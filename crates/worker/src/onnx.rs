@@ -302,32 +302,49 @@ impl OnnxModel {
 
     /// For a model whose inputs take rows on their first axis but whose outputs do not say:
     /// runs it on 1 and 2 rows of zeros and serves it batched when every output has as many
-    /// rows on its first axis. Output shapes the graph leaves unstated are taken from the
-    /// 2-row run. A run that fails leaves the model unbatched (its warm-up reports the error).
+    /// rows on its first axis; each output's first axis then reads `-1`. Output shapes the
+    /// graph leaves unstated are taken from the runs, `-1` where the two differ. A run that
+    /// fails leaves the model unbatched, with a warning (its warm-up runs one row again and
+    /// fails there if that is what failed).
     fn probe_batch(&mut self) {
         self.signature.batched = true;
         let runs: anyhow::Result<Vec<Vec<Tensor>>> = [1, 2]
             .into_iter()
             .map(|rows| self.run(self.sample_inputs(rows)?))
             .collect();
-        let Ok(runs) = runs else {
-            self.signature.batched = false;
-            return;
+        let runs = match runs {
+            Ok(runs) => runs,
+            Err(e) => {
+                self.signature.batched = false;
+                tracing::warn!(error = %format!("{e:#}"), "ONNX Runtime: a run on 1 or 2 rows failed, so the model serves unbatched");
+                return;
+            }
         };
         let batched = runs
             .iter()
             .zip([1, 2])
             .all(|(outputs, rows)| outputs.iter().all(|t| t.shape().first() == Some(&rows)));
         self.signature.batched = batched;
-        for (meta, t) in self.signature.outputs.iter_mut().zip(&runs[1]) {
-            if meta.shape.is_empty() && t.rank() > 0 {
-                meta.shape = t
+        for (meta, (one, two)) in self
+            .signature
+            .outputs
+            .iter_mut()
+            .zip(runs[0].iter().zip(&runs[1]))
+        {
+            if meta.shape.is_empty() {
+                meta.shape = two
                     .shape()
                     .iter()
-                    .enumerate()
-                    .map(|(axis, &d)| if axis == 0 && batched { -1 } else { d as i64 })
+                    .zip(one.shape().iter().chain(std::iter::repeat(&0)))
+                    .map(|(&a, &b)| if a == b { a as i64 } else { -1 })
                     .collect();
             }
+            if batched {
+                meta.shape[0] = -1;
+            }
+        }
+        if !batched {
+            tracing::info!("ONNX Runtime: the outputs do not keep the inputs' rows on their first axis, so the model serves unbatched");
         }
     }
 

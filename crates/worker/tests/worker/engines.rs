@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tract_onnx::prelude::IntoTensor;
+use vatic_testkit::onnx::OutputShapes;
 use vatic_testkit::RepoModel;
 use vatic_worker::config::EngineChoice;
 use vatic_worker::onnx::{Backend, OnnxModel};
@@ -148,8 +149,8 @@ fn both_engines_give_the_same_outputs_within_the_documented_tolerance() {
 }
 
 /// An export whose outputs name their first dimension otherwise than the inputs' batch
-/// dimension, or declare no shape at all, still serves batched on ONNX Runtime, with the output
-/// shapes tract works out.
+/// dimension, fix it at the size traced, or declare no shape at all, still serves batched on
+/// ONNX Runtime, with the output shapes tract works out.
 #[test]
 fn onnxruntime_finds_the_batch_axis_when_the_outputs_do_not_declare_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,16 +161,20 @@ fn onnxruntime_finds_the_batch_axis_when_the_outputs_do_not_declare_it() {
         if !tract.signature.batched {
             continue;
         }
-        for (label, first_dim) in [("renamed", Some("output_dim_0")), ("undeclared", None)] {
+        for (label, shapes) in [
+            ("renamed", OutputShapes::FirstNamed("output_dim_0")),
+            ("fixed", OutputShapes::FirstFixed(1)),
+            ("undeclared", OutputShapes::Undeclared),
+        ] {
             let variant = dir.path().join(format!("{name}-{label}.onnx"));
-            vatic_testkit::onnx::write_outputs_relabelled(&file, &variant, first_dim).unwrap();
+            vatic_testkit::onnx::write_outputs_relabelled(&file, &variant, shapes).unwrap();
             let ort =
                 OnnxModel::load_with(&variant, None, Backend::OnnxRuntime, &onnxruntime()).unwrap();
             assert_eq!(ort.signature, tract.signature, "{name}, outputs {label}");
             checked += 1;
         }
     }
-    assert!(checked >= 6, "{checked} variants");
+    assert!(checked >= 9, "{checked} variants");
 }
 
 #[tokio::test]

@@ -106,7 +106,8 @@ pub enum EngineChoice {
     Tract,
     /// ONNX Runtime (`onnxruntime.library`).
     OnnxRuntime,
-    /// Both are run on the warm-up inputs at load; the faster one serves.
+    /// Both are measured at load; ONNX Runtime serves only if it is faster both in rows a
+    /// second and at one row, else tract (docs/engines.md).
     Auto,
 }
 

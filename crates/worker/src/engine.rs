@@ -536,6 +536,7 @@ impl Engine {
             if let Ok(next) = self.resolve(name, version) {
                 if !Arc::ptr_eq(&next, &v) {
                     v = next;
+                    tracing::Span::current().record("version", v.version.as_str());
                     result = v.infer(req, priority).await;
                 }
             }

@@ -87,7 +87,8 @@ pub fn check_model(
 
 /// [`check_model`]; with `serve`, load-time profiling (when it is on and `config` has no
 /// `[batching]` of its own: the batch size and instances measured best on this machine) and,
-/// for `auto`, both engines measured and the faster kept.
+/// for `auto`, both engines measured: ONNX Runtime serves when it is faster both in rows a second
+/// and at one row, else tract.
 fn load(
     file: &Path,
     config: &str,
@@ -168,12 +169,12 @@ fn load(
         engines.push(EngineFigure {
             engine: backend.as_str().into(),
             samples_per_second: measuring.then_some(speed),
-            one_row_us: measuring.then(|| one_row.as_secs_f64() * 1e6),
+            one_row_us: measuring.then_some(one_row.as_secs_f64() * 1e6),
             error: None,
             chosen: false,
         });
         // The first engine that loads (tract, with auto) serves unless another does more rows a
-        // second and also runs one row sooner. The in-process figures leave out what serving
+        // second and runs one row at least as soon. The in-process figures leave out what serving
         // adds around each run, which costs an engine with the slower single run more than the
         // profile shows; when the engines split, the first keeps the version.
         if best

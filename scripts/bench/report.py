@@ -269,7 +269,8 @@ def engines(r):
     cfg = r["engine_cnn_config"]
     loaded = r["engine_demo_loaded"]
     figures = "; ".join(
-        f"{f['engine']} {fmt(f.get('samples_per_second'))} rows/s"
+        f"{f['engine']} {fmt(f.get('samples_per_second'))} rows/s, one row in "
+        f"{fmt(f.get('one_row_us'))} us"
         + (" (chosen)" if f["chosen"] else "") + (f" ({f['error']})" if f.get("error") else "")
         for f in loaded.get("engines", []))
     demo = r["engine_demo_binary"]
@@ -290,8 +291,9 @@ def engines(r):
         "|---|---|---|---|---|",
         *served_levels(r["served_cnn_onnxruntime_binary"]),
         "",
-        f"The demo with `engine = \"auto\"`: at load, on that server, {figures}. Against a like "
-        "server serving it with tract, V2 binary, in alternating runs (medians):",
+        f"The demo with `engine = \"auto\"` (tract serves unless ONNX Runtime is faster both in "
+        f"rows a second and at one row): at load, on a standalone server of its own, {figures}. "
+        "Against a like server serving it with tract, V2 binary, in alternating runs (medians):",
         "",
         "| concurrency | tract req/s | auto req/s | auto / tract | tract p50 us | auto p50 us |",
         "|---|---|---|---|---|---|",

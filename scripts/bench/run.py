@@ -454,11 +454,11 @@ class Bench:
 
     def engines(self):
         """ONNX Runtime beside tract. Raw ONNX Runtime on the CNN in-process (`vatic-worker
-        profile --engine onnxruntime`, the same grid as raw tract); then two standalone
-        servers, each on a SQLite registry of its own, importing the same models: one with
-        no model.toml (tract), one whose model.toml files serve the CNN with onnxruntime and
-        the demo with `auto`. The CNN on onnxruntime is loaded to find its best concurrency; the
-        demo runs on both servers in alternating runs, tract against whatever `auto` chose."""
+        profile --engine onnxruntime`, the same grid as raw tract); then three standalone
+        servers, each on a SQLite registry of its own with one model: the CNN whose model.toml
+        says onnxruntime, loaded at several concurrencies to find its best; the demo with no
+        model.toml (tract) and the demo whose model.toml says `auto`, in alternating runs,
+        tract against whatever `auto` chose."""
         log("raw ONNX Runtime engine (vatic-worker profile --engine onnxruntime)")
         cnn_file = ROOT / "testdata/models" / CNN / "1/model.onnx"
         raw = self.profile(cnn_file, "--duration", "2s", "--engine", "onnxruntime")
@@ -466,32 +466,40 @@ class Bench:
         log(f"  cnn best {raw['recommended']['best_samples_per_second']:.1f} samples/s")
 
         log("the CNN served with onnxruntime; the demo with auto against tract")
-        tract_repo, ort_repo = self.work / "engine-tract", self.work / "engine-onnxruntime"
-        for repo, engine in ((tract_repo, None), (ort_repo, {CNN: "onnxruntime", DEMO: "auto"})):
-            for name, src in [(DEMO, ROOT / "models" / DEMO / "1/model.onnx"), (CNN, cnn_file)]:
-                (repo / name / "1").mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, repo / name / "1/model.onnx")
-                if engine:
-                    (repo / name / "model.toml").write_text(f'engine = "{engine[name]}"\n')
-        tract, tract_url = self.start_standalone("engine-tract", tract_repo, 18495, database=False)
-        ort, ort_url = self.start_standalone("engine-onnxruntime", ort_repo, 18496, database=False)
-        for url in (tract_url, ort_url):
-            for m in (DEMO, CNN):
-                self.ctl(url, "models", "log", m, "--mode", "off")
+        # One model per server, each started once the one before is ready, so that no load-time
+        # measurement shares the cores with another.
+        servers = {}
+        for label, model, engine, port in (("onnxruntime", CNN, "onnxruntime", 18495),
+                                           ("tract", DEMO, None, 18496),
+                                           ("auto", DEMO, "auto", 18497)):
+            repo = self.work / f"engine-{label}"
+            src = ROOT / ("models" if model == DEMO else "testdata/models") / model / "1/model.onnx"
+            (repo / model / "1").mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, repo / model / "1/model.onnx")
+            if engine:
+                (repo / model / "model.toml").write_text(f'engine = "{engine}"\n')
+            server, url = self.start_standalone(f"engine-{label}", repo, port, database=False)
+            self.ctl(url, "models", "log", model, "--mode", "off")
+            servers[label] = (server, url)
         r = self.results
+        ort, ort_url = servers["onnxruntime"]
         r["engine_cnn_config"] = json.loads(
             urllib.request.urlopen(f"{ort_url}/v2/models/{CNN}/config").read())
-        r["engine_demo_loaded"] = json.loads(
-            self.ctl(ort_url, "models", "describe", DEMO, "-o", "json").stdout
-        )["versions"][0]["loaded"][0]
         if r["engine_cnn_config"]["backend"] != "onnxruntime":
             raise SystemExit(f"the CNN is not served by onnxruntime: see {ort.log_path}")
-        log(f"  demo with auto: {r['engine_demo_loaded']}")
+        auto, auto_url = servers["auto"]
+        loaded = json.loads(self.ctl(auto_url, "models", "describe", DEMO, "-o", "json").stdout
+                            )["versions"][0].get("loaded")
+        if not loaded or len(loaded[0].get("engines", [])) != 2:
+            raise SystemExit(f"the demo with engine = auto reports no figures ({loaded}): "
+                             f"see {auto.log_path}")
+        r["engine_demo_loaded"] = loaded[0]
+        log(f"  demo with auto: {loaded[0]}")
         r["served_cnn_onnxruntime_binary"] = self.load(ort_url, CNN, [1, 8, 16, 32], "v2-binary")
         r["engine_demo_binary"] = self.alternate(
-            {"tract": (tract_url, None), "auto": (ort_url, None)}, [1, 64], "v2-binary")
-        self.stop(tract)
-        self.stop(ort)
+            {"tract": (servers["tract"][1], None), "auto": (auto_url, None)}, [1, 64], "v2-binary")
+        for server, _ in servers.values():
+            self.stop(server)
 
     def batch_file(self, model, rows):
         """A batch job's input of `rows` rows: for the demo, CSV of its reference rows cycled;

@@ -2,7 +2,7 @@
 //! and without a refused request, and answers the same in both; a push is checked with it.
 
 use crate::helpers::{
-    api_process, binary, migrated, registry_standalone_settings, TestApi, Traffic,
+    api_process, migrated, registry_standalone_settings, vaticctl_at, TestApi, Traffic,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -99,21 +99,11 @@ async fn the_registrys_engine_setting_moves_a_model_between_engines() {
     api.stop().await;
 }
 
-/// `vaticctl models push` against `base`: whether it succeeded, and what it printed.
+/// `vaticctl models push` of the demo's file against `base`: whether it succeeded, and what it
+/// printed.
 async fn push(base: &str) -> (bool, String) {
-    let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
-        .current_dir(vatic_testkit::root())
-        .args(["--server", base, "models", "push", MODEL])
-        .arg(format!("models/{MODEL}/1/model.onnx"))
-        .output()
-        .await
-        .expect("running vaticctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let file = format!("models/{MODEL}/1/model.onnx");
+    vaticctl_at(base, &["models", "push", MODEL, &file]).await
 }
 
 /// A push is checked with the engine the workers will use: the model's registry setting wins

@@ -449,10 +449,15 @@ impl ServerProcess {
 /// Runs vaticctl against the api, off the runtime's threads (the api serves on this runtime):
 /// whether it succeeded, and its standard output and error.
 pub async fn vaticctl(api: &TestApi, args: &[&str]) -> (bool, String) {
+    vaticctl_at(&api.base, args).await
+}
+
+/// [`vaticctl`] against the server at `base`.
+pub async fn vaticctl_at(base: &str, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(binary("vaticctl", "vatic-cli"))
         .current_dir(vatic_testkit::root())
         .arg("--server")
-        .arg(&api.base)
+        .arg(base)
         .args(args)
         .output()
         .await

@@ -674,8 +674,9 @@ async fn rows_no_worker_takes_fail_after_max_attempts_saying_so() {
     api.stop().await;
     drop(worker);
 
-    // A replica that runs jobs, with no worker left.
-    let api = TestApi::start(settings(true), None).await;
+    // A replica that runs jobs, with no worker left: it is never ready, so it is waited for
+    // as live. (Ready came only from the killed worker's heartbeat while it was fresh.)
+    let api = TestApi::start_until(settings(true), None, "/v2/health/live").await;
     let job = wait_ended(&api, &id).await;
     assert_eq!(
         (job["state"].as_str(), job["rows_failed"].as_i64()),

@@ -112,6 +112,16 @@ struct Entry {
     removed: AtomicBool,
 }
 
+impl State {
+    /// The version that answers requests: the loaded one, also while it loads again.
+    fn serving(&self) -> Option<&Arc<LoadedVersion>> {
+        match self {
+            State::Ready(v) | State::Reloading(v) => Some(v),
+            State::Loading | State::Failed(_) => None,
+        }
+    }
+}
+
 impl Entry {
     /// Hands the loaded version over to the entry that replaces this one; this one keeps none.
     fn take_serving(&self) -> Option<Arc<LoadedVersion>> {
@@ -126,10 +136,7 @@ impl Entry {
     }
 
     fn ready(&self) -> Option<Arc<LoadedVersion>> {
-        match &*self.state.read().expect("state lock") {
-            State::Ready(v) | State::Reloading(v) => Some(v.clone()),
-            _ => None,
-        }
+        self.state.read().expect("state lock").serving().cloned()
     }
 }
 
@@ -489,12 +496,7 @@ impl Engine {
         models
             .get(name)
             .and_then(|versions| versions.get(&version))
-            .is_some_and(|entry| {
-                matches!(
-                    *entry.state.read().expect("state lock"),
-                    State::Ready(_) | State::Reloading(_)
-                )
-            })
+            .is_some_and(|entry| entry.state.read().expect("state lock").serving().is_some())
     }
 
     /// The number of the version a request to `version` (the default one when `None`) goes
@@ -560,9 +562,7 @@ impl Engine {
     pub fn refresh_metrics(&self) {
         for versions in self.models.read().expect("models lock").values() {
             for entry in versions.values() {
-                if let State::Ready(v) | State::Reloading(v) =
-                    &*entry.state.read().expect("state lock")
-                {
+                if let Some(v) = entry.state.read().expect("state lock").serving() {
                     self.metrics.set_queue_depth(
                         &v.name,
                         &v.version,

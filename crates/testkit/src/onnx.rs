@@ -181,3 +181,53 @@ pub fn write_outputs_relabelled(
     }
     std::fs::write(dst, model.encode_to_vec())
 }
+
+/// How [`write_rows_collapsed`]'s model turns `x [N, 4]` into `y [1, 4]`.
+#[derive(Debug, Clone, Copy)]
+pub enum Collapse {
+    /// `ReduceSum` over the rows: runs on any number of rows, always answers one.
+    Sum,
+    /// `Reshape` to `[1, 4]`: runs on one row only, as a trace with one row fixes it.
+    Reshape,
+}
+
+/// Writes `x [N, 4] -> y [1, 4]`: a free batch dimension on the input that the output does not
+/// keep, collapsed as `how` says.
+pub fn write_rows_collapsed(path: &Path, how: Collapse) -> std::io::Result<()> {
+    let (op, constant) = match how {
+        Collapse::Sum => ("ReduceSum", vec![0i64]),
+        Collapse::Reshape => ("Reshape", vec![1i64, 4]),
+    };
+    let graph = pb::GraphProto {
+        name: "rows_collapsed".into(),
+        node: vec![pb::NodeProto {
+            input: vec!["x".into(), "c".into()],
+            output: vec!["y".into()],
+            name: "collapse".into(),
+            op_type: op.into(),
+            ..Default::default()
+        }],
+        initializer: vec![pb::TensorProto {
+            name: "c".into(),
+            dims: vec![constant.len() as i64],
+            data_type: pb::tensor_proto::DataType::Int64 as i32,
+            raw_data: constant.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        }],
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: batch_of(4),
+            ..Default::default()
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "y".into(),
+            r#type: float_tensor(vec![
+                dimension::Value::DimValue(1),
+                dimension::Value::DimValue(4),
+            ]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    std::fs::write(path, model(graph).encode_to_vec())
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tract_onnx::prelude::IntoTensor;
-use vatic_testkit::onnx::OutputShapes;
+use vatic_testkit::onnx::{Collapse, OutputShapes};
 use vatic_testkit::RepoModel;
 use vatic_worker::config::EngineChoice;
 use vatic_worker::onnx::{Backend, OnnxModel};
@@ -175,6 +175,24 @@ fn onnxruntime_finds_the_batch_axis_when_the_outputs_do_not_declare_it() {
         }
     }
     assert!(checked >= 9, "{checked} variants");
+}
+
+/// A model whose output does not keep the inputs' rows serves unbatched on ONNX Runtime, with
+/// its declared output shape: one that answers one row for any number (its runs on 1 and 2 rows
+/// both succeed), and one that fails on 2 rows (the probe's failed run).
+#[test]
+fn onnxruntime_serves_unbatched_a_model_whose_outputs_do_not_keep_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for how in [Collapse::Sum, Collapse::Reshape] {
+        let file = dir.path().join(format!("{how:?}.onnx"));
+        vatic_testkit::onnx::write_rows_collapsed(&file, how).unwrap();
+        let ort = OnnxModel::load_with(&file, None, Backend::OnnxRuntime, &onnxruntime()).unwrap();
+        assert!(!ort.signature.batched, "{how:?}: {:?}", ort.signature);
+        assert_eq!(ort.signature.outputs[0].shape, [1, 4], "{how:?}");
+        // Unbatched, it runs the declared shape: one row.
+        let outputs = ort.run(ort.sample_inputs(1).unwrap()).unwrap();
+        assert_eq!(outputs[0].shape(), [1, 4], "{how:?}");
+    }
 }
 
 #[tokio::test]

@@ -18,14 +18,25 @@ pub fn parse_row(line: &[u8], format: FileFormat, layout: &Layout) -> Result<Inf
     }
 }
 
+/// A JSON row's top level, read without building any of its values: what tells a V2 body (an
+/// object whose `inputs` is an array) from a TF-Serving instance.
+#[derive(serde::Deserialize)]
+struct TopLevel<'a> {
+    #[serde(borrow)]
+    inputs: Option<&'a serde_json::value::RawValue>,
+}
+
 fn parse_json_row(line: &[u8], layout: &Layout) -> Result<InferRequest, String> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
-    let v2_body = value
-        .as_object()
-        .is_some_and(|o| o.get("inputs").is_some_and(Value::is_array));
-    if v2_body {
-        return v2::decode_request(&Bytes::copy_from_slice(line), None).map_err(|e| e.to_string());
+    let not_json = |e: serde_json::Error| format!("not JSON: {e}");
+    // A V2 body is read once, by the V2 reader: its tensors' data can be most of a large row.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let top: TopLevel = serde_json::from_slice(line).map_err(not_json)?;
+        if top.inputs.is_some_and(|i| i.get().starts_with('[')) {
+            return v2::decode_request(&Bytes::copy_from_slice(line), None)
+                .map_err(|e| e.to_string());
+        }
     }
+    let value: Value = serde_json::from_slice(line).map_err(not_json)?;
     // A TF-Serving instance: one element of a predict request's `instances`.
     let predict = PredictRequest {
         signature_name: None,
@@ -387,9 +398,26 @@ mod tests {
         assert_eq!(floats(&named.inputs[0]), vec![5.0, 6.0]);
         let e = parse_row(br#"{"z": [5, 6]}"#, FileFormat::Jsonl, &l).unwrap_err();
         assert!(e.contains("'z'"), "{e}");
-        assert!(parse_row(b"{oops", FileFormat::Jsonl, &l)
-            .unwrap_err()
-            .starts_with("not JSON"));
+        for bad in [
+            &b"{oops"[..],
+            b"[1, 2",
+            b"{\"inputs\": [1}",
+            b"{\"x\": [1]} 2",
+        ] {
+            let e = parse_row(bad, FileFormat::Jsonl, &l).unwrap_err();
+            assert!(e.starts_with("not JSON"), "{e}");
+        }
+        // An object whose `inputs` is not an array is an instance (of an input named so).
+        let e = parse_row(br#" {"inputs": 5}"#, FileFormat::Jsonl, &l).unwrap_err();
+        assert!(e.contains("'inputs'"), "{e}");
+        // A V2 body is read by the V2 reader, whose errors name the tensor.
+        let e = parse_row(
+            br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[3],"data":[1,2]}]}"#,
+            FileFormat::Jsonl,
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.contains("'x'"), "{e}");
     }
 
     #[test]

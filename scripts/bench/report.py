@@ -199,8 +199,8 @@ def response_cache(r):
         "## Response cache",
         "",
         "The CNN, V2 binary, concurrency 16, throughput in req/s with the response cache off "
-        "and on, in alternating runs (medians) against two standalone servers importing the same "
-        "folder, whose model.toml opts the CNN in (`cache.max_bytes = 0` turns it off on one). "
+        "and on, in alternating runs (twice as many rounds as the other comparisons; medians) "
+        "against two standalone servers importing the same folder, whose model.toml opts the CNN in (`cache.max_bytes = 0` turns it off on one). "
         "`vaticctl bench --repeat`: that share of the requests repeat one input; each of the "
         "others changes the input's first element to a value no other request has.",
         "",
@@ -322,6 +322,9 @@ def batch_jobs(r):
                                r["served_demo_binary"][64]["throughput"]), "demo"),
             ("batch_cnn", max(r["served_cnn_binary"][c]["throughput"] for c in (1, 16)), "CNN")]:
         job = r[key]
+        # Results from before the job's own server measured it beside the job: the standalone
+        # section's figure.
+        served = job.get("served", served)
         ratio = job["rows_per_second"] / served
         rows.append(f"| a job of {job['rows']:,} {label} rows, rows/s against the best served req/s "
                     f"(one row each) | >= 0.8x | {fmt(served)} | {fmt(job['rows_per_second'])} | "
@@ -334,8 +337,9 @@ def batch_jobs(r):
         "the share shown of what the same server answered with 16 connections kept busy, in "
         "alternating runs with no job and with a job of 2,000,000 rows running (medians). A job's "
         "rate: the rows of a job run alone, from its first claim to its last result, against the "
-        "best served throughput of the same model in this run (the demo at concurrency 64, JSON or "
-        "binary; the CNN, binary).",
+        "served throughput of the same model on the same server, measured just before and just "
+        "after the job, the better of the two (the demo at concurrency 64, JSON or binary, the "
+        "better; the CNN at concurrency 16, binary).",
         "",
         "| what | goal | without / served | with / job | ratio | |",
         "|---|---|---|---|---|---|",

@@ -432,7 +432,7 @@ class Bench:
 
     def cache(self):
         """What the response cache gives and costs, on the CNN (V2 binary, concurrency 16), the
-        cache on against off in alternating runs: with 90% of the requests repeating one input
+        cache on against off in alternating runs (twice RUNS rounds): with 90% of the requests repeating one input
         and the rest unique, and with every request unique. Two standalone servers, each on a
         SQLite registry of its own, import the same folder, whose model.toml opts the CNN in;
         one has the cache turned off (`cache.max_bytes = 0`)."""
@@ -447,7 +447,8 @@ class Bench:
                                              {**env, "VATIC_CACHE__MAX_BYTES": "0"}, database=False)
         sides = {"cache off": (off_url, None), "cache on": (on_url, None)}
         self.results["cache_cnn_binary"] = {
-            share: self.alternate(sides, [16], "v2-binary", model=CNN, repeat=share)
+            share: self.alternate(sides, [16], "v2-binary", model=CNN, repeat=share,
+                                  rounds=2 * self.a.runs)
             for share in ("90%", "0%")}
         self.stop(on)
         self.stop(off)
@@ -530,7 +531,8 @@ class Bench:
         running beside real-time requests at SPARE_SHARE of what the server answers saturated
         (the demo, V2 JSON, concurrency 16, open loop), alternating with no job; then a job of
         BATCH_ROWS demo rows and one of BATCH_CNN_ROWS CNN images, each alone, their rate
-        (rows from the first claim to the last result) against the served throughput."""
+        (rows from the first claim to the last result) against the served throughput measured on
+        the same server just before and just after it."""
         log("batch jobs: real time beside a job, and a job's rate against the served throughput")
         s, url = self.start_standalone("batch", repo, 18492)
         for m in (DEMO, CNN):
@@ -564,14 +566,25 @@ class Bench:
                                          "off": sides["no job"], "on": sides["job running"]}
         for key, model, rows in (("batch_demo", DEMO, BATCH_ROWS), ("batch_cnn", CNN, BATCH_CNN_ROWS)):
             file = self.batch_file(model, rows)
+            # The served throughput the job is held against, on this server just before and just
+            # after the job, so that a machine whose speed drifts over the script's run moves both.
+            level, protocols = (64, ("v2-json", "v2-binary")) if model == DEMO else (16, ("v2-binary",))
+
+            def served():
+                return max(self.bench(url, model, [level], p)[0]["throughput"] for p in protocols)
+            before = served()
             started = time.monotonic()
             out = self.ctl(url, "batch", "submit", str(file), "--model", model, "--wait", "-o", "json")
             job = json.loads(out.stdout)
             if job["state"] != "succeeded" or job["rows_failed"] or job["rows_done"] != rows:
                 raise SystemExit(f"the {model} batch job did not run every row: {job}; see {s.log_path}")
+            wall = time.monotonic() - started
+            after = served()
             r[key] = {"rows": rows, "rows_per_second": job["rows_per_second"],
-                      "bytes": job["input_bytes"], "wall_s": time.monotonic() - started}
-            log(f"  {model}: {rows} rows at {job['rows_per_second']:.0f} rows/s")
+                      "bytes": job["input_bytes"], "wall_s": wall,
+                      "served_before": before, "served_after": after, "served": max(before, after)}
+            log(f"  {model}: {rows} rows at {job['rows_per_second']:.0f} rows/s; served "
+                f"{before:.0f} req/s before and {after:.0f} after")
         self.stop(s)
 
     def cluster(self, repo):

@@ -3,8 +3,8 @@
 //! wants it.
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thread_priority::{
     set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
@@ -16,9 +16,9 @@ use tikv_jemalloc_ctl::{Access, AsName};
 /// thread's priority needs no privilege; where it fails all the same, the thread logs a
 /// warning naming `what` and runs on at normal priority.
 ///
-/// The thread also allocates from a jemalloc arena of its own, shared only by such threads:
-/// a thread at the idle class can be held off a core for long, and while it holds an arena's
-/// lock, a real-time thread of the same arena would wait for it.
+/// The thread also allocates from a jemalloc arena shared only by such threads: a thread at
+/// the idle class can be held off a core for long, and while it holds an arena's lock, a
+/// real-time thread of the same arena would wait for it.
 pub fn lower_to_idle(what: &str) {
     let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
     if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
@@ -31,17 +31,30 @@ pub fn lower_to_idle(what: &str) {
     }
 }
 
-/// The jemalloc arena of the idle-class threads, made on first use.
+/// The jemalloc arena of the next idle-class thread: the idle-class threads take turns over
+/// [`IDLE_ARENAS_PER_CORE`] arenas a core, each made on first use. As many as jemalloc gives
+/// other threads: the model runs of low-priority runners that shared one arena would contend
+/// for its lock and its memory, and run measurably slower than real-time ones.
 fn idle_arena() -> Option<u32> {
-    static ARENA: OnceLock<Option<u32>> = OnceLock::new();
-    *ARENA.get_or_init(|| match b"arenas.create\0".name().read() {
-        Ok(arena) => Some(arena),
-        Err(e) => {
-            tracing::warn!(error = %e, "no allocator arena could be made for low-priority threads");
-            None
+    static ARENAS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % (IDLE_ARENAS_PER_CORE * cores);
+    let mut arenas = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
+    while arenas.len() <= slot {
+        match b"arenas.create\0".name().read() {
+            Ok(arena) => arenas.push(arena),
+            Err(e) => {
+                tracing::warn!(error = %e, "no allocator arena could be made for low-priority threads");
+                return arenas.first().copied();
+            }
         }
-    })
+    }
+    Some(arenas[slot])
 }
+
+/// Arenas a core for the idle-class threads (jemalloc's own default for the others).
+const IDLE_ARENAS_PER_CORE: usize = 4;
 
 /// How much of the machine low-priority work may take while real-time requests are being
 /// answered (`[low_priority]`). The idle scheduling class alone keeps such work off a core a
@@ -201,6 +214,33 @@ mod tests {
     }
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// The arena the calling thread allocates from.
+    fn this_threads_arena() -> u32 {
+        b"thread.arena\0".name().read().unwrap()
+    }
+
+    #[test]
+    fn idle_class_threads_take_turns_over_arenas_of_their_own() {
+        let automatic: u32 = b"opt.narenas\0".name().read().unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arenas: Vec<u32> = (0..IDLE_ARENAS_PER_CORE * cores)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    lower_to_idle("test");
+                    this_threads_arena()
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        // None of the arenas jemalloc gives the other threads.
+        assert!(arenas.iter().all(|a| *a >= automatic), "{arenas:?}");
+        // Not all in one: two low-priority runners started together run on two.
+        let distinct: std::collections::HashSet<_> = arenas.iter().collect();
+        assert!(distinct.len() > 1, "{arenas:?}");
+        assert!(this_threads_arena() < automatic);
+    }
 
     #[test]
     fn without_real_time_requests_nothing_waits() {

@@ -27,16 +27,21 @@ struct TopLevel<'a> {
 }
 
 fn parse_json_row(line: &[u8], layout: &Layout) -> Result<InferRequest, String> {
-    let not_json = |e: serde_json::Error| format!("not JSON: {e}");
+    let v2_body =
+        || v2::decode_request(&Bytes::copy_from_slice(line), None).map_err(|e| e.to_string());
     // A V2 body is read once, by the V2 reader: its tensors' data can be most of a large row.
+    // A row the scan cannot read (not JSON, or a key given twice) is left to the full read.
     if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        let top: TopLevel = serde_json::from_slice(line).map_err(not_json)?;
-        if top.inputs.is_some_and(|i| i.get().starts_with('[')) {
-            return v2::decode_request(&Bytes::copy_from_slice(line), None)
-                .map_err(|e| e.to_string());
+        if let Ok(top) = serde_json::from_slice::<TopLevel>(line) {
+            if top.inputs.is_some_and(|i| i.get().starts_with('[')) {
+                return v2_body();
+            }
         }
     }
-    let value: Value = serde_json::from_slice(line).map_err(not_json)?;
+    let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    if (value.as_object()).is_some_and(|o| o.get("inputs").is_some_and(Value::is_array)) {
+        return v2_body();
+    }
     // A TF-Serving instance: one element of a predict request's `instances`.
     let predict = PredictRequest {
         signature_name: None,
@@ -410,6 +415,13 @@ mod tests {
         // An object whose `inputs` is not an array is an instance (of an input named so).
         let e = parse_row(br#" {"inputs": 5}"#, FileFormat::Jsonl, &l).unwrap_err();
         assert!(e.contains("'inputs'"), "{e}");
+        // A key given twice is JSON all the same: the last one counts.
+        let e = parse_row(br#"{"inputs": [1], "inputs": 5}"#, FileFormat::Jsonl, &l).unwrap_err();
+        assert!(e.contains("'inputs'") && !e.starts_with("not JSON"), "{e}");
+        let twice =
+            br#"{"inputs": 5, "inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[7]}]}"#;
+        let e = parse_row(twice, FileFormat::Jsonl, &l).unwrap_err();
+        assert!(!e.starts_with("not JSON"), "{e}");
         // A V2 body is read by the V2 reader, whose errors name the tensor.
         let e = parse_row(
             br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[3],"data":[1,2]}]}"#,

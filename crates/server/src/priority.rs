@@ -3,7 +3,7 @@
 //! wants it.
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thread_priority::{
@@ -45,7 +45,10 @@ fn idle_arena() -> Option<u32> {
         match b"arenas.create\0".name().read() {
             Ok(arena) => arenas.push(arena),
             Err(e) => {
-                tracing::warn!(error = %e, "no allocator arena could be made for low-priority threads");
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "no allocator arena could be made for low-priority threads");
+                }
                 return arenas.first().copied();
             }
         }

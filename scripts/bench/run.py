@@ -446,9 +446,9 @@ class Bench:
         off, off_url = self.start_standalone("cache-off", repo, 18491,
                                              {**env, "VATIC_CACHE__MAX_BYTES": "0"}, database=False)
         sides = {"cache off": (off_url, None), "cache on": (on_url, None)}
+        rounds = self.results["cache_rounds"] = 2 * self.a.runs
         self.results["cache_cnn_binary"] = {
-            share: self.alternate(sides, [16], "v2-binary", model=CNN, repeat=share,
-                                  rounds=2 * self.a.runs)
+            share: self.alternate(sides, [16], "v2-binary", model=CNN, repeat=share, rounds=rounds)
             for share in ("90%", "0%")}
         self.stop(on)
         self.stop(off)

@@ -39,7 +39,8 @@ fn parse_json_row(line: &[u8], layout: &Layout) -> Result<InferRequest, String> 
         }
     }
     let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
-    if (value.as_object()).is_some_and(|o| o.get("inputs").is_some_and(Value::is_array)) {
+    let object = value.as_object();
+    if object.is_some_and(|o| o.get("inputs").is_some_and(Value::is_array)) {
         return v2_body();
     }
     // A TF-Serving instance: one element of a predict request's `instances`.
